@@ -1,0 +1,220 @@
+"""How an issuer answers an attempt: independent decline hazards over the latent state.
+
+An attempt passes a fixed sequence of checks, each a hazard `h_k` computed from the latent
+state at that moment (lifecycle, outage, SCA, data errors, amount limit, velocity, funds,
+risk rules). The attempt is approved when none fires, so
+
+    p_approve = prod_k (1 - h_k)
+
+exactly, and the response code is the code of the first check that fires. Because the truth
+is this product, the simulator's `p_approve` is the exact probability used to draw the
+outcome, and `p_retry_<delay>` is the same product evaluated at the retry's time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from issuer_seq.simulate.world import (
+    COUNTRY_SCA,
+    COUNTRY_UTC_OFFSET,
+    DAY,
+    GAMBLING,
+    HOUR,
+    MCC_MEDIAN_AMOUNT,
+    MCC_RISKY,
+    Cards,
+    World,
+    payday_phase,
+)
+
+CHECKS = ("hard", "technical", "sca", "data", "limit", "velocity", "funds", "generic")
+VELOCITY_WINDOW = 600  # seconds: attempts on the same card in the last 10 minutes
+
+# MAC 24-30 advise a retry after these delays (DOMAIN.md).
+MAC_DELAYS = np.array([HOUR, DAY, 2 * DAY, 4 * DAY, 6 * DAY, 8 * DAY, 10 * DAY])
+MAC_CODES = np.array(["24", "25", "26", "27", "28", "29", "30"])
+
+
+@dataclass
+class Attempts:
+    """A batch of attempts (first tries or retries) as parallel arrays, all (N,)."""
+
+    card: np.ndarray  # chunk-local card index
+    merchant: np.ndarray
+    t: np.ndarray  # int64 seconds
+    amount: np.ndarray
+    mit: np.ndarray  # bool: merchant-initiated
+    recurring: np.ndarray  # bool
+    three_ds: np.ndarray  # bool
+    attempt: np.ndarray  # int64, 1 = first try
+    cancelled_at: np.ndarray  # int64: when the cardholder stopped this subscription (or never)
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass
+class Latent:
+    """Latent state at each attempt's moment, kept for ground-truth diagnostics. (N,)"""
+
+    outage: np.ndarray  # P(technical decline) from an ongoing outage, 0 if none
+    tight: np.ndarray  # strength of an ongoing risk-rule regime, 0 if none
+    funds_hazard: np.ndarray  # P(insufficient funds)
+    to_payday: np.ndarray  # seconds until the next payday
+
+
+def hazards(
+    world: World,
+    cards: Cards,
+    a: Attempts,
+    t: np.ndarray,
+    velocity: np.ndarray,
+    u_code: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, Latent]:
+    """Hazards (N, K) in CHECKS order, the code each check would answer (N, K), latent state.
+
+    `t` may differ from `a.t` (a hypothetical retry later); `velocity` is the number of the
+    card's first attempts in the 10 minutes before `t`; `u_code` (N,) picks among a check's
+    codes so that the same draw gives the same code at every `t`.
+    """
+    iss, mer = world.issuers, world.merchants
+    issuer = cards.issuer[a.card]
+    i_country = iss.country[issuer]
+    m_country = mer.country[a.merchant]
+    mcc = mer.mcc[a.merchant]
+    visa = iss.network[issuer] == 0
+    card_type = cards.card_type[a.card]
+    n = len(t)
+    h = np.zeros((n, len(CHECKS)))
+    codes = np.empty((n, len(CHECKS)), dtype=object)
+
+    # Lifecycle: once lost, stolen, closed or expired, every attempt is declined.
+    lost = t >= cards.lost_at[a.card]
+    closed = t >= cards.closed_at[a.card]
+    expired = t >= cards.expires_at[a.card]
+    cancelled = a.recurring & (t >= a.cancelled_at)
+    not_permitted = (card_type == 2) & (mcc == GAMBLING)
+    h[:, 0] = np.where(lost | closed | expired | cancelled, 1.0, np.where(not_permitted, 0.5, 0.0))
+    stop_code = np.where(visa, np.where(u_code < 0.5, "R0", "R1"), "R1")
+    codes[:, 0] = np.select(
+        [lost, closed & a.recurring, closed, expired, cancelled],
+        [cards.lost_code[a.card], "R1", "14", "54", stop_code],
+        "57",
+    )
+
+    # Technical: an outage at the issuer, or background switch errors peaking with load.
+    local_hour = np.mod(t // HOUR + COUNTRY_UTC_OFFSET[i_country], 24)
+    outage = iss.outages.lookup(issuer, t)
+    peak = (local_hour >= 11) & (local_hour <= 20)
+    h[:, 1] = np.maximum(outage, 0.0012 + 0.0015 * peak)
+    codes[:, 1] = np.where(u_code < 0.55, "91", "96")
+
+    # Strong customer authentication: EEA/UK issuer and merchant, customer-initiated, no 3DS,
+    # above the low-value exemption.
+    sca = COUNTRY_SCA[i_country] & COUNTRY_SCA[m_country] & ~a.mit & ~a.three_ds & (a.amount > 30)
+    h[:, 2] = np.where(sca, iss.sca_strictness[issuer], 0.0)
+    codes[:, 2] = np.where(visa, "1A", "65")
+
+    # Data errors on keyed-in customer payments (stored credentials of MIT are clean).
+    h[:, 3] = np.where(a.mit, 0.0, 0.0035)
+    codes[:, 3] = np.where(u_code < 0.85, "N7", "14")
+
+    h[:, 4] = np.where(a.amount > cards.amount_limit[a.card], 0.7, 0.0)
+    codes[:, 4] = "61"
+
+    h[:, 5] = np.where(velocity > 0, _sigmoid(-5.5 + 1.3 * velocity), 0.0)
+    codes[:, 5] = np.where(visa, "65", "05")
+
+    phase, to_payday = payday_phase(world, cards, a.card, t)
+    typical = MCC_MEDIAN_AMOUNT[mcc] * cards.spend_scale[a.card]
+    funds_logit = (
+        -5.0
+        + cards.funds_tightness[a.card]
+        + 4.5 * phase**2
+        + 0.8 * np.log(a.amount / typical + 1e-3)
+        + 0.5 * (card_type == 2)
+    )
+    h[:, 6] = _sigmoid(funds_logit)
+    codes[:, 6] = "51"
+
+    # Risk rules: cross-border, risky categories and large amounts, much more so while the
+    # issuer's rules are tightened; stricter at night, local time.
+    cross_border = i_country != m_country
+    risky = MCC_RISKY[mcc]
+    large = a.amount > 300
+    tight = iss.tight.lookup(issuer, t)
+    flagged = cross_border | risky | large
+    night = local_hour < 6
+    generic_logit = (
+        -4.3
+        + iss.quality[issuer]
+        + 0.9 * cross_border
+        + 0.6 * risky
+        + 0.3 * np.log1p(a.amount / 200)
+        + 0.7 * night
+        + 0.3 * (card_type == 2)
+        - 0.6 * a.three_ds
+        + tight * (0.7 + 2.3 * flagged)
+    )
+    h[:, 7] = _sigmoid(generic_logit)
+    codes[:, 7] = np.where(cross_border & (u_code < 0.1), "62", "05")
+
+    latent = Latent(outage=outage, tight=tight, funds_hazard=h[:, 6], to_payday=to_payday)
+    return h, codes, latent
+
+
+def p_approve(h: np.ndarray) -> np.ndarray:
+    """(N, K) hazards -> (N,) approval probability."""
+    return np.prod(1.0 - h, axis=1)
+
+
+def draw(h: np.ndarray, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Response codes: '00' where no check fires, else the first firing check's code. (N,)"""
+    fired = rng.random(h.shape) < h
+    any_fired = fired.any(axis=1)
+    first = np.argmax(fired, axis=1)
+    out = np.where(any_fired, codes[np.arange(len(h)), first], "00")
+    return out.astype(object)
+
+
+def advice_codes(
+    world: World,
+    cards: Cards,
+    a: Attempts,
+    response: np.ndarray,
+    to_payday: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Mastercard merchant advice codes for the declines; None elsewhere. (N,) object."""
+    mc = world.issuers.network[cards.issuer[a.card]] == 1
+    u = rng.random(len(response))
+    mac = np.full(len(response), None, dtype=object)
+    hard = np.isin(response, ["41", "43", "14", "57", "04", "07"])
+    mac[mc & hard & (u < 0.75)] = "03"
+    mac[mc & (response == "54") & (u < 0.6)] = "01"
+    mac[mc & (response == "R1")] = "21"
+    mac[mc & np.isin(response, ["05", "91", "96"]) & (u < 0.2)] = "02"
+    # Issuers know when funds arrive: on recurring payments the MAC advises the first
+    # retry delay at which the next payday has passed.
+    funds = mc & (response == "51") & a.recurring & (u < 0.6)
+    k = np.minimum(np.searchsorted(MAC_DELAYS, to_payday, side="left"), len(MAC_DELAYS) - 1)
+    mac[funds] = MAC_CODES[k[funds]]
+    return mac
+
+
+def velocity_counts(
+    first_card: np.ndarray, first_t: np.ndarray, card: np.ndarray, t: np.ndarray
+) -> np.ndarray:
+    """Number of first attempts of `card` in [t - 10 min, t). Inputs sorted by (card, t)."""
+    span = np.int64(1) << 40
+    keys = first_card.astype(np.int64) * span + first_t
+    hi = np.searchsorted(keys, card.astype(np.int64) * span + t, side="left")
+    lo = np.searchsorted(keys, card.astype(np.int64) * span + t - VELOCITY_WINDOW, side="left")
+    return (hi - lo).astype(np.int64)

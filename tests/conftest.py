@@ -1,0 +1,71 @@
+"""Shared fixtures: small simulated logs (made once per session) and a hand-made messy log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from issuer_seq.simulate import SimConfig, WorldParams, simulate
+
+
+def make_sim(path: Path, seed: int = 1, n_cards: int = 1500, days: int = 30) -> Path:
+    cfg = SimConfig(
+        world=WorldParams(n_cards=n_cards, n_issuers=40, n_merchants=300, days=days),
+        seed=seed,
+        chunk_cards=1000,
+    )
+    simulate(cfg, path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic log: ~30k attempts over 30 days."""
+    return make_sim(tmp_path_factory.mktemp("sim"))
+
+
+@pytest.fixture(scope="session")
+def big_sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A larger log (~130k attempts) for statistical checks."""
+    return make_sim(tmp_path_factory.mktemp("bigsim"), seed=7, n_cards=5000, days=40)
+
+
+def handmade_rows() -> pd.DataFrame:
+    """Six attempts written by hand, as a user's export might look (ids as strings)."""
+    base = {
+        "network": "visa",
+        "card_type": "debit",
+        "issuer_country": "DE",
+        "merchant_id": "m1",
+        "mcc": "5411",
+        "merchant_country": "DE",
+        "currency": "EUR",
+        "initiator": "CIT",
+        "is_recurring": False,
+        "three_ds": True,
+        "advice_code": None,
+    }
+    rows = [
+        ("t1", "p1", 1, "2026-03-01T10:00:00Z", "c1", "i1", 20.0, "00"),
+        ("t2", "p2", 1, "2026-03-01T10:05:00Z", "c1", "i1", 35.5, "51"),
+        ("t3", "p2", 2, "2026-03-02T10:05:00Z", "c1", "i1", 35.5, "00"),
+        ("t4", "p3", 1, "2026-03-01T09:00:00Z", "c2", "i1", 12.0, "05"),
+        ("t5", "p4", 1, "2026-03-01T11:00:00Z", "c2", "i2", 99.99, "Z9"),
+        ("t6", "p5", 1, "2026-03-01T11:00:00Z", "c3", "i2", 0.0, "00"),
+    ]
+    cols = [
+        "txn_id",
+        "payment_id",
+        "attempt",
+        "ts",
+        "card_id",
+        "issuer_id",
+        "amount",
+        "response_code",
+    ]
+    df = pd.DataFrame([dict(zip(cols, r, strict=True)) | base for r in rows])
+    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    df["advice_code"] = df["advice_code"].astype(object)
+    return df

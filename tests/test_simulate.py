@@ -1,0 +1,215 @@
+"""The simulator: determinism, contract, calibrated truth, phenomena, rules, marginals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from issuer_seq.delays import DEFAULT_GRID, truth_column
+from issuer_seq.rules import AttemptColumns, check_retries
+from issuer_seq.schema import load_log
+from issuer_seq.simulate.diagnostics import history_signal
+from tests.conftest import make_sim
+
+
+def _digest(path: Path) -> str:
+    frame = pd.read_parquet(path)
+    return hashlib.sha256(
+        pd.util.hash_pandas_object(frame, index=False).values.tobytes()
+    ).hexdigest()
+
+
+def _joined(d: Path) -> pd.DataFrame:
+    tx = pd.read_parquet(d / "transactions.parquet")
+    return tx.merge(pd.read_parquet(d / "truth.parquet"), on="txn_id", validate="one_to_one")
+
+
+def test_same_seed_same_files(tmp_path: Path, sim_dir: Path) -> None:
+    again = make_sim(tmp_path / "again", seed=1)
+    for name in ("transactions.parquet", "truth.parquet"):
+        assert _digest(again / name) == _digest(sim_dir / name)
+    other = make_sim(tmp_path / "other", seed=2)
+    assert _digest(other / "transactions.parquet") != _digest(sim_dir / "transactions.parquet")
+
+
+def test_output_meets_contract_and_meta(sim_dir: Path) -> None:
+    vlog = load_log(sim_dir)
+    assert not any("response codes" in w for w in vlog.warnings)
+    meta = json.loads((sim_dir / "meta.json").read_text())
+    assert meta["rows"] == len(vlog.frame)
+    assert meta["delay_grid"] == list(DEFAULT_GRID)
+    for key in ("approval_rate", "mit_share", "retry_share", "decline_code_mix", "logged_policy"):
+        assert key in meta
+    truth = pd.read_parquet(sim_dir / "truth.parquet")
+    assert set(truth["txn_id"]) == set(vlog.frame["txn_id"])
+    declined = vlog.frame.set_index("txn_id")["response_code"] != "00"
+    t = truth.set_index("txn_id").loc[declined.index]
+    for g in DEFAULT_GRID:
+        col = t[truth_column(g)]
+        assert col[declined].notna().all() and col[~declined].isna().all()
+        assert col[declined].between(0, 1).all()
+
+
+def test_truth_is_calibrated(big_sim_dir: Path) -> None:
+    df = _joined(big_sim_dir)
+    approved = (df["response_code"] == "00").to_numpy()
+    p = df["p_approve"].to_numpy()
+    bins = np.digitize(p, np.linspace(0, 1, 11)[1:-1])
+    for b in np.unique(bins):
+        m = bins == b
+        n = int(m.sum())
+        if n < 200:
+            continue
+        mean_p = p[m].mean()
+        se = np.sqrt(np.mean(p[m] * (1 - p[m])) / n)
+        assert abs(approved[m].mean() - mean_p) < 4 * se + 1e-3, (b, n)
+    # Retries are drawn from the same model: their outcomes match their own p_approve.
+    retry = df["attempt"].to_numpy() > 1
+    assert abs(approved[retry].mean() - p[retry].mean()) < 4 * np.sqrt(0.25 / retry.sum())
+
+
+def test_every_phenomenon_appears(big_sim_dir: Path) -> None:
+    df = _joined(big_sim_dir)
+    codes = set(df["response_code"])
+    for code in (
+        "00",
+        "05",
+        "51",
+        "61",
+        "65",
+        "1A",
+        "91",
+        "96",
+        "54",
+        "14",
+        "41",
+        "43",
+        "57",
+        "N7",
+    ):
+        assert code in codes, code
+    assert codes & {"R0", "R1"}
+    macs = set(df["advice_code"].dropna())
+    assert {"02", "03", "21"} <= macs and macs & {"24", "25", "26", "27", "28", "29", "30"}
+    assert set(df.loc[df["advice_code"].notna(), "network"]) == {"mastercard"}
+    technical = df["response_code"].isin(["91", "96"])
+    outage = df["latent_outage"] > 0
+    assert technical[outage].mean() > 10 * technical[~outage].mean()
+    generic = df["response_code"] == "05"
+    flagged = (df["issuer_country"] != df["merchant_country"]) | df["mcc"].isin(["7995", "5967"])
+    tight = df["latent_risk_regime"] > 0
+    assert generic[tight & flagged].mean() > 3 * generic[~tight & flagged].mean()
+    sca = df["response_code"].isin(["1A"]) | (
+        (df["response_code"] == "65") & (df["network"] == "mastercard")
+    )
+    eea = df["issuer_country"].isin(["DE", "FR", "ES", "IT", "NL", "GB", "IE", "PL", "SE"])
+    assert not sca[~eea].any()
+    assert not sca[df["three_ds"] & (df["attempt"] == 1)].any()
+    assert (df["initiator"] == "MIT").mean() > 0.08
+    assert df.loc[df["initiator"] == "MIT", "is_recurring"].all()
+    lost = df["response_code"].isin(["41", "43"])
+    first_lost = df[lost].groupby("card_id")["ts"].min()
+    after = df.merge(first_lost.rename("lost_ts"), on="card_id")
+    after = after[after["ts"] > after["lost_ts"]]
+    assert (after["response_code"].isin(["41", "43"])).all()  # lost stays lost
+
+
+def test_retries_follow_the_logged_policy_and_network_rules(big_sim_dir: Path) -> None:
+    df = pd.read_parquet(big_sim_dir / "transactions.parquet")
+    df = df.sort_values(["payment_id", "attempt"]).reset_index(drop=True)
+    retry = df["attempt"] > 1
+    assert retry.mean() > 0.02
+    prev = df.index[retry] - 1
+    assert (df.loc[prev, "payment_id"].to_numpy() == df.loc[retry, "payment_id"].to_numpy()).all()
+    assert (df.loc[prev, "response_code"] != "00").all()
+    assert df.loc[retry, "policy_propensity"].between(0, 1).all()
+    assert df.loc[~retry, "policy_propensity"].isna().all()
+    ts = (df["ts"].astype("int64") // 1_000_000).to_numpy()
+    hist = AttemptColumns(
+        card_id=df["card_id"].to_numpy(),
+        ts=ts,
+        network=df["network"].to_numpy(str),
+        merchant_id=df["merchant_id"].to_numpy(),
+        amount=df["amount"].to_numpy(),
+        response_code=df["response_code"].to_numpy(str),
+        advice_code=df["advice_code"].fillna("").to_numpy(str),
+        attempt=df["attempt"].to_numpy(),
+    )
+    prev_rows = prev.to_numpy()
+    allowed, rule = check_retries(
+        hist.take(prev_rows),
+        ts[retry.to_numpy()],
+        hist,
+        self_rows=prev_rows,
+        three_ds=df.loc[retry, "three_ds"].to_numpy(),
+    )
+    assert allowed.all(), pd.Series(rule[~allowed]).value_counts()
+    # The exploring policy covers the whole grid for merchant-initiated retries.
+    delays = ts[retry.to_numpy()] - ts[prev_rows]
+    mit = df.loc[retry, "initiator"].to_numpy() == "MIT"
+    assert (delays[mit] >= 7 * 86400).any() and (delays[mit] < 3600).any()
+
+
+def test_marginals_are_realistic(big_sim_dir: Path) -> None:
+    meta = json.loads((big_sim_dir / "meta.json").read_text())
+    assert 0.85 <= meta["approval_rate"] <= 0.92
+    mix = meta["decline_code_mix"]
+    assert 0.60 <= mix.get("51", 0) + mix.get("05", 0) <= 0.75
+    hard = sum(mix.get(c, 0) for c in ("04", "07", "14", "41", "43", "54", "57", "R0", "R1", "R3"))
+    assert 0.01 <= hard <= 0.15
+
+
+def test_latent_states_are_predictable_from_histories(big_sim_dir: Path) -> None:
+    signal = history_signal(big_sim_dir)
+    for state, row in signal.items():
+        assert row["history_auroc"] > row["static_auroc"] + 0.03, (state, row)
+        assert row["history_auroc"] > 0.7, (state, row)
+
+
+def test_cli_simulate_runs_in_seconds(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "issuer_seq.cli",
+            "simulate",
+            f"data_dir={tmp_path}",
+            "n_cards=2000",
+            "n_issuers=50",
+            "days=30",
+            "seed=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "transactions.parquet").exists() and (tmp_path / "meta.json").exists()
+    bad = subprocess.run(
+        [sys.executable, "-m", "issuer_seq.cli", "simulate", f"data_dir={tmp_path}", "n_cards=0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "n_cards must be a positive integer" in bad.stdout + bad.stderr
+
+
+@pytest.mark.parametrize("chunk", [300, 5000])
+def test_chunking_bounds_memory_without_changing_the_world(tmp_path: Path, chunk: int) -> None:
+    from issuer_seq.simulate import SimConfig, WorldParams, simulate
+
+    cfg = SimConfig(
+        world=WorldParams(n_cards=900, n_issuers=20, n_merchants=100, days=10), chunk_cards=chunk
+    )
+    meta = simulate(cfg, tmp_path, progress=False)
+    vlog = load_log(tmp_path)
+    assert meta["rows"] == len(vlog.frame)
+    assert vlog.frame["card_id"].nunique() <= 900
+    assert vlog.frame["txn_id"].is_unique and vlog.frame["card_id"].max() < 900
