@@ -9,9 +9,10 @@ Two halves:
   proposed retry from `Attempt` objects; `check_retries` decides millions at once from
   `AttemptColumns` (plain numpy arrays) and agrees with `check_retry` exactly.
 
-Figures follow docs/DOMAIN notes (Visa decline categories after April 2021, Mastercard MACs and
-excessive-attempt rules). Only numpy and the standard library are used so the scorer, the
-simulator and the evaluation can all import this without torch or pandas.
+Figures follow the project's payments notes (DOMAIN.md: Visa decline categories after April
+2021, Mastercard MACs and excessive-attempt rules). Only numpy and the standard library are
+used so the scorer, the simulator and the evaluation can all import this without torch or
+pandas.
 """
 
 from __future__ import annotations
@@ -619,7 +620,7 @@ def _window_counts(
         needles = key * span + (bound - t0)
         order = np.argsort(needles, kind="stable")
         found = np.empty(len(needles), dtype=np.int64)
-        found[:] = np.searchsorted(combined, needles[order], side="right")
+        found[order] = np.searchsorted(combined, needles[order], side="right")
         return found
 
     counts[rows] = at_or_before(hi) - at_or_before(lo)

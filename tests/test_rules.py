@@ -374,6 +374,24 @@ def test_windows_are_open_at_the_start_and_closed_at_retry_time(inside: bool) ->
     assert decide(visa("51"), retry_at - T0, same_second, rules=one).rule == "visa_reattempt_cap"
 
 
+def test_same_payment_matches_amounts_to_the_cent_and_ids_as_text() -> None:
+    one = NetworkRules(mc_max_declines_30d=2)
+    # 0.29 * 100 is 28.999...: still the same payment as 0.29; 0.30 is another.
+    assert decide(mc("51", amount=0.29), DAY, [mc("51", amount=0.29)], rules=one).rule == (
+        "mc_excessive_30d"
+    )
+    assert decide(mc("51", amount=0.29), DAY, [mc("51", amount=0.30)], rules=one).rule == "ok"
+    merchant_7 = replace(mc("51"), merchant_id=7)
+    history = [replace(mc("51"), merchant_id="7")]
+    assert decide(merchant_7, DAY, history, rules=one).rule == "mc_excessive_30d"
+    declines = replace(
+        AttemptColumns.from_attempts([merchant_7], np.array([1])), merchant_id=np.array([7])
+    )
+    at = np.array([epoch_seconds(T0 + DAY)])
+    history_cols = AttemptColumns.from_attempts(history, np.array([1]))
+    assert check_retries(declines, at, history_cols, rules=one)[1].tolist() == ["mc_excessive_30d"]
+
+
 def test_other_networks_only_get_generic_rules() -> None:
     amex = replace(visa("51"), network="amex")
     assert decide(amex, DAY, mc_declines(50, T0 - DAY, timedelta(minutes=1))).rule == "ok"
