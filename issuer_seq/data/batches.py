@@ -1,0 +1,157 @@
+"""Batches gathered on the device from the columnar store.
+
+`DeviceStore` holds the store's arrays as torch tensors (on the CPU or the GPU); a batch is
+a LongTensor of example rows, and `gather` turns it into the network's named inputs and the
+labels with a handful of index operations. There are no per-example Python objects, and on
+a GPU the whole gather runs there.
+
+Named inputs (shapes; B = batch, K = the stream's history length):
+- `cur_<f>`: the current attempt, (B,), for every categorical f (int64; outcome features are
+  NONE) and numeric f (float32) of features.py;
+- `card_<f>`, `issuer_<f>`: the streams' history events, (B, K), right-aligned (most recent
+  last), padding 0; plus the relative features `<s>_log_minutes_since`, `<s>_same_merchant`
+  (B, K) float32 and `<s>_length` (B,) int64;
+- `decline_response_code`, `decline_advice_code`: (B,) int64, the decline the retry head is
+  asked about (for training: the row's own outcome).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from issuer_seq import features as F
+from issuer_seq.data.index import HistoryIndex
+from issuer_seq.data.store import EventStore
+
+STREAMS = ("card", "issuer")
+LABELS = ("approved", "retry_bucket", "retry_success", "retry_weight")
+
+
+def input_names() -> list[str]:
+    """Every named input of the network, in a fixed order (the ONNX graph's inputs)."""
+    names = [f"cur_{f}" for f in (*F.CATEGORICAL, *F.NUMERIC)]
+    for s in STREAMS:
+        names += [f"{s}_{f}" for f in (*F.CATEGORICAL, *F.NUMERIC, *F.RELATIVE)]
+        names.append(f"{s}_length")
+    names += ["decline_response_code", "decline_advice_code"]
+    return names
+
+
+@dataclass
+class _StreamTensors:
+    order: Tensor
+    end: Tensor
+    length: Tensor
+    k: int
+
+
+class DeviceStore:
+    """The store's arrays as tensors on one device, and the batch gather."""
+
+    def __init__(self, store: EventStore, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        as_t = self._tensor
+        self.t = as_t(store.t)
+        self.merchant = as_t(store.merchant)
+        self.cat = {k: as_t(v) for k, v in store.cat.items()}
+        self.num = {k: as_t(v) for k, v in store.num.items()}
+        self.labels = {
+            "approved": as_t(store.approved),
+            "retry_bucket": as_t(store.retry_bucket),
+            "retry_success": as_t(store.retry_success),
+            "retry_weight": as_t(store.retry_weight),
+        }
+        self.streams = {
+            "card": self._stream(store.card_index),
+            "issuer": self._stream(store.issuer_index),
+        }
+
+    def _tensor(self, a: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def _stream(self, index: HistoryIndex) -> _StreamTensors:
+        return _StreamTensors(
+            self._tensor(index.order), self._tensor(index.end), self._tensor(index.length), index.k
+        )
+
+    def to(self, device: torch.device | str) -> DeviceStore:
+        """Move every array (once per fit: then gathering happens on that device)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                setattr(self, name, value.to(device))
+        for d in (self.cat, self.num, self.labels):
+            for k in d:
+                d[k] = d[k].to(device)
+        for s in self.streams.values():
+            s.order, s.end, s.length = s.order.to(device), s.end.to(device), s.length.to(device)
+        self.device = device
+        return self
+
+    def gather(self, rows: Tensor) -> dict[str, Tensor]:
+        """Named inputs and labels of the examples `rows` (B,) int64 on this device."""
+        rows = rows.to(self.device, non_blocking=True)
+        batch: dict[str, Tensor] = {}
+        for f in F.CATEGORICAL:
+            value = self.cat[f][rows]
+            batch[f"cur_{f}"] = torch.full_like(value, F.NONE) if f in F.OUTCOME_FEATURES else value
+        for f in F.NUMERIC:
+            batch[f"cur_{f}"] = self.num[f][rows]
+        t_now = self.t[rows]
+        m_now = self.merchant[rows]
+        for s, st in self.streams.items():
+            offsets = torch.arange(-st.k, 0, device=self.device)  # (K,)
+            length = st.length[rows]  # (B,)
+            mask = offsets[None, :] >= -length[:, None]  # (B, K)
+            pos = (st.end[rows][:, None] + offsets[None, :]).clamp(0, len(st.order) - 1)
+            ev = torch.where(mask, st.order[pos], torch.zeros_like(pos))  # (B, K)
+            for f in F.CATEGORICAL:
+                batch[f"{s}_{f}"] = self.cat[f][ev] * mask
+            for f in F.NUMERIC:
+                batch[f"{s}_{f}"] = self.num[f][ev] * mask
+            rel = F.relative_features(
+                torch, t_now[:, None] - self.t[ev], self.merchant[ev], m_now[:, None]
+            )  # (B, K, 2)
+            rel = rel * mask[..., None]
+            for i, f in enumerate(F.RELATIVE):
+                batch[f"{s}_{f}"] = rel[..., i]
+            batch[f"{s}_length"] = length
+        batch["decline_response_code"] = self.cat["response_code"][rows]
+        batch["decline_advice_code"] = self.cat["advice_code"][rows]
+        for k, v in self.labels.items():
+            batch[k] = v[rows]
+        return batch
+
+
+class RowBatches(torch.utils.data.Dataset[Tensor]):
+    """Rows of one split; indexed by a list of positions, it returns their rows at once."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, positions: list[int]) -> Tensor:  # type: ignore[override]
+        return self.rows[positions]
+
+
+def row_loader(
+    rows: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0
+) -> torch.utils.data.DataLoader[Tensor]:
+    """A loader yielding (B,) row tensors: one indexing op per batch, no per-example collate."""
+    dataset = RowBatches(rows)
+    generator = torch.Generator().manual_seed(seed)
+    base: torch.utils.data.Sampler[int] = (
+        torch.utils.data.RandomSampler(dataset, generator=generator)
+        if shuffle
+        else torch.utils.data.SequentialSampler(dataset)
+    )
+    sampler = torch.utils.data.BatchSampler(base, batch_size=batch_size, drop_last=False)
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None)

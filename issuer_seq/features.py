@@ -1,0 +1,196 @@
+"""Per-event feature transforms, numpy only: one definition for training and serving.
+
+An *event* is one attempt as it appears in a history (with its outcome) or as the current
+attempt (without). Every event gets the same categorical ids and numeric values whether it
+is encoded in bulk for training (data/) or one at a time by the scorer (serve/), because both
+call the functions here. The few features that depend on the moment of scoring (time since
+the event, same merchant as the current attempt) are computed at batch time by
+`relative_features`, written against the array API shared by numpy and torch.
+
+Feature schema (names are the ONNX input names and the manifest's keys):
+- categorical (int64 ids; 0 = padding, 1 = out of vocabulary, 2 = "none / current"):
+  see CATEGORICAL.
+- numeric (float32): see NUMERIC (per event) and RELATIVE (per history event vs the query).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from issuer_seq.rules import causes
+
+PAD, OOV, NONE = 0, 1, 2
+N_SPECIAL = 3
+
+#: categorical event features -> how their raw value is derived from the log's columns
+CATEGORICAL: tuple[str, ...] = (
+    "response_code",  # NONE for the current attempt (its outcome is what we predict)
+    "cause",  # rules.Cause of the response code; NONE for the current attempt
+    "advice_code",  # NONE when absent or for the current attempt
+    "mcc",
+    "merchant_country",
+    "issuer_country",
+    "currency",
+    "network",
+    "card_type",
+    "initiator",
+    "is_recurring",
+    "three_ds",
+    "cross_border",
+    "issuer",  # issuer_id, the most frequent ones (others share the OOV id)
+)
+#: categorical features hidden on the current attempt (they are outcomes)
+OUTCOME_FEATURES: frozenset[str] = frozenset({"response_code", "cause", "advice_code"})
+
+NUMERIC: tuple[str, ...] = (
+    "log_amount",
+    "attempt",
+    "hour_sin",
+    "hour_cos",
+    "dow_sin",
+    "dow_cos",
+    "day_of_month",
+)
+RELATIVE: tuple[str, ...] = ("log_minutes_since", "same_merchant")
+
+MAX_ISSUER_VOCAB = 5_000
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Value -> id maps per categorical feature, fitted on the training split."""
+
+    maps: Mapping[str, Mapping[str, int]]
+
+    def size(self, name: str) -> int:
+        return N_SPECIAL + len(self.maps[name])
+
+    def sizes(self) -> dict[str, int]:
+        return {name: self.size(name) for name in CATEGORICAL}
+
+    def to_json(self) -> dict[str, dict[str, int]]:
+        return {k: dict(v) for k, v in self.maps.items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Mapping[str, int]]) -> Vocab:
+        return cls({k: dict(v) for k, v in data.items()})
+
+
+def raw_categorical(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """The text value of every categorical feature for each row of a validated log.
+
+    Values stay pandas Series (hash-factorized later) because converting millions of
+    objects to numpy strings is the slowest part of encoding a log.
+    """
+    code = frame["response_code"]
+    network = frame["network"]
+    uniq = frame[["response_code", "network"]].drop_duplicates()
+    cause_of = dict(
+        zip(
+            zip(uniq["response_code"], uniq["network"], strict=True),
+            causes(uniq["response_code"].to_numpy(str), uniq["network"].to_numpy(str)),
+            strict=True,
+        )
+    )
+    pairs = pd.MultiIndex.from_arrays([code, network])
+    cause = pd.Series(pairs.map(lambda p: str(cause_of[p])), index=frame.index)
+    return {
+        "response_code": code,
+        "cause": cause,
+        "advice_code": frame["advice_code"],
+        "mcc": frame["mcc"],
+        "merchant_country": frame["merchant_country"],
+        "issuer_country": frame["issuer_country"],
+        "currency": frame["currency"],
+        "network": network,
+        "card_type": frame["card_type"],
+        "initiator": frame["initiator"],
+        "is_recurring": frame["is_recurring"].astype(bool),
+        "three_ds": frame["three_ds"].astype(bool),
+        "cross_border": frame["issuer_country"] != frame["merchant_country"],
+        "issuer": frame["issuer_id"],
+    }
+
+
+def _text(value: object) -> str:
+    """The vocabulary key of a raw value: booleans as 'True'/'False', ids as text, null as ''."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    return str(value)
+
+
+def fit_vocab(raw: Mapping[str, pd.Series], rows: np.ndarray) -> Vocab:
+    """Vocabularies from the rows of the training split; ids ordered by frequency."""
+    maps: dict[str, dict[str, int]] = {}
+    for name in CATEGORICAL:
+        counts = raw[name].iloc[rows].value_counts(sort=True, dropna=True)
+        keys = [k for k in map(_text, counts.index) if k != ""]
+        if name == "issuer":
+            keys = keys[:MAX_ISSUER_VOCAB]
+        maps[name] = {k: N_SPECIAL + i for i, k in enumerate(keys)}
+    return Vocab(maps)
+
+
+def encode_series(vocab: Vocab, name: str, values: pd.Series) -> np.ndarray:
+    """Bulk encoding: factorize, then look up each distinct value once. (N,) int64."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    lookup = np.array(
+        [_lookup(vocab.maps[name], _text(u)) for u in uniques] + [NONE], dtype=np.int64
+    )
+    return lookup[codes]  # code -1 (null) picks the trailing NONE
+
+
+def encode(vocab: Vocab, name: str, values: Sequence[object] | np.ndarray) -> np.ndarray:
+    """Encoding of a few raw values (the scorer's path). (N,) int64."""
+    mapping = vocab.maps[name]
+    return np.array([_lookup(mapping, _text(v)) for v in values], dtype=np.int64)
+
+
+def _lookup(mapping: Mapping[str, int], key: str) -> int:
+    if key == "":
+        return NONE
+    return mapping.get(key, OOV)
+
+
+def numeric(amount: np.ndarray, attempt: np.ndarray, ts_s: np.ndarray) -> dict[str, np.ndarray]:
+    """Numeric event features from amount, attempt number and UTC epoch seconds. (N,) float32.
+
+    Hour and weekday are cyclic (sin, cos); the day of the month carries pay cycles.
+    """
+    ts_s = np.asarray(ts_s, dtype=np.int64)
+    hour = (ts_s % 86_400) / 3_600.0
+    dow = ((ts_s // 86_400) + 3) % 7  # 1970-01-01 was a Thursday: Monday = 0
+    days = ts_s.astype("datetime64[s]").astype("datetime64[D]")
+    dom = (days - days.astype("datetime64[M]")).astype(np.int64)  # 0-based day of month
+    out = {
+        "log_amount": np.log1p(np.maximum(np.asarray(amount, dtype=np.float64), 0.0)),
+        "attempt": np.minimum(np.asarray(attempt, dtype=np.float64), 10.0) - 1.0,
+        "hour_sin": np.sin(2 * np.pi * hour / 24),
+        "hour_cos": np.cos(2 * np.pi * hour / 24),
+        "dow_sin": np.sin(2 * np.pi * dow / 7),
+        "dow_cos": np.cos(2 * np.pi * dow / 7),
+        "day_of_month": dom / 30.0,
+    }
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def relative_features(xp: Any, dt_s: Any, hist_merchant: Any, query_merchant: Any) -> Any:
+    """(..., K) time since each history event and same-merchant flag, stacked on a last axis.
+
+    `xp` is numpy or torch: the scorer and the training batches compute the same values.
+    dt_s: seconds from the history event to the query (>= 0); merchants as integer codes.
+    Returns (..., K, 2) float32 in RELATIVE order.
+    """
+    minutes = xp.clip(dt_s, 0, None) / 60.0
+    since = xp.log1p(minutes)
+    same = hist_merchant == query_merchant
+    if xp is np:
+        return np.stack([since, same], axis=-1).astype(np.float32)
+    return xp.stack([since.float(), same.float()], dim=-1)
