@@ -21,10 +21,12 @@ from issuer_seq.errors import IssuerSeqError
 COMMANDS: dict[str, str] = {
     "validate": "check a transaction log against the contract and print a summary",
     "simulate": "generate a synthetic transaction log with ground truth",
-    "demo": "the main job end to end on the embedded default",
+    "train": "train the transformer (Hydra: model=, trainer=, logger=, experiment=, -m sweeps)",
+    "demo": "the main job end to end on the embedded default (simulate ... train)",
 }
 
 log = logging.getLogger("issuer_seq")
+_COMMAND_ENV = "ISSUER_SEQ_COMMAND"
 
 
 def conf_dir() -> Path:
@@ -66,6 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
 
     args = sys.argv[1:] if argv is None else argv
+    inherited = os.environ.get(_COMMAND_ENV)
+    if inherited in COMMANDS and (not args or args[0] not in COMMANDS):
+        # A process started by Lightning's DDP launcher: it re-runs our script with the
+        # overrides only, so the command comes from the parent's environment.
+        args = [inherited, *args]
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
         return
@@ -74,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"issuer-seq: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         raise SystemExit(2)
     module = importlib.import_module(f"issuer_seq.commands.{command}")
-    sys.argv = [f"issuer-seq {command}", *args[1:]]
+    os.environ[_COMMAND_ENV] = command
+    sys.argv = [sys.argv[0], *args[1:]]
     hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")(
         _guarded(module.run)
     )()

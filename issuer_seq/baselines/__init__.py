@@ -1,0 +1,1 @@
+"""Baselines the transformer is compared with."""

@@ -1,0 +1,209 @@
+"""The LightningModule: losses, metrics and optimization around the plain network.
+
+Batches arrive as row tensors; `on_after_batch_transfer` gathers the named inputs on the
+device where the store lives (the GPU, when training there).
+
+Losses: BCE on approval, plus a masked BCE of the retry head at the observed delay only
+(weighted by 1 / the logged policy's propensity when `retry_propensity_weighting`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as tF
+import torchmetrics
+from torch import Tensor, nn
+
+from issuer_seq.data.batches import DeviceStore
+from issuer_seq.model.network import IssuerSeqNet
+
+OptimizerFactory = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
+
+
+def approval_metrics(prefix: str, sync: bool = True) -> torchmetrics.MetricCollection:
+    """AUROC, AP of the decline class, log loss, Brier, ECE (15 bins) of p_approve.
+
+    `sync=False` computes on this process's data alone (after DDP training, on rank 0).
+    """
+    kw = {"sync_on_compute": sync}
+    return torchmetrics.MetricCollection(
+        {
+            "auroc": torchmetrics.classification.BinaryAUROC(**kw),
+            "ap_decline": DeclineAveragePrecision(**kw),
+            "logloss": LogLoss(**kw),
+            "brier": torchmetrics.MeanSquaredError(**kw),
+            "ece": torchmetrics.classification.BinaryCalibrationError(n_bins=15, norm="l1", **kw),
+        },
+        prefix=prefix,
+    )
+
+
+class DeclineAveragePrecision(torchmetrics.classification.BinaryAveragePrecision):
+    """Average precision with declines as the positive class (the rare, costly one)."""
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        super().update(1 - preds, 1 - target.long())
+
+
+class LogLoss(torchmetrics.Metric):
+    """Mean binary cross-entropy of probabilities (clipped like scikit-learn)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        p = preds.double().clamp(1e-15, 1 - 1e-15)
+        t = target.double()
+        self.total += -(t * p.log() + (1 - t) * (1 - p).log()).sum()
+        self.count += t.numel()
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
+
+
+class IssuerSeqModule(pl.LightningModule):
+    def __init__(
+        self,
+        net: IssuerSeqNet,
+        store: DeviceStore,
+        optimizer: OptimizerFactory,
+        warmup_steps: int = 200,
+        retry_loss_weight: float = 1.0,
+        retry_propensity_weighting: bool = True,
+        max_retry_weight: float = 20.0,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.store = store
+        self.optimizer_factory = optimizer
+        self.warmup_steps = warmup_steps
+        self.retry_loss_weight = retry_loss_weight
+        self.retry_propensity_weighting = retry_propensity_weighting
+        self.max_retry_weight = max_retry_weight
+        self.metrics = nn.ModuleDict({s: approval_metrics(f"{s}/") for s in ("val", "test")})
+        self.retry_metrics = nn.ModuleDict(
+            {
+                s: torchmetrics.MetricCollection(
+                    {"logloss": LogLoss(), "auroc": torchmetrics.classification.BinaryAUROC()},
+                    prefix=f"{s}/retry_",
+                )
+                for s in ("val", "test")
+            }
+        )
+
+        self._retry_seen = {"val": False, "test": False}
+
+    # -- data -----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self.store.to(self.device)
+
+    def on_validation_start(self) -> None:
+        self.store.to(self.device)
+
+    def on_test_start(self) -> None:
+        self.store.to(self.device)
+
+    def on_predict_start(self) -> None:
+        self.store.to(self.device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> dict[str, Tensor]:
+        if isinstance(batch, dict):  # already gathered (pre-built tensors)
+            return batch
+        return self.store.gather(batch)
+
+    # -- losses ---------------------------------------------------------------------------
+    def losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        approval_logit, retry_logits = self.net.logits(batch)
+        approval_loss = tF.binary_cross_entropy_with_logits(approval_logit, batch["approved"])
+        bucket = batch["retry_bucket"]
+        observed = bucket >= 0
+        retry_logit = retry_logits.gather(1, bucket.clamp(min=0)[:, None]).squeeze(1)  # (B,)
+        weight = observed.float()
+        if self.retry_propensity_weighting:
+            weight = weight * batch["retry_weight"].clamp(max=self.max_retry_weight)
+        per = tF.binary_cross_entropy_with_logits(
+            retry_logit, batch["retry_success"], reduction="none"
+        )
+        retry_loss = (per * weight).sum() / weight.sum().clamp(min=1.0)
+        return approval_loss, retry_loss, approval_logit, retry_logit, observed
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        approval_loss, retry_loss, *_ = self.losses(batch)
+        loss = approval_loss + self.retry_loss_weight * retry_loss
+        self.log_dict(
+            {
+                "train/loss": loss,
+                "train/approval_loss": approval_loss,
+                "train/retry_loss": retry_loss,
+            },
+            prog_bar=True,
+            batch_size=len(batch["approved"]),
+        )
+        return loss
+
+    def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:
+        approval_loss, _, approval_logit, retry_logit, observed = self.losses(batch)
+        p = torch.sigmoid(approval_logit / self.net.approval_temperature)
+        self.metrics[split].update(p, batch["approved"].long())
+        if observed.any():
+            pr = torch.sigmoid(retry_logit[observed] / self.net.retry_temperature)
+            self.retry_metrics[split].update(pr, batch["retry_success"][observed].long())
+            self._retry_seen[split] = True
+        self.log(
+            f"{split}/loss",
+            approval_loss,
+            batch_size=len(p),
+            prog_bar=split == "val",
+            sync_dist=True,
+        )
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _log_epoch(self, split: str) -> None:
+        values = self.metrics[split].compute()
+        self.metrics[split].reset()
+        if self._retry_seen[split]:
+            values.update(self.retry_metrics[split].compute())
+        self.retry_metrics[split].reset()
+        self._retry_seen[split] = False
+        self.log_dict(values, prog_bar=split == "val", sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> tuple[Tensor, Tensor]:
+        return self.net(batch)
+
+    # -- optimization ---------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(self.warmup_steps, max(total // 10, 1))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,283 @@
+"""The network, the LightningModule and `issuer-seq train` with Hydra (CPU, tiny data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from issuer_seq.cli import conf_dir
+from issuer_seq.data.batches import DeviceStore, input_names
+from issuer_seq.data.store import StoreConfig, build_store
+from issuer_seq.model.network import IssuerSeqNet
+from issuer_seq.schema import load_log
+from issuer_seq.train.calibrate import fit_temperature
+from issuer_seq.train.run import train
+from tests.conftest import make_sim
+
+FAST = [
+    "model=tiny",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+    "data.eval_batch_size=1024",
+    "data.max_eval_examples=2000",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sim(tmp_path_factory.mktemp("tiny"), seed=3, n_cards=400, days=20)
+
+
+def _compose(name: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides, return_hydra_config=False)
+
+
+def _cli(
+    *args: str, cwd: Path | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "issuer_seq.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def test_every_config_composes() -> None:
+    for name in ("validate", "simulate", "demo", "train"):
+        assert _compose(name, []).data_dir
+    groups = {
+        "model": ["tiny", "small", "base"],
+        "trainer": ["cpu", "gpu", "ddp"],
+        "logger": ["csv", "mlflow", "tensorboard"],
+        "experiment": ["demo", "gpu", "ablate_no_issuer", "ablate_no_card"],
+    }
+    for group, options in groups.items():
+        for option in options:
+            cfg = _compose("train", [f"{group}={option}"])
+            assert cfg.model.d_model > 0 and cfg.trainer.max_epochs > 0
+    gpu = _compose("train", ["experiment=gpu"])
+    assert gpu.trainer.precision == "bf16-mixed" and gpu.model.d_model == 128
+    assert _compose("train", ["experiment=ablate_no_issuer"]).model.use_issuer is False
+    assert _compose("train", ["experiment=ablate_no_card"]).model.use_card is False
+
+
+@pytest.mark.parametrize("fastpath", [True, False])
+def test_empty_histories_never_give_nan(tiny_dir: Path, fastpath: bool) -> None:
+    store = build_store(load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6))
+    batch = DeviceStore(store).gather(torch.arange(64))
+    for s in ("card", "issuer"):
+        batch[f"{s}_length"] = torch.zeros_like(batch[f"{s}_length"])
+        batch[f"{s}_length"][::2] = 3
+    assert set(input_names()) <= set(batch)
+    net = IssuerSeqNet(store.vocab.sizes(), 8, d_model=16, n_heads=2, n_layers=2, d_ff=32)
+    old = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(fastpath)
+    try:
+        for train_mode in (True, False):
+            net.train(train_mode)
+            with torch.set_grad_enabled(train_mode):
+                p, r = net(batch)
+            assert p.shape == (64,) and r.shape == (64, 8)
+            assert torch.isfinite(p).all() and torch.isfinite(r).all()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(old)
+
+
+def test_history_is_padding_invariant(tiny_dir: Path) -> None:
+    """Padded positions do not change the output: the mask really masks."""
+    store = build_store(load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6))
+    batch = DeviceStore(store).gather(torch.arange(200, 232))
+    net = IssuerSeqNet(store.vocab.sizes(), 8, d_model=16, n_heads=2, n_layers=2, d_ff=32).eval()
+    p1, _ = net(batch)
+    noisy = dict(batch)
+    for s in ("card", "issuer"):
+        k = batch[f"{s}_mcc"].shape[1]
+        pad = torch.arange(-k, 0)[None, :] < -batch[f"{s}_length"][:, None]
+        noisy[f"{s}_mcc"] = torch.where(
+            pad, torch.full_like(batch[f"{s}_mcc"], 3), batch[f"{s}_mcc"]
+        )
+    p2, _ = net(noisy)
+    torch.testing.assert_close(p1, p2)
+
+
+def test_temperature_recovers_known_scale() -> None:
+    g = torch.Generator().manual_seed(0)
+    true_logit = torch.randn(20_000, generator=g) * 2
+    y = (torch.rand(20_000, generator=g) < torch.sigmoid(true_logit)).float()
+    assert fit_temperature(true_logit * 3, y) == pytest.approx(3.0, rel=0.1)
+
+
+def test_train_writes_metrics_checkpoints_and_config(tiny_dir: Path, tmp_path: Path) -> None:
+    cfg = _compose("train", [f"data_dir={tiny_dir}", f"run_dir={tmp_path}", *FAST])
+    val_logloss = train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert set(metrics["approval"][split]) == {"auroc", "ap_decline", "logloss", "brier", "ece"}
+    assert metrics["approval"]["val"]["logloss"] == pytest.approx(val_logloss)
+    assert "observed" in metrics["retry"]["test"]
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} >= {"best.ckpt", "last.ckpt"}
+    assert "model:" in (tmp_path / "config.yaml").read_text()
+    spec = json.loads((tmp_path / "model_spec.json").read_text())
+    assert spec["inputs"] == input_names() and spec["net"]["d_model"] == 32
+
+
+@pytest.mark.parametrize("experiment", ["demo", "gpu", "ablate_no_issuer", "ablate_no_card"])
+def test_every_experiment_smoke_runs_on_cpu(
+    tiny_dir: Path, tmp_path: Path, experiment: str
+) -> None:
+    overrides = [f"experiment={experiment}", f"data_dir={tiny_dir}", f"run_dir={tmp_path}", *FAST]
+    if experiment == "gpu":  # the GPU experiment's settings, run on the CPU (bf16 works there)
+        overrides += ["trainer.accelerator=cpu", "data.batch_size=256"]
+    cfg = _compose("train", overrides)
+    assert train(cfg) > 0
+    assert (tmp_path / "metrics.json").exists()
+
+
+def test_cli_train_tiny_and_optuna_sweep(tiny_dir: Path, tmp_path: Path) -> None:
+    run = _cli("train", f"data_dir={tiny_dir}", f"run_dir={tmp_path / 'r'}", *FAST)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "test approval: AUROC" in run.stdout
+    sweep = _cli(
+        "train",
+        "-m",
+        "sweep=optuna",
+        "hydra.sweeper.n_trials=2",
+        f"data_dir={tiny_dir}",
+        *FAST,
+        cwd=tmp_path,
+    )
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    results = list((tmp_path / "runs" / "sweeps").glob("*/optimization_results.yaml"))
+    assert len(results) == 1 and "best_value" in results[0].read_text()
+    assert len(list((tmp_path / "runs" / "sweeps").glob("*/*/metrics.json"))) == 2
+
+
+def test_mlflow_logger_records_params_and_metrics(tiny_dir: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = _compose(
+        "train",
+        [
+            f"data_dir={tiny_dir}",
+            f"run_dir={tmp_path / 'run'}",
+            "logger=mlflow",
+            f"logger.tracking_uri={uri}",
+            *FAST,
+        ],
+    )
+    train(cfg)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("issuer_seq").experiment_id])
+    assert "val/logloss" in run.data.metrics
+    assert run.data.params["model/d_model"] == "32"
+
+
+def test_resume_after_kill_matches_uninterrupted(tiny_dir: Path, tmp_path: Path) -> None:
+    args = [
+        f"data_dir={tiny_dir}",
+        *FAST[:1],
+        "trainer.max_epochs=3",
+        "trainer.limit_val_batches=2",
+        "trainer.enable_progress_bar=false",
+        "data.max_eval_examples=2000",
+        "data.batch_size=256",
+    ]
+    full = _cli("train", f"run_dir={tmp_path / 'full'}", *args)
+    assert full.returncode == 0, full.stderr[-2000:]
+    # Kill a run once its first epoch is checkpointed, then resume it.
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "issuer_seq.cli", "train", f"run_dir={run_dir}", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last.exists() and not (run_dir / "metrics.json").exists()
+    resumed = _cli("train", f"run_dir={run_dir}", "resume=true", *args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((tmp_path / "full" / "metrics.json").read_text())["approval"]["test"]
+    b = json.loads((run_dir / "metrics.json").read_text())["approval"]["test"]
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_dir: Path, tmp_path: Path) -> None:
+    out = _cli("train", f"data_dir={tiny_dir}", f"run_dir={tmp_path}", "resume=true", *FAST)
+    assert out.returncode == 2 and "last.ckpt does not exist" in out.stdout + out.stderr
+
+
+def test_approval_never_sees_the_decline_inputs(tiny_dir: Path) -> None:
+    """The decline code/MAC (the row's own outcome in training) feed the retry head only."""
+    store = build_store(load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6))
+    batch = DeviceStore(store).gather(torch.arange(100, 164))
+    net = IssuerSeqNet(store.vocab.sizes(), 8, d_model=16, n_heads=2, n_layers=1, d_ff=32).eval()
+    p1, r1 = net(batch)
+    other = dict(batch)
+    other["decline_response_code"] = torch.full_like(batch["decline_response_code"], 5)
+    other["decline_advice_code"] = torch.full_like(batch["decline_advice_code"], 4)
+    p2, r2 = net(other)
+    torch.testing.assert_close(p1, p2)
+    assert not torch.allclose(r1, r2)
+    assert (batch["cur_response_code"] == 2).all() and (batch["cur_cause"] == 2).all()
+
+
+def test_ddp_on_cpu_with_two_processes(tiny_dir: Path, tmp_path: Path) -> None:
+    """trainer=ddp under torchrun, gloo on CPU: both ranks train, rank 0 writes the run."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node=2",
+            "-m",
+            "issuer_seq.cli",
+            "train",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            f"data_dir={tiny_dir}",
+            f"run_dir={tmp_path}",
+            *FAST,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["training"]["steps"] == 3 and metrics["approval"]["test"]["auroc"] > 0
+
+
+def test_pipeline_benchmark_reports_both_arms(tiny_dir: Path) -> None:
+    from issuer_seq.report.pipeline import bench_pipeline
+
+    store = build_store(load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6))
+    kw = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "dropout": 0.0}
+    result = bench_pipeline(store, kw, steps=4, warmup=1, batch_size=64, rounds=1)
+    assert (
+        result["real_pipeline_samples_per_s"] > 0 and result["prebuilt_tensors_samples_per_s"] > 0
+    )
+    assert result["ratio"] == pytest.approx(
+        result["real_pipeline_samples_per_s"] / result["prebuilt_tensors_samples_per_s"], rel=0.01
+    )
