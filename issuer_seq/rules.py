@@ -396,10 +396,10 @@ def check_retry(
        in the EEA and a frequency limit elsewhere, so it is not forced to 3-D Secure;
     4. Mastercard MAC 24..30: not before `decline.ts + MAC_RETRY_AFTER[mac]` (`earliest`);
     5. Visa: reattempts (attempt > 1) of the same card + merchant in (retry_at - 30 d,
-       retry_at], counting `decline` when it is a reattempt and the proposed retry, must not
+       retry_at), counting `decline` when it is a reattempt and the proposed retry, must not
        exceed `rules.visa_max_reattempts_30d` (15);
     6. Mastercard excessive attempts: declines on the same card + merchant + amount (to the
-       cent) in (retry_at - 30 d, retry_at], counting `decline`, must stay below
+       cent) in (retry_at - 30 d, retry_at), counting `decline`, must stay below
        `rules.mc_max_declines_30d` (35) so that one more decline is not over the limit; the
        same within 24 h against `rules.mc_max_declines_24h`. Sources disagree on the 24-hour
        cap (10 or 20 declines); the default 10 is the stricter reading.
@@ -424,7 +424,8 @@ def check_retry(
     if cause == Cause.HARD:
         return _deny("hard_decline", f"{code} ({CODES[code].meaning}) is a hard decline")
 
-    relevant = [h for h in history if h.ts <= retry_at]
+    # History is what happened strictly before the retry; the retry itself counts separately.
+    relevant = [h for h in history if h.ts < retry_at]
     same_merchant = [h for h in relevant if _same_merchant(h.merchant_id, decline.merchant_id)]
     if is_mc:
         if mac in MAC_DO_NOT_RETRY:
@@ -716,7 +717,7 @@ def check_retries(
         # Only rows still undecided need the (costly) count.
         rows = np.flatnonzero(among & ~decided)
         return _window_counts(
-            rows, q_key, retry_at - window_s, retry_at, h_key, history.ts, h_mask, self_rows
+            rows, q_key, retry_at - window_s, retry_at - 1, h_key, history.ts, h_mask, self_rows
         )
 
     do_not_retry = h_is_decline & np.isin(h_mac, list(MAC_DO_NOT_RETRY))
