@@ -1,0 +1,33 @@
+"""`issuer-seq demo` end to end on a tiny world (the README's main job, scaled down)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_runs_every_stage(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "issuer_seq.cli",
+            "demo",
+            f"data_dir={tmp_path / 'data'}",
+            f"run_dir={tmp_path / 'run'}",
+            "simulate_overrides=['n_cards=400','n_issuers=20','n_merchants=100','days=20']",
+            "train_overrides=['experiment=demo','model=tiny','trainer.max_epochs=1',"
+            "'trainer.limit_train_batches=3','trainer.enable_progress_bar=false']",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for stage in ("[1/4] simulate", "[2/4] validate", "[3/4] dataset", "[4/4] train"):
+        assert stage in out.stdout
+    assert (tmp_path / "data" / "truth.parquet").exists()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["training"]["steps"] == 3
