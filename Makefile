@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint clean
+.PHONY: install services test demo lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Servers the tests talk to for real: redis-server (the scorer's shared state store). The
+# tests start their own instance on a free loopback port; this only installs the binary.
+services:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	} || { echo "redis-server is missing and could not be installed (needs root + apt)"; exit 1; }
+
+test: $(STAMP) services
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

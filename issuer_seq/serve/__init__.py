@@ -1,0 +1,1 @@
+"""Serving: the scorer (numpy + onnxruntime, never torch), its state stores, the HTTP app."""

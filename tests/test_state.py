@@ -1,0 +1,112 @@
+"""State stores: the bounded in-memory default and Redis (a real redis-server on loopback)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from issuer_seq.serve.inputs import Event
+from issuer_seq.serve.state import MemoryStore, RedisStore, StateStore
+
+
+def _event(t: int, merchant: str = "m") -> Event:
+    return Event(t=t, merchant=merchant, cat=(3, 4), num=(0.5,))
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of our own on a free loopback port (installed by `make test`)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed: run `make test`, which installs it")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    work: Path = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(work),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _stores(redis_url: str) -> list[StateStore]:
+    keep = {"card": 3, "issuer": 5}
+    redis_store = RedisStore.from_url(redis_url, keep, prefix=f"t{time.monotonic_ns()}")
+    return [MemoryStore(keep), redis_store]
+
+
+def test_keeps_the_last_events_in_time_order(redis_url: str) -> None:
+    for store in _stores(redis_url):
+        for t in (5, 1, 9, 7, 3):  # out of order, as late outcomes arrive
+            store.append("card", "c1", _event(t))
+        assert [e.t for e in store.recent("card", "c1")] == [3, 7, 9]  # the last 3 appended
+        assert store.recent("card", "unknown") == []
+        store.append("issuer", "c1", _event(2, "x"))
+        assert store.recent("issuer", "c1") == [_event(2, "x")]  # streams are separate
+
+
+def test_memory_store_evicts_least_recently_used_keys() -> None:
+    store = MemoryStore({"card": 2}, max_keys=2)
+    store.append("card", "a", _event(1))
+    store.append("card", "b", _event(2))
+    store.recent("card", "a")  # a is now more recent than b
+    store.append("card", "c", _event(3))
+    assert store.recent("card", "b") == [] and store.recent("card", "a") == [_event(1)]
+
+
+def test_stores_are_safe_under_concurrent_writers(redis_url: str) -> None:
+    for store in _stores(redis_url):
+
+        def write(worker: int, store: StateStore = store) -> None:
+            for i in range(50):
+                store.append("issuer", "i1", _event(worker * 1000 + i))
+
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        events = store.recent("issuer", "i1")
+        assert len(events) == 5 and events == sorted(events, key=lambda e: e.t)
+
+
+def test_two_replicas_share_state_through_redis(redis_url: str) -> None:
+    prefix = f"shared{time.monotonic_ns()}"
+    a = RedisStore.from_url(redis_url, {"card": 4}, prefix=prefix)
+    b = RedisStore.from_url(redis_url, {"card": 4}, prefix=prefix)
+    a.append("card", "c9", _event(10))
+    b.append("card", "c9", _event(11))
+    assert [e.t for e in a.recent("card", "c9")] == [10, 11]
+    assert [e.t for e in b.recent("card", "c9")] == [10, 11]
