@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is for bulk encoding only; the scorer runs on numpy alone
+    import pandas as pd
 
 from issuer_seq.rules import causes
 
@@ -87,6 +89,7 @@ def raw_categorical(frame: pd.DataFrame) -> dict[str, pd.Series]:
     Values stay pandas Series (hash-factorized later) because converting millions of
     objects to numpy strings is the slowest part of encoding a log.
     """
+    import pandas as pd
     code = frame["response_code"]
     network = frame["network"]
     uniq = frame[["response_code", "network"]].drop_duplicates()
@@ -119,7 +122,9 @@ def raw_categorical(frame: pd.DataFrame) -> dict[str, pd.Series]:
 
 def _text(value: object) -> str:
     """The vocabulary key of a raw value: booleans as 'True'/'False', ids as text, null as ''."""
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+    if value is None or type(value).__name__ == "NAType":  # pd.NA, without importing pandas
+        return ""
+    if isinstance(value, float) and np.isnan(value):
         return ""
     if isinstance(value, bool | np.bool_):
         return str(bool(value))
@@ -140,6 +145,8 @@ def fit_vocab(raw: Mapping[str, pd.Series], rows: np.ndarray) -> Vocab:
 
 def encode_series(vocab: Vocab, name: str, values: pd.Series) -> np.ndarray:
     """Bulk encoding: factorize, then look up each distinct value once. (N,) int64."""
+    import pandas as pd
+
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     lookup = np.array(
         [_lookup(vocab.maps[name], _text(u)) for u in uniques] + [NONE], dtype=np.int64
