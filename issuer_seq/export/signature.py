@@ -1,0 +1,78 @@
+"""The graph's signature: one named, typed tensor per feature, in the training run's order.
+
+Every input name of `data/batches.py` (`<stream>_<feature>`) maps to a dtype and a shape:
+
+    cur_<f>, decline_<f>, <s>_length        (batch,)             int64 ids / lengths
+    cur_<numeric>                           (batch,)             float32
+    card_<f>                                (batch, k_card)      history, right-aligned
+    issuer_<f>                              (batch, k_issuer)
+
+The symbolic dims are what the ONNX graph, the manifest and the Triton config share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from issuer_seq import features as F
+from issuer_seq.errors import IssuerSeqError
+
+BATCH = "batch"
+#: stream -> the symbolic history-length dim its (B, K) inputs share
+HISTORY_DIMS: dict[str, str] = {"card": "k_card", "issuer": "k_issuer"}
+OUTPUTS: tuple[str, ...] = ("p_approve", "p_retry")
+
+Kind = Literal["categorical", "numeric", "relative", "length"]
+Dtype = Literal["int64", "float32"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. `shape` holds symbolic dim names or fixed sizes."""
+
+    name: str
+    dtype: Dtype
+    shape: tuple[str | int, ...]
+    stream: str = ""  # cur, card, issuer, decline ("" for outputs)
+    feature: str = ""
+    kind: Kind | None = None
+    vocab: str | None = None  # the vocabulary a categorical id comes from
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        for key in ("stream", "feature", "kind", "vocab"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        return out
+
+
+def input_spec(name: str) -> TensorSpec:
+    """The spec of one input name; an unknown name is an error (a run from another schema)."""
+    stream, _, feature = name.partition("_")
+    if stream == "decline" and feature in ("response_code", "advice_code"):
+        # The decline the retry head is asked about: ids of the same vocabularies.
+        return TensorSpec(name, "int64", (BATCH,), stream, feature, "categorical", feature)
+    if stream not in ("cur", *HISTORY_DIMS):
+        raise IssuerSeqError(f"model input {name!r} is not part of this feature schema")
+    if feature == "length" and stream in HISTORY_DIMS:
+        return TensorSpec(name, "int64", (BATCH,), stream, feature, "length")
+    shape: tuple[str, ...] = (BATCH,) if stream == "cur" else (BATCH, HISTORY_DIMS[stream])
+    if feature in F.CATEGORICAL:
+        return TensorSpec(name, "int64", shape, stream, feature, "categorical", feature)
+    if feature in F.NUMERIC:
+        return TensorSpec(name, "float32", shape, stream, feature, "numeric")
+    if feature in F.RELATIVE and stream != "cur":
+        return TensorSpec(name, "float32", shape, stream, feature, "relative")
+    raise IssuerSeqError(f"model input {name!r} is not part of this feature schema")
+
+
+def input_specs(names: list[str]) -> list[TensorSpec]:
+    return [input_spec(n) for n in names]
+
+
+def output_specs(n_delays: int) -> list[TensorSpec]:
+    return [
+        TensorSpec("p_approve", "float32", (BATCH,)),
+        TensorSpec("p_retry", "float32", (BATCH, n_delays)),
+    ]
