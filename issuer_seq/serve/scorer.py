@@ -1,0 +1,251 @@
+"""The real-time scorer: a verified bundle, one ONNX Runtime session, histories in a store.
+
+numpy + onnxruntime only (a test imports it in a fresh interpreter and checks that torch is
+never loaded). Thread-safe: ONNX Runtime sessions are safe to call concurrently, and the
+state stores lock (or are Redis).
+
+    scorer = Scorer.load("export/default")
+    p = scorer.score(attempt)                 # approval probability of the attempt
+    advice = scorer.advise_retry(decline)     # retry curve, recommended delay, deciding rule
+    scorer.observe(outcome)                   # append the attempt with its outcome
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from issuer_seq import features as F
+from issuer_seq.delays import grid_seconds
+from issuer_seq.errors import IssuerSeqError
+from issuer_seq.retry_policy import (
+    DEFAULT_ECONOMICS,
+    NO_RETRY,
+    NOW_3DS,
+    RetryEconomics,
+    choose_retry,
+)
+from issuer_seq.rules import (
+    DEFAULT_RULES,
+    AttemptColumns,
+    Cause,
+    NetworkRules,
+    cause_of,
+    check_retries,
+)
+from issuer_seq.serve.inputs import Event, build_inputs, encode_event
+from issuer_seq.serve.inputs import epoch_seconds as to_epoch
+from issuer_seq.serve.state import MemoryStore, StateStore
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(IssuerSeqError):
+    """The bundle is missing, tampered with, or of another format."""
+
+
+def verify_bundle(root: Path) -> dict[str, Any]:
+    """Load the manifest and re-hash every file it lists; refuse anything that differs."""
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{root}: no {MANIFEST}; is this an `issuer-seq export` bundle?")
+    manifest = json.loads(path.read_text())
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{root}: bundle format version {version!r}, this scorer reads {FORMAT_VERSION}"
+        )
+    problems = []
+    for rel, entry in manifest["files"].items():
+        p = root / rel
+        if not p.is_file():
+            problems.append(f"{rel} is missing")
+            continue
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        if digest != entry["sha256"]:
+            problems.append(
+                f"{rel} has sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}..."
+            )
+    if problems:
+        raise BundleError(f"{root}: bundle failed verification: " + "; ".join(problems))
+    return manifest
+
+
+def make_session(model: Path, providers: Sequence[str], threads: int, allow_fallback: bool) -> Any:
+    """An ONNX Runtime session on exactly the providers asked for (or a loud degradation)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if missing and not allow_fallback:
+        raise IssuerSeqError(
+            f"execution provider(s) {missing} not available in this onnxruntime "
+            f"(available: {available}); install onnxruntime-gpu for CUDA, or allow fallback"
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    wanted = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(model), options, providers=wanted)
+    active = session.get_providers()
+    if providers[0] not in active:
+        if not allow_fallback:
+            raise IssuerSeqError(f"asked for {providers[0]} but the session runs on {active}")
+        log.warning("DEGRADED: asked for %s, running on %s", providers[0], active)
+    return session
+
+
+@dataclass
+class RetryAdvice:
+    curve: dict[str, float]  # delay label -> P(retry approved)
+    action: str  # a delay label, "now_with_3ds", or "no_retry"
+    expected_value: float
+    rule: str  # the network rule or policy reason that decided
+    allowed: dict[str, bool] = field(default_factory=dict)
+
+
+class Scorer:
+    def __init__(
+        self,
+        bundle: str | Path,
+        store: StateStore | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        allow_fallback: bool = False,
+        threads: int = 1,
+        model_file: str | None = None,
+        rules: NetworkRules = DEFAULT_RULES,
+        economics: RetryEconomics = DEFAULT_ECONOMICS,
+    ) -> None:
+        self.root = Path(bundle)
+        self.manifest = verify_bundle(self.root)
+        m = self.manifest
+        self.vocab = F.Vocab.from_json(
+            {name: spec["vocab"] for name, spec in m["schema"]["categorical"].items()}
+        )
+        self.ks = {"card": int(m["history"]["k_card"]), "issuer": int(m["history"]["k_issuer"])}
+        self.lag_s = int(m["history"].get("lag_s", 0))
+        self.grid = [str(g) for g in m["delay_grid"]]
+        self.grid_s = grid_seconds(self.grid)
+        self.input_names = [spec["name"] for spec in m["schema"]["inputs"]]
+        self.store = store or MemoryStore({s: k + 64 for s, k in self.ks.items()})
+        self.rules = rules
+        self.economics = economics
+        self.session = make_session(
+            self.root / (model_file or m["model"]["file"]), providers, threads, allow_fallback
+        )
+
+    @classmethod
+    def load(cls, bundle: str | Path, **kwargs: Any) -> Scorer:
+        return cls(bundle, **kwargs)
+
+    # -- model ----------------------------------------------------------------------------
+    def _histories(self, attempts: Sequence[Mapping[str, Any]]) -> dict[str, list[list[Event]]]:
+        return {
+            "card": [self.store.recent("card", str(a["card_id"])) for a in attempts],
+            "issuer": [self.store.recent("issuer", str(a["issuer_id"])) for a in attempts],
+        }
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        feeds = {name: inputs[name] for name in self.input_names}
+        p_approve, p_retry = self.session.run(["p_approve", "p_retry"], feeds)
+        return p_approve, p_retry
+
+    def score_batch(self, attempts: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Approval probabilities of attempts about to be sent. (B,)"""
+        current = [encode_event(self.vocab, {**a, "response_code": None}) for a in attempts]
+        inputs = build_inputs(current, self._histories(attempts), self.ks, self.lag_s)
+        return self.run(inputs)[0]
+
+    def score(self, attempt: Mapping[str, Any]) -> float:
+        return float(self.score_batch([attempt])[0])
+
+    # -- retries --------------------------------------------------------------------------
+    def retry_curve(self, declines: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """P(a retry after each grid delay is approved), for declined attempts. (B, G)"""
+        current = [encode_event(self.vocab, {**d, "response_code": None}) for d in declines]
+        outcome = [encode_event(self.vocab, d) for d in declines]
+        inputs = build_inputs(current, self._histories(declines), self.ks, self.lag_s, outcome)
+        return self.run(inputs)[1]
+
+    def advise_retry(self, decline: Mapping[str, Any]) -> RetryAdvice:
+        """The retry curve, the best allowed delay (or none) and the rule that decided."""
+        code = str(decline["response_code"])
+        network = str(decline["network"])
+        if cause_of(code, network) == Cause.APPROVED:
+            raise IssuerSeqError(f"response code {code} is an approval: nothing to retry")
+        curve = self.retry_curve([decline])[0]  # (G,)
+        t = to_epoch(decline["ts"])
+        known = self.store.recent("card", str(decline["card_id"]))
+        history = [e for e in known if e.t < t and e.raw is not None and e.raw[2]]
+        cols = _columns([encode_event(self.vocab, decline), *history])
+        g = len(self.grid_s)
+        allowed, rules = check_retries(
+            cols.take(np.zeros(g, dtype=np.int64)),
+            t + self.grid_s,
+            cols.take(np.arange(1, len(history) + 1)),
+            rules=self.rules,
+        )
+        choice = choose_retry(
+            curve[None, :],
+            allowed[None, :],
+            np.array([float(decline["amount"])]),
+            np.array([code]),
+            np.array([network]),
+            self.grid_s,
+            econ=self.economics,
+        )
+        action_i = int(choice.action[0])
+        action = (
+            "no_retry"
+            if action_i == NO_RETRY
+            else ("now_with_3ds" if action_i == NOW_3DS else self.grid[action_i])
+        )
+        blocking = sorted({str(r) for r in rules if r != "ok"})
+        rule = str(choice.reason[0]) if allowed.any() else (blocking[0] if blocking else "ok")
+        return RetryAdvice(
+            curve={label: float(p) for label, p in zip(self.grid, curve, strict=True)},
+            action=action,
+            expected_value=float(choice.value[0]),
+            rule=rule,
+            allowed={label: bool(a) for label, a in zip(self.grid, allowed, strict=True)},
+        )
+
+    # -- outcomes -------------------------------------------------------------------------
+    def observe(self, outcome: Mapping[str, Any]) -> None:
+        """Append an attempt with its outcome to its card's and issuer's histories."""
+        if outcome.get("response_code") is None:
+            raise IssuerSeqError("an outcome needs its response_code")
+        event = encode_event(self.vocab, outcome)
+        self.store.append("card", str(outcome["card_id"]), event)
+        self.store.append("issuer", str(outcome["issuer_id"]), event)
+
+
+def _columns(events: Sequence[Event]) -> AttemptColumns:
+    """The network rules' view of one card's events."""
+    raw = [e.raw for e in events]
+    assert all(r is not None for r in raw)
+    return AttemptColumns(
+        card_id=np.zeros(len(events), dtype=np.int64),
+        ts=np.array([e.t for e in events], dtype=np.int64),
+        network=np.array([r[0] for r in raw]),  # type: ignore[index]
+        merchant_id=np.array([e.merchant for e in events]),
+        amount=np.array([r[1] for r in raw], dtype=np.float64),  # type: ignore[index]
+        response_code=np.array([r[2] for r in raw]),  # type: ignore[index]
+        advice_code=np.array([r[3] for r in raw]),  # type: ignore[index]
+        attempt=np.array([r[4] for r in raw], dtype=np.int64),  # type: ignore[index]
+    )
+
+
+__all__ = ["BundleError", "RetryAdvice", "Scorer", "verify_bundle"]

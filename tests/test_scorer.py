@@ -1,0 +1,171 @@
+"""The scorer: verified bundles, explicit providers, exact replay of the batch pipeline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from issuer_seq.cli import conf_dir
+from issuer_seq.data.batches import DeviceStore
+from issuer_seq.data.store import StoreConfig, build_store
+from issuer_seq.errors import IssuerSeqError
+from issuer_seq.features import Vocab
+from issuer_seq.model.network import IssuerSeqNet
+from issuer_seq.schema import load_log
+from issuer_seq.serve.scorer import BundleError, Scorer
+from issuer_seq.train.run import train
+from tests.conftest import make_sim
+
+FAST = [
+    "model=tiny",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.enable_progress_bar=false",
+    "data.max_eval_examples=2000",
+]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    data = make_sim(tmp_path_factory.mktemp("sim"), seed=5, n_cards=250, days=15)
+    run = tmp_path_factory.mktemp("run")
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", [f"data_dir={data}", f"run_dir={run}", *FAST])
+    train(cfg)
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    done = subprocess.run(
+        [sys.executable, "-m", "issuer_seq.cli", "export", f"run_dir={run}", f"artifact_dir={out}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return data, run, out
+
+
+def test_scorer_never_imports_torch(bundle: tuple[Path, Path, Path]) -> None:
+    code = (
+        "import sys; from issuer_seq.serve.scorer import Scorer;"
+        f"s = Scorer({str(bundle[2])!r});"
+        "bad = [m for m in ('torch', 'pytorch_lightning') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_tampered_or_foreign_bundles_are_refused(
+    bundle: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle[2], copy)
+    with (copy / "model.onnx").open("r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="model.onnx has sha256"):
+        Scorer(copy)
+    shutil.copy(bundle[2] / "model.onnx", copy / "model.onnx")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="format version 99"):
+        Scorer(copy)
+    with pytest.raises(BundleError, match="no manifest.json"):
+        Scorer(tmp_path)
+
+
+def test_missing_provider_fails_or_degrades_loudly(
+    bundle: tuple[Path, Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(IssuerSeqError, match="CUDAExecutionProvider"):
+        Scorer(bundle[2], providers=("CUDAExecutionProvider",))
+    scorer = Scorer(bundle[2], providers=("CUDAExecutionProvider",), allow_fallback=True)
+    assert scorer.session.get_providers() == ["CPUExecutionProvider"]
+    assert "DEGRADED" in caplog.text
+
+
+def test_replayed_log_scores_like_the_batch_pipeline(bundle: tuple[Path, Path, Path]) -> None:
+    data, run, out = bundle
+    spec = json.loads((run / "model_spec.json").read_text())
+    vlog = load_log(data)
+    store = build_store(
+        vlog, StoreConfig(k_card=16, k_issuer=32), vocab=Vocab.from_json(spec["vocab"])
+    )
+    net = IssuerSeqNet(store.vocab.sizes(), **spec["net"])
+    net.load_state_dict(torch.load(run / "model.pt"))
+    net.eval()
+    rows = torch.arange(len(store))
+    batch = DeviceStore(store).gather(rows)
+    with torch.no_grad():
+        expected = net(batch)[0].numpy()
+    scorer = Scorer(out)
+    got = []
+    for rec in vlog.frame.to_dict("records"):
+        got.append(scorer.score({**rec, "response_code": None, "advice_code": None}))
+        scorer.observe(rec)
+    np.testing.assert_allclose(np.array(got), expected, rtol=1e-3, atol=1e-5)
+
+
+def test_retry_advice_obeys_the_network_rules(bundle: tuple[Path, Path, Path]) -> None:
+    scorer = Scorer(bundle[2])
+    base = {
+        "ts": "2026-02-01T10:00:00Z",
+        "card_id": 1,
+        "issuer_id": 3,
+        "merchant_id": 7,
+        "network": "mastercard",
+        "card_type": "debit",
+        "issuer_country": "DE",
+        "mcc": "4899",
+        "merchant_country": "DE",
+        "amount": 250.0,
+        "currency": "EUR",
+        "initiator": "MIT",
+        "is_recurring": True,
+        "three_ds": False,
+        "attempt": 1,
+    }
+    hard = scorer.advise_retry({**base, "response_code": "41", "advice_code": "03"})
+    assert hard.action == "no_retry" and not any(hard.allowed.values())
+    assert hard.rule in ("hard_decline", "visa_category_1", "mac_do_not_retry", "never_retry")
+    wait = scorer.advise_retry({**base, "response_code": "51", "advice_code": "27"})  # 4 days
+    assert [k for k, v in wait.allowed.items() if v] == ["4d", "7d"]
+    assert wait.action in ("4d", "7d", "no_retry")
+    assert set(wait.curve) == {"5m", "30m", "2h", "6h", "1d", "2d", "4d", "7d"}
+    assert all(0 <= p <= 1 for p in wait.curve.values())
+    with pytest.raises(IssuerSeqError, match="approval"):
+        scorer.advise_retry({**base, "response_code": "00"})
+
+
+def test_concurrent_scoring_and_observing(bundle: tuple[Path, Path, Path]) -> None:
+    data, _, out = bundle
+    scorer = Scorer(out)
+    records = load_log(data).frame.head(400).to_dict("records")
+    errors: list[BaseException] = []
+
+    def work(part: list[dict]) -> None:
+        try:
+            for rec in part:
+                p = scorer.score(rec)
+                assert 0 <= p <= 1
+                scorer.observe(rec)
+        except BaseException as exc:  # noqa: BLE001 - collected for the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(records[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
