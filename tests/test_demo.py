@@ -17,6 +17,8 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
             "demo",
             f"data_dir={tmp_path / 'data'}",
             f"run_dir={tmp_path / 'run'}",
+            f"artifact_dir={tmp_path / 'bundle'}",
+            "export_overrides=['parity.rows=2000','fp16.enabled=false']",
             "simulate_overrides=['n_cards=400','n_issuers=20','n_merchants=100','days=20']",
             "train_overrides=['experiment=demo','model=tiny','trainer.max_epochs=1',"
             "'trainer.limit_train_batches=3','trainer.enable_progress_bar=false']",
@@ -26,8 +28,10 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    for stage in ("[1/4] simulate", "[2/4] validate", "[3/4] dataset", "[4/4] train"):
+    stages = ("[1/5] simulate", "[2/5] validate", "[3/5] dataset", "[4/5] train", "[5/5] export")
+    for stage in stages:
         assert stage in out.stdout
     assert (tmp_path / "data" / "truth.parquet").exists()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 3
+    assert (tmp_path / "bundle" / "manifest.json").exists()
