@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "validate": "check a transaction log against the contract and print a summary",
     "simulate": "generate a synthetic transaction log with ground truth",
     "train": "train the transformer (Hydra: model=, trainer=, logger=, experiment=, -m sweeps)",
+    "evaluate": "score the model, baselines and (synthetic data) the oracle on the test split",
     "export": "ONNX export + parity check + serving bundle (manifest, variants, Triton repository)",
     "demo": "the main job end to end on the embedded default (simulate ... train)",
 }

@@ -1,0 +1,44 @@
+"""`issuer-seq evaluate`: models and retry policies on the test split -> evaluation.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from issuer_seq.evaluate.run import evaluate
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    run_dir = Path(cfg.run_dir)
+    result = evaluate(
+        Path(cfg.data_dir),
+        run_dir,
+        ablations={str(k): Path(v) for k, v in (cfg.get("ablations") or {}).items()},
+    )
+    (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
+    lines = [f"{'model':<22} {'AUROC':>7} {'AP(dec)':>8} {'logloss':>8} {'ECE':>7} {'oracle%':>8}"]
+    for name, m in result["approval"].items():
+        share = m.get("oracle_share")
+        lines.append(
+            f"{name:<22} {m['auroc']:>7.4f} {m['ap_decline']:>8.4f} {m['logloss']:>8.4f} "
+            f"{m['ece']:>7.4f} {'' if share is None else f'{100 * share:>7.1f}%':>8}"
+        )
+    policies = result.get("retry", {}).get("policies", {})
+    if policies:
+        lines.append(
+            f"{'retry policy':<22} {'value':>10} {'recovered':>11} {'rate':>6} {'viol.':>6}"
+        )
+        for name, r in policies.items():
+            lines.append(
+                f"{name:<22} {r['value']:>10.2f} {r['expected_recovered_amount']:>11.2f} "
+                f"{r['recovery_rate'] or 0:>6.3f} {r['violations']:>6d}"
+            )
+    log.info("\n".join(lines))
+    log.info("wrote %s", run_dir / "evaluation.json")
+    return result

@@ -1,0 +1,1 @@
+"""Evaluation: approval metrics of every model, retry policies and their value."""

@@ -1,0 +1,65 @@
+"""Approval metrics of DESIGN.md's protocol, on numpy arrays (scikit-learn underneath).
+
+AUROC, average precision of the *decline* class, log loss, Brier, ECE (15 equal-width bins)
+and the calibration curve; the share of the oracle's log-loss improvement captured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+EPS = 1e-15
+
+
+def ece(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error: sum over equal-width bins of |mean p - mean y| x share."""
+    p = np.asarray(p, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    idx = np.minimum((p * bins).astype(np.int64), bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    sum_p = np.bincount(idx, weights=p, minlength=bins)
+    sum_y = np.bincount(idx, weights=y, minlength=bins)
+    used = count > 0
+    return float(np.sum(np.abs(sum_p[used] - sum_y[used])) / len(p))
+
+
+def calibration_curve(p: np.ndarray, y: np.ndarray, bins: int = 15) -> dict[str, list[float]]:
+    """Per non-empty bin: mean predicted probability, observed rate, count."""
+    p = np.asarray(p, dtype=np.float64)
+    idx = np.minimum((p * bins).astype(np.int64), bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    used = count > 0
+    mean_p = np.bincount(idx, weights=p, minlength=bins)[used] / count[used]
+    rate = (
+        np.bincount(idx, weights=np.asarray(y, dtype=np.float64), minlength=bins)[used]
+        / count[used]
+    )
+    return {
+        "mean_predicted": mean_p.tolist(),
+        "observed": rate.tolist(),
+        "count": count[used].tolist(),
+    }
+
+
+def approval_metrics(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The protocol's metrics of approval probabilities `p` against outcomes `y` (1 = approved)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    y = np.asarray(y).astype(np.int64)
+    return {
+        "auroc": float(roc_auc_score(y, p)),
+        "ap_decline": float(average_precision_score(1 - y, 1 - p)),
+        "logloss": float(log_loss(y, p, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, p)),
+        "ece": ece(p, y),
+        "n": int(len(y)),
+        "calibration_curve": calibration_curve(p, y),
+    }
+
+
+def oracle_share(logloss_model: float, logloss_base: float, logloss_oracle: float) -> float:
+    """Share of the oracle's log-loss improvement over the base rate that a model captures."""
+    gap = logloss_base - logloss_oracle
+    return float((logloss_base - logloss_model) / gap) if gap > 0 else float("nan")

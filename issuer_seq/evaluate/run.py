@@ -1,0 +1,183 @@
+"""`issuer-seq evaluate`: every model and policy on the test split -> evaluation.json.
+
+Approval: the transformer (the run's calibrated network), the baselines (issuer x MCC base
+rate, and the tree and linear models of baselines/ when enabled) and, when the log has
+truth, the oracle. Retry: the policies of evaluate/retry.py on the declined test attempts,
+valued with the truth. Ablation runs are evaluated alongside when their run dirs exist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from issuer_seq.baselines.base_rate import base_rate
+from issuer_seq.data.batches import DeviceStore
+from issuer_seq.data.store import TEST, TRAIN, EventStore, StoreConfig, build_store
+from issuer_seq.delays import grid_seconds, truth_column
+from issuer_seq.errors import IssuerSeqError
+from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
+from issuer_seq.evaluate.retry import compare_policies
+from issuer_seq.features import Vocab
+from issuer_seq.model.network import IssuerSeqNet
+from issuer_seq.rules import AttemptColumns, causes, check_retries
+from issuer_seq.schema import ValidatedLog, load_log
+
+log = logging.getLogger(__name__)
+
+#: name -> function(vlog, split (N,), store) -> (approval p (N,), retry curves (N, G) or None)
+BaselineFn = Callable[[ValidatedLog, np.ndarray, EventStore], tuple[np.ndarray, np.ndarray | None]]
+
+
+def load_network(run_dir: Path) -> tuple[IssuerSeqNet, dict[str, Any]]:
+    spec_path = run_dir / "model_spec.json"
+    if not spec_path.exists():
+        raise IssuerSeqError(
+            f"{run_dir}: no model_spec.json; is it a finished `issuer-seq train` run?"
+        )
+    spec = json.loads(spec_path.read_text())
+    vocab = Vocab.from_json(spec["vocab"])
+    net = IssuerSeqNet(vocab.sizes(), **spec["net"])
+    net.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu"))
+    return net.eval(), spec
+
+
+def run_store(vlog: ValidatedLog, spec: Mapping[str, Any]) -> EventStore:
+    s = spec["store"]
+    config = StoreConfig(
+        k_card=int(s["k_card"]),
+        k_issuer=int(s["k_issuer"]),
+        lag_s=int(s["lag_s"]),
+        split=tuple(float(x) for x in s["split"]),  # type: ignore[arg-type]
+        delay_grid=tuple(str(g) for g in s["delay_grid"]),
+    )
+    return build_store(vlog, config, vocab=Vocab.from_json(spec["vocab"]))
+
+
+@torch.no_grad()
+def predict(
+    net: IssuerSeqNet, store: EventStore, rows: np.ndarray, batch: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated p_approve (N,) and retry curves (N, G), the decline inputs being each row's
+    own outcome (the curves of approved rows are meaningless and unused)."""
+    device_store = DeviceStore(store)
+    ps, curves = [], []
+    for start in range(0, len(rows), batch):
+        p, r = net(device_store.gather(torch.from_numpy(rows[start : start + batch])))
+        ps.append(p.numpy())
+        curves.append(r.numpy())
+    return np.concatenate(ps), np.concatenate(curves)
+
+
+def load_truth(data_dir: Path, store: EventStore, grid: list[str]) -> pd.DataFrame | None:
+    path = data_dir / "truth.parquet" if data_dir.is_dir() else data_dir.parent / "truth.parquet"
+    if not path.exists():
+        return None
+    truth = pd.read_parquet(path)
+    aligned = truth.set_index("txn_id").reindex(store.txn_id)
+    if aligned["p_approve"].isna().any():
+        raise IssuerSeqError(f"{path}: truth is missing for some attempts of the log")
+    missing = [truth_column(g) for g in grid if truth_column(g) not in aligned.columns]
+    if missing:
+        raise IssuerSeqError(f"{path}: no truth columns {missing} for this run's delay grid")
+    return aligned
+
+
+def allowed_matrix(frame: pd.DataFrame, rows: np.ndarray, grid_s: np.ndarray) -> np.ndarray:
+    """(N, G): may each declined row be retried after each delay (network rules)?"""
+    t = frame["ts"].astype("int64").to_numpy() // 1_000_000
+    history = AttemptColumns(
+        card_id=pd.factorize(frame["card_id"])[0],
+        ts=t,
+        network=frame["network"].to_numpy(str),
+        merchant_id=frame["merchant_id"].astype(str).to_numpy(),
+        amount=frame["amount"].to_numpy(),
+        response_code=frame["response_code"].to_numpy(str),
+        advice_code=frame["advice_code"].fillna("").to_numpy(str),
+        attempt=frame["attempt"].to_numpy(),
+    )
+    g = len(grid_s)
+    rep = np.repeat(rows, g)
+    allowed, _ = check_retries(
+        history.take(rep), t[rep] + np.tile(grid_s, len(rows)), history, self_rows=rep
+    )
+    return allowed.reshape(len(rows), g)
+
+
+def evaluate(
+    data_dir: Path,
+    run_dir: Path,
+    baselines: Mapping[str, BaselineFn] | None = None,
+    ablations: Mapping[str, Path] | None = None,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    net, spec = load_network(run_dir)
+    vlog = load_log(data_dir)
+    store = run_store(vlog, spec)
+    grid = [str(g) for g in spec["store"]["delay_grid"]]
+    grid_s = grid_seconds(grid)
+    test = store.rows(TEST)
+    y = store.approved[test]
+    truth = load_truth(Path(data_dir), store, grid)
+
+    p_model, curves_model = predict(net, store, test)
+    approval: dict[str, dict[str, Any]] = {"transformer": approval_metrics(p_model, y)}
+    approval["base_rate"] = approval_metrics(base_rate(store, store.rows(TRAIN))[test], y)
+    retry_curves: dict[str, np.ndarray] = {"transformer": curves_model}
+    for name, fn in (baselines or {}).items():
+        log.info("baseline %s", name)
+        p_all, curves = fn(vlog, store.split, store)
+        approval[name] = approval_metrics(p_all[test], y)
+        if curves is not None:
+            retry_curves[name] = curves[test]
+    if truth is not None:
+        approval["oracle"] = approval_metrics(truth["p_approve"].to_numpy()[test], y)
+        base, oracle = approval["base_rate"]["logloss"], approval["oracle"]["logloss"]
+        for m in approval.values():
+            m["oracle_share"] = oracle_share(m["logloss"], base, oracle)
+    for name, path in (ablations or {}).items():
+        if (Path(path) / "model_spec.json").exists():
+            ab_net, ab_spec = load_network(Path(path))
+            p_ab, _ = predict(ab_net, run_store(vlog, ab_spec), test)
+            approval[f"ablation_{name}"] = approval_metrics(p_ab, y)
+
+    result: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "run_dir": str(run_dir),
+        "split": {"test_start": store.split_bounds[1], "test_examples": int(len(test))},
+        "approval": approval,
+    }
+    frame = vlog.frame
+    declined = test[store.approved[test] == 0]
+    pos = np.searchsorted(test, declined)
+    if truth is None:
+        result["retry"] = {"note": "no truth.parquet: retry policies need the simulator's truth"}
+    elif len(declined):
+        p_true = np.stack([truth[truth_column(g)].to_numpy()[declined] for g in grid], axis=1)
+        code = frame["response_code"].to_numpy(str)[declined]
+        network = frame["network"].to_numpy(str)[declined]
+        result["retry"] = {
+            "declines": int(len(declined)),
+            "grid": grid,
+            "policies": compare_policies(
+                {k: v[pos] for k, v in retry_curves.items()},
+                p_true,
+                allowed_matrix(frame, declined, grid_s),
+                frame["amount"].to_numpy()[declined],
+                code,
+                network,
+                causes(code, network),
+                grid,
+                grid_s,
+            ),
+        }
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result

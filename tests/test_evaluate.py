@@ -1,0 +1,124 @@
+"""Evaluation: metrics against scikit-learn, rule-safe retry policies, evaluation.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+from issuer_seq.cli import conf_dir
+from issuer_seq.delays import grid_seconds
+from issuer_seq.evaluate.metrics import approval_metrics, ece, oracle_share
+from issuer_seq.evaluate.retry import compare_policies
+from issuer_seq.train.module import approval_metrics as torch_metrics
+from issuer_seq.train.run import train
+from tests.conftest import make_sim
+
+GRID = ["5m", "30m", "2h", "6h", "1d", "2d", "4d", "7d"]
+
+
+def _fixed_inputs() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.01, 0.99, 5000)
+    y = (rng.uniform(size=5000) < p**1.3).astype(np.int64)
+    return p, y
+
+
+def test_metrics_match_scikit_learn_and_the_training_metrics() -> None:
+    p, y = _fixed_inputs()
+    m = approval_metrics(p, y)
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert m["ap_decline"] == pytest.approx(average_precision_score(1 - y, 1 - p), abs=1e-12)
+    assert m["logloss"] == pytest.approx(log_loss(y, p), abs=1e-12)
+    assert m["brier"] == pytest.approx(brier_score_loss(y, p), abs=1e-12)
+    # Hand-computed ECE on a tiny case: two bins, |0.1-0| * 1/2 + |0.9-1| * 1/2.
+    assert ece(np.array([0.1, 0.9]), np.array([0, 1])) == pytest.approx(0.1)
+    # The training loop's torchmetrics agree with the evaluation's.
+    tm = torch_metrics("", sync=False)
+    tm.update(torch.from_numpy(p).float(), torch.from_numpy(y))
+    got = {k: float(v) for k, v in tm.compute().items()}
+    for key in ("auroc", "ap_decline", "logloss", "brier", "ece"):
+        assert got[key] == pytest.approx(m[key], abs=2e-4), key
+    assert oracle_share(0.35, 0.40, 0.30) == pytest.approx(0.5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_no_policy_ever_breaks_the_rules(data: st.DataObject) -> None:
+    """Whatever the curves and the rules allow, every policy stays inside `allowed`."""
+    n, g = data.draw(st.integers(1, 30)), len(GRID)
+    floats = st.floats(0, 1, allow_nan=False)
+    curve = np.array(data.draw(st.lists(floats, min_size=n * g, max_size=n * g))).reshape(n, g)
+    truth = np.array(data.draw(st.lists(floats, min_size=n * g, max_size=n * g))).reshape(n, g)
+    allowed = np.array(data.draw(st.lists(st.booleans(), min_size=n * g, max_size=n * g)))
+    allowed = allowed.reshape(n, g)
+    code = np.array(
+        data.draw(
+            st.lists(st.sampled_from(["05", "51", "91", "41", "54", "1A"]), min_size=n, max_size=n)
+        )
+    )
+    network = np.array(["visa"] * n)
+    from issuer_seq.rules import causes
+
+    amount = np.array(data.draw(st.lists(st.floats(1, 3000), min_size=n, max_size=n)))
+    results = compare_policies(
+        {"model": curve},
+        truth,
+        allowed,
+        amount,
+        code,
+        network,
+        causes(code, network),
+        GRID,
+        grid_seconds(GRID),
+    )
+    for name, r in results.items():
+        assert r["violations"] == 0, name
+        hard = r["by_cause"].get("hard")
+        assert hard is None or hard["retries"] == 0, name
+    assert results["oracle"]["value"] >= max(r["value"] for r in results.values()) - 1e-6
+
+
+def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPathFactory) -> None:
+    data = make_sim(tmp_path_factory.mktemp("sim"), seed=21, n_cards=300, days=20)
+    run = tmp_path_factory.mktemp("run")
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(
+            "train",
+            [
+                f"data_dir={data}",
+                f"run_dir={run}",
+                "model=tiny",
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=3",
+                "trainer.enable_progress_bar=false",
+            ],
+        )
+    train(cfg)
+    out = subprocess.run(
+        [sys.executable, "-m", "issuer_seq.cli", "evaluate", f"data_dir={data}", f"run_dir={run}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((run / "evaluation.json").read_text())
+    approval = result["approval"]
+    assert {"transformer", "base_rate", "oracle"} <= set(approval)
+    for m in approval.values():
+        assert {"auroc", "ap_decline", "logloss", "brier", "ece", "oracle_share"} <= set(m)
+    assert approval["oracle"]["oracle_share"] == pytest.approx(1.0)
+    policies = result["retry"]["policies"]
+    assert {"transformer", "oracle", "fixed_5m", "fixed_1d", "fixed_4d", "code_rules"} <= set(
+        policies
+    )
+    assert all(p["violations"] == 0 for p in policies.values())
+    assert "model" in out.stdout and "retry policy" in out.stdout
