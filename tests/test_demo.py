@@ -28,10 +28,18 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    stages = ("[1/5] simulate", "[2/5] validate", "[3/5] dataset", "[4/5] train", "[5/5] export")
+    stages = (
+        "[1/6] simulate",
+        "[2/6] validate",
+        "[3/6] dataset",
+        "[4/6] train",
+        "[5/6] evaluate",
+        "[6/6] export",
+    )
     for stage in stages:
         assert stage in out.stdout
     assert (tmp_path / "data" / "truth.parquet").exists()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 3
     assert (tmp_path / "bundle" / "manifest.json").exists()
+    assert (tmp_path / "run" / "evaluation.json").exists()

@@ -15,6 +15,7 @@ from typing import Any
 from hydra import compose
 from omegaconf import DictConfig
 
+from issuer_seq.commands import evaluate as evaluate_command
 from issuer_seq.commands import export as export_command
 from issuer_seq.commands.simulate import sim_config
 from issuer_seq.data.store import build_store, summarize_store
@@ -33,7 +34,7 @@ def _stage(name: str, cfg: DictConfig, extra: list[str]) -> DictConfig:
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     data_dir = Path(cfg.data_dir)
-    steps = 5
+    steps = 6
 
     log.info("[1/%d] simulate: the default synthetic world -> %s", steps, data_dir)
     simulate(sim_config(_stage("simulate", cfg, list(cfg.simulate_overrides))), data_dir)
@@ -51,7 +52,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("[4/%d] train: %s -> %s", steps, " ".join(cfg.train_overrides), cfg.run_dir)
     val_logloss = train(train_cfg, store)
 
-    log.info("[5/%d] export: ONNX bundle -> %s", steps, cfg.artifact_dir)
+    log.info("[5/%d] evaluate: models and retry policies on the test split", steps)
+    evaluate_command.run(_stage("evaluate", cfg, list(cfg.evaluate_overrides)))
+
+    log.info("[6/%d] export: ONNX bundle -> %s", steps, cfg.artifact_dir)
     export_cfg = _stage("export", cfg, list(cfg.export_overrides))
     export_command.run(export_cfg)
 
