@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -69,3 +71,43 @@ def handmade_rows() -> pd.DataFrame:
     df["ts"] = pd.to_datetime(df["ts"], utc=True)
     df["advice_code"] = df["advice_code"].astype(object)
     return df
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(data_dir, run_dir, bundle): a tiny model trained for 3 steps and exported."""
+    from hydra import compose, initialize_config_dir
+
+    from issuer_seq.cli import conf_dir
+    from issuer_seq.train.run import train
+
+    data = make_sim(tmp_path_factory.mktemp("tiny_sim"), seed=5, n_cards=250, days=15)
+    run = tmp_path_factory.mktemp("tiny_run")
+    overrides = [
+        f"data_dir={data}",
+        f"run_dir={run}",
+        "model=tiny",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.enable_progress_bar=false",
+        "data.max_eval_examples=2000",
+    ]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        train(compose("train", overrides))
+    bundle = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "issuer_seq.cli",
+            "export",
+            f"run_dir={run}",
+            f"artifact_dir={bundle}",
+            "parity.rows=2000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return data, run, bundle

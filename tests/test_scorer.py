@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from issuer_seq.cli import conf_dir
 from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.store import StoreConfig, build_store
 from issuer_seq.errors import IssuerSeqError
@@ -22,34 +20,11 @@ from issuer_seq.features import Vocab
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.schema import load_log
 from issuer_seq.serve.scorer import BundleError, Scorer
-from issuer_seq.train.run import train
-from tests.conftest import make_sim
-
-FAST = [
-    "model=tiny",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
-    "trainer.enable_progress_bar=false",
-    "data.max_eval_examples=2000",
-]
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    data = make_sim(tmp_path_factory.mktemp("sim"), seed=5, n_cards=250, days=15)
-    run = tmp_path_factory.mktemp("run")
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("train", [f"data_dir={data}", f"run_dir={run}", *FAST])
-    train(cfg)
-    out = tmp_path_factory.mktemp("bundle") / "b"
-    done = subprocess.run(
-        [sys.executable, "-m", "issuer_seq.cli", "export", f"run_dir={run}", f"artifact_dir={out}"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return data, run, out
+def bundle(tiny_bundle: tuple[Path, Path, Path]) -> tuple[Path, Path, Path]:
+    return tiny_bundle
 
 
 def test_scorer_never_imports_torch(bundle: tuple[Path, Path, Path]) -> None:

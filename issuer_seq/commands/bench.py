@@ -1,0 +1,86 @@
+"""`issuer-seq bench`: latency, throughput and data-pipeline ratios -> <out_dir>/bench.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from issuer_seq.errors import IssuerSeqError
+from issuer_seq.report.bench import bench_scorers, machine
+from issuer_seq.report.pipeline import bench_pipeline
+from issuer_seq.report.sequences import bench_sequences
+from issuer_seq.schema import load_log
+
+log = logging.getLogger(__name__)
+
+
+def _data_dir(cfg: DictConfig, run_dir: Path) -> Path:
+    if cfg.data_dir:
+        return Path(cfg.data_dir)
+    config = run_dir / "config.yaml"
+    if not config.exists():
+        raise IssuerSeqError(f"{run_dir}: no config.yaml; pass data_dir=")
+    return Path(OmegaConf.load(config).data_dir)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    from issuer_seq.evaluate.run import load_network, run_store
+
+    started = time.perf_counter()
+    run_dir, bundle, out_dir = Path(cfg.run_dir), Path(cfg.artifact_dir), Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vlog = load_log(_data_dir(cfg, run_dir))
+    records = vlog.frame.to_dict("records")
+    log.info("scorers: %d requests replayed through every arm", cfg.requests)
+    scorers = bench_scorers(
+        bundle,
+        run_dir,
+        records,
+        n_requests=int(cfg.requests),
+        warmup=int(cfg.warmup),
+        batch_sizes=[int(b) for b in cfg.batch_sizes],
+        throughput_seconds=float(cfg.throughput_seconds),
+    )
+    log.info("data pipeline: point-in-time sequences vs pandas; training input pipeline")
+    _, spec = load_network(run_dir)
+    sequences = bench_sequences(
+        vlog.frame,
+        int(spec["store"]["k_card"]),
+        int(spec["store"]["k_issuer"]),
+        cfg.pipeline.sequence_rows,
+    )
+    net = {k: v for k, v in spec["net"].items() if k != "n_delays"}
+    training = bench_pipeline(run_store(vlog, spec), net, steps=int(cfg.pipeline.train_steps))
+    result = {
+        "machine": machine(),
+        "scorers": scorers,
+        "http": {"note": "the HTTP service is not built yet; no HTTP latency measured"},
+        "lightgbm": {"note": "the LightGBM end-to-end scorer is not built yet; not measured"},
+        "pipeline": {"sequences": sequences, "training_input": training},
+        "targets": {
+            "sequence_build_speedup_at_least_20": sequences["speedup"] >= 20,
+            "training_input_ratio_at_least_0.9": training["ratio"] >= 0.9,
+            "transformer_p99_at_most_2x_lightgbm": None,
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
+    lines = [f"{'arm':<16} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}  batch scores/s"]
+    for name, arm in scorers["arms"].items():
+        s = arm["single_request"]
+        lines.append(
+            f"{name:<16} {s['p50_ms']:>8.3f} {s['p90_ms']:>8.3f} {s['p99_ms']:>8.3f}  "
+            + ", ".join(f"{b}: {v:.0f}" for b, v in arm["batch_scores_per_s"].items())
+        )
+    lines.append(
+        f"sequence build {sequences['speedup']:.1f}x pandas; training input pipeline "
+        f"{training['ratio']:.2f} of pre-built tensors"
+    )
+    log.info("\n".join(lines))
+    log.info("wrote %s", out_dir / "bench.json")
+    return result
