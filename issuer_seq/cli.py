@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "score the model, baselines and (synthetic data) the oracle on the test split",
     "export": "ONNX export + parity check + serving bundle (manifest, variants, Triton repository)",
     "bench": "latency and throughput of the scorers, data-pipeline ratios (bench.json)",
+    "report": "latency-vs-accuracy comparison report (report.html, report.json, PNG figures)",
     "demo": "the main job end to end on the embedded default (simulate ... train)",
 }
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    log_loss,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
 EPS = 1e-15
 
@@ -56,6 +62,17 @@ def approval_metrics(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         "ece": ece(p, y),
         "n": int(len(y)),
         "calibration_curve": calibration_curve(p, y),
+        "pr_curve_decline": pr_curve(p, y),
+    }
+
+
+def pr_curve(p: np.ndarray, y: np.ndarray, points: int = 100) -> dict[str, list[float]]:
+    """Precision and recall of the decline class, thinned to about `points` points."""
+    precision, recall, _ = precision_recall_curve(1 - y, 1 - p)
+    keep = np.unique(np.linspace(0, len(recall) - 1, points).astype(np.int64))
+    return {
+        "precision": np.round(precision[keep], 5).tolist(),
+        "recall": np.round(recall[keep], 5).tolist(),
     }
 
 

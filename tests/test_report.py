@@ -1,0 +1,71 @@
+"""`issuer-seq report` on a tiny run: a self-contained HTML page, report.json, PNG figures."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from issuer_seq.report.report import pareto
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    points = [(1.0, 0.40), (2.0, 0.35), (3.0, 0.36), (0.5, 0.50), (2.5, 0.35)]
+    assert pareto(points) == [3, 0, 1]
+
+
+def test_report_runs_what_is_missing_and_writes_everything(
+    tiny_bundle: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, run, bundle = tiny_bundle
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "issuer_seq.cli",
+            "report",
+            f"run_dir={run}",
+            f"out_dir={tmp_path}",
+            f"artifact_dir={bundle}",
+            f"data_dir={data}",
+            "requests=200",
+            "warmup=20",
+            "batch_sizes=[1,64]",
+            "throughput_seconds=0.2",
+            "pipeline.train_steps=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in (
+        "report.html",
+        "report.json",
+        "bench.json",
+        "latency_vs_accuracy.png",
+        "calibration.png",
+        "precision_recall.png",
+        "retry_policies.png",
+    ):
+        assert (tmp_path / name).exists(), name
+    for png in tmp_path.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4
+    assert not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing loaded from elsewhere
+    summary = json.loads((tmp_path / "report.json").read_text())
+    models = {row["model"] for row in summary["models"]}
+    assert {
+        "transformer (onnx_fp32)",
+        "transformer (pytorch_eager)",
+        "base_rate",
+        "oracle",
+    } <= models
+    assert {p["policy"] for p in summary["retry_policies"]} >= {
+        "transformer",
+        "oracle",
+        "code_rules",
+    }
