@@ -18,7 +18,10 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
             f"data_dir={tmp_path / 'data'}",
             f"run_dir={tmp_path / 'run'}",
             f"artifact_dir={tmp_path / 'bundle'}",
+            f"out_dir={tmp_path / 'report'}",
             "export_overrides=['parity.rows=2000','fp16.enabled=false']",
+            "bench_overrides=['requests=150','warmup=10','batch_sizes=[1]',"
+            "'throughput_seconds=0.1','pipeline.train_steps=2']",
             "simulate_overrides=['n_cards=400','n_issuers=20','n_merchants=100','days=20']",
             "train_overrides=['experiment=demo','model=tiny','trainer.max_epochs=1',"
             "'trainer.limit_train_batches=3','trainer.enable_progress_bar=false']",
@@ -28,14 +31,8 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    stages = (
-        "[1/6] simulate",
-        "[2/6] validate",
-        "[3/6] dataset",
-        "[4/6] train",
-        "[5/6] evaluate",
-        "[6/6] export",
-    )
+    names = ("simulate", "validate", "dataset", "train", "evaluate", "export", "bench", "report")
+    stages = [f"[{i}/8] {name}" for i, name in enumerate(names, start=1)]
     for stage in stages:
         assert stage in out.stdout
     assert (tmp_path / "data" / "truth.parquet").exists()
@@ -43,3 +40,5 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
     assert metrics["training"]["steps"] == 3
     assert (tmp_path / "bundle" / "manifest.json").exists()
     assert (tmp_path / "run" / "evaluation.json").exists()
+    assert (tmp_path / "report" / "report.html").exists()
+    assert "the report:" in out.stdout

@@ -15,8 +15,10 @@ from typing import Any
 from hydra import compose
 from omegaconf import DictConfig
 
+from issuer_seq.commands import bench as bench_command
 from issuer_seq.commands import evaluate as evaluate_command
 from issuer_seq.commands import export as export_command
+from issuer_seq.commands import report as report_command
 from issuer_seq.commands.simulate import sim_config
 from issuer_seq.data.store import build_store, summarize_store
 from issuer_seq.schema import load_log, summarize
@@ -34,7 +36,7 @@ def _stage(name: str, cfg: DictConfig, extra: list[str]) -> DictConfig:
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     data_dir = Path(cfg.data_dir)
-    steps = 6
+    steps = 8
 
     log.info("[1/%d] simulate: the default synthetic world -> %s", steps, data_dir)
     simulate(sim_config(_stage("simulate", cfg, list(cfg.simulate_overrides))), data_dir)
@@ -59,11 +61,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     export_cfg = _stage("export", cfg, list(cfg.export_overrides))
     export_command.run(export_cfg)
 
+    log.info("[7/%d] bench: latency, throughput, pipeline ratios -> %s", steps, cfg.out_dir)
+    bench_command.run(_stage("bench", cfg, list(cfg.bench_overrides)))
+
+    log.info("[8/%d] report", steps)
+    report_command.run(_stage("report", cfg, list(cfg.bench_overrides)))
+
     log.info(
-        "demo finished in %.0f s: data in %s, run in %s, serving bundle in %s",
+        "demo finished in %.0f s: data in %s, run in %s, serving bundle in %s\nthe report: %s",
         time.perf_counter() - started,
         data_dir,
         cfg.run_dir,
         cfg.artifact_dir,
+        Path(cfg.out_dir) / "report.html",
     )
     return {"val_logloss": val_logloss, "dataset": dataset}
