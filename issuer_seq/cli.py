@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "train": "train the transformer (Hydra: model=, trainer=, logger=, experiment=, -m sweeps)",
     "evaluate": "score the model, baselines and (synthetic data) the oracle on the test split",
     "export": "ONNX export + parity check + serving bundle (manifest, variants, Triton repository)",
+    "serve": "HTTP scorer over an exported bundle (domain API, Open Inference Protocol V2)",
     "bench": "latency and throughput of the scorers, data-pipeline ratios (bench.json)",
     "report": "latency-vs-accuracy comparison report (report.html, report.json, PNG figures)",
     "demo": "the main job end to end on the embedded default (simulate ... train)",

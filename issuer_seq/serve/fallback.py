@@ -1,0 +1,198 @@
+"""Rule-based answers for when the model is slow, broken or not loaded yet (fail open).
+
+A payment must not wait for, or fail because of, the scorer: the service answers from these
+rules instead and flags the answer `fallback: true`.
+
+* Approval: the issuer's recent approval rate from the state store's events, shrunk towards a
+  global prior by `prior_weight` pseudo-events (one event alone would say 0 or 1); the prior
+  alone when the issuer has no events. The prior is the training split's approval rate from
+  the manifest, else 0.85.
+* Retry: a delay by the decline's cause (technical 30 min, funds and limits 2 days, generic,
+  SCA and unknown codes 1 day; never for hard and data declines), no earlier than a
+  Mastercard advice code's wait, then the first delay at or after it that
+  `issuer_seq.rules.check_retries` allows; none allowed: no retry. The curve is a flat prior
+  (the training split's retry success rate, else 0.5) where the rules allow a retry and 0
+  where they do not: a rule, not an estimate.
+
+numpy and the rules only: this must keep working when onnxruntime does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from issuer_seq.delays import grid_seconds
+from issuer_seq.retry_policy import DEFAULT_ECONOMICS, RetryEconomics, retry_values
+from issuer_seq.rules import (
+    DEFAULT_RULES,
+    MAC_RETRY_AFTER,
+    MASTERCARD,
+    AttemptColumns,
+    Cause,
+    NetworkRules,
+    cause_of,
+    check_retries,
+    normalize_code,
+    normalize_network,
+)
+from issuer_seq.serve.inputs import Event
+from issuer_seq.serve.scorer import RetryAdvice
+
+DEFAULT_APPROVAL_PRIOR = 0.85
+DEFAULT_RETRY_PRIOR = 0.5
+
+_HOUR, _DAY = 3_600, 86_400
+#: the code-based schedule: seconds to wait after a decline of each cause
+CAUSE_DELAY_S: dict[Cause, int] = {
+    Cause.TECHNICAL: 30 * 60,  # a switch or issuer outage is over within minutes
+    Cause.FUNDS: 2 * _DAY,  # wait for money to arrive
+    Cause.LIMIT: 2 * _DAY,  # velocity and amount limits reset
+    Cause.GENERIC: _DAY,
+    Cause.SCA: _DAY,  # 1A is blocked by the rules without 3-D Secure; MC 65 may be a limit
+    Cause.OTHER: _DAY,
+}
+NEVER: frozenset[Cause] = frozenset({Cause.HARD, Cause.DATA, Cause.APPROVED})
+
+#: (network, amount, response_code, advice_code, attempt), as `Event.raw` keeps them
+Raw = tuple[str, float, str, str, int]
+
+
+def raw_of(attempt: Mapping[str, Any]) -> Raw:
+    code = attempt.get("response_code")
+    return (
+        str(attempt["network"]),
+        float(attempt["amount"]),
+        "" if code is None else str(code),
+        str(attempt.get("advice_code") or ""),
+        int(attempt["attempt"]),
+    )
+
+
+def _columns(rows: Sequence[tuple[int, str, Raw]]) -> AttemptColumns:
+    """The network rules' view of one card's attempts: (ts, merchant, raw) rows."""
+    return AttemptColumns(
+        card_id=np.zeros(len(rows), dtype=np.int64),
+        ts=np.array([r[0] for r in rows], dtype=np.int64),
+        network=np.array([r[2][0] for r in rows], dtype=str),
+        merchant_id=np.array([r[1] for r in rows], dtype=str),
+        amount=np.array([r[2][1] for r in rows], dtype=np.float64),
+        response_code=np.array([r[2][2] for r in rows], dtype=str),
+        advice_code=np.array([r[2][3] for r in rows], dtype=str),
+        attempt=np.array([r[2][4] for r in rows], dtype=np.int64),
+    )
+
+
+def _prior(manifest: Mapping[str, Any], key: str, default: float) -> float:
+    train = manifest.get("training_metrics", {}).get("dataset", {}).get("train", {})
+    value = train.get(key)
+    if isinstance(value, int | float) and 0.0 < float(value) < 1.0:
+        return float(value)
+    return default
+
+
+@dataclass(frozen=True)
+class FallbackPolicy:
+    grid: tuple[str, ...]
+    grid_s: np.ndarray  # (G,) seconds
+    approval_prior: float = DEFAULT_APPROVAL_PRIOR
+    retry_prior: float = DEFAULT_RETRY_PRIOR
+    prior_weight: float = 5.0
+    rules: NetworkRules = DEFAULT_RULES
+    economics: RetryEconomics = DEFAULT_ECONOMICS
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any], prior_weight: float) -> FallbackPolicy:
+        grid = tuple(str(g) for g in manifest["delay_grid"])
+        return cls(
+            grid=grid,
+            grid_s=grid_seconds(grid),
+            approval_prior=_prior(manifest, "approval_rate", DEFAULT_APPROVAL_PRIOR),
+            retry_prior=_prior(manifest, "retry_success_rate", DEFAULT_RETRY_PRIOR),
+            prior_weight=prior_weight,
+        )
+
+    # -- approval -------------------------------------------------------------------------
+    def approval(self, issuer_events: Sequence[Event], t: int | None = None) -> float:
+        """The issuer's recent approval rate (events before t), shrunk to the prior."""
+        codes = [
+            e.raw[2]
+            for e in issuer_events
+            if e.raw is not None and e.raw[2] and (t is None or e.t < t)
+        ]
+        if not codes:
+            return self.approval_prior
+        approved = sum(cause_of(c) == Cause.APPROVED for c in codes)
+        w = self.prior_weight
+        return (approved + w * self.approval_prior) / (len(codes) + w)
+
+    # -- retries --------------------------------------------------------------------------
+    def allowed(
+        self, t: int, merchant: str, raw: Raw, card_history: Sequence[Event] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """check_retries at every grid delay: (allowed (G,) bool, rule (G,) str)."""
+        history = [(e.t, e.merchant, e.raw) for e in card_history if e.t < t and e.raw and e.raw[2]]
+        cols = _columns([(t, merchant, raw), *history])  # type: ignore[list-item]
+        g = len(self.grid_s)
+        return check_retries(
+            cols.take(np.zeros(g, dtype=np.int64)),
+            t + self.grid_s,
+            cols.take(np.arange(1, len(history) + 1)),
+            rules=self.rules,
+        )
+
+    def curve(self, allowed: np.ndarray) -> np.ndarray:
+        """The flat prior where a retry is allowed, 0 where not. (G,)"""
+        return np.where(allowed, self.retry_prior, 0.0)
+
+    def target_s(self, raw: Raw) -> int | None:
+        """The code-based wait for a decline, or None for never."""
+        network, _, code, advice, _ = raw
+        cause = cause_of(code, network)
+        if cause in NEVER:
+            return None
+        wait = CAUSE_DELAY_S[cause]
+        mac = MAC_RETRY_AFTER.get(normalize_code(advice))
+        if normalize_network(network) == MASTERCARD and mac is not None:
+            wait = max(wait, int(mac.total_seconds()))
+        return wait
+
+    def retry(
+        self,
+        t: int,
+        merchant: str,
+        raw: Raw,
+        card_history: Sequence[Event] = (),
+    ) -> RetryAdvice:
+        allowed, rules = self.allowed(t, merchant, raw, card_history)
+        curve = self.curve(allowed)
+        target = self.target_s(raw)
+        cause = cause_of(raw[2], raw[0])
+        blocking = [str(r) for r in rules if r != "ok"]
+        choice: int | None = None
+        if target is None:
+            rule = blocking[0] if blocking else "never_retry"
+        else:
+            first = min(int(np.searchsorted(self.grid_s, target, side="left")), len(self.grid) - 1)
+            later = [i for i in range(first, len(self.grid)) if allowed[i]]
+            if later:
+                choice = later[0]
+                rule = f"code_rule_{cause.value}"
+            else:
+                rule = str(rules[first]) if rules[first] != "ok" else "not_allowed"
+        value = 0.0
+        if choice is not None:
+            values = retry_values(
+                curve[None, :], np.array([raw[1]]), self.grid_s, self.economics
+            )  # (1, G)
+            value = float(values[0, choice])
+        return RetryAdvice(
+            curve={label: float(p) for label, p in zip(self.grid, curve, strict=True)},
+            action="no_retry" if choice is None else self.grid[choice],
+            expected_value=value,
+            rule=rule,
+            allowed={label: bool(a) for label, a in zip(self.grid, allowed, strict=True)},
+        )

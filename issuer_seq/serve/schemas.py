@@ -1,0 +1,303 @@
+"""Request and response models of the HTTP service (pydantic, strict, unknown fields refused).
+
+Attempts follow the transaction log's contract (docs/data_contract.md), so a client sends the
+same fields it logs. Every limit the scorer relies on (finite non-negative amounts, known
+networks, card types and initiators, code formats, a bounded batch) is checked here, before
+any model code runs: a bad request is a 4xx naming the field, never a 5xx.
+
+No `from __future__ import annotations`: `request_models` builds classes inside a function,
+and pydantic resolves their annotations eagerly from that scope.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
+
+from issuer_seq.rules import Cause, cause_of
+
+# The contract's sets (issuer_seq.schema holds the same tuples; a test checks they agree).
+Network = Literal["visa", "mastercard"]
+CardType = Literal["debit", "credit", "prepaid"]
+Initiator = Literal["CIT", "MIT"]
+
+# Epoch seconds outside these bounds are almost surely milliseconds or garbage.
+TS_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+TS_MAX = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _timestamp(value: Any) -> datetime:
+    """ISO 8601 text (naive = UTC, as in the log) or epoch seconds -> aware datetime.
+
+    Numbers are read as seconds, never guessed to be milliseconds (pydantic's lax default),
+    and booleans are not numbers.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError("ts must be an ISO 8601 string or epoch seconds")
+    try:
+        if isinstance(value, str):
+            ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if ts.tzinfo is None:
+                ts = ts.replace(tzinfo=UTC)
+        else:
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError("ts must be finite")
+            ts = datetime.fromtimestamp(float(value), UTC)
+        ts = ts.astimezone(UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise ValueError(f"ts is not a valid time: {exc}") from None
+    if not TS_MIN <= ts <= TS_MAX:
+        raise ValueError("ts must lie between 1970-01-01 and 2100-01-01 (UTC)")
+    return ts
+
+
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_timestamp),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "number", "minimum": 0, "maximum": 4102444800},
+            ],
+            "description": "ISO 8601 (naive = UTC) or epoch seconds; 1970-01-01 .. 2100-01-01",
+        }
+    ),
+]
+Id = int | Annotated[str, Field(min_length=1, max_length=128)]
+Amount = Annotated[
+    float,
+    # The upper bound keeps amount * 100 (Mastercard's same-amount rule works in cents) and
+    # the retry value far from float overflow; no card payment comes near it.
+    Field(ge=0, le=1e9, allow_inf_nan=False, description="major units, finite, 0 .. 1e9"),
+]
+ResponseCode = Annotated[str, Field(pattern=r"^[0-9A-Z]{2}$", description="ISO 8583 field 39")]
+AdviceCode = Annotated[str, Field(pattern=r"^[0-9]{2}$", description="Mastercard MAC")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Attempt(Strict):
+    """An authorization attempt about to be sent (the log's columns, without its outcome)."""
+
+    ts: Timestamp
+    card_id: Id
+    issuer_id: Id
+    merchant_id: Id
+    network: Network
+    card_type: CardType
+    issuer_country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+    mcc: Annotated[str, Field(pattern=r"^[0-9]{4}$")]
+    merchant_country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+    amount: Amount
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    initiator: Initiator
+    is_recurring: bool
+    three_ds: bool
+    attempt: Annotated[int, Field(ge=1, le=1000)] = 1
+    # Accepted so that log rows can be sent as they are; the scorer does not use them.
+    txn_id: Id | None = None
+    payment_id: Id | None = None
+
+    def as_mapping(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"txn_id", "payment_id"})
+
+
+class Outcome(Attempt):
+    """An attempt with the issuer's answer: appended to the card's and issuer's histories."""
+
+    response_code: ResponseCode
+    advice_code: AdviceCode | None = None
+
+
+class Decline(Outcome):
+    """A declined attempt to advise a retry for."""
+
+    @model_validator(mode="after")
+    def _is_a_decline(self) -> "Decline":
+        if cause_of(self.response_code, self.network) == Cause.APPROVED:
+            raise ValueError(
+                f"response_code {self.response_code} is an approval: there is nothing to retry"
+            )
+        return self
+
+
+class RetryRequest(Strict):
+    decline: Decline
+
+
+# -- responses ------------------------------------------------------------------------------
+FallbackReason = Literal[
+    "not_ready", "deadline", "overloaded", "model_error", "invalid_output", "unhandled_error"
+]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class Served(BaseModel):
+    fallback: bool = Field(description="true: the answer came from rules, not the model")
+    fallback_reason: FallbackReason | None = None
+    model_version: str
+
+
+class ScoreResponse(Served):
+    p_approve: list[Probability] = Field(description="one per attempt, in request order")
+
+
+class RetryResponse(Served):
+    action: str = Field(description='a delay of the grid ("2d"), "now_with_3ds" or "no_retry"')
+    delay_s: int | None = Field(description="seconds after the decline; null for no_retry")
+    retry_at: datetime | None = Field(description="the decline's ts + delay_s")
+    expected_value: float = Field(description="of the action, in the amount's currency")
+    rule: str = Field(description="the network rule or policy reason that decided")
+    curve: dict[str, Probability] = Field(description="delay -> P(retry approved)")
+    allowed: dict[str, bool] = Field(description="delay -> allowed by the network rules")
+
+
+class OutcomesResponse(BaseModel):
+    observed: int
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what is wrong, naming the field")
+    detail: list[dict[str, Any]] | None = None
+
+
+class Live(BaseModel):
+    live: bool
+
+
+class Ready(BaseModel):
+    ready: bool
+    reason: str | None = None
+
+
+# -- Open Inference Protocol (KServe V2) ------------------------------------------------------
+V2Datatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+
+
+class V2Tensor(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    shape: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=4)]
+    datatype: V2Datatype
+    parameters: dict[str, Any] | None = None
+    data: list[Any] = Field(description="row-major, flat or nested as the shape")
+
+
+class V2RequestedOutput(Strict):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1 for a dynamic dimension")
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2OutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[float]
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    outputs: list[V2OutputTensor]
+
+
+class V2Error(BaseModel):
+    error: str
+
+
+class ScoreRequestBase(Strict):
+    """One attempt (`attempt`) or a batch (`attempts`); exactly one of the two."""
+
+    attempt: Attempt | None = None
+    attempts: list[Attempt] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "ScoreRequestBase":
+        if (self.attempt is None) == (self.attempts is None):
+            raise ValueError("send exactly one of 'attempt' (one) or 'attempts' (a batch)")
+        return self
+
+    def items(self) -> list[Attempt]:
+        return [self.attempt] if self.attempt is not None else list(self.attempts or [])
+
+
+class OutcomesRequestBase(Strict):
+    outcomes: list[Outcome]
+
+
+class V2InferRequestBase(Strict):
+    id: Annotated[str, Field(max_length=256)] | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: Annotated[list[V2Tensor], Field(min_length=1, max_length=256)]
+    outputs: Annotated[list[V2RequestedOutput], Field(max_length=8)] | None = None
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The request bodies whose size limits come from the configuration (max_batch)."""
+
+    score: type[ScoreRequestBase]
+    outcomes: type[OutcomesRequestBase]
+    infer: type[V2InferRequestBase]
+
+
+def request_models(max_batch: int) -> RequestModels:
+    """Request models with the configured batch limit written into their JSON schema."""
+
+    class ScoreRequest(ScoreRequestBase):
+        __doc__ = ScoreRequestBase.__doc__
+        attempts: Annotated[list[Attempt], Field(min_length=1, max_length=max_batch)] | None = None
+
+    class OutcomesRequest(OutcomesRequestBase):
+        outcomes: Annotated[list[Outcome], Field(min_length=1, max_length=max_batch)]
+
+    class V2InferRequest(V2InferRequestBase):
+        """An inference request of the Open Inference Protocol (KServe V2), JSON form."""
+
+    return RequestModels(score=ScoreRequest, outcomes=OutcomesRequest, infer=V2InferRequest)

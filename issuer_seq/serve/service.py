@@ -1,0 +1,358 @@
+"""The service behind the HTTP routes: loading, readiness, deadlines and the fallback.
+
+Model calls run in a thread pool (ONNX Runtime releases the GIL) under `asyncio.wait_for`:
+when the model is slower than `deadline_ms`, raises, or returns something that is not a
+probability, the request is answered by the rules of `fallback.py` instead. A slow call keeps
+its worker until it finishes, so the number of calls queued or running is capped
+(`max_pending`): past it, requests skip the model at once rather than queue behind it.
+
+Readiness: the bundle is verified (every file's checksum), loaded and warmed up in a
+background thread while the server already answers liveness; ready flips to true only after
+that, and back to false first thing on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from issuer_seq.errors import IssuerSeqError
+from issuer_seq.serve.fallback import FallbackPolicy, raw_of
+from issuer_seq.serve.inputs import Event, build_inputs, encode_event
+from issuer_seq.serve.inputs import epoch_seconds as to_epoch
+from issuer_seq.serve.metrics import Metrics
+from issuer_seq.serve.scorer import MANIFEST, BundleError, RetryAdvice, Scorer
+from issuer_seq.serve.state import MemoryStore, RedisStore, StateStore
+from issuer_seq.serve.v2 import V2Model
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Flat, typed settings of `issuer-seq serve` (conf/serve.yaml documents each)."""
+
+    artifact_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    model_file: str | None = None
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    allow_fallback: bool = False
+    threads: int = 1
+    workers: int = 2
+    state: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "issuer_seq"
+    redis_ttl_days: int = 90
+    memory_max_keys: int = 1_000_000
+    deadline_ms: float = 50.0
+    store_timeout_ms: float = 20.0
+    outcomes_timeout_ms: float = 2_000.0
+    max_batch: int = 256
+    max_pending: int = 32
+    max_body_bytes: int = 16 * 1024 * 1024
+    warmup_runs: int = 3
+    fallback_prior_weight: float = 5.0
+    shutdown_delay_s: float = 3.0
+    drain_timeout_s: float = 20.0
+    access_log: bool = False
+    log_level: str = "info"
+    debug_model_delay_ms: float = 0.0
+
+
+class InvalidOutput(Exception):
+    """The model answered, but not with probabilities (NaN, out of range)."""
+
+
+def probabilities(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(x).all() or (x < 0).any() or (x > 1).any():
+        raise InvalidOutput(f"model output is not a probability: {x.ravel()[:4]}")
+    return x
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The manifest, read without verification: what the service needs before loading."""
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{root}: no {MANIFEST}; is this an `issuer-seq export` bundle?")
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+        manifest["model"]["name"], manifest["history"]["k_card"], manifest["delay_grid"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{path}: not a readable bundle manifest ({exc!r})") from None
+    return manifest
+
+
+def make_store(settings: ServeSettings, ks: Mapping[str, int]) -> StateStore:
+    # A little more than the window per key: late outcomes arrive out of time order.
+    keep = {s: k + 64 for s, k in ks.items()}
+    if settings.state == "memory":
+        return MemoryStore(keep, max_keys=settings.memory_max_keys)
+    if settings.state == "redis":
+        return RedisStore.from_url(
+            settings.redis_url,
+            keep,
+            prefix=settings.redis_prefix,
+            ttl_s=settings.redis_ttl_days * 86_400 or None,
+        )
+    raise IssuerSeqError(f"state must be 'memory' or 'redis', got {settings.state!r}")
+
+
+def warmup_attempt() -> dict[str, Any]:
+    """A plausible attempt for warm-up runs; its ids are in no history."""
+    return {
+        "ts": datetime.now(UTC),
+        "card_id": "__warmup__",
+        "issuer_id": "__warmup__",
+        "merchant_id": "__warmup__",
+        "network": "visa",
+        "card_type": "debit",
+        "issuer_country": "DE",
+        "mcc": "5411",
+        "merchant_country": "DE",
+        "amount": 10.0,
+        "currency": "EUR",
+        "initiator": "CIT",
+        "is_recurring": False,
+        "three_ds": False,
+        "attempt": 1,
+    }
+
+
+class Service:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        scorer: Scorer | None = None,
+        on_fatal: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.manifest = read_manifest(settings.artifact_dir)
+        m = self.manifest
+        self.model_name = str(m["model"]["name"])
+        self.model_version = str(m["model"]["version"])
+        ks = {"card": int(m["history"]["k_card"]), "issuer": int(m["history"]["k_issuer"])}
+        self.store: StateStore = scorer.store if scorer is not None else make_store(settings, ks)
+        self.fallback = FallbackPolicy.from_manifest(m, settings.fallback_prior_weight)
+        self.v2 = V2Model(m, settings.max_batch)
+        self.metrics = Metrics()
+        self._model_info = {
+            "name": self.model_name,
+            "version": self.model_version,
+            "file": str(settings.model_file or m["model"]["file"]),
+            "weights_sha256": str(m["model"].get("weights_sha256", ""))[:12],
+        }
+        self.metrics.model.info(self._model_info)
+        self.on_fatal = on_fatal
+        self.scorer: Scorer | None = None
+        self._preloaded = scorer
+        self.ready = False
+        self.stopping = False
+        self.load_error: str | None = None
+        self.model_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="model")
+        # Store reads of the fallback and outcome writes: apart from the model's workers, so
+        # that a slow model cannot hold up the answer that replaces it.
+        self.io_pool = ThreadPoolExecutor(2, thread_name_prefix="store")
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._last_warning: dict[str, float] = {}
+        self._loader: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loader = threading.Thread(target=self._load, name="load-model", daemon=True)
+        self._loader.start()
+
+    def _load(self) -> None:
+        s = self.settings
+        try:
+            started = time.perf_counter()
+            scorer = self._preloaded or Scorer(
+                s.artifact_dir,
+                store=self.store,
+                providers=s.providers,
+                allow_fallback=s.allow_fallback,
+                threads=s.threads,
+                model_file=s.model_file,
+            )
+            self._warm_up(scorer)
+            providers = scorer.session.get_providers()
+            self.metrics.model.info({**self._model_info, "providers": ",".join(providers)})
+            self.scorer = scorer
+            if not self.stopping:
+                self.ready = True
+                self.metrics.ready.set(1)
+            log.info(
+                "ready: %s v%s from %s on %s (verified, loaded and warmed up in %.1f s)",
+                self.model_name,
+                self.model_version,
+                s.artifact_dir,
+                providers,
+                time.perf_counter() - started,
+            )
+        except Exception as exc:  # any failure to load means this server must not serve
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("could not load the bundle: %s", self.load_error)
+            if self.on_fatal is not None:
+                self.on_fatal()
+
+    def _warm_up(self, scorer: Scorer) -> None:
+        """A few dummy inferences: the first runs of a session allocate and are slow."""
+        event = encode_event(scorer.vocab, {**warmup_attempt(), "response_code": None})
+        for b in (1, min(8, self.settings.max_batch)):
+            inputs = build_inputs([event] * b, {"card": [[]] * b, "issuer": [[]] * b}, scorer.ks)
+            for _ in range(max(1, self.settings.warmup_runs)):
+                probabilities(scorer.run(inputs)[0])
+        try:
+            self.store.recent("card", "__warmup__")
+        except Exception as exc:  # the fallback covers a store outage; say so, do not block
+            self.metrics.store_errors.labels("read").inc()
+            log.warning("state store not reachable at start-up: %s", exc)
+
+    def stop_ready(self) -> None:
+        """Readiness goes first on shutdown, so load balancers stop sending new requests."""
+        self.stopping = True
+        self.ready = False
+        self.metrics.ready.set(0)
+
+    def close(self) -> None:
+        self.stop_ready()
+        if self._loader is not None:
+            # A process that exits while ONNX Runtime builds a session aborts (C++ terminate):
+            # a signal during start-up must still end with status 0.
+            self._loader.join(timeout=60)
+        # Requests have drained by now; a hung model call must not hold the exit.
+        self.model_pool.shutdown(wait=False, cancel_futures=True)
+        self.io_pool.shutdown(wait=False, cancel_futures=True)
+
+    def not_ready_reason(self) -> str | None:
+        if self.ready:
+            return None
+        if self.stopping:
+            return "shutting down"
+        if self.load_error:
+            return f"load failed: {self.load_error}"
+        return "loading: verifying, loading and warming up the bundle"
+
+    # -- guarded calls --------------------------------------------------------------------
+    def warn(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
+        """A warning at most every 10 s per kind: a broken model must not flood the logs
+        (the fallback counter in /metrics has every one)."""
+        now = time.monotonic()
+        if now - self._last_warning.get(key, -1e9) >= 10.0:
+            self._last_warning[key] = now
+            log.warning(message, *args, exc_info=exc_info)
+
+    def _release(self, _: object) -> None:
+        with self._lock:
+            self._pending -= 1
+        self.metrics.pending.dec()
+
+    async def call_model(self, operation: str, fn: Callable[[Scorer], T]) -> tuple[T | None, str]:
+        """fn(scorer) in a worker within the deadline: (result, "") or (None, fallback reason)."""
+        scorer = self.scorer
+        if scorer is None:
+            return None, "not_ready"
+        with self._lock:
+            if self._pending >= self.settings.max_pending:
+                return None, "overloaded"
+            self._pending += 1
+        self.metrics.pending.inc()
+        delay = self.settings.debug_model_delay_ms / 1000.0
+
+        def job() -> T:
+            started = time.perf_counter()
+            try:
+                if delay:
+                    time.sleep(delay)
+                return fn(scorer)
+            finally:
+                elapsed = time.perf_counter() - started
+                self.metrics.model_latency.labels(operation).observe(elapsed)
+
+        future = self.model_pool.submit(job)
+        # Runs when the job ends, or at once if it is cancelled while still queued.
+        future.add_done_callback(self._release)
+        try:
+            result = await asyncio.wait_for(
+                asyncio.wrap_future(future), self.settings.deadline_ms / 1000.0
+            )
+            return result, ""
+        except TimeoutError:
+            return None, "deadline"
+        except InvalidOutput as exc:
+            self.warn(f"{operation}:invalid", "%s: %s", operation, exc)
+            return None, "invalid_output"
+        except Exception:
+            self.warn(f"{operation}:error", "%s: the model call failed", operation, exc_info=True)
+            return None, "model_error"
+
+    async def in_store_pool(self, fn: Callable[[], T], timeout_ms: float) -> T:
+        future = self.io_pool.submit(fn)
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout_ms / 1000.0)
+
+    async def read_store(self, fn: Callable[[], T], default: T) -> T:
+        """A store read for the fallback, within `store_timeout_ms`, else `default`."""
+        try:
+            return await self.in_store_pool(fn, self.settings.store_timeout_ms)
+        except Exception as exc:
+            self.metrics.store_errors.labels("read").inc()
+            self.warn("store:read", "state store read failed in the fallback: %r", exc)
+            return default
+
+    def count_fallback(self, operation: str, reason: str) -> None:
+        self.metrics.fallbacks.labels(operation, reason).inc()
+
+    # -- fallbacks ------------------------------------------------------------------------
+    def _issuer_events(self, issuers: Sequence[str]) -> dict[str, list[Event]]:
+        return {key: self.store.recent("issuer", key) for key in issuers}
+
+    async def fallback_scores(self, attempts: Sequence[Mapping[str, Any]]) -> list[float]:
+        issuers = sorted({str(a["issuer_id"]) for a in attempts})
+        events = await self.read_store(lambda: self._issuer_events(issuers), {})
+        return [
+            self.fallback.approval(events.get(str(a["issuer_id"]), []), to_epoch(a["ts"]))
+            for a in attempts
+        ]
+
+    async def fallback_retry(self, decline: Mapping[str, Any]) -> RetryAdvice:
+        card = str(decline["card_id"])
+        history = await self.read_store(lambda: self.store.recent("card", card), [])
+        t = to_epoch(decline["ts"])
+        return self.fallback.retry(t, str(decline["merchant_id"]), raw_of(decline), history)
+
+    async def fallback_tensors(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """V2 outputs from the rules: issuer rate (ids mapped back to issuers), rule curves."""
+        v2 = self.v2
+        issuers = v2.raw_value("issuer", feeds["cur_issuer"])
+        known = sorted({i for i in issuers if i is not None})
+        events = await self.read_store(lambda: self._issuer_events(known), {})
+        p_approve = np.array(
+            [self.fallback.approval(events.get(i, []) if i else []) for i in issuers],
+            dtype=np.float32,
+        )
+        codes = v2.raw_value("response_code", feeds["decline_response_code"])
+        advices = v2.raw_value("advice_code", feeds["decline_advice_code"])
+        networks = v2.raw_value("network", feeds["cur_network"])
+        rows = []
+        for code, advice, network in zip(codes, advices, networks, strict=True):
+            if code is None:  # not a decline, or a code the model never saw
+                rows.append(np.full(len(self.fallback.grid), self.fallback.retry_prior))
+                continue
+            raw = (network or "", 0.0, code, advice or "", 1)
+            allowed, _ = self.fallback.allowed(0, "", raw)
+            rows.append(self.fallback.curve(allowed))
+        return {"p_approve": p_approve, "p_retry": np.array(rows, dtype=np.float32)}

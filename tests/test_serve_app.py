@@ -1,0 +1,711 @@
+"""The HTTP service: a real `issuer-seq serve` on loopback, called with a real HTTP client.
+
+One tiny bundle (simulate + train tiny + export) is shared by the module. Fallback tests run
+the app in process (FastAPI's TestClient) with a monkeypatched session; everything else
+talks to a server subprocess. Loops are bounded in count and time; only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hydra import compose, initialize_config_dir
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from issuer_seq import schema as log_schema
+from issuer_seq.cli import conf_dir
+from issuer_seq.export import ExportSettings, export_bundle
+from issuer_seq.serve import schemas as S
+from issuer_seq.serve.app import create_app
+from issuer_seq.serve.scorer import Scorer
+from issuer_seq.serve.service import ServeSettings
+from issuer_seq.train.run import train
+from tests.conftest import make_sim
+
+MAX_BATCH = 64
+MAX_BODY = 1_000_000
+
+
+# -- fixtures -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained model exported as a bundle (float graph only: fast)."""
+    data = make_sim(tmp_path_factory.mktemp("sim"), seed=5, n_cards=250, days=15)
+    run = tmp_path_factory.mktemp("run")
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(
+            "train",
+            [
+                f"data_dir={data}",
+                f"run_dir={run}",
+                "model=tiny",
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=3",
+                "trainer.enable_progress_bar=false",
+                "data.max_eval_examples=2000",
+            ],
+        )
+    train(cfg)
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    export_bundle(
+        ExportSettings(run_dir=run, artifact_dir=out, parity_rows=300, int8=None, fp16=False)
+    )
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).parent / "issuer-seq"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "issuer_seq.cli"]
+
+
+class Server:
+    def __init__(self, bundle: Path, log: Path, *overrides: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        args = [*_command(), "serve", f"artifact_dir={bundle}", f"port={self.port}"]
+        with log.open("wb") as out:  # a file, not a pipe: a full pipe would stall the server
+            self.proc = subprocess.Popen(
+                [*args, "host=127.0.0.1", *overrides], stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"server not ready within {timeout_s} s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # A generous deadline: the load test shares 2 CPU cores with the rest of the suite.
+    srv = Server(
+        bundle,
+        tmp_path_factory.mktemp("logs") / "serve.log",
+        f"max_batch={MAX_BATCH}",
+        f"max_body_bytes={MAX_BODY}",
+        "deadline_ms=500",
+        "shutdown_delay_s=0",
+    )
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        yield c
+
+
+def attempt(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "ts": "2026-01-20T10:00:00Z",
+        "card_id": 901,
+        "issuer_id": 3,
+        "merchant_id": 7,
+        "network": "visa",
+        "card_type": "debit",
+        "issuer_country": "DE",
+        "mcc": "5411",
+        "merchant_country": "DE",
+        "amount": 25.0,
+        "currency": "EUR",
+        "initiator": "CIT",
+        "is_recurring": False,
+        "three_ds": True,
+        "attempt": 1,
+    }
+    return {**base, **over}
+
+
+def outcome(code: str = "00", advice: str | None = None, **over: Any) -> dict[str, Any]:
+    return {**attempt(**over), "response_code": code, "advice_code": advice}
+
+
+# -- the real server --------------------------------------------------------------------------
+def test_health_and_model_metadata(client: httpx.Client, bundle: Path) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    ready = client.get("/v2/health/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert client.get("/v2").json()["name"] == "issuer_seq"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    meta = client.get("/v2/models/issuer_seq").json()
+    assert meta["name"] == "issuer_seq" and meta["versions"] == ["1"]
+    assert [i["name"] for i in meta["inputs"]] == [i["name"] for i in manifest["schema"]["inputs"]]
+    kinds = {i["name"]: (i["datatype"], i["shape"]) for i in meta["inputs"]}
+    assert kinds["cur_mcc"] == ("INT64", [-1]) and kinds["card_log_amount"] == ("FP32", [-1, -1])
+    grid = len(manifest["delay_grid"])
+    assert meta["outputs"] == [
+        {"name": "p_approve", "datatype": "FP32", "shape": [-1]},
+        {"name": "p_retry", "datatype": "FP32", "shape": [-1, grid]},
+    ]
+    assert client.get("/v2/models/issuer_seq/versions/1").status_code == 200
+    assert client.get("/v2/models/issuer_seq/ready").json()["ready"] is True
+    assert client.get("/v2/models/other").status_code == 404
+    assert client.get("/v2/models/issuer_seq/versions/7").status_code == 404
+
+
+def test_score_matches_the_scorer_in_process(client: httpx.Client, bundle: Path) -> None:
+    # Ids no other test (nor schemathesis) writes to: the server has no history for them.
+    batch = [
+        attempt(card_id=f"parity-{i}", issuer_id="parity", amount=5.0 + 40 * i) for i in range(5)
+    ]
+    one = client.post("/v1/score", json={"attempt": batch[0]})
+    many = client.post("/v1/score", json={"attempts": batch})
+    assert one.status_code == 200 and many.status_code == 200, many.text
+    assert one.json()["fallback"] is False and many.json()["fallback_reason"] is None
+    expected = Scorer(bundle).score_batch(batch)
+    np.testing.assert_allclose(many.json()["p_approve"], expected, rtol=1e-5, atol=1e-6)
+    assert one.json()["p_approve"] == pytest.approx([expected[0]], abs=1e-6)
+
+
+def test_the_readme_example_works(client: httpx.Client) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n## Serving\n", 1)[1]
+    payload = re.search(r"/v1/score -H 'content-type: application/json' -d '(.*?)'", section, re.S)
+    assert payload is not None
+    answer = client.post("/v1/score", json=json.loads(payload.group(1)))
+    assert answer.status_code == 200 and answer.json()["fallback"] is False
+
+
+def test_outcomes_feed_the_histories(client: httpx.Client) -> None:
+    query = attempt(card_id="hist-1", issuer_id="hist", ts="2026-01-21T12:00:00Z")
+    before = client.post("/v1/score", json={"attempt": query}).json()["p_approve"][0]
+    declines = [
+        outcome("51", card_id="hist-1", issuer_id="hist", ts=f"2026-01-21T0{h}:00:00Z")
+        for h in range(4)
+    ]
+    answer = client.post("/v1/outcomes", json={"outcomes": declines})
+    assert answer.status_code == 200 and answer.json() == {"observed": 4}
+    after = client.post("/v1/score", json={"attempt": query}).json()["p_approve"][0]
+    assert after != pytest.approx(before, abs=1e-7)  # the card's new history is read
+
+
+def test_retry_advice_respects_the_network_rules(client: httpx.Client) -> None:
+    mc = {"network": "mastercard", "initiator": "MIT", "is_recurring": True, "card_id": 3001}
+    wait = client.post("/v1/retry", json={"decline": outcome("51", "27", **mc)})
+    assert wait.status_code == 200, wait.text
+    body = wait.json()
+    assert body["fallback"] is False
+    assert [k for k, v in body["allowed"].items() if v] == ["4d", "7d"]  # MAC 27: 4 days
+    assert body["action"] in ("4d", "7d", "no_retry")
+    if body["action"] != "no_retry":
+        assert body["delay_s"] >= 4 * 86_400 and body["retry_at"].startswith("2026-01-2")
+    assert all(0 <= p <= 1 for p in body["curve"].values()) and len(body["curve"]) == 8
+    hard = client.post("/v1/retry", json={"decline": outcome("41", card_id=3002)}).json()
+    assert hard["action"] == "no_retry" and hard["delay_s"] is None and hard["retry_at"] is None
+    assert hard["rule"] in ("visa_category_1", "hard_decline", "never_retry")
+    approved = client.post("/v1/retry", json={"decline": outcome("00", card_id=3003)})
+    assert approved.status_code == 422 and "approval" in approved.json()["error"]
+
+
+def _v2_request(bundle: Path, rows: slice) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    sample = np.load(bundle / "parity_sample.npz")
+    inputs = []
+    for spec in manifest["schema"]["inputs"]:
+        x = sample[spec["name"]][rows]
+        datatype = "INT64" if spec["dtype"] == "int64" else "FP32"
+        inputs.append(
+            {"name": spec["name"], "shape": list(x.shape), "datatype": datatype, "data": x.tolist()}
+        )
+    return {"id": "r1", "inputs": inputs}, {k: sample[k][rows] for k in ("p_approve", "p_retry")}
+
+
+def test_v2_infer_matches_pytorch(client: httpx.Client, bundle: Path) -> None:
+    request, expected = _v2_request(bundle, slice(0, 3))
+    answer = client.post("/v2/models/issuer_seq/infer", json=request)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model_name"] == "issuer_seq" and body["id"] == "r1" and body["parameters"] == {}
+    out = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in body["outputs"]}
+    np.testing.assert_allclose(out["p_approve"], expected["p_approve"], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(out["p_retry"], expected["p_retry"], rtol=1e-3, atol=1e-5)
+    only = client.post(
+        "/v2/models/issuer_seq/versions/1/infer", json={**request, "outputs": [{"name": "p_retry"}]}
+    )
+    assert [o["name"] for o in only.json()["outputs"]] == ["p_retry"]
+
+
+def _replace(request: dict[str, Any], name: str, **fields: Any) -> dict[str, Any]:
+    inputs = [{**t, **fields} if t["name"] == name else t for t in request["inputs"]]
+    return {**request, "inputs": inputs}
+
+
+def test_v2_rejects_tensors_that_do_not_fit(client: httpx.Client, bundle: Path) -> None:
+    request, _ = _v2_request(bundle, slice(0, 2))
+    cases = {
+        "missing input": {**request, "inputs": request["inputs"][1:]},
+        "datatype FP32, expected INT64": _replace(request, "cur_mcc", datatype="FP32"),
+        "ids must lie in": _replace(request, "cur_mcc", data=[10**6, 0]),
+        "values for shape": _replace(request, "cur_mcc", data=[1]),
+        "other inputs have": _replace(request, "cur_mcc", shape=[1], data=[1]),
+        "data must be integers": _replace(request, "cur_mcc", data=["a", "b"]),
+        "unknown input": {
+            **request,
+            "inputs": [*request["inputs"], {**request["inputs"][0], "name": "x"}],
+        },
+        "unknown output": {**request, "outputs": [{"name": "logits"}]},
+        "lengths must lie in": _replace(request, "card_length", data=[99999, 0]),
+    }
+    for message, body in cases.items():
+        answer = client.post("/v2/models/issuer_seq/infer", json=body)
+        assert answer.status_code == 400, (message, answer.text)
+        assert message in answer.json()["error"], (message, answer.text)
+
+
+BAD_SCORES: dict[str, tuple[Any, int, str]] = {
+    "unknown field": ({"attempt": attempt(colour="red")}, 422, "colour"),
+    "wrong type": ({"attempt": attempt(amount="25.0")}, 422, "amount"),
+    "string for a bool": ({"attempt": attempt(three_ds="true")}, 422, "three_ds"),
+    "negative amount": ({"attempt": attempt(amount=-1.0)}, 422, "amount"),
+    "huge amount": ({"attempt": attempt(amount=1e300)}, 422, "amount"),
+    "unknown network": ({"attempt": attempt(network="amex")}, 422, "network"),
+    "unknown card type": ({"attempt": attempt(card_type="gold")}, 422, "card_type"),
+    "unknown initiator": ({"attempt": attempt(initiator="BOT")}, 422, "initiator"),
+    "bad mcc": ({"attempt": attempt(mcc="54")}, 422, "mcc"),
+    "bad ts": ({"attempt": attempt(ts="yesterday")}, 422, "ts"),
+    "ts out of range": ({"attempt": attempt(ts="1900-01-01T00:00:00Z")}, 422, "ts"),
+    "attempt zero": ({"attempt": attempt(attempt=0)}, 422, "attempt"),
+    "outcome on a score": ({"attempt": outcome("05")}, 422, "response_code"),
+    "both": ({"attempt": attempt(), "attempts": [attempt()]}, 422, "exactly one"),
+    "neither": ({}, 422, "exactly one"),
+    "empty batch": ({"attempts": []}, 422, "attempts"),
+    "oversized batch": ({"attempts": [attempt()] * (MAX_BATCH + 1)}, 422, f"{MAX_BATCH}"),
+    "not an object": ([attempt()], 422, "body"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SCORES))
+def test_bad_scores_are_4xx_naming_the_problem(client: httpx.Client, case: str) -> None:
+    body, status, needle = BAD_SCORES[case]
+    answer = client.post("/v1/score", json=body)
+    assert answer.status_code == status, answer.text
+    assert needle in answer.json()["error"], answer.text
+
+
+def test_unreadable_requests_are_4xx(client: httpx.Client) -> None:
+    headers = {"content-type": "application/json"}
+    raw = json.dumps({"attempt": attempt()})
+    cases = [
+        (raw[:40], headers, 400, "not valid JSON"),
+        (raw.replace("25.0", "NaN"), headers, 422, "finite"),
+        (raw.replace("25.0", "1e999"), headers, 422, "finite"),
+        (raw.replace("25.0", "-Infinity"), headers, 422, "amount"),
+        (raw, {"content-type": "text/plain"}, 415, "application/json"),
+        (raw, {}, 415, "application/json"),
+        ("x" * (MAX_BODY + 10), headers, 413, ""),
+    ]
+    for content, hdrs, status, needle in cases:
+        answer = client.post("/v1/score", content=content, headers=hdrs)
+        assert answer.status_code == status, (content[:60], answer.text)
+        assert needle in answer.json()["error"], answer.text
+    bad_outcome = client.post("/v1/outcomes", json={"outcomes": [outcome("5")]})
+    assert bad_outcome.status_code == 422 and "response_code" in bad_outcome.json()["error"]
+    assert client.get("/v1/nowhere").status_code == 404
+    assert client.get("/v1/score").status_code == 405
+
+
+def test_metrics_count_requests_latency_and_fallbacks(client: httpx.Client) -> None:
+    client.post("/v1/score", json={"attempt": attempt()})
+    text = client.get("/metrics").text
+    assert 'issuer_seq_http_requests_total{method="POST",route="/v1/score",status="200"}' in text
+    assert 'issuer_seq_http_request_duration_seconds_bucket{le="0.05",method="POST"' in text
+    assert 'issuer_seq_model_duration_seconds_count{operation="score"}' in text
+    assert "# TYPE issuer_seq_fallbacks_total counter" in text
+    assert "issuer_seq_ready 1.0" in text
+
+
+# -- schemathesis: generated requests against the OpenAPI schema ------------------------------
+OPERATIONS = [
+    ("POST", "/v1/score"),
+    ("POST", "/v1/retry"),
+    ("POST", "/v1/outcomes"),
+    ("GET", "/v2/health/live"),
+    ("GET", "/v2/health/ready"),
+    ("GET", "/v2"),
+    ("GET", "/v2/models/{model_name}"),
+    ("GET", "/v2/models/{model_name}/versions/{model_version}"),
+    ("GET", "/v2/models/{model_name}/ready"),
+    ("POST", "/v2/models/{model_name}/infer"),
+    ("POST", "/v2/models/{model_name}/versions/{model_version}/infer"),
+    ("GET", "/metrics"),
+]
+
+
+@pytest.fixture(scope="module")
+def api_schema(server: Server) -> Any:
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    listed = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
+    assert listed == set(OPERATIONS)  # a new route joins this run
+    return schema
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+def test_openapi_schema_holds_for_generated_requests(
+    api_schema: Any, method: str, path: str
+) -> None:
+    """Seeded valid and invalid requests: never a 5xx, every answer as the schema says."""
+    operation = api_schema[path][method]
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
+    modes = [(GenerationMode.POSITIVE, 30)]
+    if operation.body:  # (any text is a valid path parameter: nothing else can be invalid)
+        modes.append((GenerationMode.NEGATIVE, 15))
+    for mode, examples in modes:
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @seed(20260128)
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            phases=[Phase.generate],
+        )
+        def check(case: Any) -> None:
+            case.call_and_validate(checks=checks, timeout=10)
+
+        check()
+
+
+# -- load: a fixed request rate on loopback ---------------------------------------------------
+def test_load_at_a_fixed_rate(server: Server) -> None:
+    rate, seconds = 50, 5.0
+    n = int(rate * seconds)
+
+    async def run() -> tuple[list[float], list[int], int]:
+        latencies: list[float] = []
+        statuses: list[int] = []
+        fallbacks = 0
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=server.url, timeout=5.0, limits=limits) as c:
+            start = time.perf_counter()
+
+            async def one(i: int) -> None:
+                nonlocal fallbacks
+                # Open loop: each request leaves at its slot whatever the earlier ones do.
+                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+                body = {"attempt": attempt(card_id=5000 + i % 97, issuer_id=3 + i % 5)}
+                t0 = time.perf_counter()
+                try:
+                    answer = await c.post("/v1/score", json=body)
+                    statuses.append(answer.status_code)
+                    fallbacks += bool(answer.status_code == 200 and answer.json()["fallback"])
+                except httpx.HTTPError:
+                    statuses.append(0)
+                latencies.append(time.perf_counter() - t0)
+
+            await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), seconds + 20)
+        return latencies, statuses, fallbacks
+
+    latencies, statuses, fallbacks = asyncio.run(run())
+    ms = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
+    errors = sum(s != 200 for s in statuses) / len(statuses)
+    print(
+        f"\nload: {n} x POST /v1/score at {rate} req/s: p50 {ms[0]:.1f} ms, p95 {ms[1]:.1f} ms, "
+        f"p99 {ms[2]:.1f} ms, error rate {errors:.3f}, fallbacks {fallbacks}"
+    )
+    assert len(statuses) == n and errors == 0
+
+
+# -- fail open, in process ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shared_scorer(bundle: Path) -> Scorer:
+    return Scorer(bundle)
+
+
+def _in_process(bundle: Path, scorer: Scorer | None, **over: Any) -> TestClient:
+    settings_ = ServeSettings(artifact_dir=bundle, deadline_ms=100, warmup_runs=1, **over)
+    # The last-resort handler answers and then re-raises (so servers log it): keep the answer.
+    return TestClient(create_app(settings_, scorer=scorer), raise_server_exceptions=False)
+
+
+def _wait_ready(c: TestClient) -> None:
+    for _ in range(200):
+        if c.get("/v2/health/ready").status_code == 200:
+            return
+        time.sleep(0.05)
+    pytest.fail("in-process app not ready")
+
+
+def test_slow_model_falls_back_within_the_deadline(
+    bundle: Path, shared_scorer: Scorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    prior = manifest["training_metrics"]["dataset"]["train"]["approval_rate"]
+    with _in_process(bundle, shared_scorer, max_pending=1) as c:
+        _wait_ready(c)
+        release = threading.Event()
+        real = shared_scorer.run
+
+        def slow(inputs: Any) -> Any:
+            release.wait(2.0)  # bounded: the worker frees itself even if the test fails
+            return real(inputs)
+
+        monkeypatch.setattr(shared_scorer, "run", slow)
+        t0 = time.perf_counter()
+        answer = c.post("/v1/score", json={"attempt": attempt(issuer_id="fresh-issuer")}).json()
+        took = time.perf_counter() - t0
+        assert answer["fallback"] is True and answer["fallback_reason"] == "deadline"
+        assert took < 0.9, took  # deadline 100 ms, the model would take 2 s
+        assert answer["p_approve"] == [pytest.approx(prior)]  # no events: the global prior
+        # The issuer's recent events move the fallback rate (3 declines, shrunk to the prior).
+        events = [outcome("05", issuer_id="fresh-issuer", ts="2026-01-19T10:00:00Z")] * 3
+        assert c.post("/v1/outcomes", json={"outcomes": events}).json() == {"observed": 3}
+        # The slow call still holds the only slot (max_pending=1): no queueing behind it.
+        rate = c.post("/v1/score", json={"attempt": attempt(issuer_id="fresh-issuer")}).json()
+        assert rate["fallback_reason"] == "overloaded"
+        assert rate["p_approve"] == [pytest.approx((0 + 5 * prior) / (3 + 5))]
+        release.set()
+        text = c.get("/metrics").text
+        assert 'issuer_seq_fallbacks_total{operation="score",reason="deadline"} 1.0' in text
+        assert 'issuer_seq_fallbacks_total{operation="score",reason="overloaded"} 1.0' in text
+
+
+def test_failing_model_falls_back_to_the_rules(
+    bundle: Path, shared_scorer: Scorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _in_process(bundle, shared_scorer) as c:
+        _wait_ready(c)
+
+        def broken(inputs: Any) -> Any:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+        monkeypatch.setattr(shared_scorer, "run", broken)
+        score = c.post("/v1/score", json={"attempts": [attempt(), attempt()]}).json()
+        assert score["fallback_reason"] == "model_error" and len(score["p_approve"]) == 2
+
+        def advise(code: str, advice: str | None = None, **over: Any) -> dict[str, Any]:
+            answer = c.post("/v1/retry", json={"decline": outcome(code, advice, **over)})
+            assert answer.status_code == 200, answer.text
+            body: dict[str, Any] = answer.json()
+            assert body["fallback"] is True and body["fallback_reason"] == "model_error"
+            return body
+
+        assert advise("91")["action"] == "30m"  # technical
+        funds = advise("51")
+        assert funds["action"] == "2d" and funds["rule"] == "code_rule_funds"
+        assert funds["delay_s"] == 2 * 86_400 and funds["retry_at"] == "2026-01-22T10:00:00Z"
+        assert advise("05")["action"] == "1d"  # generic
+        mac = advise("51", "27", network="mastercard", initiator="MIT", is_recurring=True)
+        assert mac["action"] == "4d"  # the MAC's 4-day wait beats the 2-day funds rule
+        assert [k for k, v in mac["allowed"].items() if v] == ["4d", "7d"]
+        for hard in ("41", "54"):  # lost card (hard), expired card (data)
+            body = advise(hard)
+            assert body["action"] == "no_retry" and body["expected_value"] == 0.0
+            assert not any(body["allowed"].values()) and body["rule"] != "ok"
+        request, _ = _v2_request(bundle, slice(0, 2))
+        v2 = c.post("/v2/models/issuer_seq/infer", json=request).json()
+        assert v2["parameters"] == {"fallback": True, "fallback_reason": "model_error"}
+        assert [o["shape"] for o in v2["outputs"]] == [[2], [2, 8]]
+
+
+def test_non_probabilities_and_unexpected_errors_fall_back(
+    bundle: Path, shared_scorer: Scorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _in_process(bundle, shared_scorer) as c:
+        _wait_ready(c)
+        real = shared_scorer.run
+        monkeypatch.setattr(shared_scorer, "run", lambda x: (real(x)[0] * np.nan, real(x)[1]))
+        nan = c.post("/v1/score", json={"attempt": attempt()}).json()
+        assert nan["fallback_reason"] == "invalid_output"
+
+        async def bug(*args: Any, **kwargs: Any) -> Any:
+            raise KeyError("a bug outside the model call")
+
+        service = c.app.state.service  # type: ignore[attr-defined]
+        monkeypatch.setattr(service, "call_model", bug)
+        last = c.post("/v1/score", json={"attempt": attempt()})
+        assert last.status_code == 200 and last.json()["fallback_reason"] == "unhandled_error"
+        retry = c.post("/v1/retry", json={"decline": outcome("51")})
+        assert retry.status_code == 200 and retry.json()["fallback_reason"] == "unhandled_error"
+
+
+def test_ready_only_after_warm_up(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from issuer_seq.serve.service import Service
+
+    gate = threading.Event()
+    real = Service._warm_up
+
+    def held(self: Service, scorer: Scorer) -> None:
+        gate.wait(10.0)
+        real(self, scorer)
+
+    monkeypatch.setattr(Service, "_warm_up", held)
+    with _in_process(bundle, None) as c:
+        not_yet = c.get("/v2/health/ready")
+        assert not_yet.status_code == 503 and "loading" in not_yet.json()["reason"]
+        assert c.get("/v2/health/live").status_code == 200
+        early = c.post("/v1/score", json={"attempt": attempt()}).json()
+        assert early["fallback_reason"] == "not_ready"
+        assert c.post("/v1/outcomes", json={"outcomes": [outcome()]}).status_code == 503
+        gate.set()
+        _wait_ready(c)
+
+
+# -- lifecycle of the real process ---------------------------------------------------------------
+def test_sigterm_flips_readiness_drains_and_exits_0(bundle: Path, tmp_path: Path) -> None:
+    srv = Server(
+        bundle,
+        tmp_path / "drain.log",
+        "deadline_ms=10000",
+        "debug.model_delay_ms=1500",  # every model call takes 1.5 s: one stays in flight
+        "shutdown_delay_s=0.5",
+    )
+    try:
+        srv.wait_ready()
+        result: dict[str, Any] = {}
+
+        def slow_request() -> None:
+            answer = httpx.post(f"{srv.url}/v1/score", json={"attempt": attempt()}, timeout=20)
+            result["status"], result["body"] = answer.status_code, answer.json()
+
+        worker = threading.Thread(target=slow_request)
+        worker.start()
+        time.sleep(0.3)  # the request is in the model now
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+        ready = httpx.get(f"{srv.url}/v2/health/ready", timeout=5)
+        assert ready.status_code == 503 and ready.json()["reason"] == "shutting down"
+        worker.join(timeout=20)
+        assert result.get("status") == 200, srv.output()
+        assert result["body"]["fallback"] is False  # answered by the model, not cut off
+        assert srv.proc.wait(timeout=20) == 0, srv.output()
+    finally:
+        srv.stop()
+
+
+def test_a_bad_bundle_stops_the_command_with_status_2(bundle: Path, tmp_path: Path) -> None:
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle, tampered)
+    with (tampered / "model.onnx").open("r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    port = _free_port()
+    done = subprocess.run(
+        [*_command(), "serve", f"artifact_dir={tampered}", f"port={port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "model.onnx has sha256" in done.stdout + done.stderr
+
+
+def test_the_serving_process_never_loads_torch(server: Server) -> None:
+    maps = Path(f"/proc/{server.proc.pid}/maps")
+    if not maps.exists():
+        pytest.skip("needs Linux /proc to list the server's loaded libraries")
+    text = maps.read_text()
+    assert "onnxruntime" in text and "libtorch" not in text
+
+
+def test_request_enums_are_the_contracts() -> None:
+    assert set(S.Network.__args__) == set(log_schema.NETWORKS)  # type: ignore[attr-defined]
+    assert set(S.CardType.__args__) == set(log_schema.CARD_TYPES)  # type: ignore[attr-defined]
+    assert set(S.Initiator.__args__) == set(log_schema.INITIATORS)  # type: ignore[attr-defined]
+
+
+# -- redis state (a real redis-server on loopback) ---------------------------------------------
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run `make test`, which installs it")
+    port = _free_port()
+    work = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_redis_state_is_shared_by_replicas(bundle: Path, redis_url: str) -> None:
+    import redis
+
+    prefix = f"t{os.getpid()}_{time.monotonic_ns()}"
+    common = {"state": "redis", "redis_url": redis_url, "redis_prefix": prefix}
+    with _in_process(bundle, None, **common) as a, _in_process(bundle, None, **common) as b:
+        _wait_ready(a)
+        _wait_ready(b)
+        query = {"attempt": attempt(card_id=7001, ts="2026-01-22T10:00:00Z")}
+        before = b.post("/v1/score", json=query).json()["p_approve"][0]
+        history = [outcome("51", card_id=7001, ts=f"2026-01-22T0{h}:00:00Z") for h in range(3)]
+        assert a.post("/v1/outcomes", json={"outcomes": history}).json() == {"observed": 3}
+        after = b.post("/v1/score", json=query).json()["p_approve"][0]
+        assert after != pytest.approx(before, abs=1e-7)  # replica b reads what a wrote
+    assert redis.Redis.from_url(redis_url).llen(f"{prefix}:card:7001") == 3
