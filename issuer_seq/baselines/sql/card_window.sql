@@ -1,0 +1,13 @@
+        -- card, last ${label}: velocity, outcomes by cause (counts), amounts
+        COUNT(*) OVER card_${label} AS card_n_${label},
+        AVG(CAST(is_ok AS DOUBLE)) OVER card_${label} AS card_approval_rate_${label},
+        COALESCE(SUM(is_funds) OVER card_${label}, 0) AS card_funds_${label},
+        COALESCE(SUM(is_limit) OVER card_${label}, 0) AS card_limit_${label},
+        COALESCE(SUM(is_generic) OVER card_${label}, 0) AS card_generic_${label},
+        COALESCE(SUM(is_technical) OVER card_${label}, 0) AS card_technical_${label},
+        COALESCE(SUM(is_sca) OVER card_${label}, 0) AS card_sca_${label},
+        COALESCE(SUM(is_data) OVER card_${label}, 0) AS card_data_${label},
+        COALESCE(SUM(is_hard) OVER card_${label}, 0) AS card_hard_${label},
+        AVG(amount) OVER card_${label} AS card_amount_mean_${label},
+        MAX(amount) OVER card_${label} AS card_amount_max_${label},
+        MAX(ok_amount) OVER card_${label} AS card_max_approved_amount_${label},
