@@ -20,6 +20,7 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
             f"artifact_dir={tmp_path / 'bundle'}",
             f"out_dir={tmp_path / 'report'}",
             "export_overrides=['parity.rows=2000','fp16.enabled=false']",
+            "evaluate_overrides=['baselines.models=[]']",
             "bench_overrides=['requests=150','warmup=10','batch_sizes=[1]',"
             "'throughput_seconds=0.1','pipeline.train_steps=2']",
             "simulate_overrides=['n_cards=400','n_issuers=20','n_merchants=100','days=20']",

@@ -104,7 +104,16 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
         )
     train(cfg)
     out = subprocess.run(
-        [sys.executable, "-m", "issuer_seq.cli", "evaluate", f"data_dir={data}", f"run_dir={run}"],
+        [
+            sys.executable,
+            "-m",
+            "issuer_seq.cli",
+            "evaluate",
+            f"data_dir={data}",
+            f"run_dir={run}",
+            "baselines.models=[lightgbm,logistic]",
+            "baselines.trials=1",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -112,7 +121,7 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((run / "evaluation.json").read_text())
     approval = result["approval"]
-    assert {"transformer", "base_rate", "oracle"} <= set(approval)
+    assert {"transformer", "base_rate", "oracle", "lightgbm", "logistic"} <= set(approval)
     for m in approval.values():
         assert {"auroc", "ap_decline", "logloss", "brier", "ece", "oracle_share"} <= set(m)
     assert approval["oracle"]["oracle_share"] == pytest.approx(1.0)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from issuer_seq.evaluate.baselines import fit_baselines
 from issuer_seq.evaluate.run import evaluate
 
 log = logging.getLogger(__name__)
@@ -16,9 +18,19 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
+    b = cfg.baselines
     result = evaluate(
         Path(cfg.data_dir),
         run_dir,
+        baselines=partial(
+            fit_baselines,
+            models=[str(m) for m in b.models],
+            retry_model=bool(b.retry_model),
+            trials=b.trials,
+            threads=b.threads,
+        )
+        if b.models
+        else None,
         ablations={str(k): Path(v) for k, v in (cfg.get("ablations") or {}).items()},
     )
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))

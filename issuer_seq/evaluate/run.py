@@ -33,8 +33,10 @@ from issuer_seq.schema import ValidatedLog, load_log
 
 log = logging.getLogger(__name__)
 
-#: name -> function(vlog, split (N,), store) -> (approval p (N,), retry curves (N, G) or None)
-BaselineFn = Callable[[ValidatedLog, np.ndarray, EventStore], tuple[np.ndarray, np.ndarray | None]]
+#: (log frame, split (N,), delay grid) -> {name: (approval p (N,), retry curves (N, G) or None)}
+BaselinesFn = Callable[
+    [pd.DataFrame, np.ndarray, list[str]], Mapping[str, tuple[np.ndarray, np.ndarray | None]]
+]
 
 
 def load_network(run_dir: Path) -> tuple[IssuerSeqNet, dict[str, Any]]:
@@ -115,7 +117,7 @@ def allowed_matrix(frame: pd.DataFrame, rows: np.ndarray, grid_s: np.ndarray) ->
 def evaluate(
     data_dir: Path,
     run_dir: Path,
-    baselines: Mapping[str, BaselineFn] | None = None,
+    baselines: BaselinesFn | None = None,
     ablations: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
@@ -132,12 +134,11 @@ def evaluate(
     approval: dict[str, dict[str, Any]] = {"transformer": approval_metrics(p_model, y)}
     approval["base_rate"] = approval_metrics(base_rate(store, store.rows(TRAIN))[test], y)
     retry_curves: dict[str, np.ndarray] = {"transformer": curves_model}
-    for name, fn in (baselines or {}).items():
-        log.info("baseline %s", name)
-        p_all, curves = fn(vlog, store.split, store)
-        approval[name] = approval_metrics(p_all[test], y)
-        if curves is not None:
-            retry_curves[name] = curves[test]
+    if baselines is not None:
+        for name, (p_all, curves) in baselines(vlog.frame, store.split, grid).items():
+            approval[name] = approval_metrics(p_all[test], y)
+            if curves is not None:
+                retry_curves[name] = curves[test]
     if truth is not None:
         approval["oracle"] = approval_metrics(truth["p_approve"].to_numpy()[test], y)
         base, oracle = approval["base_rate"]["logloss"], approval["oracle"]["logloss"]
