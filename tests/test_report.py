@@ -35,6 +35,7 @@ def test_report_runs_what_is_missing_and_writes_everything(
             "batch_sizes=[1,64]",
             "throughput_seconds=0.2",
             "pipeline.train_steps=2",
+            "evaluate_overrides=['baselines.models=[]']",
         ],
         capture_output=True,
         text=True,

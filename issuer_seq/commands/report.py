@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
 from issuer_seq.commands import bench as bench_command
@@ -23,8 +24,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     evaluation_path = run_dir / "evaluation.json"
     if not evaluation_path.exists():
         log.info("no %s: evaluating first", evaluation_path)
-        eval_cfg = OmegaConf.merge(cfg, {"data_dir": str(data_dir)})
-        evaluate_command.run(eval_cfg)  # type: ignore[arg-type]
+        paths = [f"{k}={cfg[k]}" for k in ("run_dir", "artifact_dir", "out_dir", "seed")]
+        overrides = [*paths, f"data_dir={data_dir}", *cfg.evaluate_overrides]
+        evaluate_command.run(compose(config_name="evaluate", overrides=overrides))
     evaluation = json.loads(evaluation_path.read_text())
     bench_path = out_dir / "bench.json"
     if not bench_path.exists() and (Path(cfg.artifact_dir) / "manifest.json").exists():
