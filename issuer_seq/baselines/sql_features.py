@@ -147,9 +147,9 @@ def sql_features(
 
     Returns one row per input row, in the same order (a RangeIndex): numeric columns as
     float64 (NaN where an aggregate has no events, e.g. a rate over an empty window or the
-    time since a decline the card never had)
-    and the `CATEGORICAL` columns as pandas `category` (categories are this frame's values;
-    models align them to their training categories).
+    time since a decline the card never had), and the `CATEGORICAL` columns as pandas
+    `category` (categories are this frame's values; models align them to their training
+    categories). `threads` caps DuckDB's threads (default: all cores).
     """
     events = events_table(frame)
     con = duckdb.connect()
