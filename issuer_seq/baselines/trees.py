@@ -15,7 +15,9 @@ row / column subsampling.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Self
 
 import lightgbm as lgb
@@ -140,6 +142,36 @@ class LightGBMModel:
             raise RuntimeError("fit the model first")
         p = self.booster.predict(self._x(frame), num_iteration=self.best_iteration)
         return np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+
+    def save(self, path: str | Path) -> Path:
+        """Write `model.txt` (LightGBM's text format, the best iteration's trees) and
+        `lightgbm.json` (feature columns, training categories, parameters) into `path`."""
+        if self.booster is None:
+            raise RuntimeError("fit the model first")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(str(path / "model.txt"), num_iteration=self.best_iteration)
+        meta = {
+            "columns": self.columns,
+            "categories": self.categories,
+            "best_iteration": self.best_iteration,
+            "params": self.params,
+            "exclude": list(self.exclude),
+            "seed": self.seed,
+        }
+        (path / "lightgbm.json").write_text(json.dumps(meta, indent=2, default=str))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LightGBMModel:
+        """A model written by `save`, ready to predict."""
+        path = Path(path)
+        meta = json.loads((path / "lightgbm.json").read_text())
+        model = cls(meta["params"], exclude=meta["exclude"], seed=meta["seed"])
+        model.booster = lgb.Booster(model_file=str(path / "model.txt"))
+        model.columns = list(meta["columns"])
+        model.categories = {c: list(v) for c, v in meta["categories"].items()}
+        return model
 
 
 class XGBoostModel:
