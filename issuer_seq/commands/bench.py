@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.report.bench import bench_scorers, machine
+from issuer_seq.report.http_bench import bench_http
+from issuer_seq.report.lightgbm_model import bench_lightgbm_model
 from issuer_seq.report.pipeline import bench_pipeline
 from issuer_seq.report.sequences import bench_sequences
 from issuer_seq.schema import load_log
@@ -36,6 +38,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     vlog = load_log(_data_dir(cfg, run_dir))
     records = vlog.frame.to_dict("records")
+    lgb_cfg = cfg.lightgbm
+    lightgbm = None
+    lightgbm_info: dict[str, Any] = {"note": "not measured (lightgbm.enabled=false)"}
+    if lgb_cfg.enabled:
+        params = OmegaConf.to_container(lgb_cfg.params) if lgb_cfg.params else {}
+        assert isinstance(params, dict)
+        lightgbm, lightgbm_info = bench_lightgbm_model(
+            vlog.frame,
+            run_dir,
+            out_dir,
+            params={str(k): v for k, v in params.items()},
+            max_train_rows=lgb_cfg.max_train_rows,
+            threads=lgb_cfg.threads,
+        )
     log.info("scorers: %d requests replayed through every arm", cfg.requests)
     scorers = bench_scorers(
         bundle,
@@ -45,7 +61,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         warmup=int(cfg.warmup),
         batch_sizes=[int(b) for b in cfg.batch_sizes],
         throughput_seconds=float(cfg.throughput_seconds),
+        lightgbm=lightgbm,
+        target_ratio=float(lgb_cfg.target_ratio),
     )
+    http: dict[str, Any] = {"note": "not measured (http.enabled=false)"}
+    if cfg.http.enabled:
+        log.info(
+            "HTTP: issuer-seq serve on loopback, %s req/s for %s s",
+            cfg.http.rate_per_s,
+            cfg.http.seconds,
+        )
+        n = min(int(cfg.requests), len(records))
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        http = bench_http(
+            bundle,
+            records[-n:],
+            records[: len(records) - n],
+            {
+                "card": int(manifest["history"]["k_card"]),
+                "issuer": int(manifest["history"]["k_issuer"]),
+            },
+            out_dir / "bench_serve.log",
+            rate_per_s=float(cfg.http.rate_per_s),
+            seconds=float(cfg.http.seconds),
+            warmup=int(cfg.http.warmup),
+            overrides=[str(o) for o in cfg.http.serve_overrides],
+        )
     log.info("data pipeline: point-in-time sequences vs pandas; training input pipeline")
     _, spec = load_network(run_dir)
     sequences = bench_sequences(
@@ -59,13 +100,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     result = {
         "machine": machine(),
         "scorers": scorers,
-        "http": {"note": "the HTTP service is not built yet; no HTTP latency measured"},
-        "lightgbm": {"note": "the LightGBM end-to-end scorer is not built yet; not measured"},
+        "http": http,
+        "lightgbm": lightgbm_info,
         "pipeline": {"sequences": sequences, "training_input": training},
         "targets": {
             "sequence_build_speedup_at_least_20": sequences["speedup"] >= 20,
             "training_input_ratio_at_least_0.9": training["ratio"] >= 0.9,
-            "transformer_p99_at_most_2x_lightgbm": None,
+            "transformer_p99_at_most_2x_lightgbm": scorers.get("vs_lightgbm", {}).get("target_met"),
         },
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -76,6 +117,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         lines.append(
             f"{name:<16} {s['p50_ms']:>8.3f} {s['p90_ms']:>8.3f} {s['p99_ms']:>8.3f}  "
             + ", ".join(f"{b}: {v:.0f}" for b, v in arm["batch_scores_per_s"].items())
+        )
+    if "vs_lightgbm" in scorers:
+        vs = scorers["vs_lightgbm"]
+        lines.append(
+            "transformer p99 / LightGBM p99: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in vs["transformer_p99_over_lightgbm_p99"].items())
+            + f" (target at most {vs['target']:g}: {'met' if vs['target_met'] else 'missed'})"
+        )
+    if "p99_ms" in http:
+        lines.append(
+            f"HTTP at {http['rate_per_s']:g} req/s for {http['seconds']:g} s: p50 "
+            f"{http['p50_ms']:.2f} ms, p95 {http['p95_ms']:.2f} ms, p99 {http['p99_ms']:.2f} ms, "
+            f"error rate {http['error_rate']:.3f} ({http['fallbacks']} fallback answers)"
         )
     lines.append(
         f"sequence build {sequences['speedup']:.1f}x pandas; training input pipeline "
