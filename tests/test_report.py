@@ -8,12 +8,40 @@ import subprocess
 import sys
 from pathlib import Path
 
-from issuer_seq.report.report import pareto
+from issuer_seq.report.report import latency_chart, model_table, pareto, serving_notes
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
     points = [(1.0, 0.40), (2.0, 0.35), (3.0, 0.36), (0.5, 0.50), (2.5, 0.35)]
     assert pareto(points) == [3, 0, 1]
+
+
+def _arm(model: str, p99: float) -> dict[str, object]:
+    return {
+        "model": model,
+        "single_request": {"p50_ms": p99 / 2, "p99_ms": p99},
+        "batch_scores_per_s": {"64": 1000.0},
+    }
+
+
+def test_lightgbm_latency_joins_its_accuracy_row(tmp_path: Path) -> None:
+    metrics = {"auroc": 0.7, "ap_decline": 0.4, "logloss": 0.33, "brier": 0.1, "ece": 0.01}
+    evaluation = {"approval": {"transformer": metrics, "lightgbm": metrics | {"logloss": 0.32}}}
+    bench = {
+        "scorers": {
+            "arms": {"onnx_fp32": _arm("transformer", 1.0), "lightgbm": _arm("lightgbm", 0.2)},
+            "vs_lightgbm": {
+                "transformer_p99_over_lightgbm_p99": {"onnx_fp32": 5.0},
+                "target": 2.0,
+                "target_met": False,
+            },
+        }
+    }
+    rows = {r["model"]: r for r in model_table(evaluation, bench)}
+    assert set(rows) == {"transformer (onnx_fp32)", "lightgbm"}  # not "transformer (lightgbm)"
+    assert rows["lightgbm"]["p99_ms"] == 0.2 and rows["lightgbm"]["logloss"] == 0.32
+    assert latency_chart(list(rows.values()), tmp_path / "chart.png") is not None
+    assert "target of at most 2x is not met" in serving_notes(bench)[0]
 
 
 def test_report_runs_what_is_missing_and_writes_everything(
@@ -35,6 +63,10 @@ def test_report_runs_what_is_missing_and_writes_everything(
             "batch_sizes=[1,64]",
             "throughput_seconds=0.2",
             "pipeline.train_steps=2",
+            "lightgbm.threads=1",
+            "http.rate_per_s=20",
+            "http.seconds=1",
+            "http.warmup=2",
             "evaluate_overrides=['baselines.models=[]']",
         ],
         capture_output=True,
@@ -58,13 +90,17 @@ def test_report_runs_what_is_missing_and_writes_everything(
     assert page.count("data:image/png;base64,") == 4
     assert not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing loaded from elsewhere
     summary = json.loads((tmp_path / "report.json").read_text())
-    models = {row["model"] for row in summary["models"]}
+    models = {row["model"]: row for row in summary["models"]}
     assert {
         "transformer (onnx_fp32)",
         "transformer (pytorch_eager)",
         "base_rate",
         "oracle",
-    } <= models
+        "lightgbm",  # benchmarked, though not evaluated here: its latency, no accuracy
+    } <= set(models)
+    assert models["lightgbm"]["p99_ms"] > 0 and models["lightgbm"]["logloss"] is None
+    assert any("LightGBM scorer's p99" in n for n in summary["serving"])
+    assert any("Over HTTP on loopback" in n for n in summary["serving"])
     assert {p["policy"] for p in summary["retry_policies"]} >= {
         "transformer",
         "oracle",

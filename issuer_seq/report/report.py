@@ -39,6 +39,11 @@ def model_table(
     """One row per model / runtime variant: accuracy, calibration, latency, throughput."""
     rows = []
     arms = (bench or {}).get("scorers", {}).get("arms", {})
+    # Arms name the model they run ("transformer" for its runtimes, "lightgbm" for the
+    # baseline's own scorer); bench.json files older than that field held transformers only.
+    transformer_arms = {
+        k: a for k, a in arms.items() if a.get("model", "transformer") == "transformer"
+    }
     for name, m in evaluation["approval"].items():
         row = {
             "model": name,
@@ -52,9 +57,9 @@ def model_table(
             "p99_ms": None,
             "scores_per_s_batch_64": None,
         }
-        if name == "transformer" and arms:
+        if name == "transformer" and transformer_arms:
             # The same network in three runtimes: one row per runtime.
-            for arm, a in arms.items():
+            for arm, a in transformer_arms.items():
                 variant = row | {
                     "model": f"transformer ({arm})",
                     "p50_ms": a["single_request"]["p50_ms"],
@@ -68,8 +73,55 @@ def model_table(
                         variant[key] = None
                 rows.append(variant)
             continue
+        a = arms.get(name)
+        if a is not None and a.get("model") == name:
+            row |= _latency(a)
         rows.append(row)
+    # A baseline benchmarked but not in this evaluation: its latency, without accuracy.
+    for name, a in arms.items():
+        if a.get("model", "transformer") == name and name not in evaluation["approval"]:
+            empty = dict.fromkeys(("auroc", "ap_decline", "logloss", "brier", "ece"))
+            rows.append({"model": name, **empty, "oracle_share": None, **_latency(a)})
     return rows
+
+
+def _latency(arm: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "p50_ms": arm["single_request"]["p50_ms"],
+        "p99_ms": arm["single_request"]["p99_ms"],
+        "scores_per_s_batch_64": arm["batch_scores_per_s"].get("64"),
+    }
+
+
+def serving_notes(bench: Mapping[str, Any] | None) -> list[str]:
+    """Sentences on DESIGN.md's latency target and the HTTP service, from bench.json."""
+    if not bench:
+        return []
+    notes = []
+    vs = bench.get("scorers", {}).get("vs_lightgbm")
+    if vs:
+        ratios = ", ".join(
+            f"{k} {v:.2f}x" for k, v in vs["transformer_p99_over_lightgbm_p99"].items()
+        )
+        verdict = "met" if vs["target_met"] else "not met"
+        notes.append(
+            f"Transformer p99 over the LightGBM scorer's p99 (same requests, one thread, end to "
+            f"end): {ratios}; DESIGN.md's target of at most {vs['target']:g}x is {verdict}."
+        )
+    model = bench.get("lightgbm", {})
+    if str(model.get("source", "")).startswith("fitted"):
+        notes.append(
+            f"LightGBM's latency is that of a model the bench fitted with the tuned defaults "
+            f"({model['trees']} trees, no search); its accuracy row is the evaluation's model."
+        )
+    http = bench.get("http", {})
+    if "p99_ms" in http:
+        notes.append(
+            f"Over HTTP on loopback at {http['rate_per_s']:g} requests/s for {http['seconds']:g} s:"
+            f" p50 {http['p50_ms']:.1f} ms, p95 {http['p95_ms']:.1f} ms, p99 {http['p99_ms']:.1f}"
+            f" ms, error rate {http['error_rate']:.1%} ({http['fallbacks']} fallback answers)."
+        )
+    return notes
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -258,6 +310,7 @@ def write_report(
     ]
     summary = {
         "models": rows,
+        "serving": serving_notes(bench),
         "retry_policies": policy_rows,
         "figures": {k: (v.name if v else None) for k, v in figures.items()},
         "context": dict(context),
@@ -319,6 +372,7 @@ def write_report(
         "<h1>issuer_seq: latency vs accuracy</h1>",
         f"<p class='note'>{source} {' '.join(html.escape(n) for n in notes)}</p>",
         f"<h2>Models</h2>{_table(rows, model_cols)}<p class='note'>{html.escape(explain)}</p>",
+        *(f"<p>{html.escape(n)}</p>" for n in serving_notes(bench)),
         f"<h2>Latency vs accuracy</h2>{_img(figures['latency_vs_accuracy'])}",
         f"<div class='grid'><div><h2>Calibration</h2>{_img(figures['calibration'])}</div>",
         f"<div><h2>Precision-recall</h2>{_img(figures['precision_recall'])}</div></div>",
