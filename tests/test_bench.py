@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from issuer_seq.report.lightgbm_model import bench_lightgbm_model
+from issuer_seq.schema import load_log
+
 
 def test_bench_writes_latency_throughput_and_pipeline_ratios(
     tiny_bundle: tuple[Path, Path, Path], tmp_path: Path
@@ -71,3 +74,15 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
     assert bench["pipeline"]["training_input"]["ratio"] > 0
     assert bench["machine"]["threads"] == 1
     assert "p50 ms" in out.stdout and "transformer p99 / LightGBM p99" in out.stdout
+
+
+def test_bench_fits_the_lightgbm_model_once_then_reuses_it(
+    tiny_bundle: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, run, _ = tiny_bundle
+    frame = load_log(data).frame
+    model, info = bench_lightgbm_model(frame, run, tmp_path, threads=1)
+    assert info["source"].startswith("fitted") and info["train_rows"] > 0 and info["trees"] > 0
+    again, reused = bench_lightgbm_model(frame, run, tmp_path, threads=1)
+    assert reused["reused"] is True and reused["trees"] == info["trees"]
+    assert again.columns == model.columns

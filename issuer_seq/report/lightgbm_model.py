@@ -12,6 +12,7 @@ accuracy row is the one the report shows beside it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from issuer_seq.data.store import TEST, TRAIN, VAL
 log = logging.getLogger(__name__)
 
 SAVED = "lightgbm.json"
+FITTED = "bench_fit.json"  # how the bench fitted it, beside the model it saved
 
 
 def saved_model_dirs(run_dir: Path, out_dir: Path) -> list[Path]:
@@ -79,12 +81,16 @@ def bench_lightgbm_model(
             model = LightGBMModel.load(path)
             log.info("LightGBM: the saved model in %s", path)
             info: dict[str, Any] = {"source": "saved", "features": len(model.columns)}
+            if (path / FITTED).exists():  # fitted by an earlier bench: how
+                info = json.loads((path / FITTED).read_text()) | {"reused": True}
             break
     else:
         path = out_dir / "lightgbm"
         log.info("LightGBM: no saved model; fitting one (SQL features, no search) -> %s", path)
         model, info = fit_lightgbm(frame, params, max_train_rows, threads)
         model.save(path)
+        (path / FITTED).write_text(json.dumps(info, indent=2))
+        log.info("LightGBM: %s", info)
     booster = model.booster
     assert booster is not None
     dump = booster.dump_model(num_iteration=model.best_iteration)
