@@ -9,10 +9,11 @@ delay_cost a configurable cost of waiting (money tied up, customer churn) per da
 of the amount. The networks' own fees (Visa's excessive-reattempt fee, Mastercard's charges
 after MAC 03/21 or past the excessive-attempt caps) apply only to retries the rules forbid,
 which this policy never sends. The policy picks the allowed delay with the largest positive
-value, or "no retry". Allowed means `rules.check_retries` says so; hard and data declines
-are never retried as is. An "immediate retry with 3-D Secure" action is offered for SCA
-declines of customer-initiated payments (Visa 1A, Mastercard 65), valued with its own
-success probability.
+value, or "no retry". Allowed means `rules.check_retries` says so and, for a
+customer-initiated payment, that the customer is still at the checkout (`within_session`:
+a CIT retry hours later is useless); hard and data declines are never retried as is. An
+"immediate retry with 3-D Secure" action is offered for SCA declines of customer-initiated
+payments (Visa 1A, Mastercard 65), valued with its own success probability.
 
 numpy only: the scorer (serve/) and the evaluation share it.
 """
@@ -27,6 +28,18 @@ from issuer_seq.rules import Cause, causes
 
 NO_RETRY = -1
 NOW_3DS = -2
+
+#: A customer-initiated payment is retried only while the customer is still at the checkout:
+#: delays up to this many seconds (the 5 min and 30 min points of the default grid).
+CIT_SESSION_S = 30 * 60
+
+
+def within_session(
+    initiator: np.ndarray, grid_s: np.ndarray, cit_session_s: int = CIT_SESSION_S
+) -> np.ndarray:
+    """(N, G) bool: may a retry of each payment wait each delay? MIT: always; CIT: in session."""
+    cit = np.asarray(initiator, dtype=object).astype(str) == "CIT"
+    return ~cit[:, None] | (np.asarray(grid_s)[None, :] <= cit_session_s)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from issuer_seq.delays import grid_seconds
-from issuer_seq.retry_policy import NO_RETRY, NOW_3DS, RetryEconomics, choose_retry, retry_values
+from issuer_seq.retry_policy import (
+    CIT_SESSION_S,
+    NO_RETRY,
+    NOW_3DS,
+    RetryEconomics,
+    choose_retry,
+    retry_values,
+    within_session,
+)
 
 GRID = grid_seconds()
 CODES = ["05", "51", "91", "1A", "41", "54", "R1", "61", "Z9"]
@@ -74,3 +82,12 @@ def test_immediate_3ds_retry_for_sca_declines() -> None:
         sca_3ds_possible=np.array([True]),
     )
     assert pick.action[0] == NOW_3DS and pick.reason[0] == "now_with_3ds"
+
+
+def test_customer_initiated_payments_are_retried_only_within_the_session() -> None:
+    mask = within_session(np.array(["CIT", "MIT"]), GRID)
+    assert mask[1].all()
+    assert (mask[0] == (GRID <= CIT_SESSION_S)).all() and mask[0, 0] and not mask[0, -1]
+    p = np.array([[0.1, 0.1, 0.2, 0.3, 0.6, 0.7, 0.75, 0.8]])
+    pick = choose_retry(p, mask[:1], np.array([500.0]), np.array(["51"]), np.array(["visa"]), GRID)
+    assert pick.action[0] in (0, 1)  # the best it may do is a retry within the session

@@ -119,6 +119,10 @@ def test_retry_advice_obeys_the_network_rules(bundle: tuple[Path, Path, Path]) -
     assert wait.action in ("4d", "7d", "no_retry")
     assert set(wait.curve) == {"5m", "30m", "2h", "6h", "1d", "2d", "4d", "7d"}
     assert all(0 <= p <= 1 for p in wait.curve.values())
+    checkout = {**base, "initiator": "CIT", "is_recurring": False}
+    cit = scorer.advise_retry({**checkout, "response_code": "05", "advice_code": None})
+    assert [k for k, v in cit.allowed.items() if v] == ["5m", "30m"]
+    assert cit.action in ("5m", "30m", "no_retry")
     with pytest.raises(IssuerSeqError, match="approval"):
         scorer.advise_retry({**base, "response_code": "00"})
 

@@ -540,11 +540,14 @@ def test_failing_model_falls_back_to_the_rules(
             assert body["fallback"] is True and body["fallback_reason"] == "model_error"
             return body
 
-        assert advise("91")["action"] == "30m"  # technical
-        funds = advise("51")
+        assert advise("91")["action"] == "30m"  # technical, within the checkout session
+        checkout = advise("51")  # a customer-initiated payment cannot wait for funds
+        assert checkout["action"] == "no_retry" and checkout["rule"] == "cit_session"
+        assert [k for k, v in checkout["allowed"].items() if v] == ["5m", "30m"]
+        funds = advise("51", initiator="MIT")
         assert funds["action"] == "2d" and funds["rule"] == "code_rule_funds"
         assert funds["delay_s"] == 2 * 86_400 and funds["retry_at"] == "2026-01-22T10:00:00Z"
-        assert advise("05")["action"] == "1d"  # generic
+        assert advise("05", initiator="MIT")["action"] == "1d"  # generic
         mac = advise("51", "27", network="mastercard", initiator="MIT", is_recurring=True)
         assert mac["action"] == "4d"  # the MAC's 4-day wait beats the 2-day funds rule
         assert [k for k, v in mac["allowed"].items() if v] == ["4d", "7d"]

@@ -28,6 +28,7 @@ from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
 from issuer_seq.evaluate.retry import compare_policies
 from issuer_seq.features import Vocab
 from issuer_seq.model.network import IssuerSeqNet
+from issuer_seq.retry_policy import within_session
 from issuer_seq.rules import AttemptColumns, causes, check_retries
 from issuer_seq.schema import ValidatedLog, load_log
 
@@ -94,7 +95,8 @@ def load_truth(data_dir: Path, store: EventStore, grid: list[str]) -> pd.DataFra
 
 
 def allowed_matrix(frame: pd.DataFrame, rows: np.ndarray, grid_s: np.ndarray) -> np.ndarray:
-    """(N, G): may each declined row be retried after each delay (network rules)?"""
+    """(N, G): may each declined row be retried after each delay (network rules, and a
+    customer-initiated payment only within the checkout session)?"""
     t = frame["ts"].astype("int64").to_numpy() // 1_000_000
     history = AttemptColumns(
         card_id=pd.factorize(frame["card_id"])[0],
@@ -111,7 +113,8 @@ def allowed_matrix(frame: pd.DataFrame, rows: np.ndarray, grid_s: np.ndarray) ->
     allowed, _ = check_retries(
         history.take(rep), t[rep] + np.tile(grid_s, len(rows)), history, self_rows=rep
     )
-    return allowed.reshape(len(rows), g)
+    session = within_session(frame["initiator"].to_numpy(str)[rows], grid_s)
+    return allowed.reshape(len(rows), g) & session
 
 
 def evaluate(

@@ -26,7 +26,12 @@ from typing import Any
 import numpy as np
 
 from issuer_seq.delays import grid_seconds
-from issuer_seq.retry_policy import DEFAULT_ECONOMICS, RetryEconomics, retry_values
+from issuer_seq.retry_policy import (
+    DEFAULT_ECONOMICS,
+    RetryEconomics,
+    retry_values,
+    within_session,
+)
 from issuer_seq.rules import (
     DEFAULT_RULES,
     MAC_RETRY_AFTER,
@@ -131,18 +136,26 @@ class FallbackPolicy:
 
     # -- retries --------------------------------------------------------------------------
     def allowed(
-        self, t: int, merchant: str, raw: Raw, card_history: Sequence[Event] = ()
+        self,
+        t: int,
+        merchant: str,
+        raw: Raw,
+        card_history: Sequence[Event] = (),
+        initiator: str = "MIT",
     ) -> tuple[np.ndarray, np.ndarray]:
-        """check_retries at every grid delay: (allowed (G,) bool, rule (G,) str)."""
+        """check_retries at every grid delay, and a CIT only within the checkout session:
+        (allowed (G,) bool, rule (G,) str)."""
         history = [(e.t, e.merchant, e.raw) for e in card_history if e.t < t and e.raw and e.raw[2]]
         cols = _columns([(t, merchant, raw), *history])  # type: ignore[list-item]
         g = len(self.grid_s)
-        return check_retries(
+        allowed, rules = check_retries(
             cols.take(np.zeros(g, dtype=np.int64)),
             t + self.grid_s,
             cols.take(np.arange(1, len(history) + 1)),
             rules=self.rules,
         )
+        session = within_session(np.array([initiator]), self.grid_s)[0]
+        return allowed & session, np.where(allowed & ~session, "cit_session", rules)
 
     def curve(self, allowed: np.ndarray) -> np.ndarray:
         """The flat prior where a retry is allowed, 0 where not. (G,)"""
@@ -166,8 +179,9 @@ class FallbackPolicy:
         merchant: str,
         raw: Raw,
         card_history: Sequence[Event] = (),
+        initiator: str = "MIT",
     ) -> RetryAdvice:
-        allowed, rules = self.allowed(t, merchant, raw, card_history)
+        allowed, rules = self.allowed(t, merchant, raw, card_history, initiator)
         curve = self.curve(allowed)
         target = self.target_s(raw)
         cause = cause_of(raw[2], raw[0])

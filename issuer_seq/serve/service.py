@@ -332,7 +332,9 @@ class Service:
         card = str(decline["card_id"])
         history = await self.read_store(lambda: self.store.recent("card", card), [])
         t = to_epoch(decline["ts"])
-        return self.fallback.retry(t, str(decline["merchant_id"]), raw_of(decline), history)
+        return self.fallback.retry(
+            t, str(decline["merchant_id"]), raw_of(decline), history, str(decline["initiator"])
+        )
 
     async def fallback_tensors(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """V2 outputs from the rules: issuer rate (ids mapped back to issuers), rule curves."""
