@@ -54,6 +54,8 @@ NUMERIC: tuple[str, ...] = (
     "attempt",
     "hour_sin",
     "hour_cos",
+    "local_hour_sin",
+    "local_hour_cos",
     "dow_sin",
     "dow_cos",
     "day_of_month",
@@ -61,6 +63,23 @@ NUMERIC: tuple[str, ...] = (
 RELATIVE: tuple[str, ...] = ("log_minutes_since", "same_merchant")
 
 MAX_ISSUER_VOCAB = 5_000
+
+#: Standard-time UTC offset (hours) of each issuer country's main time zone (the most
+#: populous one for countries spanning several). Issuers' risk rules and cardholders'
+#: habits follow local time; countries not listed count as UTC. Daylight saving is ignored:
+#: an hour's error twice a year, and the same on both the training and the serving path.
+UTC_OFFSET_HOURS: Mapping[str, float] = {
+    "US": -5, "CA": -5, "MX": -6, "BR": -3, "AR": -3, "CL": -4, "CO": -5, "PE": -5,
+    "GB": 0, "IE": 0, "PT": 0, "IS": 0,
+    "DE": 1, "FR": 1, "ES": 1, "IT": 1, "NL": 1, "BE": 1, "LU": 1, "AT": 1, "CH": 1,
+    "PL": 1, "CZ": 1, "SK": 1, "HU": 1, "SE": 1, "NO": 1, "DK": 1, "HR": 1, "SI": 1,
+    "MT": 1, "NG": 1,
+    "FI": 2, "EE": 2, "LV": 2, "LT": 2, "RO": 2, "BG": 2, "GR": 2, "CY": 2, "UA": 2,
+    "IL": 2, "ZA": 2, "EG": 2,
+    "TR": 3, "RU": 3, "SA": 3, "KE": 3, "AE": 4, "PK": 5, "IN": 5.5, "BD": 6,
+    "TH": 7, "VN": 7, "ID": 7, "MY": 8, "SG": 8, "PH": 8, "CN": 8, "HK": 8, "TW": 8,
+    "JP": 9, "KR": 9, "AU": 10, "NZ": 12,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -166,13 +185,26 @@ def _lookup(mapping: Mapping[str, int], key: str) -> int:
     return mapping.get(key, OOV)
 
 
-def numeric(amount: np.ndarray, attempt: np.ndarray, ts_s: np.ndarray) -> dict[str, np.ndarray]:
-    """Numeric event features from amount, attempt number and UTC epoch seconds. (N,) float32.
+def utc_offset_s(issuer_country: Sequence[object] | np.ndarray) -> np.ndarray:
+    """(N,) int64 seconds to add to UTC for the issuer country's local time (0 if unknown)."""
+    values = np.asarray(issuer_country, dtype=object)
+    uniques, inverse = np.unique(values.astype(str), return_inverse=True)
+    table = np.array([UTC_OFFSET_HOURS.get(u, 0.0) * 3_600 for u in uniques], dtype=np.int64)
+    return table[inverse.reshape(-1)]
 
-    Hour and weekday are cyclic (sin, cos); the day of the month carries pay cycles.
+
+def numeric(
+    amount: np.ndarray, attempt: np.ndarray, ts_s: np.ndarray, utc_offset: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Numeric event features from amount, attempt number, UTC epoch seconds and the issuer
+    country's UTC offset in seconds (`utc_offset_s`). (N,) float32.
+
+    Hours (UTC and the cardholder's local time) and the weekday are cyclic (sin, cos); the
+    day of the month carries pay cycles.
     """
     ts_s = np.asarray(ts_s, dtype=np.int64)
     hour = (ts_s % 86_400) / 3_600.0
+    local_hour = ((ts_s + np.asarray(utc_offset, dtype=np.int64)) % 86_400) / 3_600.0
     dow = ((ts_s // 86_400) + 3) % 7  # 1970-01-01 was a Thursday: Monday = 0
     days = ts_s.astype("datetime64[s]").astype("datetime64[D]")
     dom = (days - days.astype("datetime64[M]")).astype(np.int64)  # 0-based day of month
@@ -181,6 +213,8 @@ def numeric(amount: np.ndarray, attempt: np.ndarray, ts_s: np.ndarray) -> dict[s
         "attempt": np.minimum(np.asarray(attempt, dtype=np.float64), 10.0) - 1.0,
         "hour_sin": np.sin(2 * np.pi * hour / 24),
         "hour_cos": np.cos(2 * np.pi * hour / 24),
+        "local_hour_sin": np.sin(2 * np.pi * local_hour / 24),
+        "local_hour_cos": np.cos(2 * np.pi * local_hour / 24),
         "dow_sin": np.sin(2 * np.pi * dow / 7),
         "dow_cos": np.cos(2 * np.pi * dow / 7),
         "day_of_month": dom / 30.0,

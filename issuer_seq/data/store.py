@@ -140,7 +140,8 @@ def build_store(
     if vocab is None:
         vocab = F.fit_vocab(raw, np.flatnonzero(split == TRAIN))
     cat = {name: F.encode_series(vocab, name, raw[name]) for name in F.CATEGORICAL}
-    num = F.numeric(frame["amount"].to_numpy(), frame["attempt"].to_numpy(), t)
+    offset = F.utc_offset_s(frame["issuer_country"].to_numpy())
+    num = F.numeric(frame["amount"].to_numpy(), frame["attempt"].to_numpy(), t, offset)
     card = pd.factorize(frame["card_id"])[0].astype(np.int64)
     issuer = pd.factorize(frame["issuer_id"])[0].astype(np.int64)
     merchant = pd.factorize(frame["merchant_id"])[0].astype(np.int64)

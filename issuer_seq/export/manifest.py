@@ -33,6 +33,11 @@ NUMERIC_TRANSFORMS: dict[str, str] = {
     "attempt": "min(attempt, 10) - 1 (attempt 1 = first try -> 0)",
     "hour_sin": "sin(2*pi*h/24), h = (ts mod 86400) / 3600, the UTC hour with its fraction",
     "hour_cos": "cos(2*pi*h/24)",
+    "local_hour_sin": (
+        "sin(2*pi*l/24), l = ((ts + o) mod 86400) / 3600, o = the issuer country's UTC offset "
+        "(features.UTC_OFFSET_HOURS, 0 if unlisted) in seconds"
+    ),
+    "local_hour_cos": "cos(2*pi*l/24)",
     "dow_sin": "sin(2*pi*d/7), d = UTC weekday, Monday = 0",
     "dow_cos": "cos(2*pi*d/7)",
     "day_of_month": "(UTC day of month - 1) / 30",

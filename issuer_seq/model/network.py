@@ -7,6 +7,10 @@ A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
     stream encoders   card and issuer: [current attempt, history_1..K] -> transformer with a
                       padding mask -> the current attempt's output vector (B, D). The current
                       attempt is always a token, so an empty history never yields NaN.
+    history counts    per stream, how many history events of each cause fall in trailing
+                      windows (10 min ... all K), overall and at the same merchant, log1p ->
+                      linear (B, D), added to the stream's vector. Softmax attention averages
+                      and cannot count; velocity, bursts of declines and outages are counts.
     approval head     MLP([card, issuer, current]) -> logit / temperature         (B,)
     retry head        MLP([card, issuer, current, decline code, advice code])
                       -> one logit per delay of the grid / retry temperature       (B, G)
@@ -79,6 +83,37 @@ class Block(nn.Module):
         return y + self.drop(self.ff(self.norm2(y)))
 
 
+class HistoryCounts(nn.Module):
+    """Counts of a stream's history events by cause in trailing windows -> (B, D).
+
+    Computed from the same inputs the encoder reads (cause ids, log minutes since, same
+    merchant), so nothing changes on the serving path. Padding has cause id 0 and is never
+    counted; the special ids (OOV, NONE) count as their own columns.
+    """
+
+    WINDOW_MINUTES = (10.0, 60.0, 1_440.0, 10_080.0, float("inf"))
+
+    def __init__(self, n_causes: int, d_model: int) -> None:
+        super().__init__()
+        self.n_causes = n_causes
+        bounds = torch.log1p(torch.tensor(self.WINDOW_MINUTES))  # compared in log space
+        self.register_buffer("log_bounds", bounds, persistent=False)
+        # one-hot rows by lookup (no Cast in the graph: the fp16 export keeps its types)
+        onehot = torch.eye(n_causes)[:, 1:]  # id 0 (padding) -> all zeros
+        self.register_buffer("onehot", onehot, persistent=False)
+        n_cols = (len(self.WINDOW_MINUTES) + 1) * (n_causes - 1)  # windows + same merchant
+        self.proj = nn.Linear(n_cols, d_model)
+
+    def forward(self, cause: Tensor, log_minutes: Tensor, same_merchant: Tensor) -> Tensor:
+        # cause (B, K) int64; log_minutes, same_merchant (B, K) float
+        onehot = nn.functional.embedding(cause, self.onehot)  # (B, K, C-1)
+        # 1.0 where log_minutes <= bound, else 0.0, in float arithmetic (no casts)
+        within = (torch.sign(self.log_bounds - log_minutes[..., None]) + 1).clamp(max=1)
+        within = torch.cat([within, same_merchant[..., None]], dim=-1)  # (B, K, W+1)
+        counts = torch.einsum("bkw,bkc->bwc", within, onehot)  # (B, W+1, C-1)
+        return self.proj(torch.log1p(counts).flatten(1))
+
+
 class StreamEncoder(nn.Module):
     """[current, history] -> transformer -> the current token's output. (B, D)"""
 
@@ -125,6 +160,9 @@ class IssuerSeqNet(nn.Module):
         self.encoders = nn.ModuleDict(
             {s: StreamEncoder(d_model, n_heads, n_layers, d_ff, dropout) for s in STREAMS}
         )
+        self.counts = nn.ModuleDict(
+            {s: HistoryCounts(vocab_sizes["cause"], d_model) for s in STREAMS}
+        )
         joint = 3 * d_model
         self.approval_head = nn.Sequential(
             nn.Linear(joint, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, 1)
@@ -147,7 +185,11 @@ class IssuerSeqNet(nn.Module):
         for s, token in (("card", _TOKEN_CARD), ("issuer", _TOKEN_ISSUER)):
             if self.use[s]:
                 history = self.embed(x, s, token)  # (B, K, D)
-                parts.append(self.encoders[s](current, history, x[f"{s}_length"]))
+                encoded = self.encoders[s](current, history, x[f"{s}_length"])
+                counts = self.counts[s](
+                    x[f"{s}_cause"], x[f"{s}_log_minutes_since"], x[f"{s}_same_merchant"]
+                )
+                parts.append(encoded + counts)
             else:
                 parts.append(torch.zeros_like(current))
         return torch.cat([*parts, current], dim=-1)

@@ -86,7 +86,12 @@ def encode_event(vocab: F.Vocab, attempt: Mapping[str, Any]) -> Event:
     raw = raw_values(attempt)
     cat = tuple(int(F.encode(vocab, f, [raw[f]])[0]) for f in F.CATEGORICAL)
     t = epoch_seconds(attempt["ts"])
-    num = F.numeric(np.array([attempt["amount"]]), np.array([attempt["attempt"]]), np.array([t]))
+    num = F.numeric(
+        np.array([attempt["amount"]]),
+        np.array([attempt["attempt"]]),
+        np.array([t]),
+        F.utc_offset_s([attempt["issuer_country"]]),
+    )
     code = attempt.get("response_code")
     return Event(
         t=t,
