@@ -14,10 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
+from issuer_seq.baselines.dataset import approval_frame, split_of
+from issuer_seq.baselines.protocol import LABEL
+from issuer_seq.baselines.sql_features import sql_features
+from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.cli import conf_dir
+from issuer_seq.data.store import TEST
 from issuer_seq.delays import grid_seconds
 from issuer_seq.evaluate.metrics import approval_metrics, ece, oracle_share
 from issuer_seq.evaluate.retry import compare_policies
+from issuer_seq.schema import load_log
 from issuer_seq.train.module import approval_metrics as torch_metrics
 from issuer_seq.train.run import train
 from tests.conftest import make_sim
@@ -131,3 +137,12 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     )
     assert all(p["violations"] == 0 for p in policies.values())
     assert "model" in out.stdout and "retry policy" in out.stdout
+    # the LightGBM model the search chose is saved (bench serves it) and scores as evaluated
+    saved = run / "baselines" / "lightgbm"
+    assert json.loads((saved / "evaluate_fit.json").read_text())["source"].startswith("issuer-seq")
+    frame = load_log(data).frame
+    rows = approval_frame(frame, sql_features(frame, threads=1))[split_of(frame) == TEST]
+    p = LightGBMModel.load(saved).predict_proba(rows)
+    assert approval_metrics(p, rows[LABEL].to_numpy())["logloss"] == pytest.approx(
+        approval["lightgbm"]["logloss"], abs=1e-12
+    )

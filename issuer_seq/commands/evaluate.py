@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from issuer_seq.evaluate.baselines import fit_baselines
+from issuer_seq.evaluate.baselines import LIGHTGBM_DIR, fit_baselines
 from issuer_seq.evaluate.run import evaluate
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             retry_model=bool(b.retry_model),
             trials=b.trials,
             threads=b.threads,
+            lightgbm_dir=run_dir / LIGHTGBM_DIR,
         )
         if b.models
         else None,

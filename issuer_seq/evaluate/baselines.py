@@ -4,14 +4,18 @@ SQL features (DuckDB) over the whole log, then LightGBM, XGBoost and logistic re
 fitted on the training split with their small hyperparameter searches scored on validation
 (baselines/), and the retry tree model (LightGBM with the delay as a feature) for the retry
 policy comparison. Returns, per model, approval probabilities for every row of the log and,
-for the retry model, a curve over the delay grid for every declined row.
+for the retry model, a curve over the delay grid for every declined row. The chosen LightGBM
+approval model can be saved (`lightgbm_dir`), for `issuer-seq bench` to serve the evaluated
+model rather than fit its own.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +34,10 @@ from issuer_seq.schema import APPROVED_CODE
 log = logging.getLogger(__name__)
 
 MODELS = ("lightgbm", "xgboost", "logistic")
+#: where, under a run dir, evaluate saves its LightGBM approval model (bench serves it)
+LIGHTGBM_DIR = Path("baselines") / "lightgbm"
+#: beside the saved model: how it was chosen
+FIT_INFO = "evaluate_fit.json"
 
 
 def fit_baselines(
@@ -40,8 +48,13 @@ def fit_baselines(
     retry_model: bool = True,
     trials: int | None = None,
     threads: int | None = None,
+    lightgbm_dir: Path | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """{name: (p_approve of every row (N,), retry curves (N, G) or None)}."""
+    """{name: (p_approve of every row (N,), retry curves (N, G) or None)}.
+
+    `lightgbm_dir`: save the search's LightGBM approval model there (`LightGBMModel.save`,
+    plus `FIT_INFO`: its parameters, validation log loss and rows).
+    """
     started = time.perf_counter()
     features = sql_features(frame, threads=threads)
     log.info("SQL features: %d columns in %.0f s", features.shape[1], time.perf_counter() - started)
@@ -59,6 +72,22 @@ def fit_baselines(
         result = search(make, space, parts["train"], parts["val"], n_trials=trials)
         out[name] = (result.model.predict_proba(data), None)
         log.info("%s: %s (%.0f s)", name, result.params, time.perf_counter() - t0)
+        if name == "lightgbm" and lightgbm_dir is not None:
+            model = result.model
+            assert isinstance(model, LightGBMModel)
+            model.save(lightgbm_dir)
+            info = {
+                "source": "issuer-seq evaluate (search on validation)",
+                "search_params": result.params,
+                "val_logloss": round(result.val_logloss, 6),
+                "trials": len(result.trials),
+                "train_rows": len(parts["train"]),
+                "val_rows": len(parts["val"]),
+                "features": len(model.columns),
+                "fit_s": round(time.perf_counter() - t0, 1),
+            }
+            (lightgbm_dir / FIT_INFO).write_text(json.dumps(info, indent=2, default=str))
+            log.info("lightgbm: saved the chosen model to %s", lightgbm_dir)
     if retry_model and "lightgbm" in out:
         retries = retry_frame(frame, features, grid)
         rsplit = split[retries.index.to_numpy()]

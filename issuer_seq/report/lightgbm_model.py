@@ -1,12 +1,13 @@
 """The LightGBM model the bench's baseline arm serves: a saved one, or fitted once and saved.
 
-`issuer-seq evaluate` fits LightGBM with a search but does not keep it, so the bench looks for
-a saved `LightGBMModel` (`LightGBMModel.save`: model.txt + lightgbm.json) in
-`<run_dir>/baselines/lightgbm`, then in `<out_dir>/lightgbm`, and otherwise fits one with the
-tuned defaults (no search) on the same split as the evaluation: SQL features over the log
-before the test split, the latest `max_train_rows` training rows, early stopping on the
-validation rows. It is saved to `<out_dir>/lightgbm` for the next run. Latency depends on
-the trees (their number and size), not on how well they were tuned; the evaluation's
+`issuer-seq evaluate` saves the LightGBM model its search chose (`LightGBMModel.save`:
+model.txt + lightgbm.json) in `<run_dir>/baselines/lightgbm`; the bench serves that one, so
+the report's LightGBM latency and accuracy are one model's. Without it (an evaluation
+without LightGBM, or none yet) the bench looks in `<out_dir>/lightgbm`, and otherwise fits
+one with the tuned defaults (no search) on the same split as the evaluation: SQL features
+over the log before the test split, the latest `max_train_rows` training rows, early stopping
+on the validation rows. It is saved to `<out_dir>/lightgbm` for the next run. Latency depends
+on the trees (their number and size), not on how well they were tuned; the evaluation's
 accuracy row is the one the report shows beside it.
 """
 
@@ -25,6 +26,7 @@ from issuer_seq.baselines.dataset import approval_frame, split_of
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.data.store import TEST, TRAIN, VAL
+from issuer_seq.evaluate.baselines import FIT_INFO, LIGHTGBM_DIR
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ FITTED = "bench_fit.json"  # how the bench fitted it, beside the model it saved
 
 def saved_model_dirs(run_dir: Path, out_dir: Path) -> list[Path]:
     """Where a saved model is looked for, in order."""
-    return [run_dir / "baselines" / "lightgbm", out_dir / "lightgbm"]
+    return [run_dir / LIGHTGBM_DIR, out_dir / "lightgbm"]
 
 
 def fit_lightgbm(
@@ -81,7 +83,9 @@ def bench_lightgbm_model(
             model = LightGBMModel.load(path)
             log.info("LightGBM: the saved model in %s", path)
             info: dict[str, Any] = {"source": "saved", "features": len(model.columns)}
-            if (path / FITTED).exists():  # fitted by an earlier bench: how
+            if (path / FIT_INFO).exists():  # chosen by evaluate's search: how
+                info = json.loads((path / FIT_INFO).read_text())
+            elif (path / FITTED).exists():  # fitted by an earlier bench: how
                 info = json.loads((path / FITTED).read_text()) | {"reused": True}
             break
     else:

@@ -114,6 +114,11 @@ def serving_notes(bench: Mapping[str, Any] | None) -> list[str]:
             f"LightGBM's latency is that of a model the bench fitted with the tuned defaults "
             f"({model['trees']} trees, no search); its accuracy row is the evaluation's model."
         )
+    elif str(model.get("source", "")).startswith("issuer-seq evaluate"):
+        notes.append(
+            f"LightGBM's latency and accuracy are one model's: the one the evaluation's search "
+            f"chose ({model['trees']} trees)."
+        )
     http = bench.get("http", {})
     if "p99_ms" in http:
         notes.append(
