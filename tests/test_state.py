@@ -10,9 +10,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from issuer_seq.serve.inputs import Event
+from issuer_seq.serve.inputs import Event, window_of
 from issuer_seq.serve.state import MemoryStore, RedisStore, StateStore
 
 
@@ -110,3 +113,28 @@ def test_two_replicas_share_state_through_redis(redis_url: str) -> None:
     b.append("card", "c9", _event(11))
     assert [e.t for e in a.recent("card", "c9")] == [10, 11]
     assert [e.t for e in b.recent("card", "c9")] == [10, 11]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keep=st.integers(1, 9),
+    ts=st.lists(st.integers(0, 30), max_size=60),
+    cutoff=st.integers(0, 32),
+    k=st.integers(0, 10),
+)
+def test_memory_history_is_the_sorted_last_appended_and_windows_are_slices(
+    keep: int, ts: list[int], cutoff: int, k: int
+) -> None:
+    """Whatever the arrival order (ties, late events, compaction, growth): `recent` is the
+    last `keep` appended, stably sorted by time, and `window` equals the list path's."""
+    store = MemoryStore({"card": keep})
+    appended = []
+    for i, t in enumerate(ts):
+        event = Event(t=t, merchant=f"m{i % 3}", cat=(i, 2 * i + 1), num=(0.25 * i,), raw=None)
+        store.append("card", "c", event)
+        appended.append(event)
+    expected = sorted(appended[-keep:], key=lambda e: e.t) if ts else []
+    assert store.recent("card", "c") == expected
+    got, want = store.window("card", "c", cutoff, k), window_of(expected, cutoff, k)
+    for name in ("t", "merchant", "cat", "num"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)

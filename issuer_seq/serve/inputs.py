@@ -2,7 +2,12 @@
 
 This is the serving twin of data/store.py + data/batches.py and uses the same feature
 functions (features.py), so that a log replayed through the scorer gives exactly the inputs
-the training batches give (tests/test_serve.py replays one).
+the training batches give (tests/test_serve_inputs.py and tests/test_scorer.py replay one).
+
+A request reads each stream's history as a `Window`: the K most recent events before the
+cut-off, as columns. The scorer's in-memory store keeps every key's events as such columns
+already in time order (serve/state.py `History`), so a window is a slice; a plain list of
+events (the Redis store, tests) is turned into one by `window_of`.
 
 An attempt is a mapping with the log's columns (see docs/data_contract.md): `ts` (ISO 8601
 string, epoch seconds, or datetime), `card_id`, `issuer_id`, `merchant_id`, `network`,
@@ -12,6 +17,7 @@ string, epoch seconds, or datetime), `card_id`, `issuer_id`, `merchant_id`, `net
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,10 +26,24 @@ from typing import Any
 import numpy as np
 
 from issuer_seq import features as F
+from issuer_seq.features import _lookup, _text
 from issuer_seq.rules import cause_of
 
 STREAMS = ("card", "issuer")
 _CAT_INDEX = {f: i for i, f in enumerate(F.CATEGORICAL)}
+# Input names, made once: (categorical, numeric, relative, length) per stream.
+_NAMES = {
+    s: (
+        [f"{s}_{f}" for f in F.CATEGORICAL],
+        [f"{s}_{f}" for f in F.NUMERIC],
+        [f"{s}_{f}" for f in F.RELATIVE],
+        f"{s}_length",
+    )
+    for s in STREAMS
+}
+_CUR_CAT = [f"cur_{f}" for f in F.CATEGORICAL]
+_CUR_NUM = [f"cur_{f}" for f in F.NUMERIC]
+_UTC_OFFSET: dict[str, np.ndarray] = {}  # issuer country -> features.utc_offset_s, (1,)
 
 
 @dataclass(frozen=True)
@@ -46,17 +66,62 @@ class Event:
         return cls(int(data[0]), str(data[1]), tuple(data[2]), tuple(data[3]), raw)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class Window:
+    """A stream's history as one request reads it: its K most recent events before the
+    cut-off, oldest first, as columns."""
+
+    t: np.ndarray  # (n,) int64 epoch seconds
+    merchant: np.ndarray  # (n,) object
+    cat: np.ndarray  # (C, n) integer ids in features.CATEGORICAL order
+    num: np.ndarray  # (F, n) float32 in features.NUMERIC order
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+def window_of(events: Sequence[Event], cutoff: int, k: int) -> Window:
+    """The window of a list of events, oldest first: the last k with t < cutoff."""
+    kept = [e for e in events if e.t < cutoff][-k:] if k > 0 else []
+    if not kept:
+        n_cat = len(events[0].cat) if events else len(F.CATEGORICAL)
+        n_num = len(events[0].num) if events else len(F.NUMERIC)
+        return Window(
+            np.zeros(0, np.int64),
+            np.zeros(0, object),
+            np.zeros((n_cat, 0), np.int64),
+            np.zeros((n_num, 0), np.float32),
+        )
+    merchant = np.empty(len(kept), object)
+    merchant[:] = [e.merchant for e in kept]
+    return Window(
+        np.array([e.t for e in kept], dtype=np.int64),
+        merchant,
+        np.array([e.cat for e in kept], dtype=np.int64).T,
+        np.array([e.num for e in kept], dtype=np.float32).T,
+    )
+
+
 def epoch_seconds(ts: Any) -> int:
     """ISO 8601 string, datetime (naive = UTC) or number -> floored epoch seconds."""
     if isinstance(ts, int | float) and not isinstance(ts, bool):
-        return int(np.floor(ts))
+        return math.floor(ts)
     if isinstance(ts, str):
         ts = datetime.fromisoformat(ts.replace("Z", "+00:00"))
     if isinstance(ts, datetime):
         if ts.tzinfo is None:
             ts = ts.replace(tzinfo=UTC)
-        return int(np.floor(ts.timestamp()))
+        return math.floor(ts.timestamp())
     raise ValueError(f"unsupported timestamp {ts!r}")
+
+
+def _utc_offset(country: object) -> np.ndarray:
+    """features.utc_offset_s of one country, computed once per country. (1,) int64"""
+    key = str(country)
+    offset = _UTC_OFFSET.get(key)
+    if offset is None:
+        offset = _UTC_OFFSET[key] = F.utc_offset_s([key])
+    return offset
 
 
 def raw_values(attempt: Mapping[str, Any]) -> dict[str, object]:
@@ -84,20 +149,22 @@ def raw_values(attempt: Mapping[str, Any]) -> dict[str, object]:
 def encode_event(vocab: F.Vocab, attempt: Mapping[str, Any]) -> Event:
     """Encode one attempt (with or without its outcome)."""
     raw = raw_values(attempt)
-    cat = tuple(int(F.encode(vocab, f, [raw[f]])[0]) for f in F.CATEGORICAL)
+    maps = vocab.maps
+    # features.encode's lookup, one value at a time (no array per feature)
+    cat = tuple([_lookup(maps[f], _text(raw[f])) for f in F.CATEGORICAL])
     t = epoch_seconds(attempt["ts"])
     num = F.numeric(
         np.array([attempt["amount"]]),
         np.array([attempt["attempt"]]),
         np.array([t]),
-        F.utc_offset_s([attempt["issuer_country"]]),
+        _utc_offset(attempt["issuer_country"]),
     )
     code = attempt.get("response_code")
     return Event(
         t=t,
         merchant=str(attempt["merchant_id"]),
         cat=cat,
-        num=tuple(float(num[f][0]) for f in F.NUMERIC),
+        num=tuple([float(num[f][0]) for f in F.NUMERIC]),
         raw=(
             str(attempt["network"]),
             float(attempt["amount"]),
@@ -110,50 +177,54 @@ def encode_event(vocab: F.Vocab, attempt: Mapping[str, Any]) -> Event:
 
 def build_inputs(
     current: Sequence[Event],
-    histories: Mapping[str, Sequence[Sequence[Event]]],
+    histories: Mapping[str, Sequence[Window | Sequence[Event]]],
     ks: Mapping[str, int],
     lag_s: int = 0,
     declines: Sequence[Event] | None = None,
 ) -> dict[str, np.ndarray]:
     """Named inputs for a batch of B current attempts.
 
-    histories[s][b]: the stream's known events for attempt b, oldest first (any number; only
+    histories[s][b]: the stream's history for attempt b, either a `Window` already cut at
+    t - lag (its last K events are used), or the known events, oldest first (any number; only
     those strictly before t - lag are used, the K most recent of them). declines[b]: the
     decline the retry head is asked about (None: NONE ids, as for plain scoring).
+
+    Each input is a contiguous (B,) or (B, K) array: a slice of one (C, B, K) block per kind.
     """
     b = len(current)
     out: dict[str, np.ndarray] = {}
-    cur_cat = np.array([e.cat for e in current], dtype=np.int64).reshape(b, len(F.CATEGORICAL))
-    cur_num = np.array([e.num for e in current], dtype=np.float32).reshape(b, len(F.NUMERIC))
+    n_cat, n_num = len(F.CATEGORICAL), len(F.NUMERIC)
+    cur_cat = np.array([e.cat for e in current], dtype=np.int64).reshape(b, n_cat).T.copy()
+    cur_num = np.array([e.num for e in current], dtype=np.float32).reshape(b, n_num).T.copy()
     for i, f in enumerate(F.CATEGORICAL):
-        out[f"cur_{f}"] = np.full(b, F.NONE) if f in F.OUTCOME_FEATURES else cur_cat[:, i]
-    for i, f in enumerate(F.NUMERIC):
-        out[f"cur_{f}"] = cur_num[:, i]
+        out[_CUR_CAT[i]] = np.full(b, F.NONE) if f in F.OUTCOME_FEATURES else cur_cat[i]
+    for i, name in enumerate(_CUR_NUM):
+        out[name] = cur_num[i]
     for s in STREAMS:
         k = ks[s]
-        cat = np.zeros((b, k, len(F.CATEGORICAL)), dtype=np.int64)  # (B, K, C)
-        num = np.zeros((b, k, len(F.NUMERIC)), dtype=np.float32)  # (B, K, F)
-        rel = np.zeros((b, k, len(F.RELATIVE)), dtype=np.float32)  # (B, K, 2)
+        cat = np.zeros((n_cat, b, k), dtype=np.int64)  # (C, B, K)
+        num = np.zeros((n_num, b, k), dtype=np.float32)  # (F, B, K)
+        rel = np.zeros((len(F.RELATIVE), b, k), dtype=np.float32)  # (2, B, K)
         length = np.zeros(b, dtype=np.int64)
         for row, (event, known) in enumerate(zip(current, histories[s], strict=True)):
-            cutoff = event.t - lag_s
-            window = [e for e in known if e.t < cutoff][-k:]
-            n = len(window)
+            window = known if isinstance(known, Window) else window_of(known, event.t - lag_s, k)
+            n = min(len(window), k)
             length[row] = n
             if n == 0:
                 continue
-            cat[row, k - n :] = [e.cat for e in window]
-            num[row, k - n :] = [e.num for e in window]
-            dt = event.t - np.array([e.t for e in window], dtype=np.int64)
-            same = np.array([e.merchant == event.merchant for e in window])
-            rel[row, k - n :] = F.relative_features(np, dt, same, True)
-        for i, f in enumerate(F.CATEGORICAL):
-            out[f"{s}_{f}"] = cat[:, :, i]
-        for i, f in enumerate(F.NUMERIC):
-            out[f"{s}_{f}"] = num[:, :, i]
-        for i, f in enumerate(F.RELATIVE):
-            out[f"{s}_{f}"] = rel[:, :, i]
-        out[f"{s}_length"] = length
+            cat[:, row, k - n :] = window.cat[:, -n:]
+            num[:, row, k - n :] = window.num[:, -n:]
+            dt = event.t - window.t[-n:]
+            same = window.merchant[-n:] == event.merchant
+            rel[:, row, k - n :] = F.relative_features(np, dt, same, True).T
+        cat_names, num_names, rel_names, length_name = _NAMES[s]
+        for i, name in enumerate(cat_names):
+            out[name] = cat[i]
+        for i, name in enumerate(num_names):
+            out[name] = num[i]
+        for i, name in enumerate(rel_names):
+            out[name] = rel[i]
+        out[length_name] = length
     for f in ("response_code", "advice_code"):
         ids = [F.NONE if d is None else d.cat[_CAT_INDEX[f]] for d in (declines or [None] * b)]
         out[f"decline_{f}"] = np.array(ids, dtype=np.int64)

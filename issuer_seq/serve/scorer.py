@@ -41,7 +41,7 @@ from issuer_seq.rules import (
     cause_of,
     check_retries,
 )
-from issuer_seq.serve.inputs import Event, build_inputs, encode_event
+from issuer_seq.serve.inputs import Event, Window, build_inputs, encode_event
 from issuer_seq.serve.inputs import epoch_seconds as to_epoch
 from issuer_seq.serve.state import MemoryStore, StateStore
 
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+OUTPUTS = ["p_approve", "p_retry"]
 
 
 class BundleError(IssuerSeqError):
@@ -152,21 +153,36 @@ class Scorer:
         return cls(bundle, **kwargs)
 
     # -- model ----------------------------------------------------------------------------
-    def _histories(self, attempts: Sequence[Mapping[str, Any]]) -> dict[str, list[list[Event]]]:
+    def windows(
+        self, attempts: Sequence[Mapping[str, Any]], current: Sequence[Event]
+    ) -> dict[str, list[Window]]:
+        """Each attempt's history per stream: its last K events before t - lag."""
+        store, lag = self.store, self.lag_s
         return {
-            "card": [self.store.recent("card", str(a["card_id"])) for a in attempts],
-            "issuer": [self.store.recent("issuer", str(a["issuer_id"])) for a in attempts],
+            stream: [
+                store.window(stream, str(a[key]), e.t - lag, self.ks[stream])
+                for a, e in zip(attempts, current, strict=True)
+            ]
+            for stream, key in (("card", "card_id"), ("issuer", "issuer_id"))
         }
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         feeds = {name: inputs[name] for name in self.input_names}
-        p_approve, p_retry = self.session.run(["p_approve", "p_retry"], feeds)
+        # The feeds are complete by construction (the manifest's names), so skip the Python
+        # wrapper's per-call input checks and call ONNX Runtime's session directly: ~0.05 ms,
+        # a tenth of a single request's run. Anything else with `run` (bench's PyTorch arm,
+        # a future onnxruntime without `_sess`) takes the public call.
+        direct = getattr(self.session, "_sess", None)
+        if direct is not None:
+            p_approve, p_retry = direct.run(OUTPUTS, feeds, None)
+        else:
+            p_approve, p_retry = self.session.run(OUTPUTS, feeds)
         return p_approve, p_retry
 
     def score_batch(self, attempts: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Approval probabilities of attempts about to be sent. (B,)"""
         current = [encode_event(self.vocab, {**a, "response_code": None}) for a in attempts]
-        inputs = build_inputs(current, self._histories(attempts), self.ks, self.lag_s)
+        inputs = build_inputs(current, self.windows(attempts, current), self.ks, self.lag_s)
         return self.run(inputs)[0]
 
     def score(self, attempt: Mapping[str, Any]) -> float:
@@ -177,7 +193,8 @@ class Scorer:
         """P(a retry after each grid delay is approved), for declined attempts. (B, G)"""
         current = [encode_event(self.vocab, {**d, "response_code": None}) for d in declines]
         outcome = [encode_event(self.vocab, d) for d in declines]
-        inputs = build_inputs(current, self._histories(declines), self.ks, self.lag_s, outcome)
+        windows = self.windows(declines, current)
+        inputs = build_inputs(current, windows, self.ks, self.lag_s, outcome)
         return self.run(inputs)[1]
 
     def advise_retry(self, decline: Mapping[str, Any]) -> RetryAdvice:

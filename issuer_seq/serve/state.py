@@ -1,26 +1,124 @@
 """State stores: the recent events of every card and issuer, behind one small protocol.
 
 - `MemoryStore`: in process, bounded: at most `max_keys` cards/issuers per stream, least
-  recently used evicted first; each keeps its last `keep` events. The embedded default.
+  recently used evicted first; each keeps its last `keep` events (`History`). The embedded
+  default.
 - `RedisStore`: the same in Redis lists, so that several scorer replicas share state.
 
-Events may arrive out of time order (late outcomes); `recent` returns them sorted by time.
+Events may arrive out of time order (late outcomes); both keep the last `keep` appended, and
+`recent` returns them sorted by time (ties in arrival order). `window` is what a request
+reads: the last k events before a cut-off, as columns (serve/inputs.py `Window`).
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any, Protocol
 
-from issuer_seq.serve.inputs import Event
+import numpy as np
+
+from issuer_seq.serve.inputs import Event, Window, window_of
 
 
 class StateStore(Protocol):
     def append(self, stream: str, key: str, event: Event) -> None: ...
 
     def recent(self, stream: str, key: str) -> list[Event]: ...
+
+    def window(self, stream: str, key: str, cutoff: int, k: int) -> Window: ...
+
+
+class History:
+    """One key's last `keep` appended events, kept in time order, with their encoded features
+    as columns beside them, so that a request's window is a slice (no sort, no loop).
+
+    Rows live in [lo, hi) of arrays with room for 2 x keep: appending in time order writes at
+    hi, dropping the oldest moves lo, and the rows move back to the front once per `keep`
+    appends. A late event is inserted at its place in time (after events of the same second,
+    as a stable sort puts it); when full, the event appended longest ago is dropped, as a
+    Redis list trimmed to `keep` does. Not thread-safe: `MemoryStore` locks.
+    """
+
+    def __init__(self, keep: int, first: Event, capacity: int = 4) -> None:
+        self.keep = keep
+        self.lo = self.hi = 0
+        self.appended = 0
+        cap = max(1, min(capacity, 2 * keep))
+        self.t = np.zeros(cap, np.int64)
+        self.seq = np.zeros(cap, np.int64)  # arrival number of each row
+        self.merchant = np.empty(cap, object)
+        # ids fit int32 (vocabularies are small); the inputs are int64, copied exactly
+        self.cat = np.zeros((len(first.cat), cap), np.int32)  # (C, cap)
+        self.num = np.zeros((len(first.num), cap), np.float32)  # (F, cap)
+        self.events: list[Event] = []  # the same rows, oldest first
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def _columns(self) -> tuple[np.ndarray, ...]:
+        return self.t, self.seq, self.merchant, self.cat, self.num
+
+    def _move(self, cap: int) -> None:
+        """Rows to [0, n) of arrays of `cap` rows (grown, or the same size compacted)."""
+        n, lo, hi = len(self), self.lo, self.hi
+        moved = []
+        for a in self._columns():
+            if a.dtype == object:
+                new = np.empty(cap, object)
+            else:
+                new = np.zeros((*a.shape[:-1], cap), a.dtype)
+            new[..., :n] = a[..., lo:hi]
+            moved.append(new)
+        self.t, self.seq, self.merchant, self.cat, self.num = moved
+        self.lo, self.hi = 0, n
+
+    def _shift(self, start: int, stop: int, by: int) -> None:
+        """Rows [start, stop) move by `by` (+1: right, -1: left)."""
+        for a in self._columns():
+            a[..., start + by : stop + by] = a[..., start:stop].copy()
+
+    def append(self, event: Event) -> None:
+        cap = len(self.t)
+        if self.hi == cap:  # no room at the end: compact, or grow up to 2 x keep
+            self._move(cap if len(self) <= cap // 2 else min(2 * cap, 2 * self.keep))
+        lo, hi = self.lo, self.hi
+        if hi == lo or event.t >= self.t[hi - 1]:  # in time order: the usual case
+            i = hi
+        else:  # late: after the events of the same or an earlier second
+            i = lo + int(np.searchsorted(self.t[lo:hi], event.t, side="right"))
+            self._shift(i, hi, 1)
+        self.t[i] = event.t
+        self.seq[i] = self.appended
+        self.merchant[i] = event.merchant
+        self.cat[:, i] = event.cat
+        self.num[:, i] = event.num
+        self.events.insert(i - lo, event)
+        self.hi += 1
+        self.appended += 1
+        if len(self) > self.keep:  # drop the event appended longest ago
+            gone = self.appended - 1 - self.keep
+            j = lo
+            if self.seq[lo] != gone:
+                j = lo + int(np.flatnonzero(self.seq[lo : self.hi] == gone)[0])
+                self._shift(j + 1, self.hi, -1)
+                self.hi -= 1
+            else:
+                self.lo += 1
+            del self.events[j - lo]
+
+    def window(self, cutoff: int, k: int) -> Window:
+        """The last k events with t < cutoff, copied (appends may follow)."""
+        lo = self.lo
+        end = lo + int(np.searchsorted(self.t[lo : self.hi], cutoff, side="left"))
+        start = max(lo, end - k)
+        return Window(
+            self.t[start:end].copy(),
+            self.merchant[start:end].copy(),
+            self.cat[:, start:end].copy(),
+            self.num[:, start:end].copy(),
+        )
 
 
 class MemoryStore:
@@ -29,29 +127,38 @@ class MemoryStore:
     def __init__(self, keep: dict[str, int], max_keys: int = 1_000_000) -> None:
         self.keep = dict(keep)
         self.max_keys = max_keys
-        self._data: dict[str, OrderedDict[str, deque[Event]]] = {s: OrderedDict() for s in keep}
+        self._data: dict[str, OrderedDict[str, History]] = {s: OrderedDict() for s in keep}
         self._lock = threading.Lock()
 
     def append(self, stream: str, key: str, event: Event) -> None:
         with self._lock:
             table = self._data[stream]
-            events = table.get(key)
-            if events is None:
-                events = table[key] = deque(maxlen=self.keep[stream])
+            history = table.get(key)
+            if history is None:
+                history = table[key] = History(self.keep[stream], event)
                 while len(table) > self.max_keys:
                     table.popitem(last=False)
             else:
                 table.move_to_end(key)
-            events.append(event)
+            history.append(event)
 
     def recent(self, stream: str, key: str) -> list[Event]:
         with self._lock:
             table = self._data[stream]
-            events = table.get(key)
-            if events is None:
+            history = table.get(key)
+            if history is None:
                 return []
             table.move_to_end(key)
-            return sorted(events, key=lambda e: e.t)
+            return list(history.events)
+
+    def window(self, stream: str, key: str, cutoff: int, k: int) -> Window:
+        with self._lock:
+            table = self._data[stream]
+            history = table.get(key)
+            if history is None:
+                return window_of([], cutoff, k)
+            table.move_to_end(key)
+            return history.window(cutoff, k)
 
     def __len__(self) -> int:
         return sum(len(t) for t in self._data.values())
@@ -93,3 +200,6 @@ class RedisStore:
     def recent(self, stream: str, key: str) -> list[Event]:
         raw = self.client.lrange(self._key(stream, key), 0, -1)
         return sorted((Event.from_json(json.loads(r)) for r in raw), key=lambda e: e.t)
+
+    def window(self, stream: str, key: str, cutoff: int, k: int) -> Window:
+        return window_of(self.recent(stream, key), cutoff, k)
