@@ -77,7 +77,7 @@ class IssuerSeqModule(pl.LightningModule):
         store: DeviceStore,
         optimizer: OptimizerFactory,
         warmup_steps: int = 200,
-        retry_loss_weight: float = 1.0,
+        retry_loss_weight: float = 0.25,
         retry_propensity_weighting: bool = True,
         max_retry_weight: float = 20.0,
     ) -> None:
