@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from issuer_seq.cli import conf_dir
 from issuer_seq.data.batches import DeviceStore, input_names
 from issuer_seq.data.store import StoreConfig, build_store
-from issuer_seq.model.network import IssuerSeqNet
+from issuer_seq.model.network import HistoryCounts, IssuerSeqNet
 from issuer_seq.schema import load_log
 from issuer_seq.train.calibrate import fit_temperature
 from issuer_seq.train.run import train
@@ -113,6 +113,22 @@ def test_history_is_padding_invariant(tiny_dir: Path) -> None:
         )
     p2, _ = net(noisy)
     torch.testing.assert_close(p1, p2)
+
+
+def test_history_counts_count_causes_in_each_window() -> None:
+    counts = HistoryCounts(n_causes=5, d_model=8)
+    minutes = torch.tensor([[0.0, 5.0, 100.0, 20_000.0]])
+    table = counts.table(
+        torch.tensor([[0, 3, 3, 4]]),  # padding, then causes 3, 3, 4
+        torch.log1p(minutes),
+        torch.tensor([[0.0, 1.0, 0.0, 1.0]]),
+    )[0]  # rows: 10 min, 1 h, 1 day, 1 week, all, same merchant; columns: cause ids 1..4
+    expected = torch.zeros(6, 4)
+    expected[0:2, 2] = 1  # 5 minutes ago
+    expected[2:5, 2] = 2  # both cause-3 events within a day
+    expected[4, 3] = 1  # the cause-4 event, two weeks ago, only in "all"
+    expected[5, 2] = expected[5, 3] = 1  # one of each at the same merchant
+    assert torch.equal(table, expected)
 
 
 def test_temperature_recovers_known_scale() -> None:

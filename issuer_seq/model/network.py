@@ -95,7 +95,6 @@ class HistoryCounts(nn.Module):
 
     def __init__(self, n_causes: int, d_model: int) -> None:
         super().__init__()
-        self.n_causes = n_causes
         bounds = torch.log1p(torch.tensor(self.WINDOW_MINUTES))  # compared in log space
         self.register_buffer("log_bounds", bounds, persistent=False)
         # one-hot rows by lookup (no Cast in the graph: the fp16 export keeps its types)
@@ -105,13 +104,18 @@ class HistoryCounts(nn.Module):
         self.proj = nn.Linear(n_cols, d_model)
 
     def forward(self, cause: Tensor, log_minutes: Tensor, same_merchant: Tensor) -> Tensor:
-        # cause (B, K) int64; log_minutes, same_merchant (B, K) float
+        return self.proj(torch.log1p(self.table(cause, log_minutes, same_merchant)).flatten(1))
+
+    def table(self, cause: Tensor, log_minutes: Tensor, same_merchant: Tensor) -> Tensor:
+        """(B, W+1, C-1) counts: rows the windows then same-merchant, columns cause ids 1..C-1.
+
+        cause (B, K) int64; log_minutes, same_merchant (B, K) float, as the inputs carry them.
+        """
         onehot = nn.functional.embedding(cause, self.onehot)  # (B, K, C-1)
         # 1.0 where log_minutes <= bound, else 0.0, in float arithmetic (no casts)
         within = (torch.sign(self.log_bounds - log_minutes[..., None]) + 1).clamp(max=1)
         within = torch.cat([within, same_merchant[..., None]], dim=-1)  # (B, K, W+1)
-        counts = torch.einsum("bkw,bkc->bwc", within, onehot)  # (B, W+1, C-1)
-        return self.proj(torch.log1p(counts).flatten(1))
+        return torch.einsum("bkw,bkc->bwc", within, onehot)
 
 
 class StreamEncoder(nn.Module):
