@@ -33,6 +33,7 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
             "http.rate_per_s=40",
             "http.seconds=1.5",
             "http.warmup=5",
+            f"variants={{tiny:'{bundle}'}}",  # the same bundle, standing in for a size variant
         ],
         capture_output=True,
         text=True,
@@ -41,7 +42,8 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
     assert out.returncode == 0, out.stderr[-3000:]
     bench = json.loads((tmp_path / "bench.json").read_text())
     arms = bench["scorers"]["arms"]
-    assert {"onnx_fp32", "pytorch_eager", "lightgbm"} <= set(arms)
+    assert {"onnx_fp32", "pytorch_eager", "lightgbm", "transformer_tiny"} <= set(arms)
+    assert arms["transformer_tiny"]["model"] == "transformer_tiny"  # evaluation.json's row
     for arm in arms.values():
         s = arm["single_request"]
         # 250 after the warm-up, less the first 5 of each block of 100 (3 blocks)
@@ -57,6 +59,7 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
         arms["onnx_fp32"]["single_request"]["p99_ms"] / arms["lightgbm"]["single_request"]["p99_ms"]
     )
     assert vs["transformer_p99_over_lightgbm_p99"]["onnx_fp32"] == round(p99, 3)
+    assert set(vs["transformer_p99_over_lightgbm_p99"]) >= {"onnx_fp32", "transformer_tiny"}
     assert vs["target"] == 2.0 and vs["target_met"] == (vs["best"] <= 2.0)
     assert bench["targets"]["transformer_p99_at_most_2x_lightgbm"] == vs["target_met"]
     # where the time goes, per stage

@@ -43,3 +43,16 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "evaluation.json").exists()
     assert (tmp_path / "report" / "report.html").exists()
     assert "the report:" in out.stdout
+    # the size variant (demo.yaml: tiny): trained, exported fp32 only, evaluated, benchmarked
+    assert "size variant tiny" in out.stdout
+    assert (tmp_path / "run_tiny" / "model_spec.json").exists()
+    manifest = json.loads((tmp_path / "bundle_tiny" / "manifest.json").read_text())
+    assert not manifest["variants"]["int8"].get("shipped")
+    evaluation = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert 0 < evaluation["approval"]["transformer_tiny"]["params"]
+    models = {
+        r["model"]: r
+        for r in json.loads((tmp_path / "report" / "report.json").read_text())["models"]
+    }
+    tiny = models["transformer_tiny"]
+    assert tiny["p99_ms"] > 0 and tiny["logloss"] is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,14 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     assert approval_metrics(p, rows[LABEL].to_numpy())["logloss"] == pytest.approx(
         approval["lightgbm"]["logloss"], abs=1e-12
     )
+
+
+def test_side_runs_of_another_log_are_recognised(tmp_path: Path) -> None:
+    from issuer_seq.evaluate.run import trained_on
+
+    run = tmp_path / "run_tiny"
+    run.mkdir()
+    assert trained_on(run, tmp_path / "data")  # no config.yaml: cannot tell, included
+    (run / "config.yaml").write_text(f"data_dir: {tmp_path / 'data'}\n")
+    assert trained_on(run, tmp_path / "data" / ".." / "data")
+    assert not trained_on(run, tmp_path / "other")

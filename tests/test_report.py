@@ -44,6 +44,28 @@ def test_lightgbm_latency_joins_its_accuracy_row(tmp_path: Path) -> None:
     assert "target of at most 2x is not met" in serving_notes(bench)[0]
 
 
+def test_size_variants_get_their_own_row_and_point(tmp_path: Path) -> None:
+    metrics = {"auroc": 0.7, "ap_decline": 0.4, "logloss": 0.33, "brier": 0.1, "ece": 0.01}
+    evaluation = {
+        "approval": {
+            "transformer": metrics | {"params": 218_000},
+            "transformer_tiny": metrics | {"logloss": 0.34, "params": 43_000},
+            "lightgbm": metrics | {"logloss": 0.32},
+        }
+    }
+    arms = {
+        "onnx_fp32": _arm("transformer", 1.0),
+        "transformer_tiny": _arm("transformer_tiny", 0.8),
+        "lightgbm": _arm("lightgbm", 0.2),
+    }
+    rows = {r["model"]: r for r in model_table(evaluation, {"scorers": {"arms": arms}})}
+    assert set(rows) == {"transformer (onnx_fp32)", "transformer_tiny", "lightgbm"}
+    tiny = rows["transformer_tiny"]
+    assert tiny["p99_ms"] == 0.8 and tiny["logloss"] == 0.34 and tiny["params"] == 43_000
+    assert rows["transformer (onnx_fp32)"]["params"] == 218_000
+    assert latency_chart(list(rows.values()), tmp_path / "chart.png") is not None
+
+
 def test_report_runs_what_is_missing_and_writes_everything(
     tiny_bundle: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

@@ -30,6 +30,15 @@ def _data_dir(cfg: DictConfig, run_dir: Path) -> Path:
     return Path(OmegaConf.load(config).data_dir)
 
 
+def variant_bundles(cfg: DictConfig) -> dict[str, Path]:
+    """The model-size variants' bundles named in the config that exist (name -> bundle)."""
+    named = {str(k): Path(v) for k, v in (cfg.get("variants") or {}).items()}
+    found = {name: path for name, path in named.items() if (path / "manifest.json").exists()}
+    if found:
+        log.info("size variants: %s", ", ".join(f"{k} ({v})" for k, v in found.items()))
+    return found
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     from issuer_seq.evaluate.run import load_network, run_store
 
@@ -63,6 +72,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         throughput_seconds=float(cfg.throughput_seconds),
         lightgbm=lightgbm,
         target_ratio=float(lgb_cfg.target_ratio),
+        variants=variant_bundles(cfg),
     )
     http: dict[str, Any] = {"note": "not measured (http.enabled=false)"}
     if cfg.http.enabled:

@@ -1,7 +1,10 @@
 """`issuer-seq demo`: the main job end to end on the embedded default.
 
 Each stage runs the same code as its own command, with that command's configuration composed
-from conf/ (plus demo.yaml's paths, seed and per-stage overrides).
+from conf/ (plus demo.yaml's paths, seed and per-stage overrides). The model-size variants of
+demo.yaml (`variants`, e.g. `tiny`) are trained beside the run into `<run_dir>_<name>` with a
+small budget, exported (fp32 only) to `<artifact_dir>_<name>`, and evaluated and benchmarked
+beside it, so that the report's latency-vs-accuracy chart has the model sizes.
 """
 
 from __future__ import annotations
@@ -28,9 +31,26 @@ from issuer_seq.train.run import store_config, train
 log = logging.getLogger(__name__)
 
 
-def _stage(name: str, cfg: DictConfig, extra: list[str]) -> DictConfig:
-    common = [f"{k}={cfg[k]}" for k in ("data_dir", "run_dir", "artifact_dir", "out_dir", "seed")]
+def _stage(name: str, cfg: DictConfig, extra: list[str], **paths: str) -> DictConfig:
+    keys = ("data_dir", "run_dir", "artifact_dir", "out_dir", "seed")
+    common = [f"{k}={paths.get(k, cfg[k])}" for k in keys]
     return compose(config_name=name, overrides=[*common, *extra])
+
+
+def variant_paths(cfg: DictConfig) -> dict[str, dict[str, str]]:
+    """{name: {"run_dir": <run_dir>_<name>, "artifact_dir": <artifact_dir>_<name>}}."""
+    return {
+        str(name): {
+            "run_dir": f"{cfg.run_dir}_{name}",
+            "artifact_dir": f"{cfg.artifact_dir}_{name}",
+        }
+        for name in cfg.variants or []
+    }
+
+
+def _mapping_override(key: str, mapping: dict[str, str]) -> str:
+    """`key={a:'x',b:'y'}`: replaces the whole mapping of the stage's config."""
+    return f"{key}={{" + ",".join(f"{k}:'{v}'" for k, v in mapping.items()) + "}"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -53,19 +73,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     log.info("[4/%d] train: %s -> %s", steps, " ".join(cfg.train_overrides), cfg.run_dir)
     val_logloss = train(train_cfg, store)
+    variants = variant_paths(cfg)
+    variant_seconds: dict[str, float] = {}
+    for name, paths in variants.items():
+        overrides = [*cfg.train_overrides, f"model={name}", *cfg.variant_train_overrides]
+        variant_cfg = _stage("train", cfg, overrides, run_dir=paths["run_dir"])
+        log.info("[4/%d] train: size variant %s -> %s", steps, name, paths["run_dir"])
+        t0 = time.perf_counter()
+        same_store = store_config(variant_cfg.data) == store.config
+        train(variant_cfg, store if same_store else None)
+        variant_seconds[name] = round(time.perf_counter() - t0, 1)
+        log.info("size variant %s trained in %.0f s", name, variant_seconds[name])
+    # evaluate and bench take exactly the demo's variants (stale sibling dirs stay out)
+    runs = _mapping_override("variants", {k: v["run_dir"] for k, v in variants.items()})
+    bundles = _mapping_override("variants", {k: v["artifact_dir"] for k, v in variants.items()})
 
     log.info("[5/%d] evaluate: models and retry policies on the test split", steps)
-    evaluate_command.run(_stage("evaluate", cfg, list(cfg.evaluate_overrides)))
+    evaluate_command.run(_stage("evaluate", cfg, [*cfg.evaluate_overrides, runs]))
 
     log.info("[6/%d] export: ONNX bundle -> %s", steps, cfg.artifact_dir)
     export_cfg = _stage("export", cfg, list(cfg.export_overrides))
     export_command.run(export_cfg)
+    for name, paths in variants.items():
+        log.info("[6/%d] export: size variant %s -> %s", steps, name, paths["artifact_dir"])
+        overrides = [*cfg.export_overrides, *cfg.variant_export_overrides]
+        export_command.run(_stage("export", cfg, overrides, **paths))
 
     log.info("[7/%d] bench: latency, throughput, pipeline ratios -> %s", steps, cfg.out_dir)
-    bench_command.run(_stage("bench", cfg, list(cfg.bench_overrides)))
+    bench_command.run(_stage("bench", cfg, [*cfg.bench_overrides, bundles]))
 
     log.info("[8/%d] report", steps)
-    report_command.run(_stage("report", cfg, list(cfg.bench_overrides)))
+    report_command.run(_stage("report", cfg, [*cfg.bench_overrides, bundles]))
 
     log.info(
         "demo finished in %.0f s: data in %s, run in %s, serving bundle in %s\nthe report: %s",
@@ -75,4 +113,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg.artifact_dir,
         Path(cfg.out_dir) / "report.html",
     )
-    return {"val_logloss": val_logloss, "dataset": dataset}
+    return {"val_logloss": val_logloss, "dataset": dataset, "variant_seconds": variant_seconds}

@@ -33,6 +33,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if b.models
         else None,
         ablations={str(k): Path(v) for k, v in (cfg.get("ablations") or {}).items()},
+        variants={str(k): Path(v) for k, v in (cfg.get("variants") or {}).items()},
     )
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
     lines = [f"{'model':<22} {'AUROC':>7} {'AP(dec)':>8} {'logloss':>8} {'ECE':>7} {'oracle%':>8}"]

@@ -3,7 +3,9 @@
 Approval: the transformer (the run's calibrated network), the baselines (issuer x MCC base
 rate, and the tree and linear models of baselines/ when enabled) and, when the log has
 truth, the oracle. Retry: the policies of evaluate/retry.py on the declined test attempts,
-valued with the truth. Ablation runs are evaluated alongside when their run dirs exist.
+valued with the truth. Model-size variants (`transformer_<name>`) and ablation runs
+(`ablation_<name>`), trained on the same log, are evaluated alongside when their run dirs
+exist.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 
 from issuer_seq.baselines.base_rate import base_rate
 from issuer_seq.data.batches import DeviceStore
@@ -117,12 +120,45 @@ def allowed_matrix(frame: pd.DataFrame, rows: np.ndarray, grid_s: np.ndarray) ->
     return allowed.reshape(len(rows), g) & session
 
 
+def n_params(net: IssuerSeqNet) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def trained_on(run: Path, data_dir: Path) -> bool:
+    """Was the run trained on this log (its config.yaml's data_dir)? Unknown counts as yes."""
+    config = run / "config.yaml"
+    theirs = OmegaConf.load(config).get("data_dir") if config.exists() else None
+    return theirs is None or Path(theirs).resolve() == Path(data_dir).resolve()
+
+
+def side_runs(
+    vlog: ValidatedLog, data_dir: Path, test: np.ndarray, runs: Mapping[str, Path]
+) -> dict[str, dict[str, Any]]:
+    """Other runs scored on the same test rows, those whose run dirs hold a finished training
+    run on this log: {name: {"p": p_approve (N,), "params": parameter count, "run_dir"}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, path in runs.items():
+        path = Path(path)
+        if not (path / "model_spec.json").exists():
+            continue
+        if not trained_on(path, data_dir):
+            log.warning("%s: skipped, trained on another log than %s", path, data_dir)
+            continue
+        net, spec = load_network(path)
+        p, _ = predict(net, run_store(vlog, spec), test)
+        out[name] = {"p": p, "params": n_params(net), "run_dir": str(path)}
+    return out
+
+
 def evaluate(
     data_dir: Path,
     run_dir: Path,
     baselines: BaselinesFn | None = None,
     ablations: Mapping[str, Path] | None = None,
+    variants: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
+    """`variants`: name -> run dir of the same network at another size (rows
+    `transformer_<name>`); `ablations`: name -> run dir of an ablation (`ablation_<name>`)."""
     started = time.perf_counter()
     net, spec = load_network(run_dir)
     vlog = load_log(data_dir)
@@ -134,7 +170,9 @@ def evaluate(
     truth = load_truth(Path(data_dir), store, grid)
 
     p_model, curves_model = predict(net, store, test)
-    approval: dict[str, dict[str, Any]] = {"transformer": approval_metrics(p_model, y)}
+    approval: dict[str, dict[str, Any]] = {
+        "transformer": approval_metrics(p_model, y) | {"params": n_params(net)}
+    }
     approval["base_rate"] = approval_metrics(base_rate(store, store.rows(TRAIN))[test], y)
     retry_curves: dict[str, np.ndarray] = {"transformer": curves_model}
     if baselines is not None:
@@ -142,16 +180,17 @@ def evaluate(
             approval[name] = approval_metrics(p_all[test], y)
             if curves is not None:
                 retry_curves[name] = curves[test]
+    for prefix, runs in (("transformer_", variants), ("ablation_", ablations)):
+        for name, run in side_runs(vlog, Path(data_dir), test, runs or {}).items():
+            approval[prefix + name] = approval_metrics(run["p"], y) | {
+                "params": run["params"],
+                "run_dir": run["run_dir"],
+            }
     if truth is not None:
         approval["oracle"] = approval_metrics(truth["p_approve"].to_numpy()[test], y)
         base, oracle = approval["base_rate"]["logloss"], approval["oracle"]["logloss"]
         for m in approval.values():
             m["oracle_share"] = oracle_share(m["logloss"], base, oracle)
-    for name, path in (ablations or {}).items():
-        if (Path(path) / "model_spec.json").exists():
-            ab_net, ab_spec = load_network(Path(path))
-            p_ab, _ = predict(ab_net, run_store(vlog, ab_spec), test)
-            approval[f"ablation_{name}"] = approval_metrics(p_ab, y)
 
     result: dict[str, Any] = {
         "data_dir": str(data_dir),

@@ -18,12 +18,17 @@ from typing import Any
 
 import matplotlib
 import matplotlib.ticker
+from matplotlib.transforms import Bbox
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = {
     "transformer": "#1f6feb",
+    # model-size variants of the transformer: lighter for smaller
+    "transformer_tiny": "#80ccff",
+    "transformer_small": "#54aeff",
+    "transformer_base": "#0a3069",
     "oracle": "#2da44e",
     "base_rate": "#8c959f",
     "lightgbm": "#d4a72c",
@@ -53,6 +58,7 @@ def model_table(
             "brier": m["brier"],
             "ece": m["ece"],
             "oracle_share": m.get("oracle_share"),
+            "params": m.get("params"),
             "p50_ms": None,
             "p99_ms": None,
             "scores_per_s_batch_64": None,
@@ -81,7 +87,9 @@ def model_table(
     for name, a in arms.items():
         if a.get("model", "transformer") == name and name not in evaluation["approval"]:
             empty = dict.fromkeys(("auroc", "ap_decline", "logloss", "brier", "ece"))
-            rows.append({"model": name, **empty, "oracle_share": None, **_latency(a)})
+            rows.append(
+                {"model": name, **empty, "oracle_share": None, "params": None, **_latency(a)}
+            )
     return rows
 
 
@@ -160,14 +168,6 @@ def latency_chart(rows: list[dict[str, Any]], path: Path) -> Path | None:
     for r in measured:
         color = COLORS.get(r["model"].split(" ")[0], "#57606a")
         ax.scatter(r["p99_ms"], r["logloss"], s=60, color=color, zorder=3)
-        ax.annotate(
-            r["model"],
-            (r["p99_ms"], r["logloss"]),
-            textcoords="offset points",
-            xytext=(0, 9),
-            ha="center",
-            fontsize=8,
-        )
     xs = [p[0] for p in points]
     ys = [p[1] for p in points]
     wide = max(xs) / max(min(xs), 1e-9) > 10
@@ -187,7 +187,29 @@ def latency_chart(rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set_title("Latency vs accuracy (lower left is better)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right", fontsize=8)
+    _labels(fig, ax, [(r["model"], r["p99_ms"], r["logloss"]) for r in measured])
     return _save(fig, path)
+
+
+def _labels(fig: Any, ax: Any, points: list[tuple[str, float, float]]) -> None:
+    """A label above each point, or below it, then beside it, where it would cover a point or
+    a label placed before (close model sizes and runtimes sit close together)."""
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    dots = ax.transData.transform([(x, y) for _, x, y in points])
+    placed: list[Any] = [Bbox.from_extents(u - 5, v - 5, u + 5, v + 5) for u, v in dots]
+    spots = [((0, 9), "center", "bottom"), ((0, -9), "center", "top"), ((9, 0), "left", "center")]
+    for name, x, y in points:
+        for offset, ha, va in spots:
+            label = ax.annotate(
+                name, (x, y), textcoords="offset points", xytext=offset, ha=ha, va=va, fontsize=8
+            )
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            if (offset, ha, va) != spots[-1]:
+                label.remove()
+        placed.append(box)
 
 
 def calibration_chart(evaluation: Mapping[str, Any], path: Path) -> Path:
@@ -258,6 +280,8 @@ def retry_chart(evaluation: Mapping[str, Any], path: Path) -> Path | None:
 def _fmt(v: Any, digits: int = 4) -> str:
     if v is None:
         return "-"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
     if isinstance(v, float):
         return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.{digits}f}"
     return html.escape(str(v))
@@ -339,6 +363,7 @@ def write_report(
         ("brier", "Brier"),
         ("ece", "ECE"),
         ("oracle_share", "share of oracle"),
+        ("params", "parameters"),
         ("p50_ms", "p50 ms"),
         ("p99_ms", "p99 ms"),
         ("scores_per_s_batch_64", "scores/s (batch 64)"),
@@ -380,6 +405,13 @@ def write_report(
         " - the oracle's). Latency: single requests end to end (history lookup, features,"
         " inference, decision), one CPU thread."
     )
+    sizes = [r["model"] for r in rows if r["model"].startswith("transformer_")]
+    if sizes:
+        explain += (
+            f" {', '.join(sizes)}: the same network at another size (conf/model/), trained on"
+            " the same log (its own, usually shorter, training budget), served by ONNX Runtime"
+            " fp32."
+        )
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>issuer_seq report</title>",
         f"<style>{CSS}</style></head><body>",
