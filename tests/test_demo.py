@@ -7,6 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+
+from issuer_seq.cli import conf_dir
+from issuer_seq.commands.demo import _mapping_overrides
+
+
+def test_the_demo_passes_exactly_its_variants() -> None:
+    """Its overrides replace the stage's `variants` mapping (a plain `variants={...}` merges)."""
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        for name in ("evaluate", "bench", "report"):
+            only = compose(name, _mapping_overrides("variants", {"tiny": "/x-1/run_tiny"}))
+            assert dict(only.variants) == {"tiny": "/x-1/run_tiny"}
+            assert dict(compose(name, _mapping_overrides("variants", {})).variants) == {}
+
 
 def test_demo_runs_every_stage(tmp_path: Path) -> None:
     out = subprocess.run(

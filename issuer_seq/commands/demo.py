@@ -48,9 +48,9 @@ def variant_paths(cfg: DictConfig) -> dict[str, dict[str, str]]:
     }
 
 
-def _mapping_override(key: str, mapping: dict[str, str]) -> str:
-    """`key={a:'x',b:'y'}`: replaces the whole mapping of the stage's config."""
-    return f"{key}={{" + ",".join(f"{k}:'{v}'" for k, v in mapping.items()) + "}"
+def _mapping_overrides(key: str, mapping: dict[str, str]) -> list[str]:
+    """Replace the stage config's whole mapping `key` (a plain `key={...}` merges into it)."""
+    return [f"~{key}", f"+{key}={{" + ",".join(f"{k}:'{v}'" for k, v in mapping.items()) + "}"]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -85,11 +85,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         variant_seconds[name] = round(time.perf_counter() - t0, 1)
         log.info("size variant %s trained in %.0f s", name, variant_seconds[name])
     # evaluate and bench take exactly the demo's variants (stale sibling dirs stay out)
-    runs = _mapping_override("variants", {k: v["run_dir"] for k, v in variants.items()})
-    bundles = _mapping_override("variants", {k: v["artifact_dir"] for k, v in variants.items()})
+    runs = _mapping_overrides("variants", {k: v["run_dir"] for k, v in variants.items()})
+    bundles = _mapping_overrides("variants", {k: v["artifact_dir"] for k, v in variants.items()})
 
     log.info("[5/%d] evaluate: models and retry policies on the test split", steps)
-    evaluate_command.run(_stage("evaluate", cfg, [*cfg.evaluate_overrides, runs]))
+    evaluate_command.run(_stage("evaluate", cfg, [*cfg.evaluate_overrides, *runs]))
 
     log.info("[6/%d] export: ONNX bundle -> %s", steps, cfg.artifact_dir)
     export_cfg = _stage("export", cfg, list(cfg.export_overrides))
@@ -100,10 +100,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         export_command.run(_stage("export", cfg, overrides, **paths))
 
     log.info("[7/%d] bench: latency, throughput, pipeline ratios -> %s", steps, cfg.out_dir)
-    bench_command.run(_stage("bench", cfg, [*cfg.bench_overrides, bundles]))
+    bench_command.run(_stage("bench", cfg, [*cfg.bench_overrides, *bundles]))
 
     log.info("[8/%d] report", steps)
-    report_command.run(_stage("report", cfg, [*cfg.bench_overrides, bundles]))
+    report_command.run(_stage("report", cfg, [*cfg.bench_overrides, *bundles]))
 
     log.info(
         "demo finished in %.0f s: data in %s, run in %s, serving bundle in %s\nthe report: %s",
