@@ -150,6 +150,11 @@ def test_train_writes_metrics_checkpoints_and_config(tiny_dir: Path, tmp_path: P
     assert "model:" in (tmp_path / "config.yaml").read_text()
     spec = json.loads((tmp_path / "model_spec.json").read_text())
     assert spec["inputs"] == input_names() and spec["net"]["d_model"] == 32
+    train(cfg)  # a fresh run into the same run_dir replaces the checkpoints, not beside them
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    assert json.loads((tmp_path / "metrics.json").read_text())["training"]["best_checkpoint"] == (
+        "best.ckpt"
+    )
 
 
 @pytest.mark.parametrize("experiment", ["demo", "gpu", "ablate_no_issuer", "ablate_no_card"])

@@ -171,6 +171,14 @@ def train(cfg: DictConfig, store: EventStore | None = None) -> float:
             raise IssuerSeqError(f"resume=true but {last} does not exist")
         ckpt_path = str(last)
         log.info("resuming from %s", last)
+    elif ckpt_dir.exists():
+        # A fresh run into a used run_dir: old checkpoints would make Lightning write
+        # best-v1.ckpt beside them and leave a stale best.ckpt behind.
+        stale = sorted(ckpt_dir.glob("*.ckpt"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d checkpoint(s) of an earlier run in %s", len(stale), ckpt_dir)
     fit_started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - fit_started
