@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from issuer_seq.baselines.sql_features import CATEGORICAL, CAUSES, WINDOWS
+from issuer_seq.baselines.sql_features import CATEGORICAL, CAUSES, CURRENT_CATEGORICAL, WINDOWS
 from issuer_seq.rules import cause_of
 from issuer_seq.serve.inputs import epoch_seconds
 
@@ -65,16 +65,6 @@ CURRENT_NUMERIC = (
     "hour_of_day",
     "day_of_week",
     "day_of_month",
-)
-CURRENT_CATEGORICAL = (
-    "mcc",
-    "issuer_country",
-    "merchant_country",
-    "currency",
-    "network",
-    "card_type",
-    "initiator",
-    "issuer_id",
 )
 CARD_WINDOW = (
     "card_n",

@@ -5,7 +5,7 @@ issuer, counts, approval rates and decline causes over trailing windows, recency
 approvals and declines, the last response code, amount statistics, and the current
 attempt's own (static) features. See docs/baselines.md for the list.
 
-The queries live in `sql/*.sql` (package data). `render_sql` fills their few placeholders
+The queries live in `sql/*.sql` (package data). `render_sql` fills in their few template fields
 (one block per trailing window, the lag), `sql_features` runs the result over a validated
 log frame. History windows end strictly before the attempt's second (minus `lag_s`): the
 same point-in-time rule as the transformer's store (docs/data.md).
@@ -31,8 +31,8 @@ WINDOWS: dict[str, int] = {"10m": 600, "1h": 3_600, "24h": 86_400, "7d": 604_800
 #: decline causes counted per window (rules.Cause values; `other` is too rare to count)
 CAUSES: tuple[str, ...] = ("funds", "limit", "generic", "technical", "sca", "data", "hard")
 
-#: output columns that are categorical (pandas `category`); every other column is numeric
-CATEGORICAL: tuple[str, ...] = (
+#: the current attempt's own categorical columns
+CURRENT_CATEGORICAL: tuple[str, ...] = (
     "mcc",
     "issuer_country",
     "merchant_country",
@@ -41,6 +41,11 @@ CATEGORICAL: tuple[str, ...] = (
     "card_type",
     "initiator",
     "issuer_id",
+)
+
+#: output columns that are categorical (pandas `category`); every other column is numeric
+CATEGORICAL: tuple[str, ...] = (
+    *CURRENT_CATEGORICAL,
     "card_last_response_code",
     "card_last_cause",
     "card_last_advice_code",

@@ -80,8 +80,13 @@ XGBOOST_SPACE: dict[str, list[Any]] = {
 }
 
 
-class LightGBMModel:
-    """LightGBM binary classifier with early stopping on the validation frame."""
+class _BoostedTrees:
+    """What both tree models share: parameters over tuned defaults, the feature columns
+    and training categories fixed at fit time, and the fit's parameters with seed and
+    threads."""
+
+    DEFAULTS: Mapping[str, Any] = {}
+    THREADS_PARAM = ""  # the library's name for its thread count
 
     def __init__(
         self,
@@ -93,26 +98,38 @@ class LightGBMModel:
         n_jobs: int | None = None,
         seed: int = 0,
     ) -> None:
-        self.params = {**LIGHTGBM_DEFAULTS, **(params or {})}
+        self.params = {**self.DEFAULTS, **(params or {})}
         self.num_boost_round = num_boost_round
         self.early_stopping_rounds = early_stopping_rounds
         self.exclude = tuple(exclude)
         self.use_weights = use_weights
         self.n_jobs = n_jobs
         self.seed = seed
-        self.booster: lgb.Booster | None = None
         self.columns: list[str] = []
         self.categories: dict[str, list[str]] = {}
+
+    def _prepare(self, train: pd.DataFrame) -> dict[str, Any]:
+        """Fix the columns and categories on the training frame; the fit's parameters."""
+        self.columns = feature_columns(train, self.exclude)
+        self.categories = fit_categories(train, self.columns)
+        params = {**self.params, "seed": self.seed}
+        if self.n_jobs is not None:
+            params[self.THREADS_PARAM] = self.n_jobs
+        return params
+
+
+class LightGBMModel(_BoostedTrees):
+    """LightGBM binary classifier with early stopping on the validation frame."""
+
+    DEFAULTS = LIGHTGBM_DEFAULTS
+    THREADS_PARAM = "num_threads"
+    booster: lgb.Booster | None = None
 
     def _x(self, frame: pd.DataFrame) -> pd.DataFrame:
         return apply_categories(frame, self.columns, self.categories)
 
     def fit(self, train: pd.DataFrame, val: pd.DataFrame) -> Self:
-        self.columns = feature_columns(train, self.exclude)
-        self.categories = fit_categories(train, self.columns)
-        params = {**self.params, "seed": self.seed}
-        if self.n_jobs is not None:
-            params["num_threads"] = self.n_jobs
+        params = self._prepare(train)
         dtrain = lgb.Dataset(
             self._x(train),
             labels(train),
@@ -174,29 +191,12 @@ class LightGBMModel:
         return model
 
 
-class XGBoostModel:
+class XGBoostModel(_BoostedTrees):
     """XGBoost (hist, native categoricals) with early stopping on the validation frame."""
 
-    def __init__(
-        self,
-        params: Mapping[str, Any] | None = None,
-        num_boost_round: int = 3_000,
-        early_stopping_rounds: int = 100,
-        exclude: Sequence[str] = (),
-        use_weights: bool = False,
-        n_jobs: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.params = {**XGBOOST_DEFAULTS, **(params or {})}
-        self.num_boost_round = num_boost_round
-        self.early_stopping_rounds = early_stopping_rounds
-        self.exclude = tuple(exclude)
-        self.use_weights = use_weights
-        self.n_jobs = n_jobs
-        self.seed = seed
-        self.booster: xgb.Booster | None = None
-        self.columns: list[str] = []
-        self.categories: dict[str, list[str]] = {}
+    DEFAULTS = XGBOOST_DEFAULTS
+    THREADS_PARAM = "nthread"
+    booster: xgb.Booster | None = None
 
     def _dmatrix(self, frame: pd.DataFrame, with_label: bool, ref: Any = None) -> Any:
         x = apply_categories(frame, self.columns, self.categories)
@@ -208,11 +208,7 @@ class XGBoostModel:
         )
 
     def fit(self, train: pd.DataFrame, val: pd.DataFrame) -> Self:
-        self.columns = feature_columns(train, self.exclude)
-        self.categories = fit_categories(train, self.columns)
-        params = {**self.params, "seed": self.seed}
-        if self.n_jobs is not None:
-            params["nthread"] = self.n_jobs
+        params = self._prepare(train)
         dtrain = self._dmatrix(train, with_label=True)
         dval = self._dmatrix(val, with_label=True, ref=dtrain)
         self.booster = xgb.train(
