@@ -42,6 +42,15 @@ def within_session(
     return ~cit[:, None] | (np.asarray(grid_s)[None, :] <= cit_session_s)
 
 
+def limit_to_session(
+    allowed: np.ndarray, rules: np.ndarray, initiator: str, grid_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One decline's rule check over the grid, (G,) allowed and (G,) rule, with the delays a
+    customer-initiated payment cannot wait refused as `cit_session`."""
+    session = within_session(np.array([initiator]), grid_s)[0]
+    return allowed & session, np.where(allowed & ~session, "cit_session", rules)
+
+
 @dataclass(frozen=True)
 class RetryEconomics:
     """Money side of a retry. Defaults: a PSP's take on a recovered payment and card fees."""

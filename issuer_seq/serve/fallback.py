@@ -29,8 +29,8 @@ from issuer_seq.delays import grid_seconds
 from issuer_seq.retry_policy import (
     DEFAULT_ECONOMICS,
     RetryEconomics,
+    limit_to_session,
     retry_values,
-    within_session,
 )
 from issuer_seq.rules import (
     DEFAULT_RULES,
@@ -154,8 +154,7 @@ class FallbackPolicy:
             cols.take(np.arange(1, len(history) + 1)),
             rules=self.rules,
         )
-        session = within_session(np.array([initiator]), self.grid_s)[0]
-        return allowed & session, np.where(allowed & ~session, "cit_session", rules)
+        return limit_to_session(allowed, rules, initiator, self.grid_s)
 
     def curve(self, allowed: np.ndarray) -> np.ndarray:
         """The flat prior where a retry is allowed, 0 where not. (G,)"""

@@ -31,7 +31,7 @@ from issuer_seq.retry_policy import (
     NOW_3DS,
     RetryEconomics,
     choose_retry,
-    within_session,
+    limit_to_session,
 )
 from issuer_seq.rules import (
     DEFAULT_RULES,
@@ -215,9 +215,7 @@ class Scorer:
             cols.take(np.arange(1, len(history) + 1)),
             rules=self.rules,
         )
-        session = within_session(np.array([decline["initiator"]]), self.grid_s)[0]
-        rules = np.where(allowed & ~session, "cit_session", rules)
-        allowed = allowed & session
+        allowed, rules = limit_to_session(allowed, rules, str(decline["initiator"]), self.grid_s)
         choice = choose_retry(
             curve[None, :],
             allowed[None, :],
