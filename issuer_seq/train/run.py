@@ -188,13 +188,17 @@ def train(cfg: DictConfig, store: EventStore | None = None) -> float:
     best = checkpoint.best_model_path or str(ckpt_dir / "last.ckpt")
     state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
     net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
-    net.cpu().eval()
-    device_store.to("cpu")
+    # Calibrate and score on the device that trained (on a GPU, seconds rather than minutes).
+    device = trainer.strategy.root_device
+    net.to(device).eval()
+    device_store.to(device)
     val_rows = torch.from_numpy(datamodule.split_rows[VAL])
     test_rows = torch.from_numpy(datamodule.split_rows[TEST])
     temperatures = calibrate(net, device_store, val_rows)
     val = split_metrics(net, device_store, val_rows)
     test = split_metrics(net, device_store, test_rows)
+    net.cpu()
+    device_store.to("cpu")
     reference = base_rate_metrics(store, datamodule)
     metrics = {
         "approval": {"val": val["approval"], "test": test["approval"]},
