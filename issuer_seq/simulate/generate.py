@@ -200,6 +200,7 @@ class _Rows:
     payment: np.ndarray
     parent: np.ndarray  # row of the previous attempt of the payment, -1 for first tries
     response: np.ndarray
+    check: np.ndarray  # index in outcomes.CHECKS of the check that declined, -1 if approved
     advice: np.ndarray
     p_approve: np.ndarray
     u_code: np.ndarray
@@ -219,19 +220,26 @@ def simulate_chunk(
     first_card, first_t = first.card, first.t
     network_of_card = NETWORKS[world.issuers.network[cards.issuer]]
 
-    def answer(a: Attempts) -> dict[str, np.ndarray]:
+    def answer(a: Attempts, carried: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+        """Outcomes of attempts; `carried`: for retries, the check that declined the
+        previous attempt and that attempt's time."""
         velocity = outcomes.velocity_counts(first_card, first_t, a.card, a.t)
         u_code = rng.random(len(a))
         h, codes, latent = outcomes.hazards(world, cards, a, a.t, velocity, u_code)
-        response = outcomes.draw(h, codes, rng)
+        if carried is not None:
+            check, t0 = carried
+            still = outcomes.persistence(world, cards, a.card, check, t0, a.t)
+            h = outcomes.carry_over(h, check, still)
+        response, check = outcomes.draw(h, codes, rng)
         return {
             "response": response,
+            "check": check,
             "advice": outcomes.advice_codes(world, cards, a, response, latent.to_payday, rng),
             "p_approve": outcomes.p_approve(h),
             "u_code": u_code,
             "outage": latent.outage,
             "tight": latent.tight,
-            "funds": latent.funds_hazard,
+            "funds": h[:, outcomes.CHECKS.index("funds")],
         }
 
     n0 = len(first)
@@ -241,7 +249,7 @@ def simulate_chunk(
         parent=np.full(n0, -1),
         bucket=np.full(n0, -2),
         propensity=np.full(n0, np.nan),
-        **answer(first),
+        **answer(first, None),
     )
     last = np.arange(n0)
     for _ in range(MAX_ATTEMPTS - 1):
@@ -271,7 +279,7 @@ def simulate_chunk(
         new.t = retry_at[send]
         new.attempt = new.attempt + 1
         new.three_ds = plan.three_ds[send]
-        out = answer(new)
+        out = answer(new, (rows.check[src], rows.a.t[src]))
         start = len(rows.a.t)
         rows = _Rows(
             a=_concat([rows.a, new]),
@@ -356,15 +364,18 @@ def _retry_truth(
     first_card: np.ndarray,
     first_t: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """P(a retry after each grid delay is approved), from the latent state then. (N,) each."""
+    """P(a retry after each grid delay is approved), from the latent state then and the
+    decline's cause carried over. (N,) each."""
     declined = np.flatnonzero(rows.response != "00")
     a = _take(rows.a, declined)
     a.attempt = a.attempt + 1
+    check = rows.check[declined]
     out = {}
     for label, delay in zip(labels, grid, strict=True):
         t = a.t + delay
         velocity = outcomes.velocity_counts(first_card, first_t, a.card, t)
         h, _, _ = outcomes.hazards(world, cards, a, t, velocity, rows.u_code[declined])
+        h = outcomes.carry_over(h, check, outcomes.persistence(world, cards, a.card, check, a.t, t))
         col = np.full(len(rows.a.t), np.nan)
         col[declined] = outcomes.p_approve(h)
         out[truth_column(label)] = col

@@ -6,9 +6,12 @@ risk rules). The attempt is approved when none fires, so
 
     p_approve = prod_k (1 - h_k)
 
-exactly, and the response code is the code of the first check that fires. Because the truth
-is this product, the simulator's `p_approve` is the exact probability used to draw the
-outcome, and `p_retry_<delay>` is the same product evaluated at the retry's time.
+exactly, and the response code is the code of the first check that fires. A retry carries
+its previous decline's cause over (`persistence`, `carry_over`: funds stay short until money
+arrives, a risk rule keeps declining the same payment for a while). Because the truth is
+this product, the simulator's `p_approve` is the exact probability used to draw the
+outcome, and `p_retry_<delay>` is the same product evaluated at the retry's time, with the
+decline's cause carried over.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from issuer_seq.simulate.world import (
 
 CHECKS = ("hard", "technical", "sca", "data", "limit", "velocity", "funds", "generic")
 VELOCITY_WINDOW = 600  # seconds: attempts on the same card in the last 10 minutes
+#: How long the cause of a decline outlasts it, by check (seconds; see `persistence`).
+PERSIST_S = {"funds": 2 * DAY, "generic": 2 * HOUR}
 
 # MAC 24-30 advise a retry after these delays (DOMAIN.md).
 MAC_DELAYS = np.array([HOUR, DAY, 2 * DAY, 4 * DAY, 6 * DAY, 8 * DAY, 10 * DAY])
@@ -175,13 +180,54 @@ def p_approve(h: np.ndarray) -> np.ndarray:
     return np.prod(1.0 - h, axis=1)
 
 
-def draw(h: np.ndarray, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Response codes: '00' where no check fires, else the first firing check's code. (N,)"""
+def draw(
+    h: np.ndarray, codes: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Response codes ('00' where no check fires, else the first firing check's code) and
+    the index in CHECKS of that check (-1 where approved). Both (N,)."""
     fired = rng.random(h.shape) < h
     any_fired = fired.any(axis=1)
     first = np.argmax(fired, axis=1)
     out = np.where(any_fired, codes[np.arange(len(h)), first], "00")
-    return out.astype(object)
+    return out.astype(object), np.where(any_fired, first, -1)
+
+
+def persistence(
+    world: World,
+    cards: Cards,
+    card: np.ndarray,
+    check: np.ndarray,
+    t0: np.ndarray,
+    t: np.ndarray,
+) -> np.ndarray:
+    """P(the cause of a decline by `check` at `t0` still holds at `t` >= `t0`). (N,)
+
+    A cardholder short of funds stays short until money arrives: the next payday ends it,
+    other deposits end it at rate 1 / PERSIST_S["funds"]. An issuer's risk rule keeps
+    declining the same payment for a while (e-folding time PERSIST_S["generic"]). Other
+    causes carry nothing over: an outage, the SCA rule, a limit and velocity are functions
+    of the moment already. `check` is an index in CHECKS, -1 for none.
+    """
+    s = np.zeros(len(t))
+    dt = (t - t0).astype(np.float64)
+    funds = np.flatnonzero(check == CHECKS.index("funds"))
+    if len(funds):
+        _, to_payday = payday_phase(world, cards, card[funds], t0[funds])
+        still = dt[funds] < to_payday
+        s[funds] = np.where(still, np.exp(-dt[funds] / PERSIST_S["funds"]), 0.0)
+    generic = np.flatnonzero(check == CHECKS.index("generic"))
+    s[generic] = np.exp(-dt[generic] / PERSIST_S["generic"])
+    return s
+
+
+def carry_over(h: np.ndarray, check: np.ndarray, still: np.ndarray) -> np.ndarray:
+    """Hazards (N, K) of a retry: the check that declined the previous attempt fires for
+    sure while its cause still holds (probability `still`), else as fresh."""
+    h = h.copy()
+    rows = np.flatnonzero(check >= 0)
+    cols = check[rows]
+    h[rows, cols] = 1.0 - (1.0 - h[rows, cols]) * (1.0 - still[rows])
+    return h
 
 
 def advice_codes(
