@@ -228,7 +228,9 @@ def test_a_retry_carries_its_decline_cause_over() -> None:
     card = np.arange(50)
     t0 = np.full(50, 10 * DAY)
     _, to_payday = payday_phase(world, cards, card, t0)
-    funds, generic, technical = (CHECKS.index(c) for c in ("funds", "generic", "technical"))
+    funds, generic, limit, technical = (
+        CHECKS.index(c) for c in ("funds", "generic", "limit", "technical")
+    )
 
     def still(check: int, dt: np.ndarray) -> np.ndarray:
         return persistence(world, cards, card, np.full(50, check), t0, t0 + dt)
@@ -238,6 +240,7 @@ def test_a_retry_carries_its_decline_cause_over() -> None:
     before = to_payday > HOUR
     assert (still(funds, np.full(50, HOUR))[before] > 0.9).all()
     assert np.allclose(still(generic, np.full(50, PERSIST_S["generic"])), np.exp(-1))
+    assert np.allclose(still(limit, np.full(50, 2 * PERSIST_S["limit"])), np.exp(-2))
     assert (still(technical, np.full(50, 60)) == 0).all()  # outages are in the hazard already
     h = np.full((50, len(CHECKS)), 0.1)
     carried = carry_over(h, np.full(50, funds), np.full(50, 0.5))

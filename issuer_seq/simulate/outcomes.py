@@ -36,7 +36,7 @@ from issuer_seq.simulate.world import (
 CHECKS = ("hard", "technical", "sca", "data", "limit", "velocity", "funds", "generic")
 VELOCITY_WINDOW = 600  # seconds: attempts on the same card in the last 10 minutes
 #: How long the cause of a decline outlasts it, by check (seconds; see `persistence`).
-PERSIST_S = {"funds": 2 * DAY, "generic": 2 * HOUR}
+PERSIST_S = {"funds": 2 * DAY, "generic": 2 * HOUR, "limit": DAY}
 
 # MAC 24-30 advise a retry after these delays (DOMAIN.md).
 MAC_DELAYS = np.array([HOUR, DAY, 2 * DAY, 4 * DAY, 6 * DAY, 8 * DAY, 10 * DAY])
@@ -204,9 +204,10 @@ def persistence(
 
     A cardholder short of funds stays short until money arrives: the next payday ends it,
     other deposits end it at rate 1 / PERSIST_S["funds"]. An issuer's risk rule keeps
-    declining the same payment for a while (e-folding time PERSIST_S["generic"]). Other
-    causes carry nothing over: an outage, the SCA rule, a limit and velocity are functions
-    of the moment already. `check` is an index in CHECKS, -1 for none.
+    declining the same payment for a while, and an amount limit holds until its period
+    rolls over (e-folding times PERSIST_S["generic"], PERSIST_S["limit"]). Other causes
+    carry nothing over: an outage, the SCA rule and velocity are functions of the moment
+    already. `check` is an index in CHECKS, -1 for none.
     """
     s = np.zeros(len(t))
     dt = (t - t0).astype(np.float64)
@@ -215,8 +216,9 @@ def persistence(
         _, to_payday = payday_phase(world, cards, card[funds], t0[funds])
         still = dt[funds] < to_payday
         s[funds] = np.where(still, np.exp(-dt[funds] / PERSIST_S["funds"]), 0.0)
-    generic = np.flatnonzero(check == CHECKS.index("generic"))
-    s[generic] = np.exp(-dt[generic] / PERSIST_S["generic"])
+    for cause in ("generic", "limit"):
+        rows = np.flatnonzero(check == CHECKS.index(cause))
+        s[rows] = np.exp(-dt[rows] / PERSIST_S[cause])
     return s
 
 
