@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from issuer_seq.cli import conf_dir
 from issuer_seq.data.batches import DeviceStore, input_names
 from issuer_seq.data.store import StoreConfig, build_store
-from issuer_seq.model.network import HistoryCounts, IssuerSeqNet
+from issuer_seq.model.network import HistoryCounts, HistoryStats, IssuerSeqNet
 from issuer_seq.schema import load_log
 from issuer_seq.train.calibrate import fit_temperature
 from issuer_seq.train.run import train
@@ -129,6 +129,20 @@ def test_history_counts_count_causes_in_each_window() -> None:
     expected[4, 3] = 1  # the cause-4 event, two weeks ago, only in "all"
     expected[5, 2] = expected[5, 3] = 1  # one of each at the same merchant
     assert torch.equal(table, expected)
+
+
+def test_history_stats_take_recency_and_amounts_per_cause() -> None:
+    stats = HistoryStats(n_causes=5, d_model=8)
+    minutes = torch.log1p(torch.tensor([[0.0, 5.0, 100.0, 20_000.0]]))
+    amounts = torch.log1p(torch.tensor([[999.0, 10.0, 30.0, 50.0]]))
+    table = stats.table(torch.tensor([[0, 3, 3, 4]]), minutes, amounts)[0]
+    # rows: recency / NEVER, largest, mean log amount; columns: cause ids 1..4
+    expected = torch.zeros(3, 4)
+    expected[0] = 1.0  # no event of causes 1 and 2: "never" (padding is no event)
+    expected[0, 2], expected[0, 3] = minutes[0, 1] / stats.NEVER, minutes[0, 3] / stats.NEVER
+    expected[1, 2], expected[1, 3] = amounts[0, 2], amounts[0, 3]
+    expected[2, 2], expected[2, 3] = amounts[0, 1:3].mean(), amounts[0, 3]
+    torch.testing.assert_close(table, expected)
 
 
 def test_temperature_recovers_known_scale() -> None:

@@ -118,6 +118,39 @@ class HistoryCounts(nn.Module):
         return torch.einsum("bkw,bkc->bwc", within, onehot)
 
 
+class HistoryStats(nn.Module):
+    """Per cause: how recent a stream's latest event, its largest and its mean amount -> (B, D).
+
+    A minimum and a maximum are what softmax attention approximates worst (the time since the
+    card's last funds decline, the largest amount it had approved), so they are computed
+    exactly, from the inputs the encoder reads. A cause without events reads as recency
+    NEVER and amounts 0 (log amounts are >= 0).
+    """
+
+    NEVER = 16.0  # log1p(minutes) beyond any history (~17 years)
+
+    def __init__(self, n_causes: int, d_model: int) -> None:
+        super().__init__()
+        onehot = torch.eye(n_causes)[:, 1:]  # id 0 (padding) -> all zeros
+        self.register_buffer("onehot", onehot, persistent=False)
+        self.proj = nn.Linear(3 * (n_causes - 1), d_model)
+
+    def forward(self, cause: Tensor, log_minutes: Tensor, log_amount: Tensor) -> Tensor:
+        return self.proj(self.table(cause, log_minutes, log_amount).flatten(1))
+
+    def table(self, cause: Tensor, log_minutes: Tensor, log_amount: Tensor) -> Tensor:
+        """(B, 3, C-1): rows recency / NEVER, largest and mean log amount; columns cause ids."""
+        onehot = nn.functional.embedding(cause, self.onehot)  # (B, K, C-1)
+        # minimum and maximum over K as TopK: ONNX Runtime's shape inference (int8
+        # quantization) does not know ReduceMin / ReduceMax of opset 18
+        minutes = log_minutes[..., None] * onehot + self.NEVER * (1 - onehot)
+        recency = minutes.topk(1, dim=1, largest=False).values[:, 0]
+        amount = log_amount[..., None] * onehot
+        largest = amount.topk(1, dim=1).values[:, 0]
+        mean = amount.sum(dim=1) / onehot.sum(dim=1).clamp(min=1)
+        return torch.stack([recency / self.NEVER, largest, mean], dim=1)
+
+
 class StreamEncoder(nn.Module):
     """[current, history] -> transformer -> the current token's output. (B, D)"""
 
@@ -167,6 +200,9 @@ class IssuerSeqNet(nn.Module):
         self.counts = nn.ModuleDict(
             {s: HistoryCounts(vocab_sizes["cause"], d_model) for s in STREAMS}
         )
+        self.stats = nn.ModuleDict(
+            {s: HistoryStats(vocab_sizes["cause"], d_model) for s in STREAMS}
+        )
         joint = 3 * d_model
         self.approval_head = nn.Sequential(
             nn.Linear(joint, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, 1)
@@ -193,7 +229,10 @@ class IssuerSeqNet(nn.Module):
                 counts = self.counts[s](
                     x[f"{s}_cause"], x[f"{s}_log_minutes_since"], x[f"{s}_same_merchant"]
                 )
-                parts.append(encoded + counts)
+                stats = self.stats[s](
+                    x[f"{s}_cause"], x[f"{s}_log_minutes_since"], x[f"{s}_log_amount"]
+                )
+                parts.append(encoded + counts + stats)
             else:
                 parts.append(torch.zeros_like(current))
         return torch.cat([*parts, current], dim=-1)
