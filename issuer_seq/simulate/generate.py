@@ -227,9 +227,9 @@ def simulate_chunk(
         u_code = rng.random(len(a))
         h, codes, latent = outcomes.hazards(world, cards, a, a.t, velocity, u_code)
         if carried is not None:
-            check, t0 = carried
-            still = outcomes.persistence(world, cards, a.card, check, t0, a.t)
-            h = outcomes.carry_over(h, check, still)
+            prev_check, prev_t = carried
+            still = outcomes.persistence(world, cards, a.card, prev_check, prev_t, a.t)
+            h = outcomes.carry_over(h, prev_check, still)
         response, check = outcomes.draw(h, codes, rng)
         return {
             "response": response,
