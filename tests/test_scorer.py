@@ -74,9 +74,8 @@ def test_replayed_log_scores_like_the_batch_pipeline(bundle: tuple[Path, Path, P
     data, run, out = bundle
     spec = json.loads((run / "model_spec.json").read_text())
     vlog = load_log(data)
-    store = build_store(
-        vlog, StoreConfig(k_card=16, k_issuer=32), vocab=Vocab.from_json(spec["vocab"])
-    )
+    ks = {k: spec["store"][k] for k in ("k_card", "k_issuer")}
+    store = build_store(vlog, StoreConfig(**ks), vocab=Vocab.from_json(spec["vocab"]))
     net = IssuerSeqNet(store.vocab.sizes(), **spec["net"])
     net.load_state_dict(torch.load(run / "model.pt"))
     net.eval()
