@@ -83,6 +83,17 @@ class Block(nn.Module):
         return y + self.drop(self.ff(self.norm2(y)))
 
 
+def cause_table(n_causes: int) -> Tensor:
+    """(C, C-1) one-hot rows of the cause ids; id 0 (padding) -> all zeros."""
+    return torch.eye(n_causes)[:, 1:]
+
+
+def cause_onehot(cause: Tensor, table: Tensor) -> Tensor:
+    """(B, K) cause ids -> (B, K, C-1) one-hot, by lookup in `cause_table` (no Cast in the
+    graph: the fp16 export keeps its types)."""
+    return nn.functional.embedding(cause, table)
+
+
 class HistoryCounts(nn.Module):
     """Counts of a stream's history events by cause in trailing windows -> (B, D).
 
@@ -97,21 +108,18 @@ class HistoryCounts(nn.Module):
         super().__init__()
         bounds = torch.log1p(torch.tensor(self.WINDOW_MINUTES))  # compared in log space
         self.register_buffer("log_bounds", bounds, persistent=False)
-        # one-hot rows by lookup (no Cast in the graph: the fp16 export keeps its types)
-        onehot = torch.eye(n_causes)[:, 1:]  # id 0 (padding) -> all zeros
-        self.register_buffer("onehot", onehot, persistent=False)
         n_cols = (len(self.WINDOW_MINUTES) + 1) * (n_causes - 1)  # windows + same merchant
         self.proj = nn.Linear(n_cols, d_model)
 
-    def forward(self, cause: Tensor, log_minutes: Tensor, same_merchant: Tensor) -> Tensor:
-        return self.proj(torch.log1p(self.table(cause, log_minutes, same_merchant)).flatten(1))
+    def forward(self, onehot: Tensor, log_minutes: Tensor, same_merchant: Tensor) -> Tensor:
+        return self.proj(torch.log1p(self.table(onehot, log_minutes, same_merchant)).flatten(1))
 
-    def table(self, cause: Tensor, log_minutes: Tensor, same_merchant: Tensor) -> Tensor:
+    def table(self, onehot: Tensor, log_minutes: Tensor, same_merchant: Tensor) -> Tensor:
         """(B, W+1, C-1) counts: rows the windows then same-merchant, columns cause ids 1..C-1.
 
-        cause (B, K) int64; log_minutes, same_merchant (B, K) float, as the inputs carry them.
+        onehot (B, K, C-1) from `cause_onehot`; log_minutes, same_merchant (B, K) float, as
+        the inputs carry them.
         """
-        onehot = nn.functional.embedding(cause, self.onehot)  # (B, K, C-1)
         # 1.0 where log_minutes <= bound, else 0.0, in float arithmetic (no casts)
         within = (torch.sign(self.log_bounds - log_minutes[..., None]) + 1).clamp(max=1)
         within = torch.cat([within, same_merchant[..., None]], dim=-1)  # (B, K, W+1)
@@ -131,16 +139,16 @@ class HistoryStats(nn.Module):
 
     def __init__(self, n_causes: int, d_model: int) -> None:
         super().__init__()
-        onehot = torch.eye(n_causes)[:, 1:]  # id 0 (padding) -> all zeros
-        self.register_buffer("onehot", onehot, persistent=False)
         self.proj = nn.Linear(3 * (n_causes - 1), d_model)
 
-    def forward(self, cause: Tensor, log_minutes: Tensor, log_amount: Tensor) -> Tensor:
-        return self.proj(self.table(cause, log_minutes, log_amount).flatten(1))
+    def forward(self, onehot: Tensor, log_minutes: Tensor, log_amount: Tensor) -> Tensor:
+        return self.proj(self.table(onehot, log_minutes, log_amount).flatten(1))
 
-    def table(self, cause: Tensor, log_minutes: Tensor, log_amount: Tensor) -> Tensor:
-        """(B, 3, C-1): rows recency / NEVER, largest and mean log amount; columns cause ids."""
-        onehot = nn.functional.embedding(cause, self.onehot)  # (B, K, C-1)
+    def table(self, onehot: Tensor, log_minutes: Tensor, log_amount: Tensor) -> Tensor:
+        """(B, 3, C-1): rows recency / NEVER, largest and mean log amount; columns cause ids.
+
+        onehot (B, K, C-1) from `cause_onehot`; log_minutes, log_amount (B, K) float.
+        """
         # minimum and maximum over K as TopK: ONNX Runtime's shape inference (int8
         # quantization) does not know ReduceMin / ReduceMax of opset 18
         minutes = log_minutes[..., None] * onehot + self.NEVER * (1 - onehot)
@@ -203,6 +211,7 @@ class IssuerSeqNet(nn.Module):
         self.stats = nn.ModuleDict(
             {s: HistoryStats(vocab_sizes["cause"], d_model) for s in STREAMS}
         )
+        self.register_buffer("causes", cause_table(vocab_sizes["cause"]), persistent=False)
         joint = 3 * d_model
         self.approval_head = nn.Sequential(
             nn.Linear(joint, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, 1)
@@ -226,12 +235,10 @@ class IssuerSeqNet(nn.Module):
             if self.use[s]:
                 history = self.embed(x, s, token)  # (B, K, D)
                 encoded = self.encoders[s](current, history, x[f"{s}_length"])
-                counts = self.counts[s](
-                    x[f"{s}_cause"], x[f"{s}_log_minutes_since"], x[f"{s}_same_merchant"]
-                )
-                stats = self.stats[s](
-                    x[f"{s}_cause"], x[f"{s}_log_minutes_since"], x[f"{s}_log_amount"]
-                )
+                onehot = cause_onehot(x[f"{s}_cause"], self.causes)  # once for both
+                minutes = x[f"{s}_log_minutes_since"]
+                counts = self.counts[s](onehot, minutes, x[f"{s}_same_merchant"])
+                stats = self.stats[s](onehot, minutes, x[f"{s}_log_amount"])
                 parts.append(encoded + counts + stats)
             else:
                 parts.append(torch.zeros_like(current))
