@@ -239,7 +239,7 @@ def simulate_chunk(
             "u_code": u_code,
             "outage": latent.outage,
             "tight": latent.tight,
-            "funds": h[:, outcomes.CHECKS.index("funds")],
+            "funds": h[:, outcomes.CHECKS.index("funds")],  # with a retry's carry-over
         }
 
     n0 = len(first)

@@ -71,7 +71,6 @@ class Latent:
 
     outage: np.ndarray  # P(technical decline) from an ongoing outage, 0 if none
     tight: np.ndarray  # strength of an ongoing risk-rule regime, 0 if none
-    funds_hazard: np.ndarray  # P(insufficient funds)
     to_payday: np.ndarray  # seconds until the next payday
 
 
@@ -171,7 +170,7 @@ def hazards(
     h[:, 7] = _sigmoid(generic_logit)
     codes[:, 7] = np.where(cross_border & (u_code < 0.1), "62", "05")
 
-    latent = Latent(outage=outage, tight=tight, funds_hazard=h[:, 6], to_payday=to_payday)
+    latent = Latent(outage=outage, tight=tight, to_payday=to_payday)
     return h, codes, latent
 
 
