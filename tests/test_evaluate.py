@@ -29,6 +29,7 @@ from issuer_seq.train.module import approval_metrics as torch_metrics
 from issuer_seq.train.run import train
 from tests.conftest import make_sim
 
+ROOT = Path(__file__).resolve().parent.parent
 GRID = ["5m", "30m", "2h", "6h", "1d", "2d", "4d", "7d"]
 
 
@@ -158,3 +159,39 @@ def test_side_runs_of_another_log_are_recognised(tmp_path: Path) -> None:
     (run / "config.yaml").write_text(f"data_dir: {tmp_path / 'data'}\n")
     assert trained_on(run, tmp_path / "data" / ".." / "data")
     assert not trained_on(run, tmp_path / "other")
+
+
+def test_ceiling_script_fits_outcomes_and_truth(sim_dir: Path, tmp_path: Path) -> None:
+    """scripts/ceiling.py: the trees on outcomes and on the truth, and the transformer on
+    the truth, scored on the test outcomes against the base rate and the oracle."""
+    run = tmp_path / "truth_run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "ceiling.py"),
+            str(sim_dir),
+            "--threads=1",
+            f"--transformer={run}",
+            "model=tiny",
+            "trainer.limit_train_batches=5",
+            "trainer.enable_progress_bar=false",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(done.stdout[done.stdout.index("{") :])
+    assert set(result) == {
+        "base_rate",
+        "oracle",
+        "lightgbm_outcomes",
+        "lightgbm_truth",
+        "transformer_truth",
+    }
+    assert result["base_rate"]["oracle_share"] == 0.0
+    assert result["oracle"]["oracle_share"] == 1.0
+    # soft labels carry less noise than outcomes: on a small log the truth fit wins clearly
+    assert result["lightgbm_truth"]["logloss"] < result["lightgbm_outcomes"]["logloss"]
+    assert (run / "metrics.json").exists()
+    trained = json.loads((run / "metrics.json").read_text())["approval"]["test"]["logloss"]
+    assert result["transformer_truth"]["logloss"] == round(trained, 4)

@@ -1,0 +1,119 @@
+"""Estimate how much of the oracle's log-loss improvement the SQL features can reach at all.
+
+python scripts/ceiling.py DATA_DIR [--threads N] [--transformer RUN_DIR [OVERRIDE ...]]
+
+A diagnostic for synthetic data, never a model to ship: it reads the simulator's truth.
+
+The oracle's improvement over the issuer x MCC base rate (DESIGN.md) includes what no model
+can know from the log: per-card parameters (funds tightness, payday, amount limit) that a few
+dozen attempts reveal only weakly, and the onset of outages, risk regimes, lost cards and
+expiries. To size what is attainable, the same LightGBM is fitted twice on the same SQL
+features and rows:
+
+- `outcomes`: on the approved / declined labels, as the baseline is;
+- `truth`: on the truth `p_approve` (cross-entropy with soft labels, early stopping on the
+  validation split's truth). Soft labels carry far less noise than outcomes, so this fit is
+  close to the best function of these features: E[p_approve | features].
+
+Both are scored on the test split's outcomes. The `truth` fit's share of the oracle's
+improvement is an estimate of the ceiling for any model of these features; its gap to the
+oracle is what the features cannot reveal.
+
+`--transformer RUN_DIR` also trains the transformer (`experiment=demo` plus the overrides)
+on the truth of the training split, the same way: an estimate of what its inputs, the
+card's and the issuer's recent histories, can reveal. Validation (early stopping,
+calibration) and test use the outcomes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+
+from issuer_seq.baselines.base_rate import base_rate
+from issuer_seq.baselines.dataset import approval_frame, by_split
+from issuer_seq.baselines.protocol import LABEL
+from issuer_seq.baselines.sql_features import sql_features
+from issuer_seq.baselines.trees import LightGBMModel
+from issuer_seq.cli import conf_dir
+from issuer_seq.data.store import TEST, TRAIN, build_store
+from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
+from issuer_seq.evaluate.run import load_truth
+from issuer_seq.schema import load_log
+from issuer_seq.train.run import store_config, train
+
+
+def ceiling(
+    data_dir: Path,
+    threads: int | None = None,
+    transformer: Path | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, dict[str, float]]:
+    vlog = load_log(data_dir)
+    store = build_store(vlog)
+    truth = load_truth(data_dir, store, [])
+    if truth is None:
+        raise SystemExit(f"{data_dir}: no truth.parquet (the ceiling needs synthetic data)")
+    p_true = truth["p_approve"].to_numpy()
+    test = store.rows(TEST)
+    y = store.approved[test]
+
+    data = approval_frame(vlog.frame, sql_features(vlog.frame, threads=threads))
+    soft = data.assign(**{LABEL: p_true})
+    fits = {
+        "outcomes": (by_split(data, store.split), {}),
+        "truth": (
+            by_split(soft, store.split),
+            {"objective": "cross_entropy", "metric": "cross_entropy"},
+        ),
+    }
+    scores = {
+        "base_rate": approval_metrics(base_rate(store, store.rows(TRAIN))[test], y),
+        "oracle": approval_metrics(p_true[test], y),
+    }
+    for name, (parts, params) in fits.items():
+        model = LightGBMModel(params, n_jobs=threads).fit(parts["train"], parts["val"])
+        scores[f"lightgbm_{name}"] = approval_metrics(model.predict_proba(data)[test], y)
+    if transformer is not None:
+        scores["transformer_truth"] = train_on_truth(data_dir, transformer, overrides)
+    base, oracle = scores["base_rate"]["logloss"], scores["oracle"]["logloss"]
+    return {
+        name: {
+            "auroc": round(m["auroc"], 4),
+            "logloss": round(m["logloss"], 4),
+            "oracle_share": round(oracle_share(m["logloss"], base, oracle), 3),
+        }
+        for name, m in scores.items()
+    }
+
+
+def train_on_truth(data_dir: Path, run_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """Train the transformer on the training split's truth; its test metrics (outcomes)."""
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(
+            "train", [f"data_dir={data_dir}", f"run_dir={run_dir}", "experiment=demo", *overrides]
+        )
+    store = build_store(load_log(data_dir), store_config(cfg.data))
+    truth = load_truth(data_dir, store, [])
+    assert truth is not None
+    soft = truth["p_approve"].to_numpy(dtype=np.float32)
+    store.approved = np.where(store.split == TRAIN, soft, store.approved).astype(np.float32)
+    train(cfg, store)
+    return json.loads((run_dir / "metrics.json").read_text())["approval"]["test"]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--transformer", type=Path, default=None, metavar="RUN_DIR")
+    parser.add_argument("overrides", nargs="*", help="train overrides for --transformer")
+    args = parser.parse_intermixed_args()
+    result = ceiling(args.data_dir, args.threads, args.transformer, args.overrides)
+    print(json.dumps(result, indent=2))
