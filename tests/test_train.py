@@ -30,6 +30,7 @@ from issuer_seq.train.calibrate import fit_temperature
 from issuer_seq.train.run import train
 from tests.conftest import make_sim
 
+EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 FAST = [
     "model=tiny",
     "trainer.max_epochs=1",
@@ -70,7 +71,7 @@ def test_every_config_composes() -> None:
         "model": ["tiny", "small", "base"],
         "trainer": ["cpu", "gpu", "ddp"],
         "logger": ["csv", "mlflow", "tensorboard"],
-        "experiment": ["demo", "gpu", "ablate_no_issuer", "ablate_no_card"],
+        "experiment": EXPERIMENTS,
     }
     for group, options in groups.items():
         for option in options:
@@ -80,6 +81,7 @@ def test_every_config_composes() -> None:
     assert gpu.trainer.precision == "bf16-mixed" and gpu.model.d_model == 128
     assert _compose("train", ["experiment=ablate_no_issuer"]).model.use_issuer is False
     assert _compose("train", ["experiment=ablate_no_card"]).model.use_card is False
+    assert _compose("train", ["experiment=long"]).trainer.max_epochs == 3
 
 
 @pytest.mark.parametrize("fastpath", [True, False])
@@ -178,7 +180,7 @@ def test_train_writes_metrics_checkpoints_and_config(tiny_dir: Path, tmp_path: P
     )
 
 
-@pytest.mark.parametrize("experiment", ["demo", "gpu", "ablate_no_issuer", "ablate_no_card"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_smoke_runs_on_cpu(
     tiny_dir: Path, tmp_path: Path, experiment: str
 ) -> None:
