@@ -37,7 +37,7 @@ SPLIT_NAMES = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class StoreConfig:
-    k_card: int = 16
+    k_card: int = 32  # as conf/data/default.yaml
     k_issuer: int = 32
     lag_s: int = 0
     split: tuple[float, float, float] = (0.70, 0.15, 0.15)
