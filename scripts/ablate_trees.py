@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from issuer_seq.baselines.dataset import approval_frame, by_split
+from issuer_seq.baselines.dataset import approval_frame, by_split, split_of
+from issuer_seq.baselines.protocol import labels
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
-from issuer_seq.data.store import TEST, build_store
+from issuer_seq.data.store import TEST
 from issuer_seq.evaluate.metrics import approval_metrics
 from issuer_seq.schema import load_log
 
@@ -34,16 +35,16 @@ GROUPS: dict[str, str] = {
 
 
 def ablate(data_dir: Path, threads: int | None, k_card: int) -> dict[str, object]:
-    vlog = load_log(data_dir)
-    store = build_store(vlog)
-    features = sql_features(vlog.frame, threads=threads)
-    data = approval_frame(vlog.frame, features)
-    parts = by_split(data, store.split)
-    test = store.rows(TEST)
-    y = store.approved[test]
+    frame = load_log(data_dir).frame.reset_index(drop=True)  # time-sorted
+    features = sql_features(frame, threads=threads)
+    data = approval_frame(frame, features)
+    split = split_of(frame)
+    parts = by_split(data, split)
+    test = np.flatnonzero(split == TEST)
+    y = labels(data)[test]
     fits: dict[str, dict[str, float]] = {}
-    for name, pattern in {"none": r"^$", **GROUPS}.items():
-        dropped = [c for c in features.columns if re.search(pattern, c)]
+    for name, pattern in [("none", None), *GROUPS.items()]:
+        dropped = [c for c in features.columns if pattern and re.search(pattern, c)]
         model = LightGBMModel(exclude=dropped, n_jobs=threads).fit(parts["train"], parts["val"])
         m = approval_metrics(model.predict_proba(data)[test], y)
         fits[name] = {
@@ -52,7 +53,6 @@ def ablate(data_dir: Path, threads: int | None, k_card: int) -> dict[str, object
             "logloss": round(m["logloss"], 4),
         }
 
-    frame = vlog.frame.reset_index(drop=True)  # time-sorted, the store's row order
     position = frame.groupby("card_id").cumcount().to_numpy()
     previous = frame.assign(_pos=position).groupby(["card_id", "merchant_id"])["_pos"].shift()
     gap = position[test] - previous.to_numpy()[test]  # NaN: no earlier attempt there

@@ -45,7 +45,7 @@ from issuer_seq.cli import conf_dir
 from issuer_seq.data.store import TEST, TRAIN, build_store
 from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
 from issuer_seq.evaluate.run import load_truth
-from issuer_seq.schema import load_log
+from issuer_seq.schema import ValidatedLog, load_log
 from issuer_seq.train.run import store_config, train
 
 
@@ -81,7 +81,7 @@ def ceiling(
         model = LightGBMModel(params, n_jobs=threads).fit(parts["train"], parts["val"])
         scores[f"lightgbm_{name}"] = approval_metrics(model.predict_proba(data)[test], y)
     if transformer is not None:
-        scores["transformer_truth"] = train_on_truth(data_dir, transformer, overrides)
+        scores["transformer_truth"] = train_on_truth(vlog, data_dir, transformer, overrides)
     base, oracle = scores["base_rate"]["logloss"], scores["oracle"]["logloss"]
     return {
         name: {
@@ -93,13 +93,15 @@ def ceiling(
     }
 
 
-def train_on_truth(data_dir: Path, run_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
+def train_on_truth(
+    vlog: ValidatedLog, data_dir: Path, run_dir: Path, overrides: Sequence[str]
+) -> dict[str, Any]:
     """Train the transformer on the training split's truth; its test metrics (outcomes)."""
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(
             "train", [f"data_dir={data_dir}", f"run_dir={run_dir}", "experiment=demo", *overrides]
         )
-    store = build_store(load_log(data_dir), store_config(cfg.data))
+    store = build_store(vlog, store_config(cfg.data))
     truth = load_truth(data_dir, store, [])
     assert truth is not None
     soft = truth["p_approve"].to_numpy(dtype=np.float32)

@@ -11,6 +11,8 @@ import pytest
 
 from issuer_seq.simulate import SimConfig, WorldParams, simulate
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+
 
 def make_sim(path: Path, seed: int = 1, n_cards: int = 1500, days: int = 30) -> Path:
     cfg = SimConfig(

@@ -28,9 +28,8 @@ from issuer_seq.data.store import (
 )
 from issuer_seq.delays import DEFAULT_GRID, grid_seconds
 from issuer_seq.schema import load_log, validate
-from tests.conftest import handmade_rows
+from tests.conftest import ROOT, handmade_rows
 
-ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "scripts" / "bench_sequences.py"
 PROPERTY = settings(max_examples=300, deadline=None)
 

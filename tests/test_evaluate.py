@@ -27,9 +27,8 @@ from issuer_seq.evaluate.retry import compare_policies
 from issuer_seq.schema import load_log
 from issuer_seq.train.module import approval_metrics as torch_metrics
 from issuer_seq.train.run import train
-from tests.conftest import make_sim
+from tests.conftest import ROOT, make_sim
 
-ROOT = Path(__file__).resolve().parent.parent
 GRID = ["5m", "30m", "2h", "6h", "1d", "2d", "4d", "7d"]
 
 
