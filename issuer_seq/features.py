@@ -62,6 +62,17 @@ NUMERIC: tuple[str, ...] = (
 )
 RELATIVE: tuple[str, ...] = ("log_minutes_since", "same_merchant")
 
+#: history streams -> the log columns whose values group their events. The card's attempts
+#: at the current merchant are a stream of their own: they reach back further than the
+#: card's last k_card attempts (a card's earlier result at a merchant is the best single
+#: predictor of its next one there).
+STREAM_KEYS: Mapping[str, tuple[str, ...]] = {
+    "card": ("card_id",),
+    "issuer": ("issuer_id",),
+    "card_merchant": ("card_id", "merchant_id"),
+}
+STREAMS: tuple[str, ...] = tuple(STREAM_KEYS)
+
 MAX_ISSUER_VOCAB = 5_000
 
 #: Standard-time UTC offset (hours) of each issuer country's main time zone (the most
@@ -109,6 +120,7 @@ def raw_categorical(frame: pd.DataFrame) -> dict[str, pd.Series]:
     objects to numpy strings is the slowest part of encoding a log.
     """
     import pandas as pd
+
     code = frame["response_code"]
     network = frame["network"]
     uniq = frame[["response_code", "network"]].drop_duplicates()

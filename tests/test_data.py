@@ -138,25 +138,27 @@ def _seconds(frame: pd.DataFrame) -> np.ndarray:
     return frame["ts"].astype("int64").to_numpy() // 1_000_000
 
 
-@pytest.mark.parametrize("stream", ["card", "issuer"])
+@pytest.mark.parametrize("stream", F.STREAMS)
 def test_store_histories_are_point_in_time(
     sim_store: EventStore, sim_frame: pd.DataFrame, stream: str
 ) -> None:
     store = sim_store
-    index = store.card_index if stream == "card" else store.issuer_index
-    entity = store.card if stream == "card" else store.issuer
-    k = store.config.k_card if stream == "card" else store.config.k_issuer
+    index = store.index(stream)
+    k = store.config.k(stream)
     rows = np.arange(len(store))
     events, mask = index.windows(rows)  # (N, K)
     t_hist = np.where(mask, store.t[events], store.t.min() - 1)
     assert (t_hist < store.t[:, None]).all()  # strictly earlier: same second is not history
     assert (np.diff(t_hist, axis=1) >= 0).all()  # oldest first, most recent last
-    assert (entity[events][mask] == np.broadcast_to(entity[:, None], mask.shape)[mask]).all()
+    columns = list(F.STREAM_KEYS[stream])
+    for column in columns:  # the same card / issuer / card and merchant as the row
+        ids = sim_frame[column].to_numpy()
+        assert (ids[events][mask] == np.broadcast_to(ids[:, None], mask.shape)[mask]).all()
     # Each window is as full as it can be: min(K, number of strictly earlier same-entity events),
     # counted independently by pandas' rank (method 'min' = 1 + the count of smaller values).
-    column = "card_id" if stream == "card" else "issuer_id"
-    earlier = sim_frame.assign(t=store.t).groupby(column)["t"].rank(method="min") - 1
+    earlier = sim_frame.assign(t=store.t).groupby(columns)["t"].rank(method="min") - 1
     np.testing.assert_array_equal(mask.sum(axis=1), np.minimum(k, earlier.to_numpy(np.int64)))
+    assert mask.any(axis=1).mean() > 0.2  # every stream has histories on this log
     # The same ids as the log: store.card/issuer are codes of the log's ids.
     assert pd.Series(store.card).groupby(sim_frame["card_id"].to_numpy()).nunique().max() == 1
     assert pd.Series(store.issuer).groupby(sim_frame["issuer_id"].to_numpy()).nunique().max() == 1
@@ -164,8 +166,8 @@ def test_store_histories_are_point_in_time(
 
 def test_store_lag_keeps_histories_before_t_minus_lag(sim_frame: pd.DataFrame) -> None:
     store = build_store(validate(sim_frame), StoreConfig(k_card=8, k_issuer=8, lag_s=600))
-    for index in (store.card_index, store.issuer_index):
-        events, mask = index.windows(np.arange(len(store)))
+    for stream in F.STREAMS:
+        events, mask = store.index(stream).windows(np.arange(len(store)))
         assert (
             store.t[events][mask] < np.broadcast_to(store.t[:, None] - 600, mask.shape)[mask]
         ).all()
@@ -266,15 +268,15 @@ def test_no_label_leaks_into_inputs(sim_frame: pd.DataFrame, where: float) -> No
             np.testing.assert_array_equal(a.cat[name], b.cat[name], err_msg=name)
     for name in F.NUMERIC:
         np.testing.assert_array_equal(a.num[name], b.num[name], err_msg=name)
-    for attr in ("card_index", "issuer_index"):
-        ia, ib = getattr(a, attr), getattr(b, attr)
+    for stream in F.STREAMS:
+        ia, ib = a.index(stream), b.index(stream)
         for field in ("order", "end", "length"):
             np.testing.assert_array_equal(getattr(ia, field), getattr(ib, field))
         # The attempt's history: identical events, all strictly before it, with all features.
         events, mask = ia.windows(np.array([row_at]))
         hist = events[mask]
         assert before[hist].all()
-        assert attr == "card_index" or len(hist) > 0  # an issuer's history is never empty here
+        assert stream != "issuer" or len(hist) > 0  # an issuer's history is never empty here
         for name in F.CATEGORICAL:
             np.testing.assert_array_equal(a.cat[name][hist], b.cat[name][hist])
 
@@ -283,7 +285,7 @@ def test_no_label_leaks_into_inputs(sim_frame: pd.DataFrame, where: float) -> No
 # The hand-made messy log
 
 
-SMALL = StoreConfig(k_card=2, k_issuer=3)
+SMALL = StoreConfig(k_card=2, k_issuer=3, k_card_merchant=2)
 
 
 def _handmade_store(config: StoreConfig = SMALL, **changes: dict[str, object]) -> EventStore:
@@ -313,6 +315,8 @@ def test_handmade_log_builds_a_store() -> None:
     assert _ids(store, store.issuer_index, "t3") == ["t4", "t1", "t2"]
     assert _ids(store, store.issuer_index, "t6") == []
     assert _ids(store, store.issuer_index, "t5") == []
+    # One merchant: the card at the merchant is the card.
+    assert _ids(store, store.card_merchant_index, "t3") == ["t1", "t2"]
     # Labels: p2 declined (51) and retried one day later, approved.
     row = {txn: i for i, txn in enumerate(store.txn_id)}
     assert store.retry_bucket.tolist() == [-1, -1, DEFAULT_GRID.index("1d"), -1, -1, -1]
@@ -321,11 +325,21 @@ def test_handmade_log_builds_a_store() -> None:
     assert (store.cat["advice_code"] == F.NONE).all()  # all null
 
     summary = summarize_store(store)
+    assert summary["k_card_merchant"] == 2
     assert summary["examples"] == 6
     assert sum(summary[name]["examples"] for name in SPLIT_NAMES) == 6
     assert sum(summary[name]["retry_labels"] for name in SPLIT_NAMES) == 1
     assert sum(summary[name]["declines"] for name in SPLIT_NAMES) == 3
     json.dumps(summary)  # plain types, ready to print
+
+
+def test_card_merchant_history_holds_the_cards_attempts_at_that_merchant() -> None:
+    store = _handmade_store(merchant_id={"t1": "m2"})  # c1: t1 at m2, then t2, t3 at m1
+    assert _ids(store, store.card_index, "t3") == ["t1", "t2"]
+    assert _ids(store, store.card_merchant_index, "t3") == ["t2"]
+    assert _ids(store, store.card_merchant_index, "t2") == []
+    # another card at the same merchant is not the card's history: c2's t5 after c2's t4 only
+    assert _ids(store, store.card_merchant_index, "t5") == ["t4"]
 
 
 def test_vocabulary_is_fitted_on_the_training_split_only() -> None:

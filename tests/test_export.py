@@ -147,7 +147,7 @@ def test_cli_writes_the_bundle(exported: Exported) -> None:
 
 def test_manifest_describes_model_schema_and_checks(exported: Exported, run: TrainedRun) -> None:
     m = exported.manifest
-    assert m["format_version"] == 1
+    assert m["format_version"] == 2
     assert m["model"]["name"] == "issuer_seq" and m["model"]["version"] == 1
     assert (
         m["model"]["weights_sha256"]
@@ -167,6 +167,7 @@ def test_manifest_describes_model_schema_and_checks(exported: Exported, run: Tra
     assert m["history"] == {
         "k_card": run.spec["store"]["k_card"],
         "k_issuer": run.spec["store"]["k_issuer"],
+        "k_card_merchant": run.spec["store"]["k_card_merchant"],
         "lag_s": 0,
         "alignment": "right",
     }
@@ -213,12 +214,14 @@ def test_graph_has_named_typed_inputs_with_dynamic_dims(exported: Exported) -> N
         assert value.name == spec["name"]
         assert t.elem_type == (int64 if spec["dtype"] == "int64" else fp32)
         assert [d.dim_param for d in t.shape.dim] == spec["shape"]
-    dims = {
-        tuple(d.dim_param for d in v.type.tensor_type.shape.dim)
-        for v in model.graph.input
-        if v.name.startswith("card_") and not v.name.endswith("_length")
-    }
-    assert dims == {("batch", "k_card")}  # one shared K for the whole card stream
+    specs = {s.name: s for s in input_specs([v.name for v in model.graph.input])}
+    for stream in F.STREAMS:  # one shared K per stream
+        dims = {
+            tuple(d.dim_param for d in v.type.tensor_type.shape.dim)
+            for v in model.graph.input
+            if specs[v.name].stream == stream and specs[v.name].kind != "length"
+        }
+        assert dims == {("batch", f"k_{stream}")}
 
 
 @pytest.mark.parametrize("batch", [1, 7, 64])
@@ -231,23 +234,26 @@ def test_parity_on_empty_and_full_histories(
 ) -> None:
     specs = input_specs(run.spec["inputs"])
     empty = empty_histories(head, specs)
-    assert not empty["card_length"].any() and not empty["issuer_length"].any()
+    assert not any(empty[f"{s}_length"].any() for s in F.STREAMS)
     _assert_parity(run.net, session, empty)
     forced = dict(head)
-    for s, k in (("card", run.history["k_card"]), ("issuer", run.history["k_issuer"])):
+    for s in F.STREAMS:
+        k = run.history[f"k_{s}"]
         forced[f"{s}_length"] = np.full_like(head[f"{s}_length"], k)  # no padding anywhere
     _assert_parity(run.net, session, forced)
-    if len(validation.full_rows):  # real rows with both windows full, where the log has them
+    if len(validation.full_rows):  # real rows with every window full, where the log has them
         _assert_parity(run.net, session, validation.feeds(validation.full_rows[:64])[0])
 
 
-@pytest.mark.parametrize(("k_card", "k_issuer"), [(1, 1), (3, 9), (5, 64), (40, 2)])
+@pytest.mark.parametrize("ks", [(1, 1, 1), (3, 9, 2), (5, 64, 1), (40, 2, 17)])
 def test_graph_runs_at_other_history_lengths(
-    run: TrainedRun, session: Any, head: Feeds, k_card: int, k_issuer: int
+    run: TrainedRun, session: Any, head: Feeds, ks: tuple[int, int, int]
 ) -> None:
     specs = input_specs(run.spec["inputs"])
-    feeds = resize_histories(take(head, slice(0, 7)), specs, {"card": k_card, "issuer": k_issuer})
-    assert feeds["card_mcc"].shape == (7, k_card) and feeds["issuer_mcc"].shape == (7, k_issuer)
+    sizes = dict(zip(F.STREAMS, ks, strict=True))
+    feeds = resize_histories(take(head, slice(0, 7)), specs, sizes)
+    for s, k in sizes.items():
+        assert feeds[f"{s}_mcc"].shape == (7, k)
     _assert_parity(run.net, session, feeds)
 
 
@@ -256,8 +262,9 @@ def test_window_size_does_not_change_the_answer(run: TrainedRun, session: Any, h
     batch's longest history or left-padded beyond the trained K."""
     specs = input_specs(run.spec["inputs"])
     base = onnx_outputs(session, head)
-    longest = {s: max(1, int(head[f"{s}_length"].max())) for s in ("card", "issuer")}
-    for sizes in (longest, {"card": 2 * run.history["k_card"], "issuer": 50}):
+    longest = {s: max(1, int(head[f"{s}_length"].max())) for s in F.STREAMS}
+    beyond = {"card": 2 * run.history["k_card"], "issuer": 50, "card_merchant": 11}
+    for sizes in (longest, beyond):
         got = onnx_outputs(session, resize_histories(head, specs, sizes))
         for name in base:
             np.testing.assert_allclose(got[name], base[name], rtol=RTOL, atol=ATOL)
@@ -349,7 +356,7 @@ def test_triton_config_parses_and_matches_the_manifest(exported: Exported) -> No
     assert config.name == "issuer_seq" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 256
     triton_type = {"int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32}
-    sizes = {"k_card": m["history"]["k_card"], "k_issuer": m["history"]["k_issuer"]}
+    sizes = {f"k_{s}": m["history"][f"k_{s}"] for s in F.STREAMS}
     for tensors, specs in (
         (config.input, m["schema"]["inputs"]),
         (config.output, m["schema"]["outputs"]),
@@ -408,5 +415,13 @@ def test_unfinished_run_and_unknown_inputs_are_errors(tmp_path: Path) -> None:
         load_run(tmp_path)
     with pytest.raises(IssuerSeqError, match="not part of this feature schema"):
         input_spec("card_favourite_colour")
+    with pytest.raises(IssuerSeqError, match="not part of this feature schema"):
+        input_spec("card_merchant_country_code")
     assert input_spec("card_length").dtype == "int64"
     assert input_spec("issuer_log_minutes_since").shape == ("batch", "k_issuer")
+    # names that split two ways: the card's merchant country, the card-at-merchant's mcc
+    assert (
+        input_spec("card_merchant_country").stream,
+        input_spec("card_merchant_country").feature,
+    ) == ("card", "merchant_country")
+    assert input_spec("card_merchant_mcc").shape == ("batch", "k_card_merchant")

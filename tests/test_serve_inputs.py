@@ -13,8 +13,9 @@ import torch
 
 from issuer_seq.data.batches import DeviceStore, input_names
 from issuer_seq.data.store import StoreConfig, build_store
+from issuer_seq.features import STREAMS
 from issuer_seq.schema import load_log
-from issuer_seq.serve.inputs import Event, build_inputs, encode_event
+from issuer_seq.serve.inputs import Event, build_inputs, encode_event, stream_key
 from tests.conftest import make_sim
 
 
@@ -26,26 +27,24 @@ def replay_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("lag_s", [0, 90])
 def test_replayed_log_gives_the_training_inputs(replay_dir: Path, lag_s: int) -> None:
     vlog = load_log(replay_dir)
-    store = build_store(vlog, StoreConfig(k_card=5, k_issuer=7, lag_s=lag_s))
+    config = StoreConfig(k_card=5, k_issuer=7, k_card_merchant=3, lag_s=lag_s)
+    store = build_store(vlog, config)
     expected = DeviceStore(store).gather(torch.arange(len(store)))
     records = vlog.frame.to_dict("records")
-    card_events: dict[object, list[Event]] = defaultdict(list)
-    issuer_events: dict[object, list[Event]] = defaultdict(list)
+    events: dict[tuple[str, str], list[Event]] = defaultdict(list)  # (stream, key) -> events
     got: dict[str, list[np.ndarray]] = defaultdict(list)
     for rec in records:  # time order: score, then observe the outcome
         current = encode_event(store.vocab, {**rec, "response_code": None, "advice_code": None})
-        inputs = build_inputs(
-            [current],
-            {"card": [card_events[rec["card_id"]]], "issuer": [issuer_events[rec["issuer_id"]]]},
-            {"card": 5, "issuer": 7},
-            lag_s=lag_s,
-        )
+        keys = {s: (s, stream_key(s, rec)) for s in STREAMS}
+        histories = {s: [events[key]] for s, key in keys.items()}
+        inputs = build_inputs([current], histories, config.ks, lag_s=lag_s)
         for k, v in inputs.items():
             got[k].append(v[0])
         event = encode_event(store.vocab, rec)
-        card_events[rec["card_id"]].append(event)
-        issuer_events[rec["issuer_id"]].append(event)
+        for key in keys.values():
+            events[key].append(event)
     assert set(got) == set(input_names())
+    assert (expected["card_merchant_length"] > 0).float().mean() > 0.2  # the stream is used
     for name in input_names():
         if name.startswith("decline_"):
             continue  # training feeds the row's own outcome there; scoring feeds NONE

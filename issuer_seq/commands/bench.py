@@ -17,6 +17,7 @@ from issuer_seq.report.lightgbm_model import bench_lightgbm_model
 from issuer_seq.report.pipeline import bench_pipeline
 from issuer_seq.report.sequences import bench_sequences
 from issuer_seq.schema import load_log
+from issuer_seq.serve.inputs import history_lengths
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             bundle,
             records[-n:],
             records[: len(records) - n],
-            {
-                "card": int(manifest["history"]["k_card"]),
-                "issuer": int(manifest["history"]["k_issuer"]),
-            },
+            history_lengths(manifest["history"]),
             out_dir / "bench_serve.log",
             rate_per_s=float(cfg.http.rate_per_s),
             seconds=float(cfg.http.seconds),

@@ -44,7 +44,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if metrics.exists():
         m = json.loads(metrics.read_text())
         context["training"] = m.get("training")
-        context["dataset"] = {k: m["dataset"].get(k) for k in ("examples", "k_card", "k_issuer")}
+        context["dataset"] = {
+            k: m["dataset"].get(k) for k in ("examples", "k_card", "k_issuer", "k_card_merchant")
+        }
     config = run_dir / "config.yaml"
     if config.exists():
         c = OmegaConf.load(config)

@@ -8,9 +8,10 @@ a GPU the whole gather runs there.
 Named inputs (shapes; B = batch, K = the stream's history length):
 - `cur_<f>`: the current attempt, (B,), for every categorical f (int64; outcome features are
   NONE) and numeric f (float32) of features.py;
-- `card_<f>`, `issuer_<f>`: the streams' history events, (B, K), right-aligned (most recent
-  last), padding 0; plus the relative features `<s>_log_minutes_since`, `<s>_same_merchant`
-  (B, K) float32 and `<s>_length` (B,) int64;
+- `<s>_<f>` for each stream s of features.STREAMS (`card`, `issuer`, `card_merchant`): the
+  stream's history events, (B, K), right-aligned (most recent last), padding 0; plus the
+  relative features `<s>_log_minutes_since`, `<s>_same_merchant` (B, K) float32 and
+  `<s>_length` (B,) int64;
 - `decline_response_code`, `decline_advice_code`: (B,) int64, the decline the retry head is
   asked about (for training: the row's own outcome).
 """
@@ -26,8 +27,8 @@ from torch import Tensor
 from issuer_seq import features as F
 from issuer_seq.data.index import HistoryIndex
 from issuer_seq.data.store import EventStore
+from issuer_seq.features import STREAMS
 
-STREAMS = ("card", "issuer")
 LABELS = ("approved", "retry_bucket", "retry_success", "retry_weight")
 
 
@@ -65,10 +66,7 @@ class DeviceStore:
             "retry_success": as_t(store.retry_success),
             "retry_weight": as_t(store.retry_weight),
         }
-        self.streams = {
-            "card": self._stream(store.card_index),
-            "issuer": self._stream(store.issuer_index),
-        }
+        self.streams = {s: self._stream(store.index(s)) for s in STREAMS}
 
     def _tensor(self, a: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)

@@ -1,7 +1,8 @@
 """The columnar event store: a validated log as flat, typed arrays, with labels and splits.
 
 Built once per log: each event's categorical ids and numeric features (features.py), its
-labels, the time split it belongs to, and the card and issuer history indices. Everything
+labels, the time split it belongs to, and a history index per stream (features.STREAMS: the
+card, the issuer, the card at the current merchant). Everything
 is (N,) arrays in time order, so examples are just row numbers and batches gather from the
 arrays (numpy here; torch tensors on any device in batches.py).
 
@@ -17,6 +18,7 @@ Labels (from the future, never inputs):
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,9 +41,42 @@ SPLIT_NAMES = ("train", "val", "test")
 class StoreConfig:
     k_card: int = 32  # as conf/data/default.yaml
     k_issuer: int = 32
+    k_card_merchant: int = 8
     lag_s: int = 0
     split: tuple[float, float, float] = (0.70, 0.15, 0.15)
     delay_grid: tuple[str, ...] = DEFAULT_GRID
+
+    def k(self, stream: str) -> int:
+        """The history length of a stream of features.STREAMS."""
+        return int(getattr(self, f"k_{stream}"))
+
+    @property
+    def ks(self) -> dict[str, int]:
+        return {s: self.k(s) for s in F.STREAMS}
+
+    def to_json(self) -> dict[str, Any]:
+        """As a trained run's model_spec.json keeps it (`store`)."""
+        return {f"k_{s}": k for s, k in self.ks.items()} | {
+            "lag_s": self.lag_s,
+            "split": list(self.split),
+            "delay_grid": list(self.delay_grid),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StoreConfig:
+        """From `to_json`'s mapping or a Hydra `data` config (other keys are ignored)."""
+        missing = [f"k_{s}" for s in F.STREAMS if f"k_{s}" not in data]
+        if missing:
+            raise IssuerSeqError(
+                f"history lengths {', '.join(missing)} missing: this run predates the "
+                f"{', '.join(F.STREAMS)} streams; train it again"
+            )
+        return cls(
+            **{f"k_{s}": int(data[f"k_{s}"]) for s in F.STREAMS},
+            lag_s=int(data["lag_s"]),
+            split=tuple(float(x) for x in data["split"]),  # type: ignore[arg-type]
+            delay_grid=tuple(str(g) for g in data["delay_grid"]),
+        )
 
 
 @dataclass
@@ -60,6 +95,7 @@ class EventStore:
     split_bounds: tuple[str, str]  # ISO timestamps where val and test begin
     card_index: HistoryIndex
     issuer_index: HistoryIndex
+    card_merchant_index: HistoryIndex
     vocab: F.Vocab
     config: StoreConfig
     txn_id: np.ndarray  # (N,) as in the log
@@ -70,6 +106,10 @@ class EventStore:
 
     def rows(self, split: int) -> np.ndarray:
         return np.flatnonzero(self.split == split)
+
+    def index(self, stream: str) -> HistoryIndex:
+        """The history index of a stream of features.STREAMS."""
+        return getattr(self, f"{stream}_index")  # type: ignore[no-any-return]
 
 
 def time_split(t: np.ndarray, fractions: tuple[float, float, float]) -> tuple[np.ndarray, int, int]:
@@ -142,16 +182,15 @@ def build_store(
     cat = {name: F.encode_series(vocab, name, raw[name]) for name in F.CATEGORICAL}
     offset = F.utc_offset_s(frame["issuer_country"].to_numpy())
     num = F.numeric(frame["amount"].to_numpy(), frame["attempt"].to_numpy(), t, offset)
-    card = pd.factorize(frame["card_id"])[0].astype(np.int64)
-    issuer = pd.factorize(frame["issuer_id"])[0].astype(np.int64)
+    groups = {s: _group_codes(frame, columns) for s, columns in F.STREAM_KEYS.items()}
     merchant = pd.factorize(frame["merchant_id"])[0].astype(np.int64)
     grid_s = grid_seconds(config.delay_grid)
     bucket, success, weight = retry_labels(frame, t_us, grid_s)
     extra_cols = [c for c in ("policy_propensity",) if c in frame.columns]
     return EventStore(
         t=t,
-        card=card,
-        issuer=issuer,
+        card=groups["card"],
+        issuer=groups["issuer"],
         merchant=merchant,
         cat=cat,
         num=num,
@@ -163,13 +202,24 @@ def build_store(
         retry_weight=weight,
         split=split,
         split_bounds=(_iso(t_val), _iso(t_test)),
-        card_index=build_history_index(card, t, config.k_card, config.lag_s),
-        issuer_index=build_history_index(issuer, t, config.k_issuer, config.lag_s),
+        **{
+            f"{s}_index": build_history_index(g, t, config.k(s), config.lag_s)
+            for s, g in groups.items()
+        },
         vocab=vocab,
         config=config,
         txn_id=frame["txn_id"].to_numpy(),
         extra={"source": vlog.source, "extra_columns": extra_cols},
     )
+
+
+def _group_codes(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """(N,) int64 codes of the rows' values of `columns` (one code per distinct tuple)."""
+    code = np.zeros(len(frame), dtype=np.int64)
+    for c in columns:
+        values, uniques = pd.factorize(frame[c])
+        code = code * len(uniques) + values
+    return pd.factorize(code)[0].astype(np.int64) if len(columns) > 1 else code
 
 
 def _iso(t: int) -> str:
@@ -181,8 +231,7 @@ def summarize_store(store: EventStore) -> dict[str, Any]:
     out: dict[str, Any] = {
         "examples": int(len(store)),
         "split_starts": {"val": store.split_bounds[0], "test": store.split_bounds[1]},
-        "k_card": store.config.k_card,
-        "k_issuer": store.config.k_issuer,
+        **{f"k_{s}": k for s, k in store.config.ks.items()},
         "lag_s": store.config.lag_s,
     }
     for s, name in enumerate(SPLIT_NAMES):
@@ -195,10 +244,10 @@ def summarize_store(store: EventStore) -> dict[str, Any]:
         out[name] = {
             "examples": int(len(rows)),
             "approval_rate": _r(store.approved[rows].mean()),
-            "card_history_fill": _r((store.card_index.length[rows] / store.config.k_card).mean()),
-            "issuer_history_fill": _r(
-                (store.issuer_index.length[rows] / store.config.k_issuer).mean()
-            ),
+            **{
+                f"{s}_history_fill": _r((store.index(s).length[rows] / k).mean())
+                for s, k in store.config.ks.items()
+            },
             "empty_card_history": _r((store.card_index.length[rows] == 0).mean()),
             "declines": int(declined.sum()),
             "retry_labels": int(labelled.sum()),

@@ -57,14 +57,7 @@ def load_network(run_dir: Path) -> tuple[IssuerSeqNet, dict[str, Any]]:
 
 
 def run_store(vlog: ValidatedLog, spec: Mapping[str, Any]) -> EventStore:
-    s = spec["store"]
-    config = StoreConfig(
-        k_card=int(s["k_card"]),
-        k_issuer=int(s["k_issuer"]),
-        lag_s=int(s["lag_s"]),
-        split=tuple(float(x) for x in s["split"]),  # type: ignore[arg-type]
-        delay_grid=tuple(str(g) for g in s["delay_grid"]),
-    )
+    config = StoreConfig.from_json(spec["store"])
     return build_store(vlog, config, vocab=Vocab.from_json(spec["vocab"]))
 
 

@@ -27,13 +27,7 @@ import onnx
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.export.cases import edge_cases
 from issuer_seq.export.fp16 import FP16_FILE, fp16_variant
-from issuer_seq.export.manifest import (
-    FORMAT_VERSION,
-    MANIFEST,
-    feature_schema,
-    versions,
-    write_manifest,
-)
+from issuer_seq.export.manifest import MANIFEST, feature_schema, versions, write_manifest
 from issuer_seq.export.onnx_export import DEFAULT_OPSET, export_onnx
 from issuer_seq.export.parity import PROVIDER, check_parity, onnx_session, write_sample
 from issuer_seq.export.quantize import INT8_FILE, Int8Criteria, int8_variant
@@ -41,6 +35,7 @@ from issuer_seq.export.signature import input_specs, output_specs
 from issuer_seq.export.trained_run import TrainedRun, load_run
 from issuer_seq.export.triton import MODEL_NAME, TritonSettings, write_repository
 from issuer_seq.export.validation import ValidationData, load_validation
+from issuer_seq.serve.scorer import FORMAT_VERSION
 
 log = logging.getLogger(__name__)
 

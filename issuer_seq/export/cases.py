@@ -3,8 +3,7 @@
 The dynamo exporter keeps batch and history lengths symbolic, but a graph is only trusted at
 shapes it was run at: batch 1, 7 and 64 (the export example has another), histories emptied
 (every length 0: only the current token attends), full (no padding at all), and history
-lengths below and above the trained K, different per stream (the card and issuer streams
-have separate dims).
+lengths below and above the trained K, different per stream (each stream has its own dim).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from issuer_seq.export.signature import TensorSpec
+from issuer_seq.export.signature import HISTORY_DIMS, TensorSpec
 from issuer_seq.export.validation import Feeds, ValidationData
 
 EDGE_ROWS = 64
@@ -34,7 +33,7 @@ def empty_histories(feeds: Feeds, specs: list[TensorSpec]) -> Feeds:
     """Every history slot padding (ids 0, values 0) and every length 0."""
     out = dict(feeds)
     for s in specs:
-        if s.stream in ("card", "issuer"):
+        if s.stream in HISTORY_DIMS:
             out[s.name] = np.zeros_like(feeds[s.name])
     return out
 
@@ -79,25 +78,26 @@ def edge_cases(
     data: ValidationData, specs: list[TensorSpec], history: dict[str, int]
 ) -> list[Case]:
     """The parity check's edge cases (at most EDGE_ROWS rows each)."""
-    k_card, k_issuer = history["k_card"], history["k_issuer"]
+    ks = {s: history[dim] for s, dim in HISTORY_DIMS.items()}
     head, _ = data.feeds(data.rows[:EDGE_ROWS])
     n = len(head["cur_mcc"])
     cases = [Case(f"batch_{b}", take(head, slice(0, b))) for b in (1, 7, 64) if b <= n]
     cases.append(Case("empty_histories", empty_histories(head, specs), "every length 0"))
     if len(data.full_rows):
         full, _ = data.feeds(data.full_rows[:EDGE_ROWS])
-        cases.append(Case("full_histories", full, "validation rows with both windows full"))
+        cases.append(Case("full_histories", full, "validation rows with every window full"))
     else:
-        # A small log may have no row whose windows are both full; the no-padding path
+        # A small log may have no row whose windows are all full; the no-padding path
         # still has to be checked, so every slot is declared an event.
         cases.append(Case("full_histories", fill_histories(head, specs), "lengths forced to K"))
-    short = {"card": max(1, k_card // 4), "issuer": max(1, k_issuer // 2)}
+    # different fractions per stream, so that no two streams share a length by accident
+    short = {s: max(1, k // (2 + i)) for i, (s, k) in enumerate(ks.items())}
     cases += [
         Case("short_histories", resize_histories(head, specs, short), f"K = {short}"),
-        Case("one_slot_histories", resize_histories(head, specs, {"card": 1, "issuer": 1})),
+        Case("one_slot_histories", resize_histories(head, specs, dict.fromkeys(ks, 1))),
         Case(
             "long_histories",
-            resize_histories(head, specs, {"card": 2 * k_card, "issuer": 2 * k_issuer}),
+            resize_histories(head, specs, {s: 2 * k for s, k in ks.items()}),
             "K doubled, left-padded",
         ),
     ]

@@ -6,6 +6,7 @@ Every input name of `data/batches.py` (`<stream>_<feature>`) maps to a dtype and
     cur_<numeric>                           (batch,)             float32
     card_<f>                                (batch, k_card)      history, right-aligned
     issuer_<f>                              (batch, k_issuer)
+    card_merchant_<f>                       (batch, k_card_merchant)
 
 The symbolic dims are what the ONNX graph, the manifest and the Triton config share.
 """
@@ -20,7 +21,7 @@ from issuer_seq.errors import IssuerSeqError
 
 BATCH = "batch"
 #: stream -> the symbolic history-length dim its (B, K) inputs share
-HISTORY_DIMS: dict[str, str] = {"card": "k_card", "issuer": "k_issuer"}
+HISTORY_DIMS: dict[str, str] = {s: f"k_{s}" for s in F.STREAMS}
 OUTPUTS: tuple[str, ...] = ("p_approve", "p_retry")
 
 Kind = Literal["categorical", "numeric", "relative", "length"]
@@ -34,7 +35,7 @@ class TensorSpec:
     name: str
     dtype: Dtype
     shape: tuple[str | int, ...]
-    stream: str = ""  # cur, card, issuer, decline ("" for outputs)
+    stream: str = ""  # cur, decline, or a history stream ("" for outputs)
     feature: str = ""
     kind: Kind | None = None
     vocab: str | None = None  # the vocabulary a categorical id comes from
@@ -48,13 +49,26 @@ class TensorSpec:
 
 
 def input_spec(name: str) -> TensorSpec:
-    """The spec of one input name; an unknown name is an error (a run from another schema)."""
-    stream, _, feature = name.partition("_")
-    if stream == "decline" and feature in ("response_code", "advice_code"):
+    """The spec of one input name; an unknown name is an error (a run from another schema).
+
+    A name may split more than one way (`card_merchant_country` is the card stream's
+    `merchant_country`; `card_merchant_mcc` the card_merchant stream's `mcc`): the split
+    whose feature exists is the one.
+    """
+    for stream in ("cur", "decline", *HISTORY_DIMS):
+        if name.startswith(f"{stream}_"):
+            spec = _spec(name, stream, name[len(stream) + 1 :])
+            if spec is not None:
+                return spec
+    raise IssuerSeqError(f"model input {name!r} is not part of this feature schema")
+
+
+def _spec(name: str, stream: str, feature: str) -> TensorSpec | None:
+    if stream == "decline":
         # The decline the retry head is asked about: ids of the same vocabularies.
-        return TensorSpec(name, "int64", (BATCH,), stream, feature, "categorical", feature)
-    if stream not in ("cur", *HISTORY_DIMS):
-        raise IssuerSeqError(f"model input {name!r} is not part of this feature schema")
+        if feature in ("response_code", "advice_code"):
+            return TensorSpec(name, "int64", (BATCH,), stream, feature, "categorical", feature)
+        return None
     if feature == "length" and stream in HISTORY_DIMS:
         return TensorSpec(name, "int64", (BATCH,), stream, feature, "length")
     shape: tuple[str, ...] = (BATCH,) if stream == "cur" else (BATCH, HISTORY_DIMS[stream])
@@ -64,7 +78,7 @@ def input_spec(name: str) -> TensorSpec:
         return TensorSpec(name, "float32", shape, stream, feature, "numeric")
     if feature in F.RELATIVE and stream != "cur":
         return TensorSpec(name, "float32", shape, stream, feature, "relative")
-    raise IssuerSeqError(f"model input {name!r} is not part of this feature schema")
+    return None
 
 
 def input_specs(names: list[str]) -> list[TensorSpec]:

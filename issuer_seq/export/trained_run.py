@@ -18,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from issuer_seq.data.batches import input_names
+from issuer_seq.data.store import StoreConfig
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.features import Vocab
 from issuer_seq.model.network import IssuerSeqNet
@@ -40,10 +41,8 @@ class TrainedRun:
 
     @property
     def history(self) -> dict[str, int]:
-        return {
-            "k_card": int(self.spec["store"]["k_card"]),
-            "k_issuer": int(self.spec["store"]["k_issuer"]),
-        }
+        ks = StoreConfig.from_json(self.spec["store"]).ks
+        return {f"k_{s}": k for s, k in ks.items()}
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:

@@ -27,7 +27,7 @@ class ValidationData:
     store: DeviceStore
     names: list[str]  # the graph's inputs, in order
     rows: np.ndarray  # (N,) validation rows used, in time order
-    full_rows: np.ndarray  # rows of `rows` whose card and issuer windows are both full
+    full_rows: np.ndarray  # rows of `rows` whose windows (every stream) are all full
 
     def feeds(self, rows: np.ndarray) -> tuple[Feeds, np.ndarray]:
         """The inputs of `rows` and their `approved` labels (B,)."""
@@ -51,14 +51,7 @@ def load_validation(
             f"export checks the model on its validation data, but {source} (the training "
             "log) does not exist; pass data_dir=... pointing at that log"
         )
-    s = run.spec["store"]
-    config = StoreConfig(
-        k_card=int(s["k_card"]),
-        k_issuer=int(s["k_issuer"]),
-        lag_s=int(s["lag_s"]),
-        split=tuple(float(x) for x in s["split"]),  # type: ignore[arg-type]
-        delay_grid=tuple(str(g) for g in s["delay_grid"]),
-    )
+    config = StoreConfig.from_json(run.spec["store"])
     store = build_store(load_log(source), config, vocab=run.vocab)
     rows = store.rows(VAL)
     if len(rows) < 2:
@@ -66,7 +59,5 @@ def load_validation(
     if len(rows) > max_rows:
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(rows, size=max_rows, replace=False))
-    full = (store.card_index.length[rows] >= config.k_card) & (
-        store.issuer_index.length[rows] >= config.k_issuer
-    )
+    full = np.logical_and.reduce([store.index(s).length[rows] >= k for s, k in config.ks.items()])
     return ValidationData(DeviceStore(store), list(run.spec["inputs"]), rows, rows[full])

@@ -4,15 +4,16 @@ A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
 
     event embedding   sum of per-feature categorical embeddings + linear(numeric)
                       (+ linear(relative) for history events) + a token-type embedding
-    stream encoders   card and issuer: [current attempt, history_1..K] -> transformer with a
+    stream encoders   per stream of features.STREAMS (the card, the issuer, the card at the
+                      current merchant): [current attempt, history_1..K] -> transformer with a
                       padding mask -> the current attempt's output vector (B, D). The current
                       attempt is always a token, so an empty history never yields NaN.
     history counts    per stream, how many history events of each cause fall in trailing
                       windows (10 min ... all K), overall and at the same merchant, log1p ->
                       linear (B, D), added to the stream's vector. Softmax attention averages
                       and cannot count; velocity, bursts of declines and outages are counts.
-    approval head     MLP([card, issuer, current]) -> logit / temperature         (B,)
-    retry head        MLP([card, issuer, current, decline code, advice code])
+    approval head     MLP([card, issuer, card_merchant, current]) -> logit / temperature (B,)
+    retry head        MLP([streams..., current, decline code, advice code])
                       -> one logit per delay of the grid / retry temperature       (B, G)
 
 Temperatures are buffers fitted after training (train/calibrate.py), so export carries
@@ -27,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from issuer_seq import features as F
+from issuer_seq.features import STREAMS
 
-STREAMS = ("card", "issuer")
-_TOKEN_CURRENT, _TOKEN_CARD, _TOKEN_ISSUER = 0, 1, 2
+_TOKEN_CURRENT = 0  # history events of stream i have token type i + 1
 
 
 class EventEmbedding(nn.Module):
@@ -42,7 +43,7 @@ class EventEmbedding(nn.Module):
         )
         self.num = nn.Linear(len(F.NUMERIC), d_model)
         self.rel = nn.Linear(len(F.RELATIVE), d_model)
-        self.token_type = nn.Embedding(3, d_model)
+        self.token_type = nn.Embedding(1 + len(STREAMS), d_model)
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, x: Mapping[str, Tensor], prefix: str, token_type: int) -> Tensor:
@@ -185,7 +186,11 @@ class StreamEncoder(nn.Module):
 
 
 class IssuerSeqNet(nn.Module):
-    """Approval logit and retry-curve logits from a card's and an issuer's histories."""
+    """Approval logit and retry-curve logits from a card's and an issuer's histories.
+
+    `use_card` False drops both card streams (the card's and the card-at-merchant's);
+    `use_issuer` False the issuer's: the stream's vector is then zeros (ablations).
+    """
 
     def __init__(
         self,
@@ -200,7 +205,7 @@ class IssuerSeqNet(nn.Module):
         use_issuer: bool = True,
     ) -> None:
         super().__init__()
-        self.use = {"card": use_card, "issuer": use_issuer}
+        self.use = {"card": use_card, "issuer": use_issuer, "card_merchant": use_card}
         self.embed = EventEmbedding(vocab_sizes, d_model)
         self.encoders = nn.ModuleDict(
             {s: StreamEncoder(d_model, n_heads, n_layers, d_ff, dropout) for s in STREAMS}
@@ -212,7 +217,7 @@ class IssuerSeqNet(nn.Module):
             {s: HistoryStats(vocab_sizes["cause"], d_model) for s in STREAMS}
         )
         self.register_buffer("causes", cause_table(vocab_sizes["cause"]), persistent=False)
-        joint = 3 * d_model
+        joint = (len(STREAMS) + 1) * d_model
         self.approval_head = nn.Sequential(
             nn.Linear(joint, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, 1)
         )
@@ -228,12 +233,12 @@ class IssuerSeqNet(nn.Module):
         self.register_buffer("retry_temperature", torch.ones(()))
 
     def encode(self, x: Mapping[str, Tensor]) -> Tensor:
-        """The joint representation [card, issuer, current]. (B, 3D)"""
+        """The joint representation [streams..., current]. (B, (S+1) D)"""
         current = self.embed(x, "cur", _TOKEN_CURRENT)  # (B, D)
         parts = []
-        for s, token in (("card", _TOKEN_CARD), ("issuer", _TOKEN_ISSUER)):
+        for i, s in enumerate(STREAMS):
             if self.use[s]:
-                history = self.embed(x, s, token)  # (B, K, D)
+                history = self.embed(x, s, 1 + i)  # (B, K, D)
                 encoded = self.encoders[s](current, history, x[f"{s}_length"])
                 onehot = cause_onehot(x[f"{s}_cause"], self.causes)  # once for both
                 minutes = x[f"{s}_log_minutes_since"]

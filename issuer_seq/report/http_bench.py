@@ -30,6 +30,7 @@ import httpx
 import numpy as np
 
 from issuer_seq.errors import IssuerSeqError
+from issuer_seq.serve.inputs import stream_key
 
 #: the fields of the service's `Attempt` / `Outcome` (serve/schemas.py)
 ATTEMPT_FIELDS = (
@@ -131,21 +132,18 @@ def warm_histories(
     queries: Sequence[Mapping[str, Any]],
     ks: Mapping[str, int],
 ) -> list[Mapping[str, Any]]:
-    """The last k_card events of each query's card and k_issuer of its issuer, in time order:
-    all of history that a score reads."""
-    cards = {q["card_id"] for q in queries}
-    issuers = {q["issuer_id"] for q in queries}
-    seen: dict[tuple[str, Any], int] = {}
+    """The last K events of each query's history in every stream (its card, its issuer, its
+    card at its merchant), in time order: all of history that a score reads."""
+    wanted_keys = {(s, stream_key(s, q)) for q in queries for s in ks}
+    seen: dict[tuple[str, str], int] = {}
     keep: list[Mapping[str, Any]] = []
     for rec in reversed(earlier):
-        card, issuer = ("card", rec["card_id"]), ("issuer", rec["issuer_id"])
         wanted = False
-        if rec["card_id"] in cards and seen.get(card, 0) < ks["card"]:
-            seen[card] = seen.get(card, 0) + 1
-            wanted = True
-        if rec["issuer_id"] in issuers and seen.get(issuer, 0) < ks["issuer"]:
-            seen[issuer] = seen.get(issuer, 0) + 1
-            wanted = True
+        for s, k in ks.items():
+            key = (s, stream_key(s, rec))
+            if key in wanted_keys and seen.get(key, 0) < k:
+                seen[key] = seen.get(key, 0) + 1
+                wanted = True
         if wanted:
             keep.append(rec)
     return keep[::-1]

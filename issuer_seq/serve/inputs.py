@@ -17,6 +17,7 @@ string, epoch seconds, or datetime), `card_id`, `issuer_id`, `merchant_id`, `net
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from issuer_seq import features as F
-from issuer_seq.features import _lookup, _text
+from issuer_seq.errors import IssuerSeqError
+from issuer_seq.features import STREAMS, _lookup, _text
 from issuer_seq.rules import cause_of
 
-STREAMS = ("card", "issuer")
 _CAT_INDEX = {f: i for i, f in enumerate(F.CATEGORICAL)}
 # Input names, made once: (categorical, numeric, relative, length) per stream.
 _NAMES = {
@@ -78,6 +79,26 @@ class Window:
 
     def __len__(self) -> int:
         return len(self.t)
+
+
+def stream_key(stream: str, attempt: Mapping[str, Any]) -> str:
+    """The state-store key of the attempt's history in `stream` (features.STREAM_KEYS): the
+    card or issuer id as text; for the card at a merchant, both, as a JSON list."""
+    columns = F.STREAM_KEYS[stream]
+    if len(columns) == 1:
+        return str(attempt[columns[0]])
+    return json.dumps([str(attempt[c]) for c in columns])
+
+
+def history_lengths(history: Mapping[str, Any]) -> dict[str, int]:
+    """stream -> K, from a bundle manifest's `history` (`k_card`, `k_issuer`, ...)."""
+    missing = [f"k_{s}" for s in STREAMS if f"k_{s}" not in history]
+    if missing:
+        raise IssuerSeqError(
+            f"the bundle's history lacks {', '.join(missing)}: it was exported for other "
+            "streams than this scorer's; export the run again"
+        )
+    return {s: int(history[f"k_{s}"]) for s in STREAMS}
 
 
 def window_of(events: Sequence[Event], cutoff: int, k: int) -> Window:

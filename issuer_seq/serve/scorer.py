@@ -41,13 +41,20 @@ from issuer_seq.rules import (
     cause_of,
     check_retries,
 )
-from issuer_seq.serve.inputs import Event, Window, build_inputs, encode_event
+from issuer_seq.serve.inputs import (
+    Event,
+    Window,
+    build_inputs,
+    encode_event,
+    history_lengths,
+    stream_key,
+)
 from issuer_seq.serve.inputs import epoch_seconds as to_epoch
 from issuer_seq.serve.state import MemoryStore, StateStore
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the card_merchant stream
 MANIFEST = "manifest.json"
 OUTPUTS = ["p_approve", "p_retry"]
 
@@ -136,7 +143,7 @@ class Scorer:
         self.vocab = F.Vocab.from_json(
             {name: spec["vocab"] for name, spec in m["schema"]["categorical"].items()}
         )
-        self.ks = {"card": int(m["history"]["k_card"]), "issuer": int(m["history"]["k_issuer"])}
+        self.ks = history_lengths(m["history"])
         self.lag_s = int(m["history"].get("lag_s", 0))
         self.grid = [str(g) for g in m["delay_grid"]]
         self.grid_s = grid_seconds(self.grid)
@@ -160,10 +167,10 @@ class Scorer:
         store, lag = self.store, self.lag_s
         return {
             stream: [
-                store.window(stream, str(a[key]), e.t - lag, self.ks[stream])
+                store.window(stream, stream_key(stream, a), e.t - lag, k)
                 for a, e in zip(attempts, current, strict=True)
             ]
-            for stream, key in (("card", "card_id"), ("issuer", "issuer_id"))
+            for stream, k in self.ks.items()
         }
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -243,12 +250,13 @@ class Scorer:
 
     # -- outcomes -------------------------------------------------------------------------
     def observe(self, outcome: Mapping[str, Any]) -> None:
-        """Append an attempt with its outcome to its card's and issuer's histories."""
+        """Append an attempt with its outcome to its histories (card, issuer, card at the
+        merchant)."""
         if outcome.get("response_code") is None:
             raise IssuerSeqError("an outcome needs its response_code")
         event = encode_event(self.vocab, outcome)
-        self.store.append("card", str(outcome["card_id"]), event)
-        self.store.append("issuer", str(outcome["issuer_id"]), event)
+        for stream in self.ks:
+            self.store.append(stream, stream_key(stream, outcome), event)
 
 
 def _columns(events: Sequence[Event]) -> AttemptColumns:

@@ -29,7 +29,7 @@ import numpy as np
 
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.serve.fallback import FallbackPolicy, raw_of
-from issuer_seq.serve.inputs import Event, build_inputs, encode_event
+from issuer_seq.serve.inputs import Event, build_inputs, encode_event, history_lengths
 from issuer_seq.serve.inputs import epoch_seconds as to_epoch
 from issuer_seq.serve.metrics import Metrics
 from issuer_seq.serve.scorer import MANIFEST, BundleError, RetryAdvice, Scorer
@@ -144,7 +144,7 @@ class Service:
         m = self.manifest
         self.model_name = str(m["model"]["name"])
         self.model_version = str(m["model"]["version"])
-        ks = {"card": int(m["history"]["k_card"]), "issuer": int(m["history"]["k_issuer"])}
+        ks = history_lengths(m["history"])
         self.store: StateStore = scorer.store if scorer is not None else make_store(settings, ks)
         self.fallback = FallbackPolicy.from_manifest(m, settings.fallback_prior_weight)
         self.v2 = V2Model(m, settings.max_batch)
@@ -213,7 +213,7 @@ class Service:
         """A few dummy inferences: the first runs of a session allocate and are slow."""
         event = encode_event(scorer.vocab, {**warmup_attempt(), "response_code": None})
         for b in (1, min(8, self.settings.max_batch)):
-            inputs = build_inputs([event] * b, {"card": [[]] * b, "issuer": [[]] * b}, scorer.ks)
+            inputs = build_inputs([event] * b, {s: [[]] * b for s in scorer.ks}, scorer.ks)
             for _ in range(max(1, self.settings.warmup_runs)):
                 probabilities(scorer.run(inputs)[0])
         try:

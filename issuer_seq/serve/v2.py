@@ -18,6 +18,7 @@ import numpy as np
 
 from issuer_seq import features as F
 from issuer_seq.errors import IssuerSeqError
+from issuer_seq.serve.inputs import history_lengths
 
 OUTPUTS = ("p_approve", "p_retry")
 _V2_DTYPE = {"int64": "INT64", "float32": "FP32"}
@@ -76,9 +77,7 @@ class V2Model:
         # The graph takes any window length (padding is masked); bound it to keep requests small.
         self.max_dim = {
             "batch": max_batch,
-            "k_card": history_factor * int(history["k_card"]),
-            "k_issuer": history_factor * int(history["k_issuer"]),
-        }
+        } | {f"k_{s}": history_factor * k for s, k in history_lengths(history).items()}
         self.reverse = {
             name: {int(i): text for text, i in spec["vocab"].items()} for name, spec in cats.items()
         }

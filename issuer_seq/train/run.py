@@ -67,13 +67,7 @@ class Throughput(pl.Callback):
 
 
 def store_config(data: DictConfig) -> StoreConfig:
-    return StoreConfig(
-        k_card=int(data.k_card),
-        k_issuer=int(data.k_issuer),
-        lag_s=int(data.lag_s),
-        split=tuple(float(x) for x in data.split),  # type: ignore[arg-type]
-        delay_grid=tuple(str(g) for g in data.delay_grid),
-    )
+    return StoreConfig.from_json(data)
 
 
 def split_metrics(net: IssuerSeqNet, store: DeviceStore, rows: torch.Tensor) -> dict[str, Any]:
@@ -221,13 +215,7 @@ def train(cfg: DictConfig, store: EventStore | None = None) -> float:
     spec = {
         "net": net_kwargs(cfg) | {"n_delays": n_delays},
         "vocab": store.vocab.to_json(),
-        "store": {
-            "k_card": store.config.k_card,
-            "k_issuer": store.config.k_issuer,
-            "lag_s": store.config.lag_s,
-            "split": list(store.config.split),
-            "delay_grid": list(store.config.delay_grid),
-        },
+        "store": store.config.to_json(),
         "inputs": input_names(),
         "calibration": temperatures,
     }
