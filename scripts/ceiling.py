@@ -42,11 +42,11 @@ from issuer_seq.baselines.protocol import LABEL
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.cli import conf_dir
-from issuer_seq.data.store import TEST, TRAIN, build_store
+from issuer_seq.data.store import TEST, TRAIN, StoreConfig, build_store
 from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
 from issuer_seq.evaluate.run import load_truth
 from issuer_seq.schema import ValidatedLog, load_log
-from issuer_seq.train.run import store_config, train
+from issuer_seq.train.run import train
 
 
 def ceiling(
@@ -101,7 +101,7 @@ def train_on_truth(
         cfg = compose(
             "train", [f"data_dir={data_dir}", f"run_dir={run_dir}", "experiment=demo", *overrides]
         )
-    store = build_store(vlog, store_config(cfg.data))
+    store = build_store(vlog, StoreConfig.from_json(cfg.data))
     truth = load_truth(data_dir, store, [])
     assert truth is not None
     soft = truth["p_approve"].to_numpy(dtype=np.float32)

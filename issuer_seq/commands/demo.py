@@ -23,10 +23,10 @@ from issuer_seq.commands import evaluate as evaluate_command
 from issuer_seq.commands import export as export_command
 from issuer_seq.commands import report as report_command
 from issuer_seq.commands.simulate import sim_config
-from issuer_seq.data.store import build_store, summarize_store
+from issuer_seq.data.store import StoreConfig, build_store, summarize_store
 from issuer_seq.schema import load_log, summarize
 from issuer_seq.simulate import simulate
-from issuer_seq.train.run import store_config, train
+from issuer_seq.train.run import train
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     train_cfg = _stage("train", cfg, list(cfg.train_overrides))
     log.info("[3/%d] dataset: point-in-time examples", steps)
-    store = build_store(vlog, store_config(train_cfg.data))
+    store = build_store(vlog, StoreConfig.from_json(train_cfg.data))
     dataset = summarize_store(store)
     log.info(json.dumps(dataset, indent=2))
 
@@ -80,7 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         variant_cfg = _stage("train", cfg, overrides, run_dir=paths["run_dir"])
         log.info("[4/%d] train: size variant %s -> %s", steps, name, paths["run_dir"])
         t0 = time.perf_counter()
-        same_store = store_config(variant_cfg.data) == store.config
+        same_store = StoreConfig.from_json(variant_cfg.data) == store.config
         train(variant_cfg, store if same_store else None)
         variant_seconds[name] = round(time.perf_counter() - t0, 1)
         log.info("size variant %s trained in %.0f s", name, variant_seconds[name])

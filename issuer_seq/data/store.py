@@ -2,9 +2,9 @@
 
 Built once per log: each event's categorical ids and numeric features (features.py), its
 labels, the time split it belongs to, and a history index per stream (features.STREAMS: the
-card, the issuer, the card at the current merchant). Everything
-is (N,) arrays in time order, so examples are just row numbers and batches gather from the
-arrays (numpy here; torch tensors on any device in batches.py).
+card, the issuer, the card at the current merchant). Everything is (N,) arrays in time
+order, so examples are just row numbers and batches gather from the arrays (numpy here;
+torch tensors on any device in batches.py).
 
 Labels (from the future, never inputs):
 - `approved`: the attempt's response code is "00".

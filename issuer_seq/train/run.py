@@ -66,10 +66,6 @@ class Throughput(pl.Callback):
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
 
-def store_config(data: DictConfig) -> StoreConfig:
-    return StoreConfig.from_json(data)
-
-
 def split_metrics(net: IssuerSeqNet, store: DeviceStore, rows: torch.Tensor) -> dict[str, Any]:
     """Calibrated approval metrics and retry-head metrics of one split."""
     out = collect_logits(net, store, rows)
@@ -116,7 +112,7 @@ def train(cfg: DictConfig, store: EventStore | None = None) -> float:
     pl.seed_everything(int(cfg.seed), workers=True)
 
     if store is None:
-        store = build_store(load_log(cfg.data_dir), store_config(cfg.data))
+        store = build_store(load_log(cfg.data_dir), StoreConfig.from_json(cfg.data))
     summary = summarize_store(store)
     log.info("dataset: %s", json.dumps({k: summary[k] for k in ("train", "val", "test")}))
     if len(store.rows(VAL)) == 0 or len(store.rows(TEST)) == 0:
