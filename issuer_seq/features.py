@@ -72,6 +72,9 @@ STREAM_KEYS: Mapping[str, tuple[str, ...]] = {
     "card_merchant": ("card_id", "merchant_id"),
 }
 STREAMS: tuple[str, ...] = tuple(STREAM_KEYS)
+#: stream -> the name of its history length: the config key, the manifest's `history` key
+#: and the ONNX graph's symbolic dim
+HISTORY_DIMS: Mapping[str, str] = {s: f"k_{s}" for s in STREAMS}
 
 MAX_ISSUER_VOCAB = 5_000
 

@@ -48,7 +48,7 @@ class StoreConfig:
 
     def k(self, stream: str) -> int:
         """The history length of a stream of features.STREAMS."""
-        return int(getattr(self, f"k_{stream}"))
+        return int(getattr(self, F.HISTORY_DIMS[stream]))
 
     @property
     def ks(self) -> dict[str, int]:
@@ -56,7 +56,7 @@ class StoreConfig:
 
     def to_json(self) -> dict[str, Any]:
         """As a trained run's model_spec.json keeps it (`store`)."""
-        return {f"k_{s}": k for s, k in self.ks.items()} | {
+        return {F.HISTORY_DIMS[s]: k for s, k in self.ks.items()} | {
             "lag_s": self.lag_s,
             "split": list(self.split),
             "delay_grid": list(self.delay_grid),
@@ -65,14 +65,14 @@ class StoreConfig:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StoreConfig:
         """From `to_json`'s mapping or a Hydra `data` config (other keys are ignored)."""
-        missing = [f"k_{s}" for s in F.STREAMS if f"k_{s}" not in data]
+        missing = [dim for dim in F.HISTORY_DIMS.values() if dim not in data]
         if missing:
             raise IssuerSeqError(
                 f"history lengths {', '.join(missing)} missing: this run predates the "
                 f"{', '.join(F.STREAMS)} streams; train it again"
             )
         return cls(
-            **{f"k_{s}": int(data[f"k_{s}"]) for s in F.STREAMS},
+            **{dim: int(data[dim]) for dim in F.HISTORY_DIMS.values()},
             lag_s=int(data["lag_s"]),
             split=tuple(float(x) for x in data["split"]),  # type: ignore[arg-type]
             delay_grid=tuple(str(g) for g in data["delay_grid"]),
@@ -231,7 +231,7 @@ def summarize_store(store: EventStore) -> dict[str, Any]:
     out: dict[str, Any] = {
         "examples": int(len(store)),
         "split_starts": {"val": store.split_bounds[0], "test": store.split_bounds[1]},
-        **{f"k_{s}": k for s, k in store.config.ks.items()},
+        **{F.HISTORY_DIMS[s]: k for s, k in store.config.ks.items()},
         "lag_s": store.config.lag_s,
     }
     for s, name in enumerate(SPLIT_NAMES):

@@ -17,7 +17,7 @@ import torch
 
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.export.cases import Case, window_sizes
-from issuer_seq.export.signature import OUTPUTS, TensorSpec
+from issuer_seq.export.signature import HISTORY_DIMS, OUTPUTS, TensorSpec
 from issuer_seq.export.validation import Feeds, ValidationData
 from issuer_seq.model.network import IssuerSeqNet
 
@@ -129,7 +129,7 @@ def check_parity(
         dev = worst_deviation(name, ref, got, rtol, atol)
         report["cases"][name] = {
             "rows": n,
-            "history": {f"k_{stream}": size for stream, size in k.items()},
+            "history": {HISTORY_DIMS[stream]: size for stream, size in k.items()},
             "max_abs_diff": {o: float(np.max(np.abs(got[o] - ref[o]))) for o in OUTPUTS},
             "max_ratio": dev.ratio,
         } | ({"note": note} if note else {})

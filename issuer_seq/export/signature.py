@@ -20,8 +20,7 @@ from issuer_seq import features as F
 from issuer_seq.errors import IssuerSeqError
 
 BATCH = "batch"
-#: stream -> the symbolic history-length dim its (B, K) inputs share
-HISTORY_DIMS: dict[str, str] = {s: f"k_{s}" for s in F.STREAMS}
+HISTORY_DIMS = F.HISTORY_DIMS  # stream -> the symbolic dim its (B, K) inputs share
 OUTPUTS: tuple[str, ...] = ("p_approve", "p_retry")
 
 Kind = Literal["categorical", "numeric", "relative", "length"]

@@ -92,13 +92,13 @@ def stream_key(stream: str, attempt: Mapping[str, Any]) -> str:
 
 def history_lengths(history: Mapping[str, Any]) -> dict[str, int]:
     """stream -> K, from a bundle manifest's `history` (`k_card`, `k_issuer`, ...)."""
-    missing = [f"k_{s}" for s in STREAMS if f"k_{s}" not in history]
+    missing = [dim for dim in F.HISTORY_DIMS.values() if dim not in history]
     if missing:
         raise IssuerSeqError(
             f"the bundle's history lacks {', '.join(missing)}: it was exported for other "
             "streams than this scorer's; export the run again"
         )
-    return {s: int(history[f"k_{s}"]) for s in STREAMS}
+    return {s: int(history[dim]) for s, dim in F.HISTORY_DIMS.items()}
 
 
 def window_of(events: Sequence[Event], cutoff: int, k: int) -> Window:

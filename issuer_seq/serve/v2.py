@@ -77,7 +77,7 @@ class V2Model:
         # The graph takes any window length (padding is masked); bound it to keep requests small.
         self.max_dim = {
             "batch": max_batch,
-        } | {f"k_{s}": history_factor * k for s, k in history_lengths(history).items()}
+        } | {F.HISTORY_DIMS[s]: history_factor * k for s, k in history_lengths(history).items()}
         self.reverse = {
             name: {int(i): text for text, i in spec["vocab"].items()} for name, spec in cats.items()
         }
@@ -175,7 +175,7 @@ class V2Model:
                     "(manifest.schema.categorical)"
                 )
             if spec.kind == "length":
-                k = sizes.get(f"k_{spec.stream}", 0)
+                k = sizes.get(F.HISTORY_DIMS.get(spec.stream, ""), 0)
                 if ((x < 0) | (x > k)).any():
                     raise V2InputError(f"input {spec.name!r}: lengths must lie in 0..{k}")
 
