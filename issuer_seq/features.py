@@ -60,7 +60,7 @@ NUMERIC: tuple[str, ...] = (
     "dow_cos",
     "day_of_month",
 )
-RELATIVE: tuple[str, ...] = ("log_minutes_since", "same_merchant")
+RELATIVE: tuple[str, ...] = ("log_minutes_since", "same_merchant", "same_payment")
 
 #: history streams -> the log columns whose values group their events. The card's attempts
 #: at the current merchant are a stream of their own: they reach back further than the
@@ -237,16 +237,26 @@ def numeric(
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 
-def relative_features(xp: Any, dt_s: Any, hist_merchant: Any, query_merchant: Any) -> Any:
-    """(..., K) time since each history event and same-merchant flag, stacked on a last axis.
+def relative_features(
+    xp: Any,
+    dt_s: Any,
+    hist_merchant: Any,
+    query_merchant: Any,
+    hist_payment: Any,
+    query_payment: Any,
+) -> Any:
+    """(..., K) time since each history event, same-merchant and same-payment flags, stacked
+    on a last axis.
 
     `xp` is numpy or torch: the scorer and the training batches compute the same values.
-    dt_s: seconds from the history event to the query (>= 0); merchants as integer codes.
-    Returns (..., K, 2) float32 in RELATIVE order.
+    dt_s: seconds from the history event to the query (>= 0); merchants and payments as
+    comparable codes (or precomputed booleans compared with True).
+    Returns (..., K, 3) float32 in RELATIVE order.
     """
     minutes = xp.clip(dt_s, 0, None) / 60.0
     since = xp.log1p(minutes)
-    same = hist_merchant == query_merchant
+    same_merchant = hist_merchant == query_merchant
+    same_payment = hist_payment == query_payment
     if xp is np:
-        return np.stack([since, same], axis=-1).astype(np.float32)
-    return xp.stack([since.float(), same.float()], dim=-1)
+        return np.stack([since, same_merchant, same_payment], axis=-1).astype(np.float32)
+    return xp.stack([since.float(), same_merchant.float(), same_payment.float()], dim=-1)

@@ -11,10 +11,12 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from issuer_seq import features as F
+from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.index import HistoryIndex, build_history_index
 from issuer_seq.data.store import (
     SPLIT_NAMES,
@@ -340,6 +342,19 @@ def test_card_merchant_history_holds_the_cards_attempts_at_that_merchant() -> No
     assert _ids(store, store.card_merchant_index, "t2") == []
     # another card at the same merchant is not the card's history: c2's t5 after c2's t4 only
     assert _ids(store, store.card_merchant_index, "t5") == ["t4"]
+
+
+def test_same_payment_marks_the_payments_earlier_attempts_only() -> None:
+    # c1 at m1: t1 (payment p1), t2 (p2, declined 51), t3 (p2's retry): for t3, t2 is the
+    # same payment and t1 only the same merchant.
+    store = _handmade_store()
+    row = int(np.flatnonzero(store.txn_id == "t3")[0])
+    batch = DeviceStore(store).gather(torch.tensor([row]))
+    for s in ("card", "card_merchant"):
+        assert batch[f"{s}_same_merchant"].tolist() == [[1.0, 1.0]]
+        assert batch[f"{s}_same_payment"].tolist() == [[0.0, 1.0]]
+    first = int(np.flatnonzero(store.txn_id == "t2")[0])  # a first attempt: no earlier one
+    assert DeviceStore(store).gather(torch.tensor([first]))["card_same_payment"].sum() == 0
 
 
 def test_vocabulary_is_fitted_on_the_training_split_only() -> None:

@@ -172,7 +172,9 @@ def attempt(**over: Any) -> dict[str, Any]:
 
 
 def outcome(code: str = "00", advice: str | None = None, **over: Any) -> dict[str, Any]:
-    return {**attempt(**over), "response_code": code, "advice_code": advice}
+    row = attempt(**over)
+    row.setdefault("payment_id", f"pay-{row['card_id']}-{row['ts']}")
+    return {**row, "response_code": code, "advice_code": advice}
 
 
 # -- the real server --------------------------------------------------------------------------
@@ -320,6 +322,7 @@ BAD_SCORES: dict[str, tuple[Any, int, str]] = {
     "bad ts": ({"attempt": attempt(ts="yesterday")}, 422, "ts"),
     "ts out of range": ({"attempt": attempt(ts="1900-01-01T00:00:00Z")}, 422, "ts"),
     "attempt zero": ({"attempt": attempt(attempt=0)}, 422, "attempt"),
+    "retry without its payment": ({"attempt": attempt(attempt=2)}, 422, "payment_id"),
     "outcome on a score": ({"attempt": outcome("05")}, 422, "response_code"),
     "both": ({"attempt": attempt(), "attempts": [attempt()]}, 422, "exactly one"),
     "neither": ({}, 422, "exactly one"),

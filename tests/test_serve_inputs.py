@@ -45,6 +45,7 @@ def test_replayed_log_gives_the_training_inputs(replay_dir: Path, lag_s: int) ->
             events[key].append(event)
     assert set(got) == set(input_names())
     assert (expected["card_merchant_length"] > 0).float().mean() > 0.2  # the stream is used
+    assert expected["card_same_payment"].sum() > 0  # retries find their payment's attempts
     for name in input_names():
         if name.startswith("decline_"):
             continue  # training feeds the row's own outcome there; scoring feeds NONE

@@ -10,7 +10,8 @@ Named inputs (shapes; B = batch, K = the stream's history length):
   NONE) and numeric f (float32) of features.py;
 - `<s>_<f>` for each stream s of features.STREAMS (`card`, `issuer`, `card_merchant`): the
   stream's history events, (B, K), right-aligned (most recent last), padding 0; plus the
-  relative features `<s>_log_minutes_since`, `<s>_same_merchant` (B, K) float32 and
+  relative features `<s>_log_minutes_since`, `<s>_same_merchant`, `<s>_same_payment` (B, K)
+  float32 and
   `<s>_length` (B,) int64;
 - `decline_response_code`, `decline_advice_code`: (B,) int64, the decline the retry head is
   asked about (for training: the row's own outcome).
@@ -58,6 +59,7 @@ class DeviceStore:
         as_t = self._tensor
         self.t = as_t(store.t)
         self.merchant = as_t(store.merchant)
+        self.payment = as_t(store.payment)
         self.cat = {k: as_t(v) for k, v in store.cat.items()}
         self.num = {k: as_t(v) for k, v in store.num.items()}
         self.labels = {
@@ -103,6 +105,7 @@ class DeviceStore:
             batch[f"cur_{f}"] = self.num[f][rows]
         t_now = self.t[rows]
         m_now = self.merchant[rows]
+        p_now = self.payment[rows]
         for s, st in self.streams.items():
             offsets = torch.arange(-st.k, 0, device=self.device)  # (K,)
             length = st.length[rows]  # (B,)
@@ -114,8 +117,13 @@ class DeviceStore:
             for f in F.NUMERIC:
                 batch[f"{s}_{f}"] = self.num[f][ev] * mask
             rel = F.relative_features(
-                torch, t_now[:, None] - self.t[ev], self.merchant[ev], m_now[:, None]
-            )  # (B, K, 2)
+                torch,
+                t_now[:, None] - self.t[ev],
+                self.merchant[ev],
+                m_now[:, None],
+                self.payment[ev],
+                p_now[:, None],
+            )  # (B, K, 3)
             rel = rel * mask[..., None]
             for i, f in enumerate(F.RELATIVE):
                 batch[f"{s}_{f}"] = rel[..., i]

@@ -85,6 +85,7 @@ class EventStore:
     card: np.ndarray  # (N,) int64 codes
     issuer: np.ndarray  # (N,) int64 codes
     merchant: np.ndarray  # (N,) int64 codes
+    payment: np.ndarray  # (N,) int64 codes of payment_id
     cat: dict[str, np.ndarray]  # name -> (N,) int64 ids
     num: dict[str, np.ndarray]  # name -> (N,) float32
     approved: np.ndarray  # (N,) float32
@@ -184,6 +185,7 @@ def build_store(
     num = F.numeric(frame["amount"].to_numpy(), frame["attempt"].to_numpy(), t, offset)
     groups = {s: _group_codes(frame, columns) for s, columns in F.STREAM_KEYS.items()}
     merchant = pd.factorize(frame["merchant_id"])[0].astype(np.int64)
+    payment = pd.factorize(frame["payment_id"])[0].astype(np.int64)
     grid_s = grid_seconds(config.delay_grid)
     bucket, success, weight = retry_labels(frame, t_us, grid_s)
     extra_cols = [c for c in ("policy_propensity",) if c in frame.columns]
@@ -192,6 +194,7 @@ def build_store(
         card=groups["card"],
         issuer=groups["issuer"],
         merchant=merchant,
+        payment=payment,
         cat=cat,
         num=num,
         approved=(frame["response_code"].to_numpy(dtype=object) == APPROVED_CODE).astype(

@@ -46,6 +46,10 @@ NUMERIC_TRANSFORMS: dict[str, str] = {
     "same_merchant": (
         "history only: 1.0 if the event's merchant_id is the scored attempt's, else 0.0"
     ),
+    "same_payment": (
+        "history only: 1.0 if the event's payment_id is the scored attempt's (an earlier "
+        "attempt of the same payment), else 0.0; 0.0 when the scored attempt has no payment_id"
+    ),
 }
 
 

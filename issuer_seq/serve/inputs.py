@@ -12,7 +12,8 @@ events (the Redis store, tests) is turned into one by `window_of`.
 An attempt is a mapping with the log's columns (see docs/data_contract.md): `ts` (ISO 8601
 string, epoch seconds, or datetime), `card_id`, `issuer_id`, `merchant_id`, `network`,
 `card_type`, `issuer_country`, `mcc`, `merchant_country`, `amount`, `currency`, `initiator`,
-`is_recurring`, `three_ds`, `attempt`, and for outcomes `response_code` / `advice_code`.
+`is_recurring`, `three_ds`, `attempt`, `payment_id` (required on retries and outcomes), and
+for outcomes `response_code` / `advice_code`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ _UTC_OFFSET: dict[str, np.ndarray] = {}  # issuer country -> features.utc_offset
 
 @dataclass(frozen=True)
 class Event:
-    """One attempt as the histories keep it: time, merchant, encoded features."""
+    """One attempt as the histories keep it: time, merchant, payment, encoded features."""
 
     t: int  # epoch seconds (floored, as the store does)
     merchant: str
@@ -57,14 +58,17 @@ class Event:
     num: tuple[float, ...]  # values in features.NUMERIC order
     # What the network rules need, raw: (network, amount, response_code, advice_code, attempt)
     raw: tuple[str, float, str, str, int] | None = None
+    # payment_id as text; None when the attempt came without one (it then matches nothing)
+    payment: str | None = None
 
     def to_json(self) -> list[Any]:
-        return [self.t, self.merchant, list(self.cat), list(self.num), self.raw]
+        return [self.t, self.merchant, list(self.cat), list(self.num), self.raw, self.payment]
 
     @classmethod
     def from_json(cls, data: Sequence[Any]) -> Event:
         raw = tuple(data[4]) if len(data) > 4 and data[4] is not None else None
-        return cls(int(data[0]), str(data[1]), tuple(data[2]), tuple(data[3]), raw)  # type: ignore[arg-type]
+        payment = data[5] if len(data) > 5 else None
+        return cls(int(data[0]), str(data[1]), tuple(data[2]), tuple(data[3]), raw, payment)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class Window:
 
     t: np.ndarray  # (n,) int64 epoch seconds
     merchant: np.ndarray  # (n,) object
+    payment: np.ndarray  # (n,) object (None: unknown)
     cat: np.ndarray  # (C, n) integer ids in features.CATEGORICAL order
     num: np.ndarray  # (F, n) float32 in features.NUMERIC order
 
@@ -110,14 +115,18 @@ def window_of(events: Sequence[Event], cutoff: int, k: int) -> Window:
         return Window(
             np.zeros(0, np.int64),
             np.zeros(0, object),
+            np.zeros(0, object),
             np.zeros((n_cat, 0), np.int64),
             np.zeros((n_num, 0), np.float32),
         )
     merchant = np.empty(len(kept), object)
     merchant[:] = [e.merchant for e in kept]
+    payment = np.empty(len(kept), object)
+    payment[:] = [e.payment for e in kept]
     return Window(
         np.array([e.t for e in kept], dtype=np.int64),
         merchant,
+        payment,
         np.array([e.cat for e in kept], dtype=np.int64).T,
         np.array([e.num for e in kept], dtype=np.float32).T,
     )
@@ -181,9 +190,16 @@ def encode_event(vocab: F.Vocab, attempt: Mapping[str, Any]) -> Event:
         _utc_offset(attempt["issuer_country"]),
     )
     code = attempt.get("response_code")
+    payment = attempt.get("payment_id")
+    if payment is None and attempt["attempt"] > 1:
+        raise IssuerSeqError(
+            f"payment_id is required on a retry (attempt {attempt['attempt']}): the model "
+            "matches it against the payment's earlier attempts"
+        )
     return Event(
         t=t,
         merchant=str(attempt["merchant_id"]),
+        payment=None if payment is None else str(payment),
         cat=cat,
         num=tuple([float(num[f][0]) for f in F.NUMERIC]),
         raw=(
@@ -225,7 +241,7 @@ def build_inputs(
         k = ks[s]
         cat = np.zeros((n_cat, b, k), dtype=np.int64)  # (C, B, K)
         num = np.zeros((n_num, b, k), dtype=np.float32)  # (F, B, K)
-        rel = np.zeros((len(F.RELATIVE), b, k), dtype=np.float32)  # (2, B, K)
+        rel = np.zeros((len(F.RELATIVE), b, k), dtype=np.float32)  # (3, B, K)
         length = np.zeros(b, dtype=np.int64)
         for row, (event, known) in enumerate(zip(current, histories[s], strict=True)):
             window = known if isinstance(known, Window) else window_of(known, event.t - lag_s, k)
@@ -236,8 +252,16 @@ def build_inputs(
             cat[:, row, k - n :] = window.cat[:, -n:]
             num[:, row, k - n :] = window.num[:, -n:]
             dt = event.t - window.t[-n:]
-            same = window.merchant[-n:] == event.merchant
-            rel[:, row, k - n :] = F.relative_features(np, dt, same, True).T
+            same_merchant = window.merchant[-n:] == event.merchant
+            # an attempt without a payment id is a payment of its own
+            same_payment = (
+                window.payment[-n:] == event.payment
+                if event.payment is not None
+                else np.zeros(n, bool)
+            )
+            rel[:, row, k - n :] = F.relative_features(
+                np, dt, same_merchant, True, same_payment, True
+            ).T
         cat_names, num_names, rel_names, length_name = _NAMES[s]
         for i, name in enumerate(cat_names):
             out[name] = cat[i]

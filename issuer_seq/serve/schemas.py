@@ -105,12 +105,23 @@ class Attempt(Strict):
     is_recurring: bool
     three_ds: bool
     attempt: Annotated[int, Field(ge=1, le=1000)] = 1
-    # Accepted so that log rows can be sent as they are; the scorer does not use them.
-    txn_id: Id | None = None
+    # The payment this attempt belongs to: the model marks the payment's earlier attempts in
+    # the histories, so a retry (attempt > 1) must carry it.
     payment_id: Id | None = None
+    # Accepted so that log rows can be sent as they are; the scorer does not use it.
+    txn_id: Id | None = None
+
+    @model_validator(mode="after")
+    def _retry_has_payment(self) -> "Attempt":
+        if self.payment_id is None and self.attempt > 1:
+            raise ValueError(
+                f"payment_id is required on a retry (attempt {self.attempt}): the model "
+                "matches it against the payment's earlier attempts"
+            )
+        return self
 
     def as_mapping(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"txn_id", "payment_id"})
+        return self.model_dump(exclude={"txn_id"})
 
 
 class Outcome(Attempt):
@@ -118,6 +129,8 @@ class Outcome(Attempt):
 
     response_code: ResponseCode
     advice_code: AdviceCode | None = None
+    # required here: a later retry of the payment finds this attempt by it
+    payment_id: Id
 
 
 class Decline(Outcome):

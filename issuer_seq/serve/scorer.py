@@ -54,7 +54,7 @@ from issuer_seq.serve.state import MemoryStore, StateStore
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: the card_merchant stream
+FORMAT_VERSION = 3  # 2: the card_merchant stream; 3: the same_payment inputs
 MANIFEST = "manifest.json"
 OUTPUTS = ["p_approve", "p_retry"]
 
@@ -252,8 +252,9 @@ class Scorer:
     def observe(self, outcome: Mapping[str, Any]) -> None:
         """Append an attempt with its outcome to its histories (card, issuer, card at the
         merchant)."""
-        if outcome.get("response_code") is None:
-            raise IssuerSeqError("an outcome needs its response_code")
+        missing = [c for c in ("response_code", "payment_id") if outcome.get(c) is None]
+        if missing:
+            raise IssuerSeqError(f"an outcome needs its {' and '.join(missing)}")
         event = encode_event(self.vocab, outcome)
         for stream in self.ks:
             self.store.append(stream, stream_key(stream, outcome), event)

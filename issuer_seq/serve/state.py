@@ -49,6 +49,7 @@ class History:
         self.t = np.zeros(cap, np.int64)
         self.seq = np.zeros(cap, np.int64)  # arrival number of each row
         self.merchant = np.empty(cap, object)
+        self.payment = np.empty(cap, object)
         # ids fit int32 (vocabularies are small); the inputs are int64, copied exactly
         self.cat = np.zeros((len(first.cat), cap), np.int32)  # (C, cap)
         self.num = np.zeros((len(first.num), cap), np.float32)  # (F, cap)
@@ -58,7 +59,7 @@ class History:
         return self.hi - self.lo
 
     def _columns(self) -> tuple[np.ndarray, ...]:
-        return self.t, self.seq, self.merchant, self.cat, self.num
+        return self.t, self.seq, self.merchant, self.payment, self.cat, self.num
 
     def _move(self, cap: int) -> None:
         """Rows to [0, n) of arrays of `cap` rows (grown, or the same size compacted)."""
@@ -71,7 +72,7 @@ class History:
                 new = np.zeros((*a.shape[:-1], cap), a.dtype)
             new[..., :n] = a[..., lo:hi]
             moved.append(new)
-        self.t, self.seq, self.merchant, self.cat, self.num = moved
+        self.t, self.seq, self.merchant, self.payment, self.cat, self.num = moved
         self.lo, self.hi = 0, n
 
     def _shift(self, start: int, stop: int, by: int) -> None:
@@ -92,6 +93,7 @@ class History:
         self.t[i] = event.t
         self.seq[i] = self.appended
         self.merchant[i] = event.merchant
+        self.payment[i] = event.payment
         self.cat[:, i] = event.cat
         self.num[:, i] = event.num
         self.events.insert(i - lo, event)
@@ -116,6 +118,7 @@ class History:
         return Window(
             self.t[start:end].copy(),
             self.merchant[start:end].copy(),
+            self.payment[start:end].copy(),
             self.cat[:, start:end].copy(),
             self.num[:, start:end].copy(),
         )
