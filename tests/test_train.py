@@ -23,6 +23,7 @@ from issuer_seq.model.network import (
     HistoryCounts,
     HistoryStats,
     IssuerSeqNet,
+    PaymentSoFar,
     cause_onehot,
     cause_table,
 )
@@ -153,6 +154,33 @@ def test_history_stats_take_recency_and_amounts_per_cause() -> None:
     expected[1, 2], expected[1, 3] = amounts[0, 2], amounts[0, 3]
     expected[2, 2], expected[2, 3] = amounts[0, 1:3].mean(), amounts[0, 3]
     torch.testing.assert_close(table, expected)
+
+
+def test_payment_so_far_reads_the_latest_earlier_attempt_of_the_payment() -> None:
+    torch.manual_seed(0)
+    payment = PaymentSoFar(d_model=8)
+    codes, advice = torch.nn.Embedding(20, 8, padding_idx=0), torch.nn.Embedding(9, 8)
+    minutes = torch.log1p(torch.tensor([[4_000.0, 90.0, 30.0, 3.0]] * 3))
+    response = torch.tensor([[11, 12, 13, 14]] * 3)
+    same = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    out = payment(same, minutes, response, torch.full_like(response, 2), codes, advice)
+    assert torch.equal(out[1], torch.zeros(8))  # a first attempt: nothing
+    # rows 0 and 2 both read event 1 (code 12, 90 minutes ago): the latest of the payment,
+    # not the more recent events of other payments
+    torch.testing.assert_close(out[0], out[2])
+    expected = payment(
+        torch.tensor([[0.0, 0.0, 0.0, 1.0]]),
+        torch.log1p(torch.tensor([[0.0, 0.0, 0.0, 90.0]])),
+        torch.tensor([[0, 0, 0, 12]]),
+        torch.tensor([[0, 0, 0, 2]]),
+        codes,
+        advice,
+    )
+    torch.testing.assert_close(out[0], expected[0])
+    other = payment(
+        same[:1], minutes[:1], response[:1].flip(1), response[:1] * 0 + 2, codes, advice
+    )
+    assert not torch.allclose(other[0], out[0])  # its code matters
 
 
 def test_temperature_recovers_known_scale() -> None:

@@ -1,4 +1,4 @@
-"""The exported network: event embeddings, two history-stream encoders, two heads.
+"""The exported network: event embeddings, three history-stream encoders, two heads.
 
 A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
 
@@ -12,8 +12,12 @@ A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
                       windows (10 min ... all K), overall and at the same merchant, log1p ->
                       linear (B, D), added to the stream's vector. Softmax attention averages
                       and cannot count; velocity, bursts of declines and outages are counts.
-    approval head     MLP([card, issuer, card_merchant, current]) -> logit / temperature (B,)
-    retry head        MLP([streams..., current, decline code, advice code])
+    payment so far    the codes of the payment's latest earlier attempt (found by the
+                      `same_payment` flags of the card-at-merchant stream) and how long ago
+                      (B, D); zeros for a first attempt
+    approval head     MLP([card, issuer, card_merchant, current, payment]) -> logit /
+                      temperature (B,)
+    retry head        MLP([streams..., current, payment, decline code, advice code])
                       -> one logit per delay of the grid / retry temperature       (B, G)
 
 Temperatures are buffers fitted after training (train/calibrate.py), so export carries
@@ -160,6 +164,53 @@ class HistoryStats(nn.Module):
         return torch.stack([recency / self.NEVER, largest, mean], dim=1)
 
 
+class PaymentSoFar(nn.Module):
+    """The scored attempt's payment so far -> (B, D): the response and advice codes of its
+    latest earlier attempt and how long ago that was; zeros for a first attempt.
+
+    A retry is answered with its decline's cause still in force (a funds decline retried
+    minutes later almost always fails again, one retried after payday mostly passes), so
+    the approval of a retry hangs on exactly this pair, decline and elapsed time: the
+    question the retry head answers from the decline's side. Read from the card-at-merchant
+    stream (a payment's attempts share the card and the merchant) by its `same_payment`
+    flags; the codes go through the retry head's decline embeddings, shared.
+    """
+
+    #: elapsed-time steps, minutes: the default delay grid's points
+    STEP_MINUTES = (5.0, 30.0, 120.0, 360.0, 1_440.0, 2_880.0, 5_760.0, 10_080.0)
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        steps = torch.log1p(torch.tensor(self.STEP_MINUTES))  # compared in log space
+        self.register_buffer("log_steps", steps, persistent=False)
+        self.time = nn.Linear(1 + len(self.STEP_MINUTES), d_model)
+
+    def forward(
+        self,
+        same_payment: Tensor,
+        log_minutes: Tensor,
+        response_code: Tensor,
+        advice_code: Tensor,
+        code_embedding: nn.Embedding,
+        advice_embedding: nn.Embedding,
+    ) -> Tensor:
+        # same_payment, log_minutes (B, K) float; codes (B, K) int64
+        never = HistoryStats.NEVER
+        # the latest same-payment event: the most recent, as HistoryStats finds recency
+        top = (log_minutes * same_payment + never * (1 - same_payment)).topk(1, largest=False)
+        latest = top.indices  # (B, 1)
+        has = same_payment.topk(1).values  # (B, 1): 1.0 when there is one
+        minutes = top.values * has  # (B, 1)
+        # 1.0 from each step on, in float arithmetic (no casts), as HistoryCounts does
+        past = (torch.sign(minutes - self.log_steps) + 1).clamp(max=1)  # (B, S)
+        out = (
+            code_embedding(response_code.gather(1, latest)[:, 0])
+            + advice_embedding(advice_code.gather(1, latest)[:, 0])
+            + self.time(torch.cat([minutes / never, past], dim=-1))
+        )
+        return out * has
+
+
 class StreamEncoder(nn.Module):
     """[current, history] -> transformer -> the current token's output. (B, D)"""
 
@@ -217,7 +268,8 @@ class IssuerSeqNet(nn.Module):
             {s: HistoryStats(vocab_sizes["cause"], d_model) for s in STREAMS}
         )
         self.register_buffer("causes", cause_table(vocab_sizes["cause"]), persistent=False)
-        joint = (len(STREAMS) + 1) * d_model
+        self.payment = PaymentSoFar(d_model)
+        joint = (len(STREAMS) + 2) * d_model  # streams, current, payment so far
         self.approval_head = nn.Sequential(
             nn.Linear(joint, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, 1)
         )
@@ -233,7 +285,7 @@ class IssuerSeqNet(nn.Module):
         self.register_buffer("retry_temperature", torch.ones(()))
 
     def encode(self, x: Mapping[str, Tensor]) -> Tensor:
-        """The joint representation [streams..., current]. (B, (S+1) D)"""
+        """The joint representation [streams..., current, payment so far]. (B, (S+2) D)"""
         current = self.embed(x, "cur", _TOKEN_CURRENT)  # (B, D)
         parts = []
         for i, s in enumerate(STREAMS):
@@ -247,7 +299,19 @@ class IssuerSeqNet(nn.Module):
                 parts.append(encoded + counts + stats)
             else:
                 parts.append(torch.zeros_like(current))
-        return torch.cat([*parts, current], dim=-1)
+        if self.use["card_merchant"]:
+            s = "card_merchant"
+            payment = self.payment(
+                x[f"{s}_same_payment"],
+                x[f"{s}_log_minutes_since"],
+                x[f"{s}_response_code"],
+                x[f"{s}_advice_code"],
+                self.decline_code,
+                self.decline_advice,
+            )
+        else:
+            payment = torch.zeros_like(current)
+        return torch.cat([*parts, current, payment], dim=-1)
 
     def logits(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Uncalibrated (approval (B,), retry (B, G)) logits: what training optimizes."""
