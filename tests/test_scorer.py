@@ -92,25 +92,28 @@ def test_replayed_log_scores_like_the_batch_pipeline(bundle: tuple[Path, Path, P
     np.testing.assert_allclose(np.array(got), expected, rtol=1e-3, atol=1e-5)
 
 
+ATTEMPT = {
+    "ts": "2026-02-01T10:00:00Z",
+    "card_id": 1,
+    "issuer_id": 3,
+    "merchant_id": 7,
+    "network": "mastercard",
+    "card_type": "debit",
+    "issuer_country": "DE",
+    "mcc": "4899",
+    "merchant_country": "DE",
+    "amount": 250.0,
+    "currency": "EUR",
+    "initiator": "MIT",
+    "is_recurring": True,
+    "three_ds": False,
+    "attempt": 1,
+}
+
+
 def test_retry_advice_obeys_the_network_rules(bundle: tuple[Path, Path, Path]) -> None:
     scorer = Scorer(bundle[2])
-    base = {
-        "ts": "2026-02-01T10:00:00Z",
-        "card_id": 1,
-        "issuer_id": 3,
-        "merchant_id": 7,
-        "network": "mastercard",
-        "card_type": "debit",
-        "issuer_country": "DE",
-        "mcc": "4899",
-        "merchant_country": "DE",
-        "amount": 250.0,
-        "currency": "EUR",
-        "initiator": "MIT",
-        "is_recurring": True,
-        "three_ds": False,
-        "attempt": 1,
-    }
+    base = ATTEMPT
     hard = scorer.advise_retry({**base, "response_code": "41", "advice_code": "03"})
     assert hard.action == "no_retry" and not any(hard.allowed.values())
     assert hard.rule in ("hard_decline", "visa_category_1", "mac_do_not_retry", "never_retry")
@@ -125,6 +128,21 @@ def test_retry_advice_obeys_the_network_rules(bundle: tuple[Path, Path, Path]) -
     assert cit.action in ("5m", "30m", "no_retry")
     with pytest.raises(IssuerSeqError, match="approval"):
         scorer.advise_retry({**base, "response_code": "00"})
+
+
+def test_payment_id_is_required_where_the_model_reads_it(bundle: tuple[Path, Path, Path]) -> None:
+    scorer = Scorer(bundle[2])
+    first = {**ATTEMPT, "card_id": "pay-1", "initiator": "CIT", "is_recurring": False}
+    scorer.score(first)  # a first attempt has no earlier attempt to find: none needed
+    with pytest.raises(IssuerSeqError, match="payment_id"):
+        scorer.score({**first, "attempt": 2})
+    with pytest.raises(IssuerSeqError, match="payment_id"):
+        scorer.observe({**first, "response_code": "51", "advice_code": None})
+    scorer.observe({**first, "payment_id": "p1", "response_code": "51", "advice_code": None})
+    later = {**first, "ts": "2026-02-01T10:05:00Z"}
+    retry = scorer.score({**later, "payment_id": "p1", "attempt": 2})
+    new_payment = scorer.score({**later, "payment_id": "p2"})
+    assert retry != pytest.approx(new_payment, abs=1e-6)  # the retry reads its decline
 
 
 def test_concurrent_scoring_and_observing(bundle: tuple[Path, Path, Path]) -> None:

@@ -358,6 +358,11 @@ def test_unreadable_requests_are_4xx(client: httpx.Client) -> None:
         assert needle in answer.json()["error"], answer.text
     bad_outcome = client.post("/v1/outcomes", json={"outcomes": [outcome("5")]})
     assert bad_outcome.status_code == 422 and "response_code" in bad_outcome.json()["error"]
+    anonymous = {k: v for k, v in outcome("51").items() if k != "payment_id"}
+    no_payment = client.post("/v1/outcomes", json={"outcomes": [anonymous]})
+    assert no_payment.status_code == 422 and "payment_id" in no_payment.json()["error"]
+    no_payment = client.post("/v1/retry", json={"decline": anonymous})
+    assert no_payment.status_code == 422 and "payment_id" in no_payment.json()["error"]
     assert client.get("/v1/nowhere").status_code == 404
     assert client.get("/v1/score").status_code == 405
 
