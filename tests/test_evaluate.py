@@ -147,6 +147,29 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     assert approval_metrics(p, rows[LABEL].to_numpy())["logloss"] == pytest.approx(
         approval["lightgbm"]["logloss"], abs=1e-12
     )
+    # scripts/segments.py: the same two models, split into segments that add up
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "segments.py"), str(data), str(run)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seg = json.loads(done.stdout[done.stdout.index("{") :])
+    whole = seg["all"]
+    assert whole["transformer_logloss"] == pytest.approx(
+        approval["transformer"]["logloss"], abs=1e-4
+    )
+    assert whole["lightgbm_logloss"] == pytest.approx(approval["lightgbm"]["logloss"], abs=1e-4)
+    assert whole["gap_contribution"] == pytest.approx(
+        whole["transformer_logloss"] - whole["lightgbm_logloss"], abs=2e-4
+    )
+    parts = [seg["first attempts"], seg["retries"]]
+    assert sum(s["rows"] for s in parts) == whole["rows"] == seg["CIT"]["rows"] + seg["MIT"]["rows"]
+    assert sum(s["gap_contribution"] for s in parts) == pytest.approx(
+        whole["gap_contribution"], abs=2e-5
+    )
+    after = [s for name, s in seg.items() if name.startswith("retries after")]
+    assert after and sum(s["rows"] for s in after) == seg["retries"]["rows"]
 
 
 def test_side_runs_of_another_log_are_recognised(tmp_path: Path) -> None:

@@ -1,0 +1,103 @@
+"""Where the transformer's test log loss differs from LightGBM's, segment by segment.
+
+python scripts/segments.py DATA_DIR RUN_DIR [--threads N]
+
+RUN_DIR is a finished `issuer-seq evaluate` run: its calibrated network and the LightGBM
+model evaluate saved (`baselines/lightgbm`). Both score the test split; for each segment
+(first attempts and retries; retries by the cause of the payment's previous decline and by
+the time since it; customer- and merchant-initiated) the script prints each model's mean
+log loss and the segment's share of the overall difference (its rows' summed difference /
+all test rows). Segments come from the log alone, so a user's own log works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from issuer_seq.baselines.dataset import approval_frame
+from issuer_seq.baselines.sql_features import sql_features
+from issuer_seq.baselines.trees import LightGBMModel
+from issuer_seq.data.store import TEST
+from issuer_seq.evaluate.baselines import LIGHTGBM_DIR
+from issuer_seq.evaluate.run import load_network, predict, run_store
+from issuer_seq.schema import APPROVED_CODE, load_log
+
+#: retries by the time since the payment's previous attempt: (label, from seconds, to seconds)
+DELAYS = (
+    ("under 10 min", 0, 600),
+    ("10 min to 3 h", 600, 3 * 3600),
+    ("3 h to 1 d", 3 * 3600, 86_400),
+    ("1 d to 3 d", 86_400, 3 * 86_400),
+    ("3 d and more", 3 * 86_400, np.inf),
+)
+
+
+def log_loss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def segments(data_dir: Path, run_dir: Path, threads: int | None) -> dict[str, dict[str, float]]:
+    vlog = load_log(data_dir)
+    frame = vlog.frame.reset_index(drop=True)  # time-sorted: the store's row order
+    net, spec = load_network(run_dir)
+    store = run_store(vlog, spec)
+    test = store.rows(TEST)
+    p_transformer, _ = predict(net, store, test)
+    features = sql_features(frame, threads=threads)
+    rows = approval_frame(frame, features).iloc[test]
+    p_lightgbm = LightGBMModel.load(run_dir / LIGHTGBM_DIR).predict_proba(rows)
+
+    y = (frame["response_code"].to_numpy(dtype=object)[test] == APPROVED_CODE).astype(float)
+    loss = {"transformer": log_loss(p_transformer, y), "lightgbm": log_loss(p_lightgbm, y)}
+    attempt = frame["attempt"].to_numpy()[test]
+    retry = attempt > 1
+    prev_cause = features["prev_cause"].astype("string").fillna("none").to_numpy(object)[test]
+    since = features["secs_since_prev_attempt"].to_numpy(dtype=float, na_value=np.nan)[test]
+    initiator = frame["initiator"].to_numpy(dtype=object)[test]
+
+    masks: dict[str, np.ndarray] = {
+        "all": np.ones(len(test), bool),
+        "first attempts": ~retry,
+        "retries": retry,
+    }
+    for cause in sorted(set(prev_cause[retry])):
+        masks[f"retries after {cause}"] = retry & (prev_cause == cause)
+    for label, lo, hi in DELAYS:
+        masks[f"retries {label} later"] = retry & (since >= lo) & (since < hi)
+    for who in ("CIT", "MIT"):
+        masks[who] = initiator == who
+
+    out: dict[str, dict[str, float]] = {}
+    for name, mask in masks.items():
+        if not mask.any():
+            continue
+        diff = loss["transformer"][mask] - loss["lightgbm"][mask]
+        out[name] = {
+            "rows": int(mask.sum()),
+            "share_of_rows": round(float(mask.mean()), 4),
+            "transformer_logloss": round(float(loss["transformer"][mask].mean()), 4),
+            "lightgbm_logloss": round(float(loss["lightgbm"][mask].mean()), 4),
+            "gap_contribution": round(float(diff.sum() / len(test)), 5),
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    result = segments(args.data_dir, args.run_dir, args.threads)
+    print(pd.DataFrame(result).T.to_string())
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
