@@ -523,10 +523,12 @@ def test_allowed_retries_respect_the_network_limits(scenario: Scenario) -> None:
     rules: NetworkRules = flags["rules"]
 
     def in_window(window: timedelta) -> list[Attempt]:
+        # (retry_at - window, retry_at): history is what happened strictly before the retry
+        # (test_windows_are_open_at_both_ends)
         return [
             a
             for a in [*history, decline]
-            if retry_at - window < a.ts <= retry_at and a.merchant_id == decline.merchant_id
+            if retry_at - window < a.ts < retry_at and a.merchant_id == decline.merchant_id
         ]
 
     if decline.network == VISA:
