@@ -176,6 +176,14 @@ def raw_values(attempt: Mapping[str, Any]) -> dict[str, object]:
     }
 
 
+def retry_without_payment(attempt: int) -> str:
+    """What is wrong with a retry sent without its payment_id."""
+    return (
+        f"payment_id is required on a retry (attempt {attempt}): the model matches it "
+        "against the payment's earlier attempts"
+    )
+
+
 def encode_event(vocab: F.Vocab, attempt: Mapping[str, Any]) -> Event:
     """Encode one attempt (with or without its outcome)."""
     raw = raw_values(attempt)
@@ -192,10 +200,7 @@ def encode_event(vocab: F.Vocab, attempt: Mapping[str, Any]) -> Event:
     code = attempt.get("response_code")
     payment = attempt.get("payment_id")
     if payment is None and attempt["attempt"] > 1:
-        raise IssuerSeqError(
-            f"payment_id is required on a retry (attempt {attempt['attempt']}): the model "
-            "matches it against the payment's earlier attempts"
-        )
+        raise IssuerSeqError(retry_without_payment(attempt["attempt"]))
     return Event(
         t=t,
         merchant=str(attempt["merchant_id"]),

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from issuer_seq.rules import Cause, cause_of
+from issuer_seq.serve.inputs import retry_without_payment
 
 # The contract's sets (issuer_seq.schema holds the same tuples; a test checks they agree).
 Network = Literal["visa", "mastercard"]
@@ -114,10 +115,7 @@ class Attempt(Strict):
     @model_validator(mode="after")
     def _retry_has_payment(self) -> "Attempt":
         if self.payment_id is None and self.attempt > 1:
-            raise ValueError(
-                f"payment_id is required on a retry (attempt {self.attempt}): the model "
-                "matches it against the payment's earlier attempts"
-            )
+            raise ValueError(retry_without_payment(self.attempt))
         return self
 
     def as_mapping(self) -> dict[str, Any]:
