@@ -24,6 +24,7 @@ from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.data.store import TEST
 from issuer_seq.evaluate.baselines import LIGHTGBM_DIR
+from issuer_seq.evaluate.metrics import EPS
 from issuer_seq.evaluate.run import load_network, predict, run_store
 from issuer_seq.schema import APPROVED_CODE, load_log
 
@@ -38,7 +39,8 @@ DELAYS = (
 
 
 def log_loss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
+    """Per row, clipped as evaluate's metrics clip (their mean is evaluate's log loss)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
     return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 

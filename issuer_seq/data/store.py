@@ -54,9 +54,14 @@ class StoreConfig:
     def ks(self) -> dict[str, int]:
         return {s: self.k(s) for s in F.STREAMS}
 
+    @property
+    def history(self) -> dict[str, int]:
+        """The history lengths by their names (`k_card`, ...): a manifest's `history`."""
+        return {dim: self.k(s) for s, dim in F.HISTORY_DIMS.items()}
+
     def to_json(self) -> dict[str, Any]:
         """As a trained run's model_spec.json keeps it (`store`)."""
-        return {F.HISTORY_DIMS[s]: k for s, k in self.ks.items()} | {
+        return self.history | {
             "lag_s": self.lag_s,
             "split": list(self.split),
             "delay_grid": list(self.delay_grid),
@@ -234,7 +239,7 @@ def summarize_store(store: EventStore) -> dict[str, Any]:
     out: dict[str, Any] = {
         "examples": int(len(store)),
         "split_starts": {"val": store.split_bounds[0], "test": store.split_bounds[1]},
-        **{F.HISTORY_DIMS[s]: k for s, k in store.config.ks.items()},
+        **store.config.history,
         "lag_s": store.config.lag_s,
     }
     for s, name in enumerate(SPLIT_NAMES):

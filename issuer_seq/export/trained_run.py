@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from issuer_seq.data.batches import input_names
 from issuer_seq.data.store import StoreConfig
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.features import HISTORY_DIMS, Vocab
+from issuer_seq.features import Vocab
 from issuer_seq.model.network import IssuerSeqNet
 
 RUN_FILES = ("model.pt", "model_spec.json", "metrics.json", "config.yaml")
@@ -41,8 +41,7 @@ class TrainedRun:
 
     @property
     def history(self) -> dict[str, int]:
-        ks = StoreConfig.from_json(self.spec["store"]).ks
-        return {HISTORY_DIMS[s]: k for s, k in ks.items()}
+        return StoreConfig.from_json(self.spec["store"]).history
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:
