@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -26,6 +27,7 @@ from issuer_seq.model.network import (
     PaymentSoFar,
     cause_onehot,
     cause_table,
+    day_onehot,
 )
 from issuer_seq.schema import load_log
 from issuer_seq.train.calibrate import fit_temperature
@@ -181,6 +183,16 @@ def test_payment_so_far_reads_the_latest_earlier_attempt_of_the_payment() -> Non
         same[:1], minutes[:1], response[:1].flip(1), response[:1] * 0 + 2, codes, advice
     )
     assert not torch.allclose(other[0], out[0])  # its code matters
+
+
+def test_day_onehot_picks_each_calendar_day_exactly() -> None:
+    # every day of a 31-day month as features.numeric encodes it (UTC midnight of each day)
+    ts = np.arange(31, dtype=np.int64) * 86_400 + int(
+        np.datetime64("2026-01-01", "s").astype(np.int64)
+    )
+    encoded = F.numeric(np.ones(31), np.ones(31), ts, np.zeros(31, np.int64))["day_of_month"]
+    onehot = day_onehot(torch.from_numpy(encoded), torch.arange(31, dtype=torch.float32))
+    torch.testing.assert_close(onehot, torch.eye(31))
 
 
 def test_temperature_recovers_known_scale() -> None:

@@ -2,8 +2,10 @@
 
 A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
 
-    event embedding   sum of per-feature categorical embeddings + linear(numeric)
-                      (+ linear(relative) for history events) + a token-type embedding
+    event embedding   sum of per-feature categorical embeddings + linear(numeric) + a
+                      learned vector per day of the month (pay cycles step at paydays, which
+                      a linear term in the day cannot follow) (+ linear(relative) for
+                      history events) + a token-type embedding
     stream encoders   per stream of features.STREAMS (the card, the issuer, the card at the
                       current merchant): [current attempt, history_1..K] -> transformer with a
                       padding mask -> the current attempt's output vector (B, D). The current
@@ -37,6 +39,18 @@ from issuer_seq.features import STREAMS
 _TOKEN_CURRENT = 0  # history events of stream i have token type i + 1
 
 
+DAYS_IN_MONTH = 31
+
+
+def day_onehot(day_of_month: Tensor, days: Tensor) -> Tensor:
+    """(...) `day_of_month` inputs ((day - 1) / 30) -> (..., 31) one-hot of the day.
+
+    Written as hat functions max(0, 1 - |30 x - d|) (float arithmetic only, no casts: the
+    fp16 export keeps its types); padding (0) reads as the 1st, and its token is masked.
+    """
+    return torch.relu(1 - torch.abs(day_of_month[..., None] * 30 - days))
+
+
 class EventEmbedding(nn.Module):
     """Named per-event features -> (..., D)."""
 
@@ -46,12 +60,17 @@ class EventEmbedding(nn.Module):
             {f: nn.Embedding(vocab_sizes[f], d_model, padding_idx=F.PAD) for f in F.CATEGORICAL}
         )
         self.num = nn.Linear(len(F.NUMERIC), d_model)
+        self.day = nn.Linear(DAYS_IN_MONTH, d_model, bias=False)
+        self.register_buffer(
+            "days", torch.arange(DAYS_IN_MONTH, dtype=torch.float32), persistent=False
+        )
         self.rel = nn.Linear(len(F.RELATIVE), d_model)
         self.token_type = nn.Embedding(1 + len(STREAMS), d_model)
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, x: Mapping[str, Tensor], prefix: str, token_type: int) -> Tensor:
         out = self.num(torch.stack([x[f"{prefix}_{f}"] for f in F.NUMERIC], dim=-1))
+        out = out + self.day(day_onehot(x[f"{prefix}_day_of_month"], self.days))
         for f, emb in self.cat.items():
             out = out + emb(x[f"{prefix}_{f}"])
         if prefix != "cur":
