@@ -164,25 +164,33 @@ def test_payment_so_far_reads_the_latest_earlier_attempt_of_the_payment() -> Non
     codes, advice = torch.nn.Embedding(20, 8, padding_idx=0), torch.nn.Embedding(9, 8)
     minutes = torch.log1p(torch.tensor([[4_000.0, 90.0, 30.0, 3.0]] * 3))
     response = torch.tensor([[11, 12, 13, 14]] * 3)
+    days = torch.tensor([[3.0, 5.0, 6.0, 6.0]] * 3) / 30
+    today = torch.full((3,), 6.0) / 30
     same = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
-    out = payment(same, minutes, response, torch.full_like(response, 2), codes, advice)
+
+    def read(same, minutes, response, days, today):
+        return payment(
+            same, minutes, response, torch.full_like(response, 2), days, today, codes, advice
+        )
+
+    out = read(same, minutes, response, days, today)
     assert torch.equal(out[1], torch.zeros(8))  # a first attempt: nothing
-    # rows 0 and 2 both read event 1 (code 12, 90 minutes ago): the latest of the payment,
-    # not the more recent events of other payments
+    # rows 0 and 2 both read event 1 (code 12, 90 minutes ago, the day before): the latest
+    # of the payment, not the more recent events of other payments
     torch.testing.assert_close(out[0], out[2])
-    expected = payment(
+    expected = read(
         torch.tensor([[0.0, 0.0, 0.0, 1.0]]),
         torch.log1p(torch.tensor([[0.0, 0.0, 0.0, 90.0]])),
         torch.tensor([[0, 0, 0, 12]]),
-        torch.tensor([[0, 0, 0, 2]]),
-        codes,
-        advice,
+        torch.tensor([[0.0, 0.0, 0.0, 5.0]]) / 30,
+        today[:1],
     )
     torch.testing.assert_close(out[0], expected[0])
-    other = payment(
-        same[:1], minutes[:1], response[:1].flip(1), response[:1] * 0 + 2, codes, advice
-    )
-    assert not torch.allclose(other[0], out[0])  # its code matters
+    flipped = read(same[:1], minutes[:1], response[:1].flip(1), days[:1], today[:1])
+    assert not torch.allclose(flipped[0], out[0])  # its code matters
+    same_day = read(same[:1], minutes[:1], response[:1], days[:1] * 0 + today[0], today[:1])
+    # the same attempt on the day of the retry (day 6) differs by the new day's vector
+    torch.testing.assert_close(out[0] - same_day[0], payment.new_day.weight[:, 6])
 
 
 def test_day_onehot_picks_each_calendar_day_exactly() -> None:

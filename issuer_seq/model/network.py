@@ -15,8 +15,8 @@ A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
                       linear (B, D), added to the stream's vector. Softmax attention averages
                       and cannot count; velocity, bursts of declines and outages are counts.
     payment so far    the codes of the payment's latest earlier attempt (found by the
-                      `same_payment` flags of the card-at-merchant stream) and how long ago
-                      (B, D); zeros for a first attempt
+                      `same_payment` flags of the card-at-merchant stream), how long ago and
+                      whether a new day has begun since (B, D); zeros for a first attempt
     approval head     MLP([card, issuer, card_merchant, current, payment]) -> logit /
                       temperature (B,)
     retry head        MLP([streams..., current, payment, decline code, advice code])
@@ -185,14 +185,17 @@ class HistoryStats(nn.Module):
 
 class PaymentSoFar(nn.Module):
     """The scored attempt's payment so far -> (B, D): the response and advice codes of its
-    latest earlier attempt and how long ago that was; zeros for a first attempt.
+    latest earlier attempt, how long ago that was and, when a new (UTC) day has begun since,
+    a learned vector of the new day; zeros for a first attempt.
 
     A retry is answered with its decline's cause still in force (a funds decline retried
     minutes later almost always fails again, one retried after payday mostly passes), so
     the approval of a retry hangs on exactly this pair, decline and elapsed time: the
     question the retry head answers from the decline's side. Read from the card-at-merchant
     stream (a payment's attempts share the card and the merchant) by its `same_payment`
-    flags; the codes go through the retry head's decline embeddings, shared.
+    flags; the codes go through the retry head's decline embeddings, shared. Funds arrive
+    with a new day (paydays), so a funds decline retried an hour later across midnight is a
+    different question from one retried an hour later the same day.
     """
 
     #: elapsed-time steps, minutes: the default delay grid's points
@@ -203,6 +206,10 @@ class PaymentSoFar(nn.Module):
         steps = torch.log1p(torch.tensor(self.STEP_MINUTES))  # compared in log space
         self.register_buffer("log_steps", steps, persistent=False)
         self.time = nn.Linear(1 + len(self.STEP_MINUTES), d_model)
+        self.register_buffer(
+            "days", torch.arange(DAYS_IN_MONTH, dtype=torch.float32), persistent=False
+        )
+        self.new_day = nn.Linear(DAYS_IN_MONTH, d_model, bias=False)
 
     def forward(
         self,
@@ -210,10 +217,13 @@ class PaymentSoFar(nn.Module):
         log_minutes: Tensor,
         response_code: Tensor,
         advice_code: Tensor,
+        day_of_month: Tensor,
+        current_day_of_month: Tensor,
         code_embedding: nn.Embedding,
         advice_embedding: nn.Embedding,
     ) -> Tensor:
-        # same_payment, log_minutes (B, K) float; codes (B, K) int64
+        # same_payment, log_minutes, day_of_month (B, K) float; codes (B, K) int64;
+        # current_day_of_month (B,)
         never = HistoryStats.NEVER
         # the latest same-payment event: the most recent, as HistoryStats finds recency
         top = (log_minutes * same_payment + never * (1 - same_payment)).topk(1, largest=False)
@@ -222,10 +232,14 @@ class PaymentSoFar(nn.Module):
         minutes = top.values * has  # (B, 1)
         # 1.0 from each step on, in float arithmetic (no casts), as HistoryCounts does
         past = (torch.sign(minutes - self.log_steps) + 1).clamp(max=1)  # (B, S)
+        today = day_onehot(current_day_of_month, self.days)  # (B, 31)
+        then = day_onehot(day_of_month.gather(1, latest)[:, 0], self.days)
+        new_day = 1 - (today * then).sum(-1, keepdim=True)  # (B, 1): 1.0 on another day
         out = (
             code_embedding(response_code.gather(1, latest)[:, 0])
             + advice_embedding(advice_code.gather(1, latest)[:, 0])
             + self.time(torch.cat([minutes / never, past], dim=-1))
+            + self.new_day(today) * new_day
         )
         return out * has
 
@@ -325,6 +339,8 @@ class IssuerSeqNet(nn.Module):
                 x[f"{s}_log_minutes_since"],
                 x[f"{s}_response_code"],
                 x[f"{s}_advice_code"],
+                x[f"{s}_day_of_month"],
+                x["cur_day_of_month"],
                 self.decline_code,
                 self.decline_advice,
             )
