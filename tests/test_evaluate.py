@@ -149,7 +149,14 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     )
     # scripts/segments.py: the same two models, split into segments that add up
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "segments.py"), str(data), str(run)],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "segments.py"),
+            str(data),
+            str(run),
+            "--bootstrap",
+            "30",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -170,6 +177,15 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     )
     after = [s for name, s in seg.items() if name.startswith("retries after")]
     assert after and sum(s["rows"] for s in after) == seg["retries"]["rows"]
+    # the whole split's differences, inside their paired-bootstrap intervals
+    diff = seg["difference"]
+    assert diff["auroc"]["transformer"] == pytest.approx(approval["transformer"]["auroc"], abs=1e-5)
+    assert diff["auroc"]["lightgbm"] == pytest.approx(approval["lightgbm"]["auroc"], abs=1e-5)
+    for name, d in diff.items():
+        assert d["difference"] == pytest.approx(d["transformer"] - d["lightgbm"], abs=2e-5)
+        lo, hi = d["ci95"]
+        assert lo <= d["difference"] <= hi, name
+    assert diff["logloss"]["difference"] == pytest.approx(whole["gap_contribution"], abs=2e-5)
 
 
 def test_side_runs_of_another_log_are_recognised(tmp_path: Path) -> None:
