@@ -52,23 +52,21 @@ def log_loss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
+#: whole-split metrics compared by `differences`: name -> metric(y, p)
+METRICS = {"logloss": lambda y, p: log_loss(p, y).mean(), "auroc": roc_auc_score}
+
+
 def differences(
     y: np.ndarray, p_transformer: np.ndarray, p_lightgbm: np.ndarray, resamples: int
-) -> dict[str, dict[str, float]]:
-    """Transformer - LightGBM in log loss and AUROC on the whole split, with 95% intervals
-    from a paired bootstrap of its rows (`resamples` 0: no intervals)."""
-
-    def loss_gap(y, a, b):  # type: ignore[no-untyped-def]
-        return log_loss(a, y).mean() - log_loss(b, y).mean()
-
-    def auroc_gap(y, a, b):  # type: ignore[no-untyped-def]
-        return roc_auc_score(y, a) - roc_auc_score(y, b)
-
+) -> dict[str, dict[str, Any]]:
+    """Both models' log loss and AUROC on the whole split and transformer - LightGBM, with a
+    95% interval from a paired bootstrap of its rows (`resamples` 0: no interval)."""
     out: dict[str, dict[str, Any]] = {}
-    for name, gap, metric in (
-        ("logloss", loss_gap, lambda y, p: log_loss(p, y).mean()),
-        ("auroc", auroc_gap, roc_auc_score),
-    ):
+    for name, metric in METRICS.items():
+
+        def gap(y, a, b, metric=metric):  # type: ignore[no-untyped-def]
+            return metric(y, a) - metric(y, b)
+
         out[name] = {
             "transformer": round(float(metric(y, p_transformer)), 5),
             "lightgbm": round(float(metric(y, p_lightgbm)), 5),
