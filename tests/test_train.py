@@ -169,8 +169,10 @@ def test_payment_so_far_reads_the_latest_earlier_attempt_of_the_payment() -> Non
     same = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
 
     def read(same, minutes, response, days, today):
+        table = torch.arange(31, dtype=torch.float32)
+        day, now = day_onehot(days, table), day_onehot(today, table)
         return payment(
-            same, minutes, response, torch.full_like(response, 2), days, today, codes, advice
+            same, minutes, response, torch.full_like(response, 2), day, now, codes, advice
         )
 
     out = read(same, minutes, response, days, today)

@@ -61,16 +61,14 @@ class EventEmbedding(nn.Module):
         )
         self.num = nn.Linear(len(F.NUMERIC), d_model)
         self.day = nn.Linear(DAYS_IN_MONTH, d_model, bias=False)
-        self.register_buffer(
-            "days", torch.arange(DAYS_IN_MONTH, dtype=torch.float32), persistent=False
-        )
         self.rel = nn.Linear(len(F.RELATIVE), d_model)
         self.token_type = nn.Embedding(1 + len(STREAMS), d_model)
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, x: Mapping[str, Tensor], prefix: str, token_type: int) -> Tensor:
+    def forward(self, x: Mapping[str, Tensor], prefix: str, token_type: int, day: Tensor) -> Tensor:
+        """`day`: the events' `day_onehot` (..., 31)."""
         out = self.num(torch.stack([x[f"{prefix}_{f}"] for f in F.NUMERIC], dim=-1))
-        out = out + self.day(day_onehot(x[f"{prefix}_day_of_month"], self.days))
+        out = out + self.day(day)
         for f, emb in self.cat.items():
             out = out + emb(x[f"{prefix}_{f}"])
         if prefix != "cur":
@@ -206,9 +204,6 @@ class PaymentSoFar(nn.Module):
         steps = torch.log1p(torch.tensor(self.STEP_MINUTES))  # compared in log space
         self.register_buffer("log_steps", steps, persistent=False)
         self.time = nn.Linear(1 + len(self.STEP_MINUTES), d_model)
-        self.register_buffer(
-            "days", torch.arange(DAYS_IN_MONTH, dtype=torch.float32), persistent=False
-        )
         self.new_day = nn.Linear(DAYS_IN_MONTH, d_model, bias=False)
 
     def forward(
@@ -217,13 +212,13 @@ class PaymentSoFar(nn.Module):
         log_minutes: Tensor,
         response_code: Tensor,
         advice_code: Tensor,
-        day_of_month: Tensor,
-        current_day_of_month: Tensor,
+        day: Tensor,
+        today: Tensor,
         code_embedding: nn.Embedding,
         advice_embedding: nn.Embedding,
     ) -> Tensor:
-        # same_payment, log_minutes, day_of_month (B, K) float; codes (B, K) int64;
-        # current_day_of_month (B,)
+        # same_payment, log_minutes (B, K) float; codes (B, K) int64; day (B, K, 31) the
+        # events' day_onehot, today (B, 31) the scored attempt's
         never = HistoryStats.NEVER
         # the latest same-payment event: the most recent, as HistoryStats finds recency
         top = (log_minutes * same_payment + never * (1 - same_payment)).topk(1, largest=False)
@@ -232,8 +227,7 @@ class PaymentSoFar(nn.Module):
         minutes = top.values * has  # (B, 1)
         # 1.0 from each step on, in float arithmetic (no casts), as HistoryCounts does
         past = (torch.sign(minutes - self.log_steps) + 1).clamp(max=1)  # (B, S)
-        today = day_onehot(current_day_of_month, self.days)  # (B, 31)
-        then = day_onehot(day_of_month.gather(1, latest)[:, 0], self.days)
+        then = day.gather(1, latest[..., None].expand(-1, -1, DAYS_IN_MONTH))[:, 0]  # (B, 31)
         new_day = 1 - (today * then).sum(-1, keepdim=True)  # (B, 1): 1.0 on another day
         out = (
             code_embedding(response_code.gather(1, latest)[:, 0])
@@ -301,6 +295,9 @@ class IssuerSeqNet(nn.Module):
             {s: HistoryStats(vocab_sizes["cause"], d_model) for s in STREAMS}
         )
         self.register_buffer("causes", cause_table(vocab_sizes["cause"]), persistent=False)
+        self.register_buffer(
+            "days", torch.arange(DAYS_IN_MONTH, dtype=torch.float32), persistent=False
+        )
         self.payment = PaymentSoFar(d_model)
         joint = (len(STREAMS) + 2) * d_model  # streams, current, payment so far
         self.approval_head = nn.Sequential(
@@ -319,11 +316,12 @@ class IssuerSeqNet(nn.Module):
 
     def encode(self, x: Mapping[str, Tensor]) -> Tensor:
         """The joint representation [streams..., current, payment so far]. (B, (S+2) D)"""
-        current = self.embed(x, "cur", _TOKEN_CURRENT)  # (B, D)
+        days = {p: day_onehot(x[f"{p}_day_of_month"], self.days) for p in ("cur", *STREAMS)}
+        current = self.embed(x, "cur", _TOKEN_CURRENT, days["cur"])  # (B, D)
         parts = []
         for i, s in enumerate(STREAMS):
             if self.use[s]:
-                history = self.embed(x, s, 1 + i)  # (B, K, D)
+                history = self.embed(x, s, 1 + i, days[s])  # (B, K, D)
                 encoded = self.encoders[s](current, history, x[f"{s}_length"])
                 onehot = cause_onehot(x[f"{s}_cause"], self.causes)  # once for both
                 minutes = x[f"{s}_log_minutes_since"]
@@ -339,8 +337,8 @@ class IssuerSeqNet(nn.Module):
                 x[f"{s}_log_minutes_since"],
                 x[f"{s}_response_code"],
                 x[f"{s}_advice_code"],
-                x[f"{s}_day_of_month"],
-                x["cur_day_of_month"],
+                days[s],
+                days["cur"],
                 self.decline_code,
                 self.decline_advice,
             )
