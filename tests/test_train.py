@@ -85,7 +85,7 @@ def test_every_config_composes() -> None:
     assert gpu.trainer.precision == "bf16-mixed" and gpu.model.d_model == 128
     assert _compose("train", ["experiment=ablate_no_issuer"]).model.use_issuer is False
     assert _compose("train", ["experiment=ablate_no_card"]).model.use_card is False
-    assert _compose("train", ["experiment=long"]).trainer.max_epochs == 3
+    assert _compose("train", ["experiment=long"]).trainer.max_epochs == 5
 
 
 @pytest.mark.parametrize("fastpath", [True, False])
