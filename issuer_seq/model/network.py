@@ -316,7 +316,11 @@ class IssuerSeqNet(nn.Module):
 
     def encode(self, x: Mapping[str, Tensor]) -> Tensor:
         """The joint representation [streams..., current, payment so far]. (B, (S+2) D)"""
-        days = {p: day_onehot(x[f"{p}_day_of_month"], self.days) for p in ("cur", *STREAMS)}
+        days = {
+            p: day_onehot(x[f"{p}_day_of_month"], self.days)
+            for p in ("cur", *STREAMS)
+            if p == "cur" or self.use[p]  # an ablated stream's days are never read
+        }
         current = self.embed(x, "cur", _TOKEN_CURRENT, days["cur"])  # (B, D)
         parts = []
         for i, s in enumerate(STREAMS):
