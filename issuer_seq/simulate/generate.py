@@ -1,9 +1,10 @@
 """Generating a log: first attempts, issuer answers, logged retries, ground truth.
 
 Cards are simulated in chunks (issuers and merchants are shared by all chunks), so memory is
-bounded by the chunk size and the output is appended to Parquet chunk by chunk. Within a
-chunk everything is vectorized: there is no Python loop over attempts, only over the few
-retry rounds and calendar months.
+bounded by the chunk size and the output is appended to Parquet chunk by chunk; at the end
+DuckDB sorts the log by time (out of core), so readers get it in the order the input
+contract asks for. Within a chunk everything is vectorized: there is no Python loop over
+attempts, only over the few retry rounds and calendar months.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -441,6 +443,7 @@ def simulate(cfg: SimConfig, data_dir: str | Path, progress: bool = True) -> dic
     world = build_world(cfg.world, cfg.seed, cfg.start)
     n_cards = cfg.world.n_cards
     chunks = list(range(0, n_cards, cfg.chunk_cards))
+    unsorted = out / "transactions.unsorted.parquet"
     tx_writer: pq.ParquetWriter | None = None
     truth_writer: pq.ParquetWriter | None = None
     stats = _Stats()
@@ -461,7 +464,7 @@ def simulate(cfg: SimConfig, data_dir: str | Path, progress: bool = True) -> dic
             tx_table = pa.Table.from_pandas(tx, preserve_index=False)
             th_table = pa.Table.from_pandas(th, preserve_index=False)
             if tx_writer is None:
-                tx_writer = pq.ParquetWriter(out / "transactions.parquet", tx_table.schema)
+                tx_writer = pq.ParquetWriter(unsorted, tx_table.schema)
                 truth_writer = pq.ParquetWriter(out / "truth.parquet", th_table.schema)
             tx_writer.write_table(tx_table)
             assert truth_writer is not None
@@ -471,6 +474,8 @@ def simulate(cfg: SimConfig, data_dir: str | Path, progress: bool = True) -> dic
             tx_writer.close()
         if truth_writer is not None:
             truth_writer.close()
+    if tx_writer is not None:
+        _sort_by_time(unsorted, out / "transactions.parquet")
     meta = {
         "generator": "issuer_seq.simulate",
         "config": _jsonable(asdict(cfg)),
@@ -492,6 +497,30 @@ def simulate(cfg: SimConfig, data_dir: str | Path, progress: bool = True) -> dic
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
+
+
+def _sort_by_time(src: Path, dst: Path, batch_rows: int = 1 << 17) -> None:
+    """Rewrite the chunk-ordered log `src` as `dst` sorted by `ts`, then delete `src`.
+
+    Chunks are time-sorted each but interleave in time. DuckDB sorts out of core (spilling
+    next to the log), attempts of one second keep their order in `src` (its row number breaks
+    ties, as a stable sort would), and the batches are written with `src`'s own schema, so the
+    columns read back exactly as pandas wrote them.
+    """
+    schema = pq.read_schema(src)
+    con = duckdb.connect(config={"temp_directory": str(dst.parent / ".sort.tmp")})
+    try:
+        query = con.sql(
+            "SELECT * EXCLUDE (file_row_number) FROM read_parquet($src, file_row_number = true) "
+            "ORDER BY ts, file_row_number",
+            params={"src": str(src)},
+        )
+        with query.to_arrow_reader(batch_rows) as reader, pq.ParquetWriter(dst, schema) as writer:
+            for batch in reader:
+                writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+    finally:
+        con.close()
+    src.unlink()
 
 
 def _jsonable(obj: Any) -> Any:
