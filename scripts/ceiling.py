@@ -1,6 +1,6 @@
 """Estimate how much of the oracle's log-loss improvement the SQL features can reach at all.
 
-python scripts/ceiling.py DATA_DIR [--threads N] [--transformer RUN_DIR [OVERRIDE ...]]
+python scripts/ceiling.py DATA_DIR [--threads N] [--latents] [--transformer RUN_DIR [OVERRIDE ...]]
 
 A diagnostic for synthetic data, never a model to ship: it reads the simulator's truth.
 
@@ -18,6 +18,12 @@ features and rows:
 Both are scored on the test split's outcomes. The `truth` fit's share of the oracle's
 improvement is an estimate of the ceiling for any model of these features; its gap to the
 oracle is what the features cannot reveal.
+
+`--latents` adds three more `truth` fits, each given some of the simulator's latent state
+at the attempt as extra features (truth.parquet's `latent_*` columns, which no log holds):
+the card's funds hazard (its tightness, pay-cycle phase and amount against its usual), the
+issuer's outage and risk regime, and all three. Each shows how much of the gap to the oracle
+that part of the hidden state accounts for.
 
 `--transformer RUN_DIR` also trains the transformer (`experiment=demo` plus the overrides)
 on the truth of the training split, the same way: an estimate of what its inputs, the
@@ -49,11 +55,20 @@ from issuer_seq.schema import ValidatedLog, load_log
 from issuer_seq.train.run import train
 
 
+#: `--latents`: fit name -> truth.parquet latent columns given to LightGBM as features
+LATENT_FITS = {
+    "truth_with_funds_hazard": ["latent_funds_hazard"],
+    "truth_with_outage_and_regime": ["latent_outage", "latent_risk_regime"],
+    "truth_with_all_latents": ["latent_funds_hazard", "latent_outage", "latent_risk_regime"],
+}
+
+
 def ceiling(
     data_dir: Path,
     threads: int | None = None,
     transformer: Path | None = None,
     overrides: Sequence[str] = (),
+    latents: bool = False,
 ) -> dict[str, dict[str, float]]:
     vlog = load_log(data_dir)
     store = build_store(vlog)
@@ -66,20 +81,20 @@ def ceiling(
 
     data = approval_frame(vlog.frame, sql_features(vlog.frame, threads=threads))
     soft = data.assign(**{LABEL: p_true})
-    fits = {
-        "outcomes": (by_split(data, store.split), {}),
-        "truth": (
-            by_split(soft, store.split),
-            {"objective": "cross_entropy", "metric": "cross_entropy"},
-        ),
-    }
+    on_truth = {"objective": "cross_entropy", "metric": "cross_entropy"}
+    fits = {"outcomes": (data, {}), "truth": (soft, on_truth)}
+    if latents:
+        for name, columns in LATENT_FITS.items():
+            extra = {c: truth[c].to_numpy(dtype=float) for c in columns}
+            fits[name] = (soft.assign(**extra), on_truth)
     scores = {
         "base_rate": approval_metrics(base_rate(store, store.rows(TRAIN))[test], y),
         "oracle": approval_metrics(p_true[test], y),
     }
-    for name, (parts, params) in fits.items():
+    for name, (frame, params) in fits.items():
+        parts = by_split(frame, store.split)
         model = LightGBMModel(params, n_jobs=threads).fit(parts["train"], parts["val"])
-        scores[f"lightgbm_{name}"] = approval_metrics(model.predict_proba(data)[test], y)
+        scores[f"lightgbm_{name}"] = approval_metrics(model.predict_proba(frame)[test], y)
     if transformer is not None:
         scores["transformer_truth"] = train_on_truth(vlog, data_dir, transformer, overrides)
     base, oracle = scores["base_rate"]["logloss"], scores["oracle"]["logloss"]
@@ -114,8 +129,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--latents", action="store_true", help="also fit with the simulator's latent state"
+    )
     parser.add_argument("--transformer", type=Path, default=None, metavar="RUN_DIR")
     parser.add_argument("overrides", nargs="*", help="train overrides for --transformer")
     args = parser.parse_intermixed_args()
-    result = ceiling(args.data_dir, args.threads, args.transformer, args.overrides)
+    result = ceiling(
+        args.data_dir, args.threads, args.transformer, args.overrides, latents=args.latents
+    )
     print(json.dumps(result, indent=2))

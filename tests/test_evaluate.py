@@ -200,8 +200,9 @@ def test_side_runs_of_another_log_are_recognised(tmp_path: Path) -> None:
 
 
 def test_ceiling_script_fits_outcomes_and_truth(sim_dir: Path, tmp_path: Path) -> None:
-    """scripts/ceiling.py: the trees on outcomes and on the truth, and the transformer on
-    the truth, scored on the test outcomes against the base rate and the oracle."""
+    """scripts/ceiling.py: the trees on outcomes, on the truth and on the truth with latent
+    state, and the transformer on the truth, scored on the test outcomes against the base
+    rate and the oracle."""
     run = tmp_path / "truth_run"
     done = subprocess.run(
         [
@@ -209,6 +210,7 @@ def test_ceiling_script_fits_outcomes_and_truth(sim_dir: Path, tmp_path: Path) -
             str(ROOT / "scripts" / "ceiling.py"),
             str(sim_dir),
             "--threads=1",
+            "--latents",
             f"--transformer={run}",
             "model=tiny",
             "trainer.limit_train_batches=5",
@@ -224,12 +226,19 @@ def test_ceiling_script_fits_outcomes_and_truth(sim_dir: Path, tmp_path: Path) -
         "oracle",
         "lightgbm_outcomes",
         "lightgbm_truth",
+        "lightgbm_truth_with_funds_hazard",
+        "lightgbm_truth_with_outage_and_regime",
+        "lightgbm_truth_with_all_latents",
         "transformer_truth",
     }
     assert result["base_rate"]["oracle_share"] == 0.0
     assert result["oracle"]["oracle_share"] == 1.0
     # soft labels carry less noise than outcomes: on a small log the truth fit wins clearly
     assert result["lightgbm_truth"]["logloss"] < result["lightgbm_outcomes"]["logloss"]
+    # the hidden state the log lacks: given it, the same trees come closer to the oracle
+    latent = result["lightgbm_truth_with_all_latents"]
+    assert latent["logloss"] < result["lightgbm_truth"]["logloss"]
+    assert latent["oracle_share"] > result["lightgbm_truth"]["oracle_share"]
     assert (run / "metrics.json").exists()
     trained = json.loads((run / "metrics.json").read_text())["approval"]["test"]["logloss"]
     assert result["transformer_truth"]["logloss"] == round(trained, 4)
