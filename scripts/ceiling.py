@@ -54,7 +54,6 @@ from issuer_seq.evaluate.run import load_truth
 from issuer_seq.schema import ValidatedLog, load_log
 from issuer_seq.train.run import train
 
-
 #: `--latents`: fit name -> truth.parquet latent columns given to LightGBM as features
 LATENT_FITS = {
     "truth_with_funds_hazard": ["latent_funds_hazard"],
