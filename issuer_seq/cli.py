@@ -27,7 +27,7 @@ COMMANDS: dict[str, str] = {
     "serve": "HTTP scorer over an exported bundle (domain API, Open Inference Protocol V2)",
     "bench": "latency and throughput of the scorers, data-pipeline ratios (bench.json)",
     "report": "latency-vs-accuracy comparison report (report.html, report.json, PNG figures)",
-    "demo": "the main job end to end on the embedded default (simulate ... train)",
+    "demo": "the main job end to end on the embedded default (simulate ... report)",
 }
 
 log = logging.getLogger("issuer_seq")

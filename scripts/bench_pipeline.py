@@ -3,7 +3,7 @@
     python scripts/bench_pipeline.py DATA_DIR [--model small] [--steps 30] [--batch-size 512]
         [--accelerator cpu|gpu] [--precision 32-true|bf16-mixed]
 
-Prints one JSON object (DESIGN.md target: ratio at least 0.9).
+Prints one JSON object (target: ratio at least 0.9, docs/targets.md).
 """
 
 from __future__ import annotations

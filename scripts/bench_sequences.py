@@ -2,7 +2,7 @@
 
     python scripts/bench_sequences.py DATA_DIR [--k-card 16] [--k-issuer 32] [--rows N]
 
-Prints one JSON object (DESIGN.md target: `speedup` at least 20); exits 1 if the two
+Prints one JSON object (target: `speedup` at least 20, docs/targets.md); exits 1 if the two
 builds disagree. The method is described in issuer_seq/report/sequences.py and docs/data.md.
 """
 

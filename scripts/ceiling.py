@@ -4,7 +4,7 @@ python scripts/ceiling.py DATA_DIR [--threads N] [--latents] [--transformer RUN_
 
 A diagnostic for synthetic data, never a model to ship: it reads the simulator's truth.
 
-The oracle's improvement over the issuer x MCC base rate (DESIGN.md) includes what no model
+The oracle's improvement over the issuer x MCC base rate (docs/targets.md) includes what no model
 can know from the log: per-card parameters (funds tightness, payday, amount limit) that a few
 dozen attempts reveal only weakly, and the onset of outages, risk regimes, lost cards and
 expiries. To size what is attainable, the same LightGBM is fitted twice on the same SQL

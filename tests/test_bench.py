@@ -52,7 +52,7 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
         assert all(v > 0 for v in arm["batch_scores_per_s"].values())
     assert arms["onnx_fp32"]["p99_vs_onnx_fp32"] == 1.0
     assert arms["lightgbm"]["model"] == "lightgbm" and arms["onnx_fp32"]["model"] == "transformer"
-    # the LightGBM baseline: fitted once, saved, and the DESIGN.md ratio measured
+    # the LightGBM baseline: fitted once, saved, and the target's ratio measured
     assert bench["lightgbm"]["trees"] > 0 and (tmp_path / "lightgbm" / "model.txt").exists()
     vs = bench["scorers"]["vs_lightgbm"]
     p99 = (

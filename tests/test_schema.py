@@ -1,4 +1,4 @@
-"""The input contract: every rule of DESIGN.md's transaction log, with clear errors."""
+"""The input contract (docs/data_contract.md): every rule of it, with clear errors."""
 
 from __future__ import annotations
 

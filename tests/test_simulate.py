@@ -162,7 +162,7 @@ def test_retries_follow_the_logged_policy_and_network_rules(big_sim_dir: Path) -
 def test_marginals_are_realistic(big_sim_dir: Path) -> None:
     meta = json.loads((big_sim_dir / "meta.json").read_text())
     assert 0.85 <= meta["approval_rate"] <= 0.92
-    # Funds and do-not-honor are ~70% of declines (DOMAIN.md): of first attempts' declines
+    # Funds and do-not-honor are ~70% of declines (docs/simulator.md): of first attempts' declines
     # here, since failed retries of funds declines add repeated 51s to the whole log's mix.
     tx = pd.read_parquet(big_sim_dir / "transactions.parquet", columns=["attempt", "response_code"])
     first = tx.loc[(tx["attempt"] == 1) & (tx["response_code"] != "00"), "response_code"]

@@ -1,7 +1,8 @@
-"""Approval metrics of DESIGN.md's protocol, on numpy arrays (scikit-learn underneath).
+"""Approval metrics of the evaluation protocol (docs/targets.md), on numpy arrays.
 
 AUROC, average precision of the *decline* class, log loss, Brier, ECE (15 equal-width bins)
-and the calibration curve; the share of the oracle's log-loss improvement captured.
+and the calibration curve; the share of the oracle's log-loss improvement captured
+(scikit-learn underneath).
 """
 
 from __future__ import annotations

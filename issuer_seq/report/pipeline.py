@@ -3,7 +3,7 @@
 Both arms train the same network with the same Lightning loop for the same number of steps;
 one gathers each batch from the columnar store on the device (the real pipeline), the other
 is fed batches gathered beforehand and kept in memory (the upper bound a pipeline can reach).
-The ratio of their samples/s is the pipeline's efficiency (DESIGN.md target: at least 0.9).
+The ratio of their samples/s is the pipeline's efficiency (target: at least 0.9, docs/targets.md).
 """
 
 from __future__ import annotations

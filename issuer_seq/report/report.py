@@ -102,7 +102,7 @@ def _latency(arm: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def serving_notes(bench: Mapping[str, Any] | None) -> list[str]:
-    """Sentences on DESIGN.md's latency target and the HTTP service, from bench.json."""
+    """Sentences on the latency target (docs/targets.md) and the HTTP service, from bench.json."""
     if not bench:
         return []
     notes = []
@@ -114,7 +114,7 @@ def serving_notes(bench: Mapping[str, Any] | None) -> list[str]:
         verdict = "met" if vs["target_met"] else "not met"
         notes.append(
             f"Transformer p99 over the LightGBM scorer's p99 (same requests, one thread, end to "
-            f"end): {ratios}; DESIGN.md's target of at most {vs['target']:g}x is {verdict}."
+            f"end): {ratios}; the design target of at most {vs['target']:g}x is {verdict}."
         )
     model = bench.get("lightgbm", {})
     if str(model.get("source", "")).startswith("fitted"):

@@ -12,7 +12,7 @@ compares. The reference is what a data scientist writes first: `groupby` + `appl
 in each group, a Python loop over its rows with a binary search (`np.searchsorted`) in
 the group's sorted times. The histories must be identical (exit 1 if not).
 
-Progress and notes go to stderr. DESIGN.md's target for `speedup` is at least 20 (a
+Progress and notes go to stderr. The target for `speedup` (docs/targets.md) is at least 20 (a
 benchmark, not a test).
 """
 

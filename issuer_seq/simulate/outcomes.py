@@ -38,7 +38,7 @@ VELOCITY_WINDOW = 600  # seconds: attempts on the same card in the last 10 minut
 #: How long the cause of a decline outlasts it, by check (seconds; see `persistence`).
 PERSIST_S = {"funds": 2 * DAY, "generic": 2 * HOUR, "limit": DAY}
 
-# MAC 24-30 advise a retry after these delays (DOMAIN.md).
+# MAC 24-30 advise a retry after these delays (docs/rules.md).
 MAC_DELAYS = np.array([HOUR, DAY, 2 * DAY, 4 * DAY, 6 * DAY, 8 * DAY, 10 * DAY])
 MAC_CODES = np.array(["24", "25", "26", "27", "28", "29", "30"])
 
