@@ -9,7 +9,7 @@ Two halves:
   proposed retry from `Attempt` objects; `check_retries` decides millions at once from
   `AttemptColumns` (plain numpy arrays) and agrees with `check_retry` exactly.
 
-Figures follow the project's payments notes (DOMAIN.md: Visa decline categories after April
+Figures follow the project's payments notes (docs/rules.md: Visa decline categories after April
 2021, Mastercard MACs and excessive-attempt rules). Only numpy and the standard library are
 used so the scorer, the simulator and the evaluation can all import this without torch or
 pandas.
@@ -651,6 +651,7 @@ def check_retries(
     three_ds: np.ndarray | bool = False,
     updated_credentials: np.ndarray | bool = False,
     rules: NetworkRules = DEFAULT_RULES,
+    attempt_floor: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`check_retry` for N proposed retries at once, without a per-row Python loop.
 
@@ -659,6 +660,10 @@ def check_retries(
     self_rows: (N,) int index into history of each decline's own row, -1 where history does
         not hold it; that row is then not counted twice (pass the whole log as history).
     three_ds, updated_credentials: bool, scalar or (N,).
+    attempt_floor: where history may lack a payment's earlier attempts (a scorer's store after
+        a restart), count at least what the decline's `attempt` number implies for the
+        30-day limits: attempts 2..n were reattempts and attempts 1..n declines. Cautious: a
+        payment whose attempts span more than 30 days may be blocked early.
     Returns (allowed (N,) bool, rule (N,) str), equal to `check_retry` row by row when times
     are whole seconds.
     """
@@ -732,6 +737,8 @@ def check_retries(
 
     reattempts = 1 + counts(is_visa, q_merchant, h_merchant, history.attempt > 1, 30 * day)
     reattempts += (declines.attempt > 1) & (ts > retry_at - 30 * day)
+    if attempt_floor:  # attempts 2..n of the payment, and the proposed retry
+        reattempts = np.maximum(reattempts, declines.attempt)
     decide(is_visa & (reattempts > rules.visa_max_reattempts_30d), "visa_reattempt_cap")
 
     for name, window_s, cap in (
@@ -740,6 +747,8 @@ def check_retries(
     ):
         n_declines = counts(is_mc, q_payment, h_payment, h_is_decline, window_s)
         n_declines += ts > retry_at - window_s
+        if attempt_floor and window_s == 30 * day:  # attempts 1..n of the payment
+            n_declines = np.maximum(n_declines, declines.attempt)
         decide(is_mc & (n_declines >= cap), name)
 
     return ~decided, rule

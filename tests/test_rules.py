@@ -48,7 +48,7 @@ DAY = timedelta(days=1)
 PROPERTY = settings(max_examples=100, deadline=None)
 PARITY = settings(max_examples=200, deadline=None)
 
-# Every code the domain notes name (response-code table and Visa category table).
+# Every code docs/rules.md names (response-code table and Visa category table).
 DOMAIN_CODES = (
     "00 05 51 61 62 65 1A 91 96 N7 54 14 04 07 41 43 57 R0 R1 R3 "
     "12 15 46 03 19 59 75 78 86 93 N3 N4 55 82 6P"
@@ -610,3 +610,24 @@ def test_vectorized_agrees_with_scalar(
             rules=rules,
         )
         assert (bool(allowed[card]), str(rule[card])) == (expected.allowed, expected.rule)
+
+
+def test_attempt_floor_counts_what_the_attempt_number_implies() -> None:
+    # No history (a scorer's store after a restart): only the attempt number tells.
+    rows = [
+        visa("51", attempt=16),
+        visa("51", attempt=15),
+        mc("51", attempt=35),
+        mc("51", attempt=34),
+    ]
+    cols = AttemptColumns.from_attempts(rows, np.arange(4))
+    at = np.full(4, epoch_seconds(T0 + DAY))
+    _, plain = check_retries(cols, at)
+    assert plain.tolist() == ["ok"] * 4
+    _, floored = check_retries(cols, at, attempt_floor=True)
+    # attempt 16: reattempts 2..16 were 15, the retry would be the 16th; attempt 35: 35 declines
+    assert floored.tolist() == ["visa_reattempt_cap", "ok", "mc_excessive_30d", "ok"]
+    # The history's own count still decides where it is larger than the floor.
+    history = AttemptColumns.from_attempts(mc_declines(40, T0 - 2 * DAY, HOUR), np.full(40, 3))
+    _, counted = check_retries(cols.take(np.array([3])), at[:1], history, attempt_floor=True)
+    assert counted.tolist() == ["mc_excessive_30d"]

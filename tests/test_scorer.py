@@ -19,7 +19,9 @@ from issuer_seq.errors import IssuerSeqError
 from issuer_seq.features import Vocab
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.schema import load_log
+from issuer_seq.serve.inputs import encode_event
 from issuer_seq.serve.scorer import BundleError, Scorer
+from issuer_seq.serve.state import MemoryStore
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +130,72 @@ def test_retry_advice_obeys_the_network_rules(bundle: tuple[Path, Path, Path]) -
     assert cit.action in ("5m", "30m", "no_retry")
     with pytest.raises(IssuerSeqError, match="approval"):
         scorer.advise_retry({**base, "response_code": "00"})
+
+
+def test_the_rules_read_the_card_at_the_merchant_and_the_attempt_number(
+    bundle: tuple[Path, Path, Path],
+) -> None:
+    scorer = Scorer(bundle[2])
+    card = {**ATTEMPT, "card_id": "rules-1", "merchant_id": 777}
+    day = 86_400
+
+    def at(days: float) -> str:
+        return str(np.datetime64("2026-02-01T10:00:00") + np.timedelta64(int(days * day), "s"))
+
+    # MAC 03 (do not try again) at merchant 777, then more of the card's attempts elsewhere
+    # than its own stream keeps: the block still holds at 777 for 30 days.
+    scorer.observe({**card, "payment_id": "p0", "response_code": "05", "advice_code": "03"})
+    for i in range(scorer.ks["card"] + 70):
+        other = {**card, "merchant_id": 1000 + i, "ts": at(0.01 * (i + 1)), "payment_id": f"o{i}"}
+        scorer.observe({**other, "response_code": "00", "advice_code": None})
+    later = {**card, "ts": at(3), "payment_id": "p1", "response_code": "05", "advice_code": None}
+    blocked = scorer.advise_retry(later)
+    assert blocked.action == "no_retry" and blocked.rule == "mac_do_not_retry"
+    assert not any(blocked.allowed.values())
+    # Nothing stored for this card: the attempt number alone caps the reattempts.
+    fresh = {**ATTEMPT, "card_id": "rules-2", "network": "visa", "payment_id": "p2"}
+    capped = scorer.advise_retry({**fresh, "attempt": 16, "response_code": "51"})
+    assert capped.action == "no_retry" and capped.rule == "visa_reattempt_cap"
+    assert scorer.advise_retry({**fresh, "attempt": 2, "response_code": "51"}).rule != (
+        "visa_reattempt_cap"
+    )
+
+
+def test_sca_declines_at_checkout_get_an_immediate_3ds_retry(
+    bundle: tuple[Path, Path, Path],
+) -> None:
+    scorer = Scorer(bundle[2])
+    checkout = {**ATTEMPT, "card_id": "sca-1", "initiator": "CIT", "is_recurring": False}
+    decline = {**checkout, "network": "visa", "payment_id": "s1", "response_code": "1A"}
+    advice = scorer.advise_retry(decline)
+    # later without 3-D Secure cannot work (needs_3ds); at once with it is the way
+    assert not any(advice.allowed.values())
+    event = encode_event(scorer.vocab, decline)
+    p, possible = scorer.now_with_3ds(decline, event, [])
+    assert possible and 0.0 < p < 1.0
+    econ = scorer.economics
+    assert advice.action == "now_with_3ds" and advice.rule == "now_with_3ds"
+    assert advice.expected_value == pytest.approx(p * 250.0 * econ.margin - econ.attempt_fee)
+    # The decline itself is among the retry's histories, observed or not: the same answer.
+    scorer.observe(decline)
+    assert scorer.now_with_3ds(decline, event, []) == pytest.approx((p, True))
+    # Not for a decline already sent with 3-D Secure, a merchant-initiated one, or another code.
+    for other in (
+        {**decline, "three_ds": True},
+        {**decline, "initiator": "MIT"},
+        {**decline, "response_code": "05"},
+    ):
+        assert scorer.now_with_3ds(other, encode_event(scorer.vocab, other), []) == (0.0, False)
+        assert scorer.advise_retry(other).action != "now_with_3ds"
+
+
+def test_an_empty_store_passed_in_is_the_one_used(bundle: tuple[Path, Path, Path]) -> None:
+    store = MemoryStore({"card": 8, "issuer": 8, "card_merchant": 8})
+    assert len(store) == 0  # falsy: the scorer must not replace it with its own
+    scorer = Scorer(bundle[2], store=store)
+    assert scorer.store is store
+    scorer.observe({**ATTEMPT, "payment_id": "p", "response_code": "00", "advice_code": None})
+    assert len(store) == 3  # the card, the issuer and the card at the merchant
 
 
 def test_payment_id_is_required_where_the_model_reads_it(bundle: tuple[Path, Path, Path]) -> None:

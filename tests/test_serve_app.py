@@ -556,6 +556,10 @@ def test_failing_model_falls_back_to_the_rules(
         assert funds["action"] == "2d" and funds["rule"] == "code_rule_funds"
         assert funds["delay_s"] == 2 * 86_400 and funds["retry_at"] == "2026-01-22T10:00:00Z"
         assert advise("05", initiator="MIT")["action"] == "1d"  # generic
+        sca = advise("1A", three_ds=False)  # Visa SCA at checkout: at once, with 3-D Secure
+        assert sca["action"] == "now_with_3ds" and sca["rule"] == "code_rule_sca_3ds"
+        assert sca["delay_s"] == 0 and sca["expected_value"] > 0
+        assert advise("1A")["action"] == "no_retry"  # it was sent with 3-D Secure already
         mac = advise("51", "27", network="mastercard", initiator="MIT", is_recurring=True)
         assert mac["action"] == "4d"  # the MAC's 4-day wait beats the 2-day funds rule
         assert [k for k, v in mac["allowed"].items() if v] == ["4d", "7d"]
@@ -567,6 +571,26 @@ def test_failing_model_falls_back_to_the_rules(
         v2 = c.post("/v2/models/issuer_seq/infer", json=request).json()
         assert v2["parameters"] == {"fallback": True, "fallback_reason": "model_error"}
         assert [o["shape"] for o in v2["outputs"]] == [[2], [2, 8]]
+
+
+def test_the_fallback_reads_the_histories_the_service_keeps(bundle: Path) -> None:
+    # The service loads its own scorer (state=memory): the fallback must see the same store.
+    with _in_process(bundle, None, debug_model_delay_ms=400.0) as c:
+        _wait_ready(c)
+        mc = {"network": "mastercard", "initiator": "MIT", "merchant_id": 777, "card_id": 31}
+        posted = c.post("/v1/outcomes", json={"outcomes": [outcome("05", "03", **mc)]})
+        assert posted.json() == {"observed": 1}
+        later = outcome("05", ts="2026-01-23T10:00:00Z", payment_id="pay-later", **mc)
+        body = c.post("/v1/retry", json={"decline": later}).json()
+        assert body["fallback"] is True and body["fallback_reason"] == "deadline"
+        assert body["action"] == "no_retry" and body["rule"] == "mac_do_not_retry"
+        assert not any(body["allowed"].values())
+        # A retry worth less than its fee is not advised, by the rules either.
+        cents = outcome("91", amount=0.01, initiator="MIT", card_id=32)
+        tiny = c.post("/v1/retry", json={"decline": cents}).json()
+        assert tiny["fallback"] is True
+        assert tiny["action"] == "no_retry" and tiny["rule"] == "not_worth_it"
+        assert tiny["expected_value"] == 0.0
 
 
 def test_non_probabilities_and_unexpected_errors_fall_back(

@@ -30,8 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from issuer_seq import __version__
 from issuer_seq.delays import parse_delay
 from issuer_seq.serve import schemas as S
+from issuer_seq.serve.advice import RetryAdvice
 from issuer_seq.serve.metrics import MetricsMiddleware
-from issuer_seq.serve.scorer import RetryAdvice, Scorer
+from issuer_seq.serve.scorer import Scorer
 from issuer_seq.serve.service import ServeSettings, Service, probabilities
 from issuer_seq.serve.v2 import V2InputError
 

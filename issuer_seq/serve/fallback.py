@@ -7,12 +7,15 @@ rules instead and flags the answer `fallback: true`.
   global prior by `prior_weight` pseudo-events (one event alone would say 0 or 1); the prior
   alone when the issuer has no events. The prior is the training split's approval rate from
   the manifest, else 0.85.
-* Retry: a delay by the decline's cause (technical 30 min, funds and limits 2 days, generic,
-  SCA and unknown codes 1 day; never for hard and data declines), no earlier than a
-  Mastercard advice code's wait, then the first delay at or after it that
-  `issuer_seq.rules.check_retries` allows; none allowed: no retry. The curve is a flat prior
-  (the training split's retry success rate, else 0.5) where the rules allow a retry and 0
-  where they do not: a rule, not an estimate.
+* Retry: a customer-initiated SCA decline sent without 3-D Secure is retried at once with it
+  (`now_with_3ds`), where the rules allow that. Otherwise a delay by the decline's cause
+  (technical 30 min, funds and limits 2 days, generic, SCA and unknown codes 1 day; never for
+  hard and data declines), no earlier than a Mastercard advice code's wait, then the first
+  delay at or after it that the network rules allow (`advice.allowed_retries`, on the card's
+  history at the merchant); none allowed: no retry. The curve is a flat prior (the training
+  split's retry success rate, else 0.5) where the rules allow a retry and 0 where they do
+  not: a rule, not an estimate. A retry whose expected value at that prior is not positive
+  (a tiny amount against the attempt fee) is not advised.
 
 numpy and the rules only: this must keep working when onnxruntime does not.
 """
@@ -26,26 +29,19 @@ from typing import Any
 import numpy as np
 
 from issuer_seq.delays import grid_seconds
-from issuer_seq.retry_policy import (
-    DEFAULT_ECONOMICS,
-    RetryEconomics,
-    limit_to_session,
-    retry_values,
-)
+from issuer_seq.retry_policy import DEFAULT_ECONOMICS, RetryEconomics, retry_values
 from issuer_seq.rules import (
     DEFAULT_RULES,
     MAC_RETRY_AFTER,
     MASTERCARD,
-    AttemptColumns,
     Cause,
     NetworkRules,
     cause_of,
-    check_retries,
     normalize_code,
     normalize_network,
 )
+from issuer_seq.serve.advice import NOW_3DS_DELAY_S, Raw, RetryAdvice, allowed_retries
 from issuer_seq.serve.inputs import Event
-from issuer_seq.serve.scorer import RetryAdvice
 
 DEFAULT_APPROVAL_PRIOR = 0.85
 DEFAULT_RETRY_PRIOR = 0.5
@@ -61,34 +57,6 @@ CAUSE_DELAY_S: dict[Cause, int] = {
     Cause.OTHER: _DAY,
 }
 NEVER: frozenset[Cause] = frozenset({Cause.HARD, Cause.DATA, Cause.APPROVED})
-
-#: (network, amount, response_code, advice_code, attempt), as `Event.raw` keeps them
-Raw = tuple[str, float, str, str, int]
-
-
-def raw_of(attempt: Mapping[str, Any]) -> Raw:
-    code = attempt.get("response_code")
-    return (
-        str(attempt["network"]),
-        float(attempt["amount"]),
-        "" if code is None else str(code),
-        str(attempt.get("advice_code") or ""),
-        int(attempt["attempt"]),
-    )
-
-
-def _columns(rows: Sequence[tuple[int, str, Raw]]) -> AttemptColumns:
-    """The network rules' view of one card's attempts: (ts, merchant, raw) rows."""
-    return AttemptColumns(
-        card_id=np.zeros(len(rows), dtype=np.int64),
-        ts=np.array([r[0] for r in rows], dtype=np.int64),
-        network=np.array([r[2][0] for r in rows], dtype=str),
-        merchant_id=np.array([r[1] for r in rows], dtype=str),
-        amount=np.array([r[2][1] for r in rows], dtype=np.float64),
-        response_code=np.array([r[2][2] for r in rows], dtype=str),
-        advice_code=np.array([r[2][3] for r in rows], dtype=str),
-        attempt=np.array([r[2][4] for r in rows], dtype=np.int64),
-    )
 
 
 def _prior(manifest: Mapping[str, Any], key: str, default: float) -> float:
@@ -143,18 +111,9 @@ class FallbackPolicy:
         card_history: Sequence[Event] = (),
         initiator: str = "MIT",
     ) -> tuple[np.ndarray, np.ndarray]:
-        """check_retries at every grid delay, and a CIT only within the checkout session:
-        (allowed (G,) bool, rule (G,) str)."""
-        history = [(e.t, e.merchant, e.raw) for e in card_history if e.t < t and e.raw and e.raw[2]]
-        cols = _columns([(t, merchant, raw), *history])  # type: ignore[list-item]
-        g = len(self.grid_s)
-        allowed, rules = check_retries(
-            cols.take(np.zeros(g, dtype=np.int64)),
-            t + self.grid_s,
-            cols.take(np.arange(1, len(history) + 1)),
-            rules=self.rules,
-        )
-        return limit_to_session(allowed, rules, initiator, self.grid_s)
+        """The network rules at every grid delay (`advice.allowed_retries`; `card_history`:
+        the card's events at the merchant): (allowed (G,) bool, rule (G,) str)."""
+        return allowed_retries(t, merchant, raw, card_history, initiator, self.grid_s, self.rules)
 
     def curve(self, allowed: np.ndarray) -> np.ndarray:
         """The flat prior where a retry is allowed, 0 where not. (G,)"""
@@ -172,6 +131,25 @@ class FallbackPolicy:
             wait = max(wait, int(mac.total_seconds()))
         return wait
 
+    def sca_at_checkout(
+        self,
+        t: int,
+        merchant: str,
+        raw: Raw,
+        card_history: Sequence[Event],
+        initiator: str,
+        three_ds: bool,
+    ) -> bool:
+        """A customer-initiated SCA decline (Visa 1A, Mastercard 65) sent without 3-D Secure,
+        whose immediate retry with it the network rules allow."""
+        if cause_of(raw[2], raw[0]) != Cause.SCA or initiator != "CIT" or three_ds:
+            return False
+        now = np.array([NOW_3DS_DELAY_S])
+        ok, _ = allowed_retries(
+            t, merchant, raw, card_history, initiator, now, self.rules, three_ds=True
+        )
+        return bool(ok[0])
+
     def retry(
         self,
         t: int,
@@ -179,32 +157,33 @@ class FallbackPolicy:
         raw: Raw,
         card_history: Sequence[Event] = (),
         initiator: str = "MIT",
+        three_ds: bool = False,
     ) -> RetryAdvice:
         allowed, rules = self.allowed(t, merchant, raw, card_history, initiator)
         curve = self.curve(allowed)
-        target = self.target_s(raw)
-        cause = cause_of(raw[2], raw[0])
-        blocking = [str(r) for r in rules if r != "ok"]
-        choice: int | None = None
-        if target is None:
+        econ = self.economics
+        action, value = "no_retry", 0.0
+        if self.sca_at_checkout(t, merchant, raw, card_history, initiator, three_ds):
+            action, rule = "now_with_3ds", "code_rule_sca_3ds"
+            value = self.retry_prior * raw[1] * econ.margin - econ.attempt_fee
+        elif (target := self.target_s(raw)) is None:
+            blocking = [str(r) for r in rules if r != "ok"]
             rule = blocking[0] if blocking else "never_retry"
         else:
             first = min(int(np.searchsorted(self.grid_s, target, side="left")), len(self.grid) - 1)
             later = [i for i in range(first, len(self.grid)) if allowed[i]]
             if later:
-                choice = later[0]
-                rule = f"code_rule_{cause.value}"
+                action, rule = self.grid[later[0]], f"code_rule_{cause_of(raw[2], raw[0]).value}"
+                values = retry_values(curve[None, :], np.array([raw[1]]), self.grid_s, econ)
+                value = float(values[0, later[0]])
             else:
                 rule = str(rules[first]) if rules[first] != "ok" else "not_allowed"
-        value = 0.0
-        if choice is not None:
-            values = retry_values(
-                curve[None, :], np.array([raw[1]]), self.grid_s, self.economics
-            )  # (1, G)
-            value = float(values[0, choice])
+        if action != "no_retry" and value <= 0:
+            # the fee and the wait outweigh what the retry could recover
+            action, rule, value = "no_retry", "not_worth_it", 0.0
         return RetryAdvice(
             curve={label: float(p) for label, p in zip(self.grid, curve, strict=True)},
-            action="no_retry" if choice is None else self.grid[choice],
+            action=action,
             expected_value=value,
             rule=rule,
             allowed={label: bool(a) for label, a in zip(self.grid, allowed, strict=True)},

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +30,9 @@ from issuer_seq.retry_policy import (
     NOW_3DS,
     RetryEconomics,
     choose_retry,
-    limit_to_session,
 )
-from issuer_seq.rules import (
-    DEFAULT_RULES,
-    AttemptColumns,
-    Cause,
-    NetworkRules,
-    cause_of,
-    check_retries,
-)
+from issuer_seq.rules import DEFAULT_RULES, Cause, NetworkRules, cause_of
+from issuer_seq.serve.advice import NOW_3DS_DELAY_S, RULES_STREAM, RetryAdvice, allowed_retries
 from issuer_seq.serve.inputs import (
     Event,
     Window,
@@ -49,7 +41,6 @@ from issuer_seq.serve.inputs import (
     history_lengths,
     stream_key,
 )
-from issuer_seq.serve.inputs import epoch_seconds as to_epoch
 from issuer_seq.serve.state import MemoryStore, StateStore
 
 log = logging.getLogger(__name__)
@@ -116,15 +107,6 @@ def make_session(model: Path, providers: Sequence[str], threads: int, allow_fall
     return session
 
 
-@dataclass
-class RetryAdvice:
-    curve: dict[str, float]  # delay label -> P(retry approved)
-    action: str  # a delay label, "now_with_3ds", or "no_retry"
-    expected_value: float
-    rule: str  # the network rule or policy reason that decided
-    allowed: dict[str, bool] = field(default_factory=dict)
-
-
 class Scorer:
     def __init__(
         self,
@@ -148,7 +130,10 @@ class Scorer:
         self.grid = [str(g) for g in m["delay_grid"]]
         self.grid_s = grid_seconds(self.grid)
         self.input_names = [spec["name"] for spec in m["schema"]["inputs"]]
-        self.store = store or MemoryStore({s: k + 64 for s, k in self.ks.items()})
+        # `is None`, not `or`: an empty store is falsy (len 0), and it must be this one, shared
+        # with the service's fallback, not a private copy
+        keep = {s: k + 64 for s, k in self.ks.items()}
+        self.store = store if store is not None else MemoryStore(keep)
         self.rules = rules
         self.economics = economics
         self.session = make_session(
@@ -211,18 +196,19 @@ class Scorer:
         if cause_of(code, network) == Cause.APPROVED:
             raise IssuerSeqError(f"response code {code} is an approval: nothing to retry")
         curve = self.retry_curve([decline])[0]  # (G,)
-        t = to_epoch(decline["ts"])
-        known = self.store.recent("card", str(decline["card_id"]))
-        history = [e for e in known if e.t < t and e.raw is not None and e.raw[2]]
-        cols = _columns([encode_event(self.vocab, decline), *history])
-        g = len(self.grid_s)
-        allowed, rules = check_retries(
-            cols.take(np.zeros(g, dtype=np.int64)),
-            t + self.grid_s,
-            cols.take(np.arange(1, len(history) + 1)),
-            rules=self.rules,
+        event = encode_event(self.vocab, decline)
+        assert event.raw is not None
+        history = self.store.recent(RULES_STREAM, stream_key(RULES_STREAM, decline))
+        allowed, rules = allowed_retries(
+            event.t,
+            event.merchant,
+            event.raw,
+            history,
+            str(decline["initiator"]),
+            self.grid_s,
+            self.rules,
         )
-        allowed, rules = limit_to_session(allowed, rules, str(decline["initiator"]), self.grid_s)
+        p_3ds, can_3ds = self.now_with_3ds(decline, event, history)
         choice = choose_retry(
             curve[None, :],
             allowed[None, :],
@@ -230,6 +216,8 @@ class Scorer:
             np.array([code]),
             np.array([network]),
             self.grid_s,
+            p_now_3ds=np.array([p_3ds]),
+            sca_3ds_possible=np.array([can_3ds]),
             econ=self.economics,
         )
         action_i = int(choice.action[0])
@@ -239,7 +227,10 @@ class Scorer:
             else ("now_with_3ds" if action_i == NOW_3DS else self.grid[action_i])
         )
         blocking = sorted({str(r) for r in rules if r != "ok"})
-        rule = str(choice.reason[0]) if allowed.any() else (blocking[0] if blocking else "ok")
+        if allowed.any() or action_i == NOW_3DS:
+            rule = str(choice.reason[0])
+        else:
+            rule = blocking[0] if blocking else "ok"
         return RetryAdvice(
             curve={label: float(p) for label, p in zip(self.grid, curve, strict=True)},
             action=action,
@@ -247,6 +238,54 @@ class Scorer:
             rule=rule,
             allowed={label: bool(a) for label, a in zip(self.grid, allowed, strict=True)},
         )
+
+    def now_with_3ds(
+        self, decline: Mapping[str, Any], event: Event, rules_history: Sequence[Event]
+    ) -> tuple[float, bool]:
+        """The approval probability of the payment re-sent at once with 3-D Secure, and whether
+        that retry is on the table: a customer-initiated SCA decline (Visa 1A, Mastercard 65)
+        sent without 3-D Secure, the retry allowed by the network rules. (0.0, False) else.
+
+        The retry is scored as the attempt it would be: `NOW_3DS_DELAY_S` after the decline,
+        the next attempt of the same payment, with the decline in its histories (added here
+        when its outcome has not been observed yet).
+        """
+        assert event.raw is not None
+        network, _, code, _, attempt = event.raw
+        if (
+            cause_of(code, network) != Cause.SCA
+            or str(decline["initiator"]) != "CIT"
+            or bool(decline["three_ds"])
+        ):
+            return 0.0, False
+        ok, _ = allowed_retries(
+            event.t,
+            event.merchant,
+            event.raw,
+            rules_history,
+            "CIT",
+            np.array([NOW_3DS_DELAY_S]),
+            self.rules,
+            three_ds=True,
+        )
+        if not ok[0]:
+            return 0.0, False
+        retry = {
+            **decline,
+            "ts": event.t + NOW_3DS_DELAY_S,
+            "attempt": attempt + 1,
+            "three_ds": True,
+            "response_code": None,
+            "advice_code": None,
+        }
+        histories: dict[str, list[Sequence[Event]]] = {}
+        for stream in self.ks:
+            known = self.store.recent(stream, stream_key(stream, decline))
+            if not any(e.t == event.t and e.raw == event.raw for e in known):
+                known = sorted([*known, event], key=lambda e: e.t)
+            histories[stream] = [known]
+        inputs = build_inputs([encode_event(self.vocab, retry)], histories, self.ks, self.lag_s)
+        return float(self.run(inputs)[0][0]), True
 
     # -- outcomes -------------------------------------------------------------------------
     def observe(self, outcome: Mapping[str, Any]) -> None:
@@ -258,22 +297,6 @@ class Scorer:
         event = encode_event(self.vocab, outcome)
         for stream in self.ks:
             self.store.append(stream, stream_key(stream, outcome), event)
-
-
-def _columns(events: Sequence[Event]) -> AttemptColumns:
-    """The network rules' view of one card's events."""
-    raw = [e.raw for e in events]
-    assert all(r is not None for r in raw)
-    return AttemptColumns(
-        card_id=np.zeros(len(events), dtype=np.int64),
-        ts=np.array([e.t for e in events], dtype=np.int64),
-        network=np.array([r[0] for r in raw]),  # type: ignore[index]
-        merchant_id=np.array([e.merchant for e in events]),
-        amount=np.array([r[1] for r in raw], dtype=np.float64),  # type: ignore[index]
-        response_code=np.array([r[2] for r in raw]),  # type: ignore[index]
-        advice_code=np.array([r[3] for r in raw]),  # type: ignore[index]
-        attempt=np.array([r[4] for r in raw], dtype=np.int64),  # type: ignore[index]
-    )
 
 
 __all__ = ["BundleError", "RetryAdvice", "Scorer", "verify_bundle"]

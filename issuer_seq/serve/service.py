@@ -28,11 +28,18 @@ from typing import Any, TypeVar
 import numpy as np
 
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.serve.fallback import FallbackPolicy, raw_of
-from issuer_seq.serve.inputs import Event, build_inputs, encode_event, history_lengths
+from issuer_seq.serve.advice import RULES_STREAM, RetryAdvice, raw_of
+from issuer_seq.serve.fallback import FallbackPolicy
+from issuer_seq.serve.inputs import (
+    Event,
+    build_inputs,
+    encode_event,
+    history_lengths,
+    stream_key,
+)
 from issuer_seq.serve.inputs import epoch_seconds as to_epoch
 from issuer_seq.serve.metrics import Metrics
-from issuer_seq.serve.scorer import MANIFEST, BundleError, RetryAdvice, Scorer
+from issuer_seq.serve.scorer import MANIFEST, BundleError, Scorer
 from issuer_seq.serve.state import MemoryStore, RedisStore, StateStore
 from issuer_seq.serve.v2 import V2Model
 
@@ -329,11 +336,16 @@ class Service:
         ]
 
     async def fallback_retry(self, decline: Mapping[str, Any]) -> RetryAdvice:
-        card = str(decline["card_id"])
-        history = await self.read_store(lambda: self.store.recent("card", card), [])
+        key = stream_key(RULES_STREAM, decline)
+        history = await self.read_store(lambda: self.store.recent(RULES_STREAM, key), [])
         t = to_epoch(decline["ts"])
         return self.fallback.retry(
-            t, str(decline["merchant_id"]), raw_of(decline), history, str(decline["initiator"])
+            t,
+            str(decline["merchant_id"]),
+            raw_of(decline),
+            history,
+            str(decline["initiator"]),
+            bool(decline["three_ds"]),
         )
 
     async def fallback_tensors(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
