@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.rules import MAC_MEANINGS, causes, is_known_code
@@ -105,14 +106,18 @@ def read_log(path: str | Path) -> pd.DataFrame:
     """Read a log from Parquet or CSV without changing its types (validation judges them)."""
     p = resolve_log_path(path)
     suffix = p.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(p)
-    if suffix in (".csv", ".gz"):
+    if suffix not in (".parquet", ".pq", ".csv", ".gz"):
+        raise IssuerSeqError(f"{p}: unsupported file type {suffix!r} (use .parquet or .csv)")
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(p)
         # String columns are read as strings so that '05' and '0742' keep their leading zeros.
         return pd.read_csv(
             p, dtype={c: str for c in _STRING_COLUMNS}, keep_default_na=True, na_values=[""]
         )
-    raise IssuerSeqError(f"{p}: unsupported file type {suffix!r} (use .parquet or .csv)")
+    except (OSError, ValueError, pa.ArrowException) as exc:  # empty, truncated, not that format
+        kind = "Parquet" if suffix in (".parquet", ".pq") else "CSV"
+        raise IssuerSeqError(f"{p}: not a readable {kind} file ({exc})") from exc
 
 
 def load_log(path: str | Path) -> ValidatedLog:
@@ -204,6 +209,10 @@ def validate(frame: pd.DataFrame, source: str = "<frame>") -> ValidatedLog:
     ts = df["ts"]
     if pd.api.types.is_datetime64_any_dtype(ts.dtype):
         if getattr(ts.dt, "tz", None) is None:
+            warnings.append(
+                "column 'ts' has no time zone: read as UTC (a log in local time would shift "
+                "hours, days and retry gaps)"
+            )
             ts = ts.dt.tz_localize("UTC")
         else:
             ts = ts.dt.tz_convert("UTC")
@@ -291,6 +300,7 @@ def validate(frame: pd.DataFrame, source: str = "<frame>") -> ValidatedLog:
         top = mac[unknown_mac].value_counts().head(5).to_dict()
         warnings.append(f"{int(unknown_mac.sum())} unknown merchant advice code(s) kept: {top}")
 
+    warnings += _payment_warnings(df)
     if not df["ts"].is_monotonic_increasing:
         # Stable: attempts with equal timestamps keep the order the log gave them.
         order = np.argsort(df["ts"].astype("int64").to_numpy(), kind="stable")
@@ -299,6 +309,37 @@ def validate(frame: pd.DataFrame, source: str = "<frame>") -> ValidatedLog:
     for w in warnings:
         log.warning("%s: %s", source, w)
     return ValidatedLog(frame=df, source=source, warnings=warnings)
+
+
+def _payment_warnings(df: pd.DataFrame) -> list[str]:
+    """What a log may legitimately hold but the user should know: payments whose first
+    attempts are missing (begun before the log, or lost), gaps in attempt numbers, and cards
+    seen with several networks, card types or issuers."""
+    out = []
+    by_payment = df.groupby("payment_id", sort=False)["attempt"]
+    first, count, last = by_payment.min(), by_payment.size(), by_payment.max()
+    late = first > 1
+    if late.any():
+        out.append(
+            f"{int(late.sum())} payment(s) have no attempt 1 in the log (their first logged "
+            f"attempt is a retry whose earlier attempts are missing; e.g. "
+            f"{', '.join(map(str, late[late].index[:3]))})"
+        )
+    gaps = (last - first + 1) > count
+    if gaps.any():
+        out.append(
+            f"{int(gaps.sum())} payment(s) skip attempt numbers (e.g. "
+            f"{', '.join(map(str, gaps[gaps].index[:3]))})"
+        )
+    by_card = df.groupby("card_id", sort=False)
+    for col in ("network", "card_type", "issuer_id"):
+        several = by_card[col].nunique() > 1
+        if several.any():
+            out.append(
+                f"{int(several.sum())} card(s) appear with several {col} values (e.g. "
+                f"{', '.join(map(str, several[several].index[:3]))})"
+            )
+    return out
 
 
 def _check_ids(df: pd.DataFrame, problems: list[str]) -> None:

@@ -96,7 +96,24 @@ def test_csv_keeps_leading_zeros_and_rejects_bad_timestamps(tmp_path: Path) -> N
 def test_naive_timestamps_are_taken_as_utc() -> None:
     df = handmade_rows()
     df["ts"] = df["ts"].dt.tz_localize(None)
-    assert str(validate(df).frame["ts"].dt.tz) == "UTC"
+    vlog = validate(df)
+    assert str(vlog.frame["ts"].dt.tz) == "UTC"
+    assert any("no time zone: read as UTC" in w for w in vlog.warnings)
+    assert not any("time zone" in w for w in validate(handmade_rows()).warnings)
+
+
+def test_payments_missing_attempts_and_inconsistent_cards_are_warned() -> None:
+    df = handmade_rows()
+    clean = validate(df).warnings
+    assert not any("no attempt 1" in w or "skip attempt" in w for w in clean)
+    df.loc[df["txn_id"] == "t3", "attempt"] = 3  # p2: attempts 1 and 3
+    df.loc[df["txn_id"] == "t6", "attempt"] = 4  # p5: only attempt 4
+    df.loc[df["txn_id"] == "t1", "network"] = "mastercard"  # c1: visa and mastercard
+    warnings = validate(df).warnings
+    assert any("1 payment(s) have no attempt 1" in w and "p5" in w for w in warnings)
+    assert any("1 payment(s) skip attempt numbers (e.g. p2)" in w for w in warnings)
+    assert any("card(s) appear with several network values (e.g. c1)" in w for w in warnings)
+    assert len(validate(df).frame) == len(df)  # warned, nothing dropped
 
 
 def test_cli_validate_prints_summary_and_fails_cleanly(sim_dir: Path, tmp_path: Path) -> None:
@@ -113,3 +130,10 @@ def test_cli_validate_prints_summary_and_fails_cleanly(sim_dir: Path, tmp_path: 
     assert fail.returncode == 2
     assert "missing required column 'three_ds'" in fail.stdout + fail.stderr
     assert "Traceback" not in fail.stdout + fail.stderr
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    handmade_rows().to_csv(tmp_path / "csv.parquet")  # a CSV under a Parquet name
+    for name in ("empty.parquet", "csv.parquet"):
+        fail = subprocess.run([*exe, f"path={tmp_path / name}"], capture_output=True, text=True)
+        assert fail.returncode == 2, name
+        assert "not a readable Parquet file" in fail.stdout + fail.stderr
+        assert "Traceback" not in fail.stdout + fail.stderr
