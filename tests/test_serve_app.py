@@ -743,4 +743,4 @@ def test_redis_state_is_shared_by_replicas(bundle: Path, redis_url: str) -> None
         assert a.post("/v1/outcomes", json={"outcomes": history}).json() == {"observed": 3}
         after = b.post("/v1/score", json=query).json()["p_approve"][0]
         assert after != pytest.approx(before, abs=1e-7)  # replica b reads what a wrote
-    assert redis.Redis.from_url(redis_url).llen(f"{prefix}:card:7001") == 3
+    assert redis.Redis.from_url(redis_url).zcard(f"{prefix}:t:card:7001") == 3

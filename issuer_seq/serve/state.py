@@ -1,12 +1,13 @@
 """State stores: the recent events of every card and issuer, behind one small protocol.
 
 - `MemoryStore`: in process, bounded: at most `max_keys` cards/issuers per stream, least
-  recently used evicted first; each keeps its last `keep` events (`History`). The embedded
+  recently used evicted first; each keeps its latest `keep` events (`History`). The embedded
   default.
-- `RedisStore`: the same in Redis lists, so that several scorer replicas share state.
+- `RedisStore`: the same in Redis sorted sets, so that several scorer replicas share state.
 
-Events may arrive out of time order (late outcomes); both keep the last `keep` appended, and
-`recent` returns them sorted by time (ties in arrival order). `window` is what a request
+Events may arrive out of time order (late outcomes, a backfill of old ones); both keep the
+`keep` latest by time (ties: the later arrivals), so an old event never pushes out a newer
+one, and `recent` returns them sorted by time (ties in arrival order). `window` is what a request
 reads: the last k events before a cut-off, as columns (serve/inputs.py `Window`).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Protocol
 
@@ -31,23 +33,22 @@ class StateStore(Protocol):
 
 
 class History:
-    """One key's last `keep` appended events, kept in time order, with their encoded features
+    """One key's latest `keep` events, kept in time order, with their encoded features
     as columns beside them, so that a request's window is a slice (no sort, no loop).
 
     Rows live in [lo, hi) of arrays with room for 2 x keep: appending in time order writes at
     hi, dropping the oldest moves lo, and the rows move back to the front once per `keep`
     appends. A late event is inserted at its place in time (after events of the same second,
-    as a stable sort puts it); when full, the event appended longest ago is dropped, as a
-    Redis list trimmed to `keep` does. Not thread-safe: `MemoryStore` locks.
+    as a stable sort puts it); when full, the oldest event is dropped (by time, ties: the
+    first to arrive), as `RedisStore` trims its sorted sets. Not thread-safe: `MemoryStore`
+    locks.
     """
 
     def __init__(self, keep: int, first: Event, capacity: int = 4) -> None:
         self.keep = keep
         self.lo = self.hi = 0
-        self.appended = 0
         cap = max(1, min(capacity, 2 * keep))
         self.t = np.zeros(cap, np.int64)
-        self.seq = np.zeros(cap, np.int64)  # arrival number of each row
         self.merchant = np.empty(cap, object)
         self.payment = np.empty(cap, object)
         # ids fit int32 (vocabularies are small); the inputs are int64, copied exactly
@@ -59,7 +60,7 @@ class History:
         return self.hi - self.lo
 
     def _columns(self) -> tuple[np.ndarray, ...]:
-        return self.t, self.seq, self.merchant, self.payment, self.cat, self.num
+        return self.t, self.merchant, self.payment, self.cat, self.num
 
     def _move(self, cap: int) -> None:
         """Rows to [0, n) of arrays of `cap` rows (grown, or the same size compacted)."""
@@ -72,7 +73,7 @@ class History:
                 new = np.zeros((*a.shape[:-1], cap), a.dtype)
             new[..., :n] = a[..., lo:hi]
             moved.append(new)
-        self.t, self.seq, self.merchant, self.payment, self.cat, self.num = moved
+        self.t, self.merchant, self.payment, self.cat, self.num = moved
         self.lo, self.hi = 0, n
 
     def _shift(self, start: int, stop: int, by: int) -> None:
@@ -91,24 +92,15 @@ class History:
             i = lo + int(np.searchsorted(self.t[lo:hi], event.t, side="right"))
             self._shift(i, hi, 1)
         self.t[i] = event.t
-        self.seq[i] = self.appended
         self.merchant[i] = event.merchant
         self.payment[i] = event.payment
         self.cat[:, i] = event.cat
         self.num[:, i] = event.num
         self.events.insert(i - lo, event)
         self.hi += 1
-        self.appended += 1
-        if len(self) > self.keep:  # drop the event appended longest ago
-            gone = self.appended - 1 - self.keep
-            j = lo
-            if self.seq[lo] != gone:
-                j = lo + int(np.flatnonzero(self.seq[lo : self.hi] == gone)[0])
-                self._shift(j + 1, self.hi, -1)
-                self.hi -= 1
-            else:
-                self.lo += 1
-            del self.events[j - lo]
+        if len(self) > self.keep:  # drop the oldest: row lo, the first in time order
+            self.lo += 1
+            del self.events[0]
 
     def window(self, cutoff: int, k: int) -> Window:
         """The last k events with t < cutoff, copied (appends may follow)."""
@@ -168,7 +160,8 @@ class MemoryStore:
 
 
 class RedisStore:
-    """Histories in Redis lists (`<prefix>:<stream>:<key>`), trimmed to `keep`, with a TTL."""
+    """Histories in Redis sorted sets (`<prefix>:t:<stream>:<key>`), trimmed to the `keep`
+    latest by time, with a TTL."""
 
     def __init__(
         self,
@@ -189,20 +182,26 @@ class RedisStore:
         return cls(redis.Redis.from_url(url, socket_timeout=1.0), keep, **kwargs)
 
     def _key(self, stream: str, key: str) -> str:
-        return f"{self.prefix}:{stream}:{key}"
+        # "t": time-ordered sorted sets (keys of the earlier list layout are not read; they
+        # expire with their TTL)
+        return f"{self.prefix}:t:{stream}:{key}"
 
     def append(self, stream: str, key: str, event: Event) -> None:
+        """Score: the event's time; member: arrival time in ns (zero-padded, so that ties in
+        time sort by arrival, and a resent outcome is a second event, as in `MemoryStore`),
+        then the event. Trimmed to the `keep` latest by time."""
         k = self._key(stream, key)
+        member = f"{time.time_ns():020d}|{json.dumps(event.to_json())}"
         pipe = self.client.pipeline(transaction=True)
-        pipe.rpush(k, json.dumps(event.to_json()))
-        pipe.ltrim(k, -self.keep[stream], -1)
+        pipe.zadd(k, {member: event.t})
+        pipe.zremrangebyrank(k, 0, -self.keep[stream] - 1)
         if self.ttl_s:
             pipe.expire(k, self.ttl_s)
         pipe.execute()
 
     def recent(self, stream: str, key: str) -> list[Event]:
-        raw = self.client.lrange(self._key(stream, key), 0, -1)
-        return sorted((Event.from_json(json.loads(r)) for r in raw), key=lambda e: e.t)
+        raw = self.client.zrange(self._key(stream, key), 0, -1)
+        return [Event.from_json(json.loads(r.split(b"|", 1)[1])) for r in raw]
 
     def window(self, stream: str, key: str, cutoff: int, k: int) -> Window:
         return window_of(self.recent(stream, key), cutoff, k)
