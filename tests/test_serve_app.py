@@ -340,6 +340,13 @@ def test_bad_scores_are_4xx_naming_the_problem(client: httpx.Client, case: str) 
     assert needle in answer.json()["error"], answer.text
 
 
+def test_rejected_values_are_not_echoed(client: httpx.Client) -> None:
+    for ts in ("Mon, 02 Mar 2026 card 4111", "2026-13-45T99:00:00Z"):
+        answer = client.post("/v1/score", json={"attempt": attempt(ts=ts)})
+        assert answer.status_code == 422 and "ts is not a valid time" in answer.text
+        assert ts not in answer.text and "4111" not in answer.text
+
+
 def test_unreadable_requests_are_4xx(client: httpx.Client) -> None:
     headers = {"content-type": "application/json"}
     raw = json.dumps({"attempt": attempt()})

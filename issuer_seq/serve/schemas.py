@@ -53,8 +53,11 @@ def _timestamp(value: Any) -> datetime:
                 raise ValueError("ts must be finite")
             ts = datetime.fromtimestamp(float(value), UTC)
         ts = ts.astimezone(UTC)
-    except (ValueError, OverflowError, OSError) as exc:
-        raise ValueError(f"ts is not a valid time: {exc}") from None
+    except (ValueError, OverflowError, OSError):
+        # the parser's message would repeat the value, and rejected values are not echoed
+        raise ValueError(
+            "ts is not a valid time (ISO 8601, e.g. 2026-03-02T09:30:00Z, or epoch seconds)"
+        ) from None
     if not TS_MIN <= ts <= TS_MAX:
         raise ValueError("ts must lie between 1970-01-01 and 2100-01-01 (UTC)")
     return ts
