@@ -301,6 +301,11 @@ def test_v2_rejects_tensors_that_do_not_fit(client: httpx.Client, bundle: Path) 
             "inputs": [*request["inputs"], {**request["inputs"][0], "name": "x"}],
         },
         "unknown output": {**request, "outputs": [{"name": "logits"}]},
+        "asked for more than once": {**request, "outputs": [{"name": "p_retry"}] * 2},
+        "binary tensor data is not supported": {
+            **request,
+            "parameters": {"binary_data_output": True},
+        },
         "lengths must lie in": _replace(request, "card_length", data=[99999, 0]),
     }
     for message, body in cases.items():

@@ -350,7 +350,7 @@ def create_app(
         v2 = service.v2
         try:
             feeds = v2.decode(body.inputs)
-            names = v2.requested(body.outputs)
+            names = v2.requested(body.outputs, body.parameters)
         except V2InputError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         batch = len(next(iter(feeds.values())))

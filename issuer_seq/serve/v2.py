@@ -179,13 +179,23 @@ class V2Model:
                 if ((x < 0) | (x > k)).any():
                     raise V2InputError(f"input {spec.name!r}: lengths must lie in 0..{k}")
 
-    def requested(self, outputs: Sequence[Any] | None) -> list[str]:
+    def requested(
+        self, outputs: Sequence[Any] | None, parameters: Mapping[str, Any] | None = None
+    ) -> list[str]:
+        """The outputs asked for (all by default); binary tensor data is not supported, and
+        an output asked for twice is a mistake, not two answers."""
+        asks = [parameters or {}, *[o.parameters or {} for o in outputs or []]]
+        if any(p.get("binary_data_output") or p.get("binary_data") for p in asks):
+            raise V2InputError("binary tensor data is not supported: ask for JSON outputs")
         if not outputs:
             return list(OUTPUTS)
         names = [o.name for o in outputs]
         unknown = [n for n in names if n not in OUTPUTS]
         if unknown:
             raise V2InputError(f"unknown output(s) {unknown}; this model has {list(OUTPUTS)}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise V2InputError(f"output(s) {twice} asked for more than once")
         return names
 
     @staticmethod
