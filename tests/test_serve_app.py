@@ -381,8 +381,14 @@ def test_unreadable_requests_are_4xx(client: httpx.Client) -> None:
 
 def test_metrics_count_requests_latency_and_fallbacks(client: httpx.Client) -> None:
     client.post("/v1/score", json={"attempt": attempt()})
+    headers = {"content-type": "application/json"}
+    assert client.post("/v1/score", content="x" * (MAX_BODY + 10), headers=headers).status_code == (
+        413
+    )
     text = client.get("/metrics").text
     assert 'issuer_seq_http_requests_total{method="POST",route="/v1/score",status="200"}' in text
+    # answered before routing, still counted under its route
+    assert 'issuer_seq_http_requests_total{method="POST",route="/v1/score",status="413"}' in text
     assert 'issuer_seq_http_request_duration_seconds_bucket{le="0.05",method="POST"' in text
     assert 'issuer_seq_model_duration_seconds_count{operation="score"}' in text
     assert "# TYPE issuer_seq_fallbacks_total counter" in text

@@ -19,6 +19,7 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Latency buckets from 1 ms to 2.5 s: the scorer's budget is milliseconds, deadlines tens.
@@ -94,6 +95,19 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+def _route_path(scope: Scope) -> str:
+    """The route template of a request, also when it was answered before routing (a 413
+    for an oversized body): matched against the app's routes; "unmatched" for none."""
+    route = scope.get("route")
+    if route is not None:
+        return str(route.path)
+    for candidate in getattr(scope.get("app"), "routes", ()):
+        match, _ = candidate.matches(scope)
+        if match != Match.NONE:
+            return str(candidate.path)
+    return "unmatched"
+
+
 class MetricsMiddleware:
     """Counts and times every HTTP request (plain ASGI: no buffering of bodies)."""
 
@@ -119,8 +133,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             self.metrics.in_flight.dec()
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            path = _route_path(scope)
             method = str(scope.get("method", ""))
             self.metrics.requests.labels(method, path, str(status)).inc()
             self.metrics.latency.labels(method, path).observe(time.perf_counter() - started)
