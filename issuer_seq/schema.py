@@ -27,6 +27,8 @@ NETWORKS = ("visa", "mastercard")
 CARD_TYPES = ("debit", "credit", "prepaid")
 INITIATORS = ("CIT", "MIT")
 APPROVED_CODE = "00"
+#: the largest amount taken (major units), as the scorer's requests
+MAX_AMOUNT = 1e9
 
 # Column kinds. An "id" may be int64 or string (users bring their own tokens).
 ID, INT, TIMESTAMP, STR, FLOAT, BOOL = "id", "int", "timestamp", "string", "float", "bool"
@@ -240,6 +242,21 @@ def validate(frame: pd.DataFrame, source: str = "<frame>") -> ValidatedLog:
             f"column 'amount' has {int(neg.sum())} negative value(s): "
             + _examples(df, neg, "amount")
         )
+    huge = (amount > MAX_AMOUNT).to_numpy()
+    if huge.any():
+        problems.append(
+            f"column 'amount' has {int(huge.sum())} value(s) above {MAX_AMOUNT:g} (major units; "
+            "the scorer refuses them too): " + _examples(df, huge, "amount")
+        )
+    for c in (c for c, (kind, _, _) in COLUMNS.items() if kind == ID):
+        if not _is_string_like(df[c]):
+            continue
+        blank = df[c].notna() & (df[c].astype(str).str.strip() == "")
+        if blank.any():
+            problems.append(
+                f"column '{c}' has {int(blank.sum())} empty id(s) (e.g. rows "
+                f"{', '.join(map(str, df.index[blank][:3]))})"
+            )
     df["amount"] = amount
 
     if "policy_propensity" in df.columns:
@@ -299,6 +316,12 @@ def validate(frame: pd.DataFrame, source: str = "<frame>") -> ValidatedLog:
     if unknown_mac.any():
         top = mac[unknown_mac].value_counts().head(5).to_dict()
         warnings.append(f"{int(unknown_mac.sum())} unknown merchant advice code(s) kept: {top}")
+    stray = mac.notna() & ((codes == APPROVED_CODE) | (df["network"] != "mastercard"))
+    if stray.any():
+        warnings.append(
+            f"{int(stray.sum())} advice code(s) on approvals or on Visa attempts (merchant "
+            "advice codes come with Mastercard declines): kept as given"
+        )
 
     warnings += _payment_warnings(df)
     if not df["ts"].is_monotonic_increasing:

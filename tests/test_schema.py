@@ -114,6 +114,17 @@ def test_payments_missing_attempts_and_inconsistent_cards_are_warned() -> None:
     assert any("1 payment(s) skip attempt numbers (e.g. p2)" in w for w in warnings)
     assert any("card(s) appear with several network values (e.g. c1)" in w for w in warnings)
     assert len(validate(df).frame) == len(df)  # warned, nothing dropped
+    df["advice_code"] = np.where(df["txn_id"] == "t1", "03", None)  # on a Visa approval
+    assert any("1 advice code(s) on approvals or on Visa" in w for w in validate(df).warnings)
+
+
+def test_blank_ids_and_huge_amounts_are_rejected() -> None:
+    df = handmade_rows()
+    df.loc[df["txn_id"] == "t2", "card_id"] = " "
+    df.loc[df["txn_id"] == "t4", "amount"] = 1e300
+    problems = _problems(df)
+    assert "column 'card_id' has 1 empty id(s)" in problems
+    assert "column 'amount' has 1 value(s) above 1e+09" in problems
 
 
 def test_cli_validate_prints_summary_and_fails_cleanly(sim_dir: Path, tmp_path: Path) -> None:
