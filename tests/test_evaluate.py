@@ -24,6 +24,7 @@ from issuer_seq.data.store import TEST
 from issuer_seq.delays import grid_seconds
 from issuer_seq.evaluate.metrics import approval_metrics, ece, oracle_share
 from issuer_seq.evaluate.retry import compare_policies
+from issuer_seq.evaluate.run import logged_3ds_retries
 from issuer_seq.schema import load_log
 from issuer_seq.train.module import approval_metrics as torch_metrics
 from issuer_seq.train.run import train
@@ -76,6 +77,12 @@ def test_no_policy_ever_breaks_the_rules(data: st.DataObject) -> None:
     from issuer_seq.rules import causes
 
     amount = np.array(data.draw(st.lists(st.floats(1, 3000), min_size=n, max_size=n)))
+    # an immediate 3-D Secure retry, possible on some rows, with its own model and true p
+    possible = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    p3 = {
+        name: np.where(possible, data.draw(st.lists(floats, min_size=n, max_size=n)), np.nan)
+        for name in ("model", "oracle")
+    }
     results = compare_policies(
         {"model": curve},
         truth,
@@ -86,12 +93,48 @@ def test_no_policy_ever_breaks_the_rules(data: st.DataObject) -> None:
         causes(code, network),
         GRID,
         grid_seconds(GRID),
+        p_now_3ds=p3,
+        three_ds_possible=possible,
     )
     for name, r in results.items():
         assert r["violations"] == 0, name
         hard = r["by_cause"].get("hard")
         assert hard is None or hard["retries"] == 0, name
     assert results["oracle"]["value"] >= max(r["value"] for r in results.values()) - 1e-6
+
+
+def test_the_logged_3ds_retries_are_found() -> None:
+    import pandas as pd
+
+    def row(pay: str, attempt: int, s: int, code: str, tds: bool, **over: object) -> dict:
+        base = {
+            "payment_id": pay, "attempt": attempt, "card_id": pay, "merchant_id": 1,
+            "ts": pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(seconds=s),
+            "network": "visa", "initiator": "CIT", "amount": 20.0, "three_ds": tds,
+            "response_code": code, "advice_code": None,
+        }  # fmt: skip
+        return {**base, **over}
+
+    frame = pd.DataFrame(
+        [
+            row("a", 1, 0, "1A", False),
+            row("a", 2, 30, "00", True),  # a's decline retried at once with 3-D Secure
+            row("b", 1, 0, "1A", False),
+            row("b", 2, 3600, "00", True),  # an hour later: not "at once"
+            row("c", 1, 0, "1A", False, initiator="MIT"),  # merchant-initiated
+            row("c", 2, 30, "00", True, initiator="MIT"),
+            row("d", 1, 0, "1A", True),  # sent with 3-D Secure already
+            row("d", 2, 30, "00", True),
+            row("e", 1, 0, "05", False),  # not an SCA decline
+            row("e", 2, 30, "00", True),
+            row("f", 1, 0, "65", False, network="mastercard"),  # Mastercard SCA
+            row("f", 2, 20, "05", True, network="mastercard"),
+            row("g", 1, 0, "1A", False),  # retried without 3-D Secure
+            row("g", 2, 30, "1A", False),
+        ]
+    )
+    declines = np.array([0, 2, 4, 6, 8, 10, 12])
+    assert logged_3ds_retries(frame, declines).tolist() == [1, -1, -1, -1, -1, 11, -1]
 
 
 def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -137,6 +180,13 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
         policies
     )
     assert all(p["violations"] == 0 for p in policies.values())
+    # SCA declines at checkout retried at once with 3-D Secure, where the log holds the retry
+    assert result["retry"]["now_with_3ds_declines"] > 0
+    assert (
+        policies["code_rules"]["chosen_delays"]["now_with_3ds"]
+        == (result["retry"]["now_with_3ds_declines"])
+    )
+    assert policies["fixed_1d"]["chosen_delays"]["now_with_3ds"] == 0
     assert "model" in out.stdout and "retry policy" in out.stdout
     # the LightGBM model the search chose is saved (bench serves it) and scores as evaluated
     saved = run / "baselines" / "lightgbm"

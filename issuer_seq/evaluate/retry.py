@@ -9,6 +9,13 @@ the truth `p_retry_<delay>`, the chosen action is worth
 Policies: the transformer's and the tree model's (each choosing by its own predicted curve),
 the oracle's (choosing by the truth), fixed schedules, and code-based rules. Every choice is
 checked against the network rules: a violation is counted, and must be zero.
+
+A customer-initiated SCA decline sent without 3-D Secure has one more action: retry at once
+with 3-D Secure (`now_with_3ds`, no delay cost). Its truth is the approval probability of
+that retry, so it is valued where the log holds the retry (`three_ds_possible`; the
+simulator's logged policy sends one for 60% of those declines, at random): the models choose
+by their own approval probability of that logged attempt, the oracle by its truth, the code
+rules always take it, the fixed schedules never do.
 """
 
 from __future__ import annotations
@@ -18,7 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from issuer_seq.retry_policy import DEFAULT_ECONOMICS, NO_RETRY, RetryEconomics, choose_retry
+from issuer_seq.retry_policy import (
+    DEFAULT_ECONOMICS,
+    NO_RETRY,
+    NOW_3DS,
+    RetryEconomics,
+    choose_retry,
+)
 from issuer_seq.rules import Cause
 
 FIXED_SCHEDULES = ("5m", "1d", "4d")
@@ -43,9 +56,17 @@ def fixed_schedule(
     return np.where(soft & allowed[:, k], k, NO_RETRY)
 
 
-def code_rules(cause: np.ndarray, grid: list[str], allowed: np.ndarray) -> np.ndarray:
-    """The cause's delay, or the first allowed later one (MAC waits), or no retry. (N,)"""
+def code_rules(
+    cause: np.ndarray,
+    grid: list[str],
+    allowed: np.ndarray,
+    three_ds_possible: np.ndarray | None = None,
+) -> np.ndarray:
+    """The cause's delay, or the first allowed later one (MAC waits), or no retry; an SCA
+    decline at checkout: at once with 3-D Secure where possible. (N,)"""
     action = np.full(len(cause), NO_RETRY, dtype=np.int64)
+    if three_ds_possible is not None:
+        action[three_ds_possible & (cause == Cause.SCA.value)] = NOW_3DS
     for c, delay in CODE_RULES.items():
         if delay is None:
             continue
@@ -65,19 +86,29 @@ def policy_value(
     cause: np.ndarray,
     grid_s: np.ndarray,
     econ: RetryEconomics = DEFAULT_ECONOMICS,
+    p_true_3ds: np.ndarray | None = None,
+    three_ds_possible: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """What a policy's choices are worth under the truth, overall and by cause."""
+    """What a policy's choices are worth under the truth, overall and by cause.
+
+    `action`: a grid index, NO_RETRY or NOW_3DS (valued by `p_true_3ds` (N,), allowed where
+    `three_ds_possible`)."""
     n = len(action)
-    retry = action >= 0
+    later = action >= 0
+    now = action == NOW_3DS
+    retry = later | now
     k = np.clip(action, 0, None)
-    p = np.where(retry, p_true[np.arange(n), k], 0.0)
-    days = np.where(retry, grid_s[k] / 86_400.0, 0.0)
+    p = np.where(later, p_true[np.arange(n), k], 0.0)
+    if p_true_3ds is not None:
+        p = np.where(now, np.nan_to_num(p_true_3ds), p)
+    days = np.where(later, grid_s[k] / 86_400.0, 0.0)
     value = np.where(
         retry,
         p * amount * econ.margin - econ.attempt_fee - econ.delay_cost_per_day * days * amount,
         0,
     )
-    violations = retry & ~allowed[np.arange(n), k]
+    possible = np.zeros(n, bool) if three_ds_possible is None else three_ds_possible
+    violations = (later & ~allowed[np.arange(n), k]) | (now & ~possible)
     recovered = p * amount
 
     def summary(mask: np.ndarray) -> dict[str, Any]:
@@ -101,6 +132,7 @@ def policy_value(
     out["by_cause"] = {str(c): summary(cause == c) for c in np.unique(cause)}
     out["chosen_delays"] = {
         "no_retry": int((~retry).sum()),
+        "now_with_3ds": int(now.sum()),
         **{f"bucket_{i}": int((action == i).sum()) for i in range(len(grid_s))},
     }
     return out
@@ -117,8 +149,16 @@ def compare_policies(
     grid: list[str],
     grid_s: np.ndarray,
     econ: RetryEconomics = DEFAULT_ECONOMICS,
+    p_now_3ds: Mapping[str, np.ndarray] | None = None,
+    three_ds_possible: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Every policy's value; learned policies choose by their curve in `curves` (N, G)."""
+    """Every policy's value; learned policies choose by their curve in `curves` (N, G).
+
+    `p_now_3ds`: per policy of `curves` and for "oracle" (the truth), the approval
+    probability (N,) of an immediate 3-D Secure retry, used where `three_ds_possible` (N,)."""
+    p3 = dict(p_now_3ds or {})
+    if three_ds_possible is not None and "oracle" not in p3:
+        raise ValueError("three_ds_possible needs p_now_3ds['oracle'], the truth that values it")
     soft = np.isin(
         cause,
         [
@@ -136,15 +176,25 @@ def compare_policies(
     actions: dict[str, np.ndarray] = {}
     for name, curve in {**curves, "oracle": p_true}.items():
         actions[name] = choose_retry(
-            curve, allowed, amount, code, network, grid_s, econ=econ
+            curve,
+            allowed,
+            amount,
+            code,
+            network,
+            grid_s,
+            p_now_3ds=np.nan_to_num(p3[name]) if name in p3 else None,
+            sca_3ds_possible=three_ds_possible if name in p3 else None,
+            econ=econ,
         ).action
     for delay in FIXED_SCHEDULES:
         if delay in grid:
             actions[f"fixed_{delay}"] = fixed_schedule(delay, grid, allowed, soft)
-    actions["code_rules"] = code_rules(cause, grid, allowed)
+    actions["code_rules"] = code_rules(cause, grid, allowed, three_ds_possible)
     actions["no_retry"] = np.full(len(amount), NO_RETRY)
     results = {
-        name: policy_value(a, p_true, allowed, amount, cause, grid_s, econ)
+        name: policy_value(
+            a, p_true, allowed, amount, cause, grid_s, econ, p3.get("oracle"), three_ds_possible
+        )
         for name, a in actions.items()
     }
     oracle_value = results["oracle"]["value"]

@@ -32,7 +32,7 @@ from issuer_seq.evaluate.retry import compare_policies
 from issuer_seq.features import Vocab
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.retry_policy import within_session
-from issuer_seq.rules import AttemptColumns, causes, check_retries
+from issuer_seq.rules import AttemptColumns, Cause, causes, check_retries
 from issuer_seq.schema import ValidatedLog, load_log
 
 log = logging.getLogger(__name__)
@@ -90,13 +90,11 @@ def load_truth(data_dir: Path, store: EventStore, grid: list[str]) -> pd.DataFra
     return aligned
 
 
-def allowed_matrix(frame: pd.DataFrame, rows: np.ndarray, grid_s: np.ndarray) -> np.ndarray:
-    """(N, G): may each declined row be retried after each delay (network rules, and a
-    customer-initiated payment only within the checkout session)?"""
-    t = frame["ts"].astype("int64").to_numpy() // 1_000_000
-    history = AttemptColumns(
+def rule_view(frame: pd.DataFrame) -> AttemptColumns:
+    """The log as the network rules read it."""
+    return AttemptColumns(
         card_id=pd.factorize(frame["card_id"])[0],
-        ts=t,
+        ts=frame["ts"].astype("int64").to_numpy() // 1_000_000,
         network=frame["network"].to_numpy(str),
         merchant_id=frame["merchant_id"].astype(str).to_numpy(),
         amount=frame["amount"].to_numpy(),
@@ -104,6 +102,13 @@ def allowed_matrix(frame: pd.DataFrame, rows: np.ndarray, grid_s: np.ndarray) ->
         advice_code=frame["advice_code"].fillna("").to_numpy(str),
         attempt=frame["attempt"].to_numpy(),
     )
+
+
+def allowed_matrix(frame: pd.DataFrame, rows: np.ndarray, grid_s: np.ndarray) -> np.ndarray:
+    """(N, G): may each declined row be retried after each delay (network rules, and a
+    customer-initiated payment only within the checkout session)?"""
+    history = rule_view(frame)
+    t = history.ts
     g = len(grid_s)
     rep = np.repeat(rows, g)
     allowed, _ = check_retries(
@@ -111,6 +116,47 @@ def allowed_matrix(frame: pd.DataFrame, rows: np.ndarray, grid_s: np.ndarray) ->
     )
     session = within_session(frame["initiator"].to_numpy(str)[rows], grid_s)
     return allowed.reshape(len(rows), g) & session
+
+
+#: the longest wait after a decline that still counts as an immediate 3-D Secure retry
+NOW_3DS_WITHIN_S = 300
+
+
+def logged_3ds_retries(frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """(N,) for each declined row, the row of its immediate 3-D Secure retry in the log, else -1.
+
+    That is: the decline is a customer-initiated SCA decline (Visa 1A, Mastercard 65) sent
+    without 3-D Secure, and the payment's next attempt was sent with 3-D Secure within
+    `NOW_3DS_WITHIN_S`, allowed by the network rules; the log's own test of `now_with_3ds`.
+    """
+    payment = frame["payment_id"].astype(str).to_numpy()
+    attempt = frame["attempt"].to_numpy()
+    by_attempt = pd.Series(
+        np.arange(len(frame)), index=pd.MultiIndex.from_arrays([payment, attempt])
+    )
+    by_attempt = by_attempt[~by_attempt.index.duplicated()]
+    nxt = by_attempt.reindex(pd.MultiIndex.from_arrays([payment[rows], attempt[rows] + 1]))
+    nxt = nxt.fillna(-1).to_numpy(np.int64)
+    code = frame["response_code"].to_numpy(str)[rows]
+    network = frame["network"].to_numpy(str)[rows]
+    three_ds = frame["three_ds"].to_numpy(bool)
+    sca = (causes(code, network) == Cause.SCA.value) & ~three_ds[rows]
+    sca &= frame["initiator"].to_numpy(str)[rows] == "CIT"
+    t = frame["ts"].astype("int64").to_numpy() // 1_000_000
+    ok = sca & (nxt >= 0)
+    j = np.where(ok, nxt, 0)
+    ok &= three_ds[j] & (t[j] > t[rows]) & (t[j] - t[rows] <= NOW_3DS_WITHIN_S)
+    if ok.any():
+        log = rule_view(frame)
+        allowed, _ = check_retries(
+            log.take(rows[ok]),
+            t[j[ok]],
+            log,
+            self_rows=rows[ok],
+            three_ds=True,
+        )
+        ok[np.flatnonzero(ok)] = allowed
+    return np.where(ok, nxt, -1)
 
 
 def n_params(net: IssuerSeqNet) -> int:
@@ -168,11 +214,13 @@ def evaluate(
     }
     approval["base_rate"] = approval_metrics(base_rate(store, store.rows(TRAIN))[test], y)
     retry_curves: dict[str, np.ndarray] = {"transformer": curves_model}
+    p_test = {"transformer": p_model}  # approval p of the test rows, of the retry policies
     if baselines is not None:
         for name, (p_all, curves) in baselines(vlog.frame, store.split, grid).items():
             approval[name] = approval_metrics(p_all[test], y)
             if curves is not None:
                 retry_curves[name] = curves[test]
+                p_test[name] = p_all[test]
     for prefix, runs in (("transformer_", variants), ("ablation_", ablations)):
         for name, run in side_runs(vlog, Path(data_dir), test, runs or {}).items():
             approval[prefix + name] = approval_metrics(run["p"], y) | {
@@ -200,9 +248,20 @@ def evaluate(
         p_true = np.stack([truth[truth_column(g)].to_numpy()[declined] for g in grid], axis=1)
         code = frame["response_code"].to_numpy(str)[declined]
         network = frame["network"].to_numpy(str)[declined]
+        # the immediate 3-D Secure retries the log holds: in the test split, being later
+        retry_3ds = logged_3ds_retries(frame, declined)
+        possible = retry_3ds >= 0
+        at = np.searchsorted(test, np.where(possible, retry_3ds, test[0]))
+        possible &= test[np.clip(at, 0, len(test) - 1)] == retry_3ds
+        p_3ds = {
+            name: np.where(possible, p[np.clip(at, 0, len(test) - 1)], np.nan)
+            for name, p in p_test.items()
+        }
+        p_3ds["oracle"] = np.where(possible, truth["p_approve"].to_numpy()[retry_3ds], np.nan)
         result["retry"] = {
             "declines": int(len(declined)),
             "grid": grid,
+            "now_with_3ds_declines": int(possible.sum()),
             "policies": compare_policies(
                 {k: v[pos] for k, v in retry_curves.items()},
                 p_true,
@@ -213,6 +272,8 @@ def evaluate(
                 causes(code, network),
                 grid,
                 grid_s,
+                p_now_3ds=p_3ds,
+                three_ds_possible=possible,
             ),
         }
     result["seconds"] = round(time.perf_counter() - started, 1)
