@@ -576,7 +576,7 @@ def test_failing_model_falls_back_to_the_rules(
         assert advise("05", initiator="MIT")["action"] == "1d"  # generic
         sca = advise("1A", three_ds=False)  # Visa SCA at checkout: at once, with 3-D Secure
         assert sca["action"] == "now_with_3ds" and sca["rule"] == "code_rule_sca_3ds"
-        assert sca["delay_s"] == 0 and sca["expected_value"] > 0
+        assert sca["delay_s"] == 20 and sca["expected_value"] > 0
         assert advise("1A")["action"] == "no_retry"  # it was sent with 3-D Secure already
         mac = advise("51", "27", network="mastercard", initiator="MIT", is_recurring=True)
         assert mac["action"] == "4d"  # the MAC's 4-day wait beats the 2-day funds rule

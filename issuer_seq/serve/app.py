@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from issuer_seq import __version__
 from issuer_seq.delays import parse_delay
 from issuer_seq.serve import schemas as S
-from issuer_seq.serve.advice import RetryAdvice
+from issuer_seq.serve.advice import NOW_3DS_DELAY_S, RetryAdvice
 from issuer_seq.serve.metrics import MetricsMiddleware
 from issuer_seq.serve.scorer import Scorer
 from issuer_seq.serve.service import ServeSettings, Service, probabilities
@@ -139,7 +139,7 @@ def _delay_s(action: str, grid: list[str]) -> int | None:
     if action == "no_retry":
         return None
     if action == "now_with_3ds":
-        return 0
+        return NOW_3DS_DELAY_S  # as the rules checked it (and the scorer scored it)
     return parse_delay(action) if action in grid else None
 
 

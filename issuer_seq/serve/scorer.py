@@ -281,7 +281,7 @@ class Scorer:
         histories: dict[str, list[Sequence[Event]]] = {}
         for stream in self.ks:
             known = self.store.recent(stream, stream_key(stream, decline))
-            if not any(e.t == event.t and e.raw == event.raw for e in known):
+            if not any(e.t == event.t and e.payment == event.payment for e in known):
                 known = sorted([*known, event], key=lambda e: e.t)
             histories[stream] = [known]
         inputs = build_inputs([encode_event(self.vocab, retry)], histories, self.ks, self.lag_s)
