@@ -159,6 +159,11 @@ class MemoryStore:
         return sum(len(t) for t in self._data.values())
 
 
+def _text(value: bytes | str) -> str:
+    """A Redis reply as text, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RedisStore:
     """Histories in Redis sorted sets (`<prefix>:t:<stream>:<key>`), trimmed to the `keep`
     latest by time, with a TTL."""
@@ -169,11 +174,15 @@ class RedisStore:
         keep: dict[str, int],
         prefix: str = "issuer_seq",
         ttl_s: int | None = 90 * 86_400,
+        legacy: bool = True,
     ) -> None:
         self.client = client
         self.keep = dict(keep)
         self.prefix = prefix
         self.ttl_s = ttl_s
+        # read histories an earlier version wrote as lists (one more round trip for a key
+        # the store does not hold yet); off once those lists have expired
+        self.legacy = legacy
 
     @classmethod
     def from_url(cls, url: str, keep: dict[str, int], **kwargs: Any) -> RedisStore:
@@ -182,18 +191,43 @@ class RedisStore:
         return cls(redis.Redis.from_url(url, socket_timeout=1.0), keep, **kwargs)
 
     def _key(self, stream: str, key: str) -> str:
-        # "t": time-ordered sorted sets (keys of the earlier list layout are not read; they
-        # expire with their TTL)
+        # "t": time-ordered sorted sets
         return f"{self.prefix}:t:{stream}:{key}"
 
-    def append(self, stream: str, key: str, event: Event) -> None:
-        """Score: the event's time; member: arrival time in ns (zero-padded, so that ties in
-        time sort by arrival, and a resent outcome is a second event, as in `MemoryStore`),
-        then the event. Trimmed to the `keep` latest by time."""
+    def _legacy_key(self, stream: str, key: str) -> str:
+        """The list an earlier version kept this history in (last appended, not latest)."""
+        return f"{self.prefix}:{stream}:{key}"
+
+    @staticmethod
+    def _member(event: Event, arrival_ns: int) -> str:
+        """Arrival time in ns, zero-padded (ties in time sort by arrival, and a resent
+        outcome is a second event, as in `MemoryStore`), then the event."""
+        return f"{arrival_ns:020d}|{json.dumps(event.to_json())}"
+
+    def _adopt_legacy(self, stream: str, key: str) -> list[Event]:
+        """A history still in the earlier list layout, copied into the sorted set (the list
+        is left to expire): an upgrade keeps the histories the network rules count."""
+        raw = self.client.lrange(self._legacy_key(stream, key), 0, -1)
+        if not raw:
+            return []
+        events = [Event.from_json(json.loads(r)) for r in raw]
+        base = time.time_ns() - len(events)  # arrival order as the list had it
         k = self._key(stream, key)
-        member = f"{time.time_ns():020d}|{json.dumps(event.to_json())}"
         pipe = self.client.pipeline(transaction=True)
-        pipe.zadd(k, {member: event.t})
+        pipe.zadd(k, {self._member(e, base + i): e.t for i, e in enumerate(events)})
+        pipe.zremrangebyrank(k, 0, -self.keep[stream] - 1)
+        if self.ttl_s:
+            pipe.expire(k, self.ttl_s)
+        pipe.execute()
+        return sorted(events, key=lambda e: e.t)[-self.keep[stream] :]
+
+    def append(self, stream: str, key: str, event: Event) -> None:
+        """Score: the event's time; trimmed to the `keep` latest by time."""
+        k = self._key(stream, key)
+        if self.legacy and not self.client.exists(k):
+            self._adopt_legacy(stream, key)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(k, {self._member(event, time.time_ns()): event.t})
         pipe.zremrangebyrank(k, 0, -self.keep[stream] - 1)
         if self.ttl_s:
             pipe.expire(k, self.ttl_s)
@@ -201,7 +235,9 @@ class RedisStore:
 
     def recent(self, stream: str, key: str) -> list[Event]:
         raw = self.client.zrange(self._key(stream, key), 0, -1)
-        return [Event.from_json(json.loads(r.split(b"|", 1)[1])) for r in raw]
+        if not raw and self.legacy:
+            return self._adopt_legacy(stream, key)
+        return [Event.from_json(json.loads(_text(r).split("|", 1)[1])) for r in raw]
 
     def window(self, stream: str, key: str, cutoff: int, k: int) -> Window:
         return window_of(self.recent(stream, key), cutoff, k)
