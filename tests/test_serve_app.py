@@ -42,8 +42,10 @@ from issuer_seq.cli import conf_dir
 from issuer_seq.export import ExportSettings, export_bundle
 from issuer_seq.serve import schemas as S
 from issuer_seq.serve.app import create_app
+from issuer_seq.serve.inputs import Event, Window
 from issuer_seq.serve.scorer import Scorer
 from issuer_seq.serve.service import ServeSettings
+from issuer_seq.serve.state import MemoryStore
 from issuer_seq.train.run import train
 from tests.conftest import make_sim
 
@@ -609,6 +611,23 @@ def test_the_fallback_reads_the_histories_the_service_keeps(bundle: Path) -> Non
         assert tiny["fallback"] is True
         assert tiny["action"] == "no_retry" and tiny["rule"] == "not_worth_it"
         assert tiny["expected_value"] == 0.0
+
+
+def test_an_unreadable_store_means_no_retry(bundle: Path) -> None:
+    class Down(MemoryStore):
+        def recent(self, stream: str, key: str) -> list[Event]:
+            raise ConnectionError("state store unreachable")
+
+        def window(self, stream: str, key: str, cutoff: int, k: int) -> Window:
+            raise ConnectionError("state store unreachable")
+
+    scorer = Scorer(bundle, store=Down({"card": 40, "issuer": 40, "card_merchant": 40}))
+    with _in_process(bundle, scorer) as c:
+        _wait_ready(c)
+        body = c.post("/v1/retry", json={"decline": outcome("51", initiator="MIT")}).json()
+        assert body["fallback"] is True and body["fallback_reason"] == "model_error"
+        assert body["action"] == "no_retry" and body["rule"] == "state_unavailable"
+        assert not any(body["allowed"].values())
 
 
 def test_non_probabilities_and_unexpected_errors_fall_back(

@@ -15,7 +15,8 @@ rules instead and flags the answer `fallback: true`.
   history at the merchant); none allowed: no retry. The curve is a flat prior (the training
   split's retry success rate, else 0.5) where the rules allow a retry and 0 where they do
   not: a rule, not an estimate. A retry whose expected value at that prior is not positive
-  (a tiny amount against the attempt fee) is not advised.
+  (a tiny amount against the attempt fee) is not advised. When the state store cannot be
+  read, the rules cannot be checked: no retry (`state_unavailable`).
 
 numpy and the rules only: this must keep working when onnxruntime does not.
 """
@@ -149,6 +150,16 @@ class FallbackPolicy:
             t, merchant, raw, card_history, initiator, now, self.rules, three_ds=True
         )
         return bool(ok[0])
+
+    def no_history(self) -> RetryAdvice:
+        """The answer when the state store cannot be read: no retry (`state_unavailable`)."""
+        return RetryAdvice(
+            curve=dict.fromkeys(self.grid, 0.0),
+            action="no_retry",
+            expected_value=0.0,
+            rule="state_unavailable",
+            allowed=dict.fromkeys(self.grid, False),
+        )
 
     def retry(
         self,

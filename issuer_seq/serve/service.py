@@ -339,7 +339,11 @@ class Service:
 
     async def fallback_retry(self, decline: Mapping[str, Any]) -> RetryAdvice:
         key = stream_key(RULES_STREAM, decline)
-        history = await self.read_store(lambda: self.store.recent(RULES_STREAM, key), [])
+        history = await self.read_store(lambda: self.store.recent(RULES_STREAM, key), None)
+        if history is None:
+            # Without the card's history the network rules cannot be checked (a MAC 03
+            # block, the reattempt counts): no retry is the answer that cannot break them.
+            return self.fallback.no_history()
         t = to_epoch(decline["ts"])
         return self.fallback.retry(
             t,
