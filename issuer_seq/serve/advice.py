@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from issuer_seq.retry_policy import limit_to_session
-from issuer_seq.rules import DEFAULT_RULES, AttemptColumns, NetworkRules, check_retries
+from issuer_seq.rules import (
+    DEFAULT_RULES,
+    AttemptColumns,
+    Cause,
+    NetworkRules,
+    cause_of,
+    check_retries,
+)
 from issuer_seq.serve.inputs import Event
 
 #: the state-store stream whose events the network rules read
@@ -95,3 +102,22 @@ def allowed_retries(
         attempt_floor=True,
     )
     return limit_to_session(allowed, rule, initiator, grid_s)
+
+
+def three_ds_now_allowed(
+    t: int,
+    merchant: str,
+    raw: Raw,
+    history: Sequence[Event],
+    initiator: str,
+    three_ds: bool,
+    rules: NetworkRules = DEFAULT_RULES,
+) -> bool:
+    """Is a retry at once with 3-D Secure on the table: a customer-initiated SCA decline (Visa
+    1A, Mastercard 65) sent without 3-D Secure, whose retry `NOW_3DS_DELAY_S` later with it
+    the network rules allow?"""
+    if cause_of(raw[2], raw[0]) != Cause.SCA or initiator != "CIT" or three_ds:
+        return False
+    now = np.array([NOW_3DS_DELAY_S])
+    ok, _ = allowed_retries(t, merchant, raw, history, initiator, now, rules, three_ds=True)
+    return bool(ok[0])

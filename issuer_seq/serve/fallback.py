@@ -41,7 +41,7 @@ from issuer_seq.rules import (
     normalize_code,
     normalize_network,
 )
-from issuer_seq.serve.advice import NOW_3DS_DELAY_S, Raw, RetryAdvice, allowed_retries
+from issuer_seq.serve.advice import Raw, RetryAdvice, allowed_retries, three_ds_now_allowed
 from issuer_seq.serve.inputs import Event
 
 DEFAULT_APPROVAL_PRIOR = 0.85
@@ -132,25 +132,6 @@ class FallbackPolicy:
             wait = max(wait, int(mac.total_seconds()))
         return wait
 
-    def sca_at_checkout(
-        self,
-        t: int,
-        merchant: str,
-        raw: Raw,
-        card_history: Sequence[Event],
-        initiator: str,
-        three_ds: bool,
-    ) -> bool:
-        """A customer-initiated SCA decline (Visa 1A, Mastercard 65) sent without 3-D Secure,
-        whose immediate retry with it the network rules allow."""
-        if cause_of(raw[2], raw[0]) != Cause.SCA or initiator != "CIT" or three_ds:
-            return False
-        now = np.array([NOW_3DS_DELAY_S])
-        ok, _ = allowed_retries(
-            t, merchant, raw, card_history, initiator, now, self.rules, three_ds=True
-        )
-        return bool(ok[0])
-
     def no_history(self) -> RetryAdvice:
         """The answer when the state store cannot be read: no retry (`state_unavailable`)."""
         return RetryAdvice(
@@ -174,7 +155,7 @@ class FallbackPolicy:
         curve = self.curve(allowed)
         econ = self.economics
         action, value = "no_retry", 0.0
-        if self.sca_at_checkout(t, merchant, raw, card_history, initiator, three_ds):
+        if three_ds_now_allowed(t, merchant, raw, card_history, initiator, three_ds, self.rules):
             action, rule = "now_with_3ds", "code_rule_sca_3ds"
             value = self.retry_prior * raw[1] * econ.margin - econ.attempt_fee
         elif (target := self.target_s(raw)) is None:

@@ -32,7 +32,13 @@ from issuer_seq.retry_policy import (
     choose_retry,
 )
 from issuer_seq.rules import DEFAULT_RULES, Cause, NetworkRules, cause_of
-from issuer_seq.serve.advice import NOW_3DS_DELAY_S, RULES_STREAM, RetryAdvice, allowed_retries
+from issuer_seq.serve.advice import (
+    NOW_3DS_DELAY_S,
+    RULES_STREAM,
+    RetryAdvice,
+    allowed_retries,
+    three_ds_now_allowed,
+)
 from issuer_seq.serve.inputs import (
     Event,
     Window,
@@ -251,29 +257,15 @@ class Scorer:
         when its outcome has not been observed yet).
         """
         assert event.raw is not None
-        network, _, code, _, attempt = event.raw
-        if (
-            cause_of(code, network) != Cause.SCA
-            or str(decline["initiator"]) != "CIT"
-            or bool(decline["three_ds"])
+        initiator, three_ds = str(decline["initiator"]), bool(decline["three_ds"])
+        if not three_ds_now_allowed(
+            event.t, event.merchant, event.raw, rules_history, initiator, three_ds, self.rules
         ):
-            return 0.0, False
-        ok, _ = allowed_retries(
-            event.t,
-            event.merchant,
-            event.raw,
-            rules_history,
-            "CIT",
-            np.array([NOW_3DS_DELAY_S]),
-            self.rules,
-            three_ds=True,
-        )
-        if not ok[0]:
             return 0.0, False
         retry = {
             **decline,
             "ts": event.t + NOW_3DS_DELAY_S,
-            "attempt": attempt + 1,
+            "attempt": event.raw[4] + 1,
             "three_ds": True,
             "response_code": None,
             "advice_code": None,
