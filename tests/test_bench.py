@@ -72,6 +72,10 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
     assert http["rate_per_s"] == 40 and http["sent"] == 60 and http["errors"] == 0
     assert http["error_rate"] == 0 and http["warm_state_events"] > 0
     assert 0 < http["p50_ms"] <= http["p95_ms"] <= http["p99_ms"]
+    # the client's heap was frozen for the run; its collections are reported
+    client_gc = http["client_gc"]
+    assert client_gc["heap_objects_frozen"] > 1000 and client_gc["collections"] >= 0
+    assert 0 <= client_gc["pause_ms_max"] <= client_gc["pause_ms_total"] + 1e-9
     seq = bench["pipeline"]["sequences"]
     assert seq["identical"] is True and seq["speedup"] > 0
     assert bench["pipeline"]["training_input"]["ratio"] > 0
