@@ -24,7 +24,7 @@ from issuer_seq.data.store import TEST
 from issuer_seq.delays import grid_seconds
 from issuer_seq.evaluate.metrics import approval_metrics, ece, oracle_share
 from issuer_seq.evaluate.retry import compare_policies
-from issuer_seq.evaluate.run import logged_3ds_retries
+from issuer_seq.evaluate.run import logged_3ds_retries, rule_view
 from issuer_seq.schema import load_log
 from issuer_seq.train.module import approval_metrics as torch_metrics
 from issuer_seq.train.run import train
@@ -134,7 +134,8 @@ def test_the_logged_3ds_retries_are_found() -> None:
         ]
     )
     declines = np.array([0, 2, 4, 6, 8, 10, 12])
-    assert logged_3ds_retries(frame, declines).tolist() == [1, -1, -1, -1, -1, 11, -1]
+    retries = logged_3ds_retries(frame, rule_view(frame), declines)
+    assert retries.tolist() == [1, -1, -1, -1, -1, 11, -1]
 
 
 def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPathFactory) -> None:

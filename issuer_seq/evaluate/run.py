@@ -23,6 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from issuer_seq.baselines.base_rate import base_rate
+from issuer_seq.baselines.dataset import next_attempt
 from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.store import TEST, TRAIN, EventStore, StoreConfig, build_store
 from issuer_seq.delays import grid_seconds, truth_column
@@ -104,10 +105,12 @@ def rule_view(frame: pd.DataFrame) -> AttemptColumns:
     )
 
 
-def allowed_matrix(frame: pd.DataFrame, rows: np.ndarray, grid_s: np.ndarray) -> np.ndarray:
+def allowed_matrix(
+    frame: pd.DataFrame, history: AttemptColumns, rows: np.ndarray, grid_s: np.ndarray
+) -> np.ndarray:
     """(N, G): may each declined row be retried after each delay (network rules, and a
-    customer-initiated payment only within the checkout session)?"""
-    history = rule_view(frame)
+    customer-initiated payment only within the checkout session)? `history`: the log's
+    `rule_view`."""
     t = history.ts
     g = len(grid_s)
     rep = np.repeat(rows, g)
@@ -122,38 +125,26 @@ def allowed_matrix(frame: pd.DataFrame, rows: np.ndarray, grid_s: np.ndarray) ->
 NOW_3DS_WITHIN_S = 300
 
 
-def logged_3ds_retries(frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+def logged_3ds_retries(
+    frame: pd.DataFrame, history: AttemptColumns, rows: np.ndarray
+) -> np.ndarray:
     """(N,) for each declined row, the row of its immediate 3-D Secure retry in the log, else -1.
 
     That is: the decline is a customer-initiated SCA decline (Visa 1A, Mastercard 65) sent
     without 3-D Secure, and the payment's next attempt was sent with 3-D Secure within
     `NOW_3DS_WITHIN_S`, allowed by the network rules; the log's own test of `now_with_3ds`.
+    `history`: the log's `rule_view`.
     """
-    payment = frame["payment_id"].astype(str).to_numpy()
-    attempt = frame["attempt"].to_numpy()
-    by_attempt = pd.Series(
-        np.arange(len(frame)), index=pd.MultiIndex.from_arrays([payment, attempt])
-    )
-    by_attempt = by_attempt[~by_attempt.index.duplicated()]
-    nxt = by_attempt.reindex(pd.MultiIndex.from_arrays([payment[rows], attempt[rows] + 1]))
-    nxt = nxt.fillna(-1).to_numpy(np.int64)
-    code = frame["response_code"].to_numpy(str)[rows]
-    network = frame["network"].to_numpy(str)[rows]
+    nxt = next_attempt(frame)[rows]
     three_ds = frame["three_ds"].to_numpy(bool)
-    sca = (causes(code, network) == Cause.SCA.value) & ~three_ds[rows]
-    sca &= frame["initiator"].to_numpy(str)[rows] == "CIT"
-    t = frame["ts"].astype("int64").to_numpy() // 1_000_000
-    ok = sca & (nxt >= 0)
+    t = history.ts
+    ok = causes(history.response_code[rows], history.network[rows]) == Cause.SCA.value
+    ok &= ~three_ds[rows] & (frame["initiator"].to_numpy(str)[rows] == "CIT") & (nxt >= 0)
     j = np.where(ok, nxt, 0)
     ok &= three_ds[j] & (t[j] > t[rows]) & (t[j] - t[rows] <= NOW_3DS_WITHIN_S)
     if ok.any():
-        log = rule_view(frame)
         allowed, _ = check_retries(
-            log.take(rows[ok]),
-            t[j[ok]],
-            log,
-            self_rows=rows[ok],
-            three_ds=True,
+            history.take(rows[ok]), t[j[ok]], history, self_rows=rows[ok], three_ds=True
         )
         ok[np.flatnonzero(ok)] = allowed
     return np.where(ok, nxt, -1)
@@ -248,15 +239,14 @@ def evaluate(
         p_true = np.stack([truth[truth_column(g)].to_numpy()[declined] for g in grid], axis=1)
         code = frame["response_code"].to_numpy(str)[declined]
         network = frame["network"].to_numpy(str)[declined]
-        # the immediate 3-D Secure retries the log holds: in the test split, being later
-        retry_3ds = logged_3ds_retries(frame, declined)
-        possible = retry_3ds >= 0
-        at = np.searchsorted(test, np.where(possible, retry_3ds, test[0]))
-        possible &= test[np.clip(at, 0, len(test) - 1)] == retry_3ds
-        p_3ds = {
-            name: np.where(possible, p[np.clip(at, 0, len(test) - 1)], np.nan)
-            for name, p in p_test.items()
-        }
+        history = rule_view(frame)
+        # the immediate 3-D Secure retries the log holds (in the test split: they are later)
+        retry_3ds = logged_3ds_retries(frame, history, declined)
+        in_test = np.full(len(frame), -1)
+        in_test[test] = np.arange(len(test))
+        at = np.where(retry_3ds >= 0, in_test[retry_3ds], -1)
+        possible = at >= 0
+        p_3ds = {name: np.where(possible, p[at], np.nan) for name, p in p_test.items()}
         p_3ds["oracle"] = np.where(possible, truth["p_approve"].to_numpy()[retry_3ds], np.nan)
         result["retry"] = {
             "declines": int(len(declined)),
@@ -265,7 +255,7 @@ def evaluate(
             "policies": compare_policies(
                 {k: v[pos] for k, v in retry_curves.items()},
                 p_true,
-                allowed_matrix(frame, declined, grid_s),
+                allowed_matrix(frame, history, declined, grid_s),
                 frame["amount"].to_numpy()[declined],
                 code,
                 network,
