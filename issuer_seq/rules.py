@@ -115,6 +115,9 @@ _NETWORK_CAUSE: dict[tuple[str, str], Cause] = {(MASTERCARD, "65"): Cause.SCA}
 
 STOP_RECURRING_CODES: frozenset[str] = frozenset({"R0", "R1", "R3"})
 SCA_CODE = "1A"
+#: the largest amount (major units) the log contract and the scorer take: it keeps amounts in
+#: cents (Mastercard's same-amount rule) and retry values far from float overflow
+MAX_AMOUNT = 1e9
 
 VISA_CATEGORY_1: frozenset[str] = frozenset(
     {"04", "07", "12", "14", "15", "41", "43", "46", "57", "R0", "R1", "R3"}

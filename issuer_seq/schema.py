@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.rules import MAC_MEANINGS, causes, is_known_code
+from issuer_seq.rules import MAC_MEANINGS, MAX_AMOUNT, causes, is_known_code
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,6 @@ NETWORKS = ("visa", "mastercard")
 CARD_TYPES = ("debit", "credit", "prepaid")
 INITIATORS = ("CIT", "MIT")
 APPROVED_CODE = "00"
-#: the largest amount taken (major units), as the scorer's requests
-MAX_AMOUNT = 1e9
 
 # Column kinds. An "id" may be int64 or string (users bring their own tokens).
 ID, INT, TIMESTAMP, STR, FLOAT, BOOL = "id", "int", "timestamp", "string", "float", "bool"

@@ -157,7 +157,12 @@ class FallbackPolicy:
         action, value = "no_retry", 0.0
         if three_ds_now_allowed(t, merchant, raw, card_history, initiator, three_ds, self.rules):
             action, rule = "now_with_3ds", "code_rule_sca_3ds"
-            value = self.retry_prior * raw[1] * econ.margin - econ.attempt_fee
+            at_once = np.zeros(1)  # no delay cost
+            value = float(
+                retry_values(np.array([[self.retry_prior]]), np.array([raw[1]]), at_once, econ)[
+                    0, 0
+                ]
+            )
         elif (target := self.target_s(raw)) is None:
             blocking = [str(r) for r in rules if r != "ok"]
             rule = blocking[0] if blocking else "never_retry"

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from issuer_seq.rules import Cause, cause_of
+from issuer_seq.rules import MAX_AMOUNT, Cause, cause_of
 from issuer_seq.serve.inputs import retry_without_payment
 
 # The contract's sets (issuer_seq.schema holds the same tuples; a test checks they agree).
@@ -79,9 +79,8 @@ Timestamp = Annotated[
 Id = int | Annotated[str, Field(min_length=1, max_length=128)]
 Amount = Annotated[
     float,
-    # The upper bound keeps amount * 100 (Mastercard's same-amount rule works in cents) and
-    # the retry value far from float overflow; no card payment comes near it.
-    Field(ge=0, le=1e9, allow_inf_nan=False, description="major units, finite, 0 .. 1e9"),
+    # rules.MAX_AMOUNT, as the log contract: no card payment comes near it
+    Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False, description="major units, finite, 0 .. 1e9"),
 ]
 ResponseCode = Annotated[str, Field(pattern=r"^[0-9A-Z]{2}$", description="ISO 8583 field 39")]
 AdviceCode = Annotated[str, Field(pattern=r"^[0-9]{2}$", description="Mastercard MAC")]
