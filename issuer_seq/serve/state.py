@@ -17,6 +17,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -180,8 +181,8 @@ class RedisStore:
         self.keep = dict(keep)
         self.prefix = prefix
         self.ttl_s = ttl_s
-        # read histories an earlier version wrote as lists (one more round trip for a key
-        # the store does not hold yet); off once those lists have expired
+        # adopt histories an earlier version wrote as lists (checked in the same round trip
+        # as each read and write); off once none are left
         self.legacy = legacy
 
     @classmethod
@@ -204,39 +205,51 @@ class RedisStore:
         outcome is a second event, as in `MemoryStore`), then the event."""
         return f"{arrival_ns:020d}|{json.dumps(event.to_json())}"
 
-    def _adopt_legacy(self, stream: str, key: str) -> list[Event]:
-        """A history still in the earlier list layout, copied into the sorted set (the list
-        is left to expire): an upgrade keeps the histories the network rules count."""
-        raw = self.client.lrange(self._legacy_key(stream, key), 0, -1)
-        if not raw:
-            return []
-        events = [Event.from_json(json.loads(r)) for r in raw]
-        base = time.time_ns() - len(events)  # arrival order as the list had it
+    def _write(self, stream: str, key: str, members: Mapping[str, int], *also: str) -> list[Any]:
+        """Add members (scored by event time), trim to the `keep` latest, refresh the TTL;
+        in the same round trip, whether the legacy lists named in `also` exist."""
         k = self._key(stream, key)
         pipe = self.client.pipeline(transaction=True)
-        pipe.zadd(k, {self._member(e, base + i): e.t for i, e in enumerate(events)})
+        pipe.zadd(k, dict(members))
         pipe.zremrangebyrank(k, 0, -self.keep[stream] - 1)
         if self.ttl_s:
             pipe.expire(k, self.ttl_s)
-        pipe.execute()
-        return sorted(events, key=lambda e: e.t)[-self.keep[stream] :]
+        for name in also:
+            pipe.exists(name)
+        replies = pipe.execute()
+        return list(replies[len(replies) - len(also) :])
+
+    def _adopt_legacy(self, stream: str, key: str) -> None:
+        """Move a history an earlier version kept as a list into the sorted set: the list is
+        read and deleted in one transaction (a replica of the earlier version may still
+        append to it during an upgrade; what it appends later is adopted later), so an
+        upgrade keeps the histories the network rules count."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lrange(self._legacy_key(stream, key), 0, -1)
+        pipe.delete(self._legacy_key(stream, key))
+        raw = pipe.execute()[0]
+        if raw:
+            # arrivals in the list's order, placed before what this store appended lately
+            base = time.time_ns() - 10**12
+            events = [Event.from_json(json.loads(_text(r))) for r in raw]
+            self._write(stream, key, {self._member(e, base + i): e.t for i, e in enumerate(events)})
 
     def append(self, stream: str, key: str, event: Event) -> None:
         """Score: the event's time; trimmed to the `keep` latest by time."""
-        k = self._key(stream, key)
-        if self.legacy and not self.client.exists(k):
+        legacy = [self._legacy_key(stream, key)] if self.legacy else []
+        member = {self._member(event, time.time_ns()): event.t}
+        if any(self._write(stream, key, member, *legacy)):
             self._adopt_legacy(stream, key)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zadd(k, {self._member(event, time.time_ns()): event.t})
-        pipe.zremrangebyrank(k, 0, -self.keep[stream] - 1)
-        if self.ttl_s:
-            pipe.expire(k, self.ttl_s)
-        pipe.execute()
 
     def recent(self, stream: str, key: str) -> list[Event]:
-        raw = self.client.zrange(self._key(stream, key), 0, -1)
-        if not raw and self.legacy:
-            return self._adopt_legacy(stream, key)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(self._key(stream, key), 0, -1)
+        if self.legacy:
+            pipe.exists(self._legacy_key(stream, key))
+        raw, *legacy = pipe.execute()
+        if any(legacy):
+            self._adopt_legacy(stream, key)
+            raw = self.client.zrange(self._key(stream, key), 0, -1)
         return [Event.from_json(json.loads(_text(r).split("|", 1)[1])) for r in raw]
 
     def window(self, stream: str, key: str, cutoff: int, k: int) -> Window:
