@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 import numpy as np
+
+from issuer_seq.timestamps import epoch_seconds
 
 VISA = "visa"
 MASTERCARD = "mastercard"
@@ -282,7 +284,6 @@ def mac_delay_seconds(advice_codes: np.ndarray) -> np.ndarray:
 
 WINDOW_30D = timedelta(days=30)
 WINDOW_24H = timedelta(hours=24)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -352,12 +353,6 @@ RULES: tuple[str, ...] = (
 def _require_aware(ts: datetime, name: str) -> None:
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware (UTC), got naive {ts!r}")
-
-
-def epoch_seconds(ts: datetime) -> int:
-    """Whole epoch seconds, floored: the unit of `AttemptColumns.ts` and `check_retries`."""
-    _require_aware(ts, "ts")
-    return (ts - _EPOCH) // timedelta(seconds=1)
 
 
 def _cents(amount: float) -> int:

@@ -32,13 +32,13 @@ from issuer_seq.rules import (
     causes,
     check_retries,
     check_retry,
-    epoch_seconds,
     is_known_code,
     is_soft,
     mac_delay_seconds,
     visa_categories,
     visa_category,
 )
+from issuer_seq.timestamps import epoch_seconds
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -34,12 +34,12 @@ import numpy as np
 
 from issuer_seq.baselines.sql_features import CATEGORICAL, CAUSES, CURRENT_CATEGORICAL, WINDOWS
 from issuer_seq.rules import cause_of
-from issuer_seq.serve.inputs import epoch_seconds
+from issuer_seq.schema import APPROVED_CODE
+from issuer_seq.timestamps import epoch_seconds
 
 if TYPE_CHECKING:
     from issuer_seq.baselines.trees import LightGBMModel
 
-APPROVED_CODE = "00"  # the label's definition (as features.sql), not the cause `approved`
 NAN = float("nan")
 
 # Rows of a stream's running sums: approvals, one per counted cause, declines, amount

@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 
 from issuer_seq.baselines.online import LightGBMScorer, OnlineFeatures
 from issuer_seq.baselines.trees import LightGBMModel
-from issuer_seq.serve.inputs import build_inputs, encode_event, epoch_seconds
+from issuer_seq.serve.inputs import build_inputs, encode_event
 from issuer_seq.serve.scorer import Scorer
+from issuer_seq.timestamps import epoch_seconds
 
 DECISION_THRESHOLD = 0.5  # route to a fallback acquirer below this approval probability
 

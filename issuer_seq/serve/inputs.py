@@ -19,10 +19,8 @@ for outcomes `response_code` / `advice_code`.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -31,6 +29,7 @@ from issuer_seq import features as F
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.features import STREAMS, _lookup, _text
 from issuer_seq.rules import cause_of
+from issuer_seq.timestamps import epoch_seconds
 
 _CAT_INDEX = {f: i for i, f in enumerate(F.CATEGORICAL)}
 # Input names, made once: (categorical, numeric, relative, length) per stream.
@@ -130,19 +129,6 @@ def window_of(events: Sequence[Event], cutoff: int, k: int) -> Window:
         np.array([e.cat for e in kept], dtype=np.int64).T,
         np.array([e.num for e in kept], dtype=np.float32).T,
     )
-
-
-def epoch_seconds(ts: Any) -> int:
-    """ISO 8601 string, datetime (naive = UTC) or number -> floored epoch seconds."""
-    if isinstance(ts, int | float) and not isinstance(ts, bool):
-        return math.floor(ts)
-    if isinstance(ts, str):
-        ts = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    if isinstance(ts, datetime):
-        if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=UTC)
-        return math.floor(ts.timestamp())
-    raise ValueError(f"unsupported timestamp {ts!r}")
 
 
 def _utc_offset(country: object) -> np.ndarray:

@@ -10,7 +10,7 @@ and pydantic resolves their annotations eagerly from that scope.
 """
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,48 +24,16 @@ from pydantic import (
 
 from issuer_seq.rules import MAX_AMOUNT, Cause, cause_of
 from issuer_seq.serve.inputs import retry_without_payment
+from issuer_seq.timestamps import to_utc
 
 # The contract's sets (issuer_seq.schema holds the same tuples; a test checks they agree).
 Network = Literal["visa", "mastercard"]
 CardType = Literal["debit", "credit", "prepaid"]
 Initiator = Literal["CIT", "MIT"]
 
-# Epoch seconds outside these bounds are almost surely milliseconds or garbage.
-TS_MIN = datetime(1970, 1, 1, tzinfo=UTC)
-TS_MAX = datetime(2100, 1, 1, tzinfo=UTC)
-
-
-def _timestamp(value: Any) -> datetime:
-    """ISO 8601 text (naive = UTC, as in the log) or epoch seconds -> aware datetime.
-
-    Numbers are read as seconds, never guessed to be milliseconds (pydantic's lax default),
-    and booleans are not numbers.
-    """
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError("ts must be an ISO 8601 string or epoch seconds")
-    try:
-        if isinstance(value, str):
-            ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            if ts.tzinfo is None:
-                ts = ts.replace(tzinfo=UTC)
-        else:
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError("ts must be finite")
-            ts = datetime.fromtimestamp(float(value), UTC)
-        ts = ts.astimezone(UTC)
-    except (ValueError, OverflowError, OSError):
-        # the parser's message would repeat the value, and rejected values are not echoed
-        raise ValueError(
-            "ts is not a valid time (ISO 8601, e.g. 2026-03-02T09:30:00Z, or epoch seconds)"
-        ) from None
-    if not TS_MIN <= ts <= TS_MAX:
-        raise ValueError("ts must lie between 1970-01-01 and 2100-01-01 (UTC)")
-    return ts
-
-
 Timestamp = Annotated[
     datetime,
-    BeforeValidator(_timestamp),
+    BeforeValidator(to_utc),
     WithJsonSchema(
         {
             "anyOf": [

@@ -37,11 +37,11 @@ from issuer_seq.serve.inputs import (
     history_lengths,
     stream_key,
 )
-from issuer_seq.serve.inputs import epoch_seconds as to_epoch
 from issuer_seq.serve.metrics import Metrics
 from issuer_seq.serve.scorer import MANIFEST, BundleError, Scorer
 from issuer_seq.serve.state import MemoryStore, RedisStore, StateStore
 from issuer_seq.serve.v2 import V2Model
+from issuer_seq.timestamps import epoch_seconds as to_epoch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
