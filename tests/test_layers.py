@@ -1,0 +1,81 @@
+"""Imports run one way: each part of the package imports only the parts below it.
+
+Data flows log -> store -> batches -> network -> metrics / export -> bundle -> scorer, and
+the scorer never reaches torch, Lightning or the model code (tests/test_scorer.py checks the
+running process). Every `import` counts, including those inside functions.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import issuer_seq
+
+PACKAGE = Path(issuer_seq.__file__).parent
+
+# Lower ranks first; a part may import its own modules and those of lower ranks only.
+RANKS: dict[str, int] = {
+    "errors": 0,
+    "timestamps": 0,
+    "delays": 1,
+    "rules": 1,
+    "schema": 2,
+    "features": 2,
+    "retry_policy": 2,
+    "simulate": 3,
+    "data": 3,
+    "model": 3,
+    "serve": 3,
+    "baselines": 4,
+    "train": 5,
+    "evaluate": 6,
+    "export": 6,
+    "bench": 7,
+    "report": 8,
+    "commands": 9,
+    "cli": 10,
+}
+
+
+def part_of(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0].removesuffix(".py")
+
+
+def imported_parts(path: Path) -> set[str]:
+    parts = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            dotted = name.split(".")
+            if dotted[0] == "issuer_seq" and len(dotted) > 1:
+                parts.add(dotted[1])
+    return parts
+
+
+def test_every_part_has_a_rank() -> None:
+    parts = {part_of(p) for p in PACKAGE.rglob("*.py")} - {"__init__"}
+    assert parts <= set(RANKS), f"give these a rank in RANKS: {sorted(parts - set(RANKS))}"
+
+
+def test_imports_run_one_way() -> None:
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        part = part_of(path)
+        if part == "__init__":
+            continue
+        for other in imported_parts(path) - {part}:
+            if RANKS[other] >= RANKS[part]:
+                wrong.append(f"{path.relative_to(PACKAGE)} imports {other}")
+    assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_the_check_sees_a_wrong_import(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from issuer_seq.serve.scorer import Scorer\n")
+    assert imported_parts(module) == {"serve"}
