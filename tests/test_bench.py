@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from issuer_seq.report.lightgbm_model import bench_lightgbm_model
+from issuer_seq.baselines.saved_lightgbm import load_or_fit_lightgbm
 from issuer_seq.schema import load_log
 
 
@@ -88,8 +88,8 @@ def test_bench_fits_the_lightgbm_model_once_then_reuses_it(
 ) -> None:
     data, run, _ = tiny_bundle
     frame = load_log(data).frame
-    model, info = bench_lightgbm_model(frame, run, tmp_path, threads=1)
+    model, info = load_or_fit_lightgbm(frame, run, tmp_path, threads=1)
     assert info["source"].startswith("fitted") and info["train_rows"] > 0 and info["trees"] > 0
-    again, reused = bench_lightgbm_model(frame, run, tmp_path, threads=1)
+    again, reused = load_or_fit_lightgbm(frame, run, tmp_path, threads=1)
     assert reused["reused"] is True and reused["trees"] == info["trees"]
     assert again.columns == model.columns

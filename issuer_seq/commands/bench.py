@@ -10,10 +10,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from issuer_seq.baselines.saved_lightgbm import load_or_fit_lightgbm
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.report.bench import bench_scorers, machine
 from issuer_seq.report.http_bench import bench_http
-from issuer_seq.report.lightgbm_model import bench_lightgbm_model
 from issuer_seq.report.pipeline import bench_pipeline
 from issuer_seq.report.sequences import bench_sequences
 from issuer_seq.schema import load_log
@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if lgb_cfg.enabled:
         params = OmegaConf.to_container(lgb_cfg.params) if lgb_cfg.params else {}
         assert isinstance(params, dict)
-        lightgbm, lightgbm_info = bench_lightgbm_model(
+        lightgbm, lightgbm_info = load_or_fit_lightgbm(
             vlog.frame,
             run_dir,
             out_dir,
