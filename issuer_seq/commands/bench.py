@@ -11,11 +11,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from issuer_seq.baselines.saved_lightgbm import load_or_fit_lightgbm
+from issuer_seq.bench.http import bench_http
+from issuer_seq.bench.pipeline import bench_pipeline
+from issuer_seq.bench.scorers import bench_scorers, machine
+from issuer_seq.bench.sequences import bench_sequences
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.report.bench import bench_scorers, machine
-from issuer_seq.report.http_bench import bench_http
-from issuer_seq.report.pipeline import bench_pipeline
-from issuer_seq.report.sequences import bench_sequences
 from issuer_seq.schema import load_log
 from issuer_seq.serve.inputs import history_lengths
 
