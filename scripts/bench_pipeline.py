@@ -14,9 +14,9 @@ import logging
 
 from omegaconf import OmegaConf
 
+from issuer_seq.bench.pipeline import bench_pipeline
 from issuer_seq.cli import conf_dir
 from issuer_seq.data.store import StoreConfig, build_store
-from issuer_seq.report.pipeline import bench_pipeline
 from issuer_seq.schema import load_log
 
 

@@ -3,7 +3,7 @@
     python scripts/bench_sequences.py DATA_DIR [--k-card 16] [--k-issuer 32] [--rows N]
 
 Prints one JSON object (target: `speedup` at least 20, docs/targets.md); exits 1 if the two
-builds disagree. The method is described in issuer_seq/report/sequences.py and docs/data.md.
+builds disagree. The method is described in issuer_seq/bench/sequences.py and docs/data.md.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from issuer_seq.report.sequences import bench_sequences
+from issuer_seq.bench.sequences import bench_sequences
 from issuer_seq.schema import load_log
 
 

@@ -28,10 +28,10 @@ from scipy.stats import bootstrap
 from sklearn.metrics import roc_auc_score
 
 from issuer_seq.baselines.dataset import approval_frame
+from issuer_seq.baselines.saved_lightgbm import LIGHTGBM_DIR
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.data.store import TEST
-from issuer_seq.evaluate.baselines import LIGHTGBM_DIR
 from issuer_seq.evaluate.metrics import EPS
 from issuer_seq.evaluate.run import load_network, predict, run_store
 from issuer_seq.schema import APPROVED_CODE, load_log

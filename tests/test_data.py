@@ -408,7 +408,7 @@ def test_retries_sooner_than_the_first_grid_point_get_no_label() -> None:
 
 
 def _bench_module() -> ModuleType:
-    import issuer_seq.report.sequences as module
+    import issuer_seq.bench.sequences as module
 
     return module
 

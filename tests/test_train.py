@@ -365,7 +365,7 @@ def test_ddp_on_cpu_with_two_processes(tiny_dir: Path, tmp_path: Path) -> None:
 
 
 def test_pipeline_benchmark_reports_both_arms(tiny_dir: Path) -> None:
-    from issuer_seq.report.pipeline import bench_pipeline
+    from issuer_seq.bench.pipeline import bench_pipeline
 
     store = build_store(load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_card_merchant=3))
     kw = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "dropout": 0.0}

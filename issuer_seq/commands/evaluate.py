@@ -10,7 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from issuer_seq.evaluate.baselines import LIGHTGBM_DIR, fit_baselines
+from issuer_seq.baselines.saved_lightgbm import LIGHTGBM_DIR
+from issuer_seq.evaluate.baselines import fit_baselines
 from issuer_seq.evaluate.run import evaluate
 
 log = logging.getLogger(__name__)

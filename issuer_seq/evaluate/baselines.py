@@ -25,6 +25,7 @@ from issuer_seq.baselines.dataset import approval_frame, by_split, decline_frame
 from issuer_seq.baselines.linear import LOGISTIC_SPACE, LogisticModel
 from issuer_seq.baselines.protocol import Baseline
 from issuer_seq.baselines.retry_trees import RETRY_LIGHTGBM_PARAMS, RETRY_SPACE, RetryTrees
+from issuer_seq.baselines.saved_lightgbm import FIT_INFO
 from issuer_seq.baselines.search import search
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LIGHTGBM_SPACE, XGBOOST_SPACE, LightGBMModel, XGBoostModel
@@ -34,10 +35,6 @@ from issuer_seq.schema import APPROVED_CODE
 log = logging.getLogger(__name__)
 
 MODELS = ("lightgbm", "xgboost", "logistic")
-#: where, under a run dir, evaluate saves its LightGBM approval model (bench serves it)
-LIGHTGBM_DIR = Path("baselines") / "lightgbm"
-#: beside the saved model: how it was chosen
-FIT_INFO = "evaluate_fit.json"
 
 
 def fit_baselines(

@@ -292,13 +292,15 @@ def bench_scorers(
     batch_sizes: Sequence[int] = (1, 16, 64, 256),
     throughput_seconds: float = 2.0,
     lightgbm: LightGBMModel | None = None,
-    target_ratio: float = 2.0,
     variants: Mapping[str, Path] | None = None,
+    *,
+    target_ratio: float,
 ) -> dict[str, Any]:
     """Latency and throughput of every arm on the same requests (the log's last attempts).
 
     `variants`: name -> bundle of a model-size variant, measured as ONNX fp32 arm
-    `transformer_<name>` (its model, as named in evaluation.json)."""
+    `transformer_<name>` (its model, as named in evaluation.json). `target_ratio`: the
+    transformer / LightGBM p99 target (conf/bench.yaml `targets.scorer_p99_vs_lightgbm`)."""
     import torch
 
     torch.set_num_threads(1)

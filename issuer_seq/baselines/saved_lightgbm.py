@@ -1,4 +1,4 @@
-"""The LightGBM model the bench's baseline arm serves: a saved one, or fitted once and saved.
+"""The LightGBM model that `issuer-seq bench` serves: a saved one, or fitted once and saved.
 
 `issuer-seq evaluate` saves the LightGBM model its search chose (`LightGBMModel.save`:
 model.txt + lightgbm.json) in `<run_dir>/baselines/lightgbm`; the bench serves that one, so
@@ -26,10 +26,13 @@ from issuer_seq.baselines.dataset import approval_frame, split_of
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.data.store import TEST, TRAIN, VAL
-from issuer_seq.evaluate.baselines import FIT_INFO, LIGHTGBM_DIR
 
 log = logging.getLogger(__name__)
 
+#: where, under a run dir, evaluate saves its LightGBM approval model (bench serves it)
+LIGHTGBM_DIR = Path("baselines") / "lightgbm"
+#: beside the model evaluate saved: how it was chosen
+FIT_INFO = "evaluate_fit.json"
 SAVED = "lightgbm.json"
 FITTED = "bench_fit.json"  # how the bench fitted it, beside the model it saved
 
@@ -69,7 +72,7 @@ def fit_lightgbm(
     return model, info
 
 
-def bench_lightgbm_model(
+def load_or_fit_lightgbm(
     frame: pd.DataFrame,
     run_dir: Path,
     out_dir: Path,

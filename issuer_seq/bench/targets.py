@@ -1,0 +1,58 @@
+"""The design targets (docs/targets.md) checked against one bench run's measurements.
+
+Each measurement has one target in conf/bench.yaml `targets`, named after it, giving one
+bound: `at_least` or `at_most`. A measurement the run did not take (e.g. the LightGBM
+arm disabled) leaves its target neither met nor missed: `met` is None.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from issuer_seq.errors import IssuerSeqError
+
+BOUNDS: dict[str, Callable[[float, float], bool]] = {
+    "at_least": operator.ge,
+    "at_most": operator.le,
+}
+
+
+def validate_targets(targets: Mapping[str, Mapping[str, float]], measured: Iterable[str]) -> None:
+    """Raise unless every measurement has a target giving exactly one known bound: a typo in
+    the config must fail before the benchmarks run, not read as a target silently dropped."""
+    names = list(measured)
+    if missing := [name for name in names if name not in targets]:
+        raise IssuerSeqError(f"targets: none given for {', '.join(missing)}")
+    for name, target in targets.items():
+        if name not in names:
+            raise IssuerSeqError(
+                f"targets.{name}: the bench measures no such thing ({', '.join(names)})"
+            )
+        if len(target) != 1 or next(iter(target)) not in BOUNDS:
+            raise IssuerSeqError(f"targets.{name}: give one bound, at_least or at_most")
+
+
+def check_targets(
+    targets: Mapping[str, Mapping[str, float]], measured: Mapping[str, float | None]
+) -> dict[str, dict[str, Any]]:
+    """{target: {"measured": value, <bound>: bound, "met": True, False or None}}."""
+    validate_targets(targets, measured)
+    checked: dict[str, dict[str, Any]] = {}
+    for name, target in targets.items():
+        ((kind, bound),) = target.items()
+        value = measured[name]
+        met = None if value is None else bool(BOUNDS[kind](float(value), float(bound)))
+        checked[name] = {"measured": value, kind: bound, "met": met}
+    return checked
+
+
+def describe(name: str, check: Mapping[str, Any]) -> str:
+    """One line of the bench's summary: the measurement, its bound, met or missed."""
+    kind = next(k for k in check if k in BOUNDS)
+    bound = f"{kind.replace('_', ' ')} {check[kind]:g}"
+    if check["met"] is None:
+        return f"target {name} ({bound}): not measured"
+    verdict = "met" if check["met"] else "missed"
+    return f"target {name}: {check['measured']:.3g} ({bound}): {verdict}"
