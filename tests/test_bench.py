@@ -3,7 +3,6 @@ its targets read from conf/bench.yaml and checked; where bench/ and report/ sit.
 
 from __future__ import annotations
 
-import ast
 import gc
 import json
 import subprocess
@@ -147,7 +146,7 @@ def test_bench_fits_the_lightgbm_model_once_then_reuses_it(
 
 #: conf/bench.yaml `targets` (docs/targets.md)
 TARGETS = {
-    "scorer_p99_vs_lightgbm": {"at_most": 2.0},
+    "scorer_p99_vs_lightgbm": {"at_most": 1.0, "ceiling": 1.5},
     "sequence_build_speedup": {"at_least": 20.0},
     "training_input_ratio": {"at_least": 0.9},
 }
@@ -171,12 +170,28 @@ def test_a_missed_target_is_reported_missed() -> None:
     measured = measurements(scorers, pipeline)
     assert tuple(measured) == MEASURED
     checked = check_targets(TARGETS, measured)
-    assert checked["scorer_p99_vs_lightgbm"] == {"measured": 2.6, "at_most": 2.0, "met": False}
+    assert checked["scorer_p99_vs_lightgbm"] == {
+        "measured": 2.6,
+        "at_most": 1.0,
+        "met": False,
+        "ceiling": 1.5,
+        "within_ceiling": False,
+    }
     assert checked["sequence_build_speedup"] == {"measured": 31.0, "at_least": 20.0, "met": True}
     assert checked["training_input_ratio"]["met"] is True
     # the LightGBM arm disabled: its target is neither met nor missed
     unmeasured = check_targets(TARGETS, measurements({}, pipeline))["scorer_p99_vs_lightgbm"]
-    assert unmeasured == {"measured": None, "at_most": 2.0, "met": None}
+    assert unmeasured == {
+        "measured": None,
+        "at_most": 1.0,
+        "met": None,
+        "ceiling": 1.5,
+        "within_ceiling": None,
+    }
+    # missing the goal but within the hard ceiling is told apart from breaking the ceiling
+    near = check_targets(TARGETS, measurements({"vs_lightgbm": {"best": 1.2}}, pipeline))
+    assert near["scorer_p99_vs_lightgbm"]["met"] is False
+    assert near["scorer_p99_vs_lightgbm"]["within_ceiling"] is True
     # a bound exactly reached is met; a stricter config turns the same figure into a miss
     exact = TARGETS | {"training_input_ratio": {"at_least": 0.95}}
     assert check_targets(exact, measured)["training_input_ratio"]["met"] is True
@@ -195,7 +210,12 @@ def test_the_summary_prints_every_target_met_or_missed() -> None:
     lines = summary(result)
     assert "target sequence_build_speedup: 12.5 (at least 20): missed" in lines
     assert "target training_input_ratio: 0.93 (at least 0.9): met" in lines
-    assert "target scorer_p99_vs_lightgbm (at most 2): not measured" in lines
+    assert "target scorer_p99_vs_lightgbm (at most 1, never above 1.5): not measured" in lines
+    near = check_targets(TARGETS, measurements({"vs_lightgbm": {"best": 1.2}}, pipeline))
+    assert (
+        "target scorer_p99_vs_lightgbm: 1.2 (at most 1, never above 1.5): "
+        "missed, within the ceiling"
+    ) in summary(result | {"targets": near})
 
 
 @pytest.mark.parametrize(
@@ -204,6 +224,8 @@ def test_the_summary_prints_every_target_met_or_missed() -> None:
         ({"sequence_build_speedups": {"at_least": 20.0}}, "no such thing"),
         ({"sequence_build_speedup": {"at_lest": 20.0}}, "one bound"),
         ({"sequence_build_speedup": {"at_least": 20.0, "at_most": 90.0}}, "one bound"),
+        ({"sequence_build_speedup": {"at_least": 20.0, "ceiling": 90.0}}, "ceiling goes with"),
+        ({"scorer_p99_vs_lightgbm": {"at_most": 1.0, "ceiling": 0.5}}, "ceiling goes with"),
     ],
 )
 def test_a_mistyped_target_fails_before_measuring(
@@ -228,42 +250,3 @@ def test_client_gc_watch_counts_the_collections_of_the_run() -> None:
         gc.collect()
     assert stats["collections"] == 2 and 0 < stats["pause_ms_max"] <= stats["pause_ms_total"]
     assert gc.get_freeze_count() == 0 and len(gc.callbacks) == before  # left as found
-
-
-# --------------------------------------------------------------------------------------------
-# Layers: bench/ and report/ sit at the top, beside commands/
-
-
-def layers_imported(path: Path) -> set[str]:
-    """The issuer_seq layers (`issuer_seq.<layer>...`) a file imports, at the top or inside
-    functions."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    parts = [n.split(".") for n in names]
-    return {p[1] for p in parts if p[0] == "issuer_seq" and len(p) > 1}
-
-
-def reaching(layers: set[str], into: set[str]) -> dict[str, set[str]]:
-    """{file of one of `layers` (a package or a top-level module): the layers of `into` it
-    imports}, for the files that import any."""
-    hits: dict[str, set[str]] = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        layer = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
-        if layer in layers and (reached := layers_imported(path) & into):
-            hits[str(path.relative_to(PACKAGE))] = reached
-    return hits
-
-
-def test_nothing_below_imports_bench_or_report() -> None:
-    names = {p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
-    below = names - {"bench", "report", "commands", "cli", "__init__"}
-    assert {"baselines", "evaluate", "serve", "train", "schema"} <= below
-    assert reaching(below, {"bench", "report"}) == {}
-    # beside each other: neither needs the other, and neither reaches up into commands/
-    assert reaching({"bench"}, {"report", "commands"}) == {}
-    assert reaching({"report"}, {"bench", "commands"}) == {}
-    assert reaching({"commands"}, {"bench"})  # the check sees imports where there are some
