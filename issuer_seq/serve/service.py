@@ -63,7 +63,6 @@ class ServeSettings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "issuer_seq"
     redis_ttl_days: int = 90
-    redis_read_legacy: bool = True
     memory_max_keys: int = 1_000_000
     deadline_ms: float = 50.0
     store_timeout_ms: float = 20.0
@@ -115,7 +114,6 @@ def make_store(settings: ServeSettings, ks: Mapping[str, int]) -> StateStore:
             keep,
             prefix=settings.redis_prefix,
             ttl_s=settings.redis_ttl_days * 86_400 or None,
-            legacy=settings.redis_read_legacy,
         )
     raise IssuerSeqError(f"state must be 'memory' or 'redis', got {settings.state!r}")
 
