@@ -12,8 +12,6 @@ state stores lock (or are Redis).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +37,7 @@ from issuer_seq.serve.advice import (
     allowed_retries,
     three_ds_now_allowed,
 )
+from issuer_seq.serve.bundle import FORMAT_VERSION, MANIFEST, BundleError, verify_bundle
 from issuer_seq.serve.inputs import (
     Event,
     Window,
@@ -47,44 +46,11 @@ from issuer_seq.serve.inputs import (
     history_lengths,
     stream_key,
 )
-from issuer_seq.serve.state import MemoryStore, StateStore
+from issuer_seq.serve.state import MemoryStore, StateStore, keep_lengths
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # 2: the card_merchant stream; 3: the same_payment inputs
-MANIFEST = "manifest.json"
 OUTPUTS = ["p_approve", "p_retry"]
-
-
-class BundleError(IssuerSeqError):
-    """The bundle is missing, tampered with, or of another format."""
-
-
-def verify_bundle(root: Path) -> dict[str, Any]:
-    """Load the manifest and re-hash every file it lists; refuse anything that differs."""
-    path = root / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{root}: no {MANIFEST}; is this an `issuer-seq export` bundle?")
-    manifest = json.loads(path.read_text())
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(
-            f"{root}: bundle format version {version!r}, this scorer reads {FORMAT_VERSION}"
-        )
-    problems = []
-    for rel, entry in manifest["files"].items():
-        p = root / rel
-        if not p.is_file():
-            problems.append(f"{rel} is missing")
-            continue
-        digest = hashlib.sha256(p.read_bytes()).hexdigest()
-        if digest != entry["sha256"]:
-            problems.append(
-                f"{rel} has sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}..."
-            )
-    if problems:
-        raise BundleError(f"{root}: bundle failed verification: " + "; ".join(problems))
-    return manifest
 
 
 def make_session(model: Path, providers: Sequence[str], threads: int, allow_fallback: bool) -> Any:
@@ -138,8 +104,7 @@ class Scorer:
         self.input_names = [spec["name"] for spec in m["schema"]["inputs"]]
         # `is None`, not `or`: an empty store is falsy (len 0), and it must be this one, shared
         # with the service's fallback, not a private copy
-        keep = {s: k + 64 for s, k in self.ks.items()}
-        self.store = store if store is not None else MemoryStore(keep)
+        self.store = store if store is not None else MemoryStore(keep_lengths(self.ks))
         self.rules = rules
         self.economics = economics
         self.session = make_session(
@@ -291,4 +256,5 @@ class Scorer:
             self.store.append(stream, stream_key(stream, outcome), event)
 
 
-__all__ = ["BundleError", "RetryAdvice", "Scorer", "verify_bundle"]
+# FORMAT_VERSION, MANIFEST: where export/ reads them (serve/bundle.py owns them)
+__all__ = ["FORMAT_VERSION", "MANIFEST", "BundleError", "RetryAdvice", "Scorer", "verify_bundle"]

@@ -14,7 +14,6 @@ that, and back to false first thing on shutdown.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -29,6 +28,7 @@ import numpy as np
 
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.serve.advice import RULES_STREAM, RetryAdvice, raw_of
+from issuer_seq.serve.bundle import read_manifest
 from issuer_seq.serve.fallback import FallbackPolicy
 from issuer_seq.serve.inputs import (
     Event,
@@ -38,8 +38,8 @@ from issuer_seq.serve.inputs import (
     stream_key,
 )
 from issuer_seq.serve.metrics import Metrics
-from issuer_seq.serve.scorer import MANIFEST, BundleError, Scorer
-from issuer_seq.serve.state import MemoryStore, RedisStore, StateStore
+from issuer_seq.serve.scorer import Scorer
+from issuer_seq.serve.state import MemoryStore, RedisStore, StateStore, keep_lengths
 from issuer_seq.serve.v2 import V2Model
 from issuer_seq.timestamps import epoch_seconds as to_epoch
 
@@ -90,22 +90,8 @@ def probabilities(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
-    """The manifest, read without verification: what the service needs before loading."""
-    path = root / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{root}: no {MANIFEST}; is this an `issuer-seq export` bundle?")
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-        manifest["model"]["name"], manifest["history"]["k_card"], manifest["delay_grid"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{path}: not a readable bundle manifest ({exc!r})") from None
-    return manifest
-
-
 def make_store(settings: ServeSettings, ks: Mapping[str, int]) -> StateStore:
-    # A little more than the window per key: late outcomes arrive out of time order.
-    keep = {s: k + 64 for s, k in ks.items()}
+    keep = keep_lengths(ks)
     if settings.state == "memory":
         return MemoryStore(keep, max_keys=settings.memory_max_keys)
     if settings.state == "redis":

@@ -17,11 +17,20 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
 
 from issuer_seq.serve.inputs import Event, Window, window_of
+
+#: events kept per key beyond a stream's window: late outcomes arrive out of time order
+KEEP_EXTRA = 64
+
+
+def keep_lengths(ks: Mapping[str, int]) -> dict[str, int]:
+    """Events kept per key of each stream: its window K, plus `KEEP_EXTRA`."""
+    return {stream: k + KEEP_EXTRA for stream, k in ks.items()}
 
 
 class StateStore(Protocol):
