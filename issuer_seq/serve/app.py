@@ -28,9 +28,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from issuer_seq import __version__
-from issuer_seq.delays import parse_delay
 from issuer_seq.serve import schemas as S
-from issuer_seq.serve.advice import NOW_3DS_DELAY_S, RetryAdvice
+from issuer_seq.serve.advice import RetryAdvice
 from issuer_seq.serve.metrics import MetricsMiddleware
 from issuer_seq.serve.scorer import Scorer
 from issuer_seq.serve.service import ServeSettings, Service, probabilities
@@ -135,14 +134,6 @@ class BodyLimitMiddleware:
         await self.app(scope, counted, send)
 
 
-def _delay_s(action: str, grid: list[str]) -> int | None:
-    if action == "no_retry":
-        return None
-    if action == "now_with_3ds":
-        return NOW_3DS_DELAY_S  # as the rules checked it (and the scorer scored it)
-    return parse_delay(action) if action in grid else None
-
-
 def _checked_advice(advice: RetryAdvice) -> RetryAdvice:
     probabilities(np.array(list(advice.curve.values())))
     if not np.isfinite(advice.expected_value):
@@ -159,7 +150,6 @@ def create_app(
     service = Service(settings, scorer=scorer, on_fatal=on_fatal)
     models = S.request_models(settings.max_batch)
     ScoreRequest, OutcomesRequest, InferRequest = models.score, models.outcomes, models.infer
-    grid = list(service.fallback.grid)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -215,10 +205,10 @@ def create_app(
         service.metrics.batch_size.labels("retry").observe(1)
 
         def response(advice: RetryAdvice, reason: str) -> dict[str, Any]:
-            delay = _delay_s(advice.action, grid)
+            delay = advice.action.delay_s
             at = None if delay is None else body.decline.ts + timedelta(seconds=delay)
             return {
-                "action": advice.action,
+                "action": advice.action.name,
                 "delay_s": delay,
                 "retry_at": at,
                 "expected_value": advice.expected_value,

@@ -24,14 +24,14 @@ from issuer_seq.delays import grid_seconds
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.retry_policy import (
     DEFAULT_ECONOMICS,
-    NO_RETRY,
-    NOW_3DS,
+    NOW_3DS_DELAY_S,
+    RETRY_NOW_WITH_3DS,
+    Action,
     RetryEconomics,
     choose_retry,
 )
 from issuer_seq.rules import DEFAULT_RULES, Cause, NetworkRules, cause_of
 from issuer_seq.serve.advice import (
-    NOW_3DS_DELAY_S,
     RULES_STREAM,
     RetryAdvice,
     allowed_retries,
@@ -191,14 +191,9 @@ class Scorer:
             sca_3ds_possible=np.array([can_3ds]),
             econ=self.economics,
         )
-        action_i = int(choice.action[0])
-        action = (
-            "no_retry"
-            if action_i == NO_RETRY
-            else ("now_with_3ds" if action_i == NOW_3DS else self.grid[action_i])
-        )
+        action = Action.decode(int(choice.action[0]), self.grid, self.grid_s)
         blocking = sorted({str(r) for r in rules if r != "ok"})
-        if allowed.any() or action_i == NOW_3DS:
+        if allowed.any() or action == RETRY_NOW_WITH_3DS:
             rule = str(choice.reason[0])
         else:
             rule = blocking[0] if blocking else "ok"
@@ -230,7 +225,7 @@ class Scorer:
         retry = {
             **decline,
             "ts": event.t + NOW_3DS_DELAY_S,
-            "attempt": event.raw[4] + 1,
+            "attempt": event.raw.attempt + 1,
             "three_ds": True,
             "response_code": None,
             "advice_code": None,

@@ -27,11 +27,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.serve.advice import RULES_STREAM, RetryAdvice, raw_of
+from issuer_seq.serve.advice import RULES_STREAM, RetryAdvice
 from issuer_seq.serve.bundle import read_manifest
 from issuer_seq.serve.fallback import FallbackPolicy
 from issuer_seq.serve.inputs import (
     Event,
+    Raw,
     build_inputs,
     encode_event,
     history_lengths,
@@ -332,7 +333,7 @@ class Service:
         return self.fallback.retry(
             t,
             str(decline["merchant_id"]),
-            raw_of(decline),
+            Raw.of(decline),
             history,
             str(decline["initiator"]),
             bool(decline["three_ds"]),
@@ -356,7 +357,7 @@ class Service:
             if code is None:  # not a decline, or a code the model never saw
                 rows.append(np.full(len(self.fallback.grid), self.fallback.retry_prior))
                 continue
-            raw = (network or "", 0.0, code, advice or "", 1)
+            raw = Raw(network or "", 0.0, code, advice or "", attempt=1)
             allowed, _ = self.fallback.allowed(0, "", raw)
             rows.append(self.fallback.curve(allowed))
         return {"p_approve": p_approve, "p_retry": np.array(rows, dtype=np.float32)}
