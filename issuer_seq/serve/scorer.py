@@ -46,7 +46,7 @@ from issuer_seq.serve.inputs import (
     history_lengths,
     stream_key,
 )
-from issuer_seq.serve.state import MemoryStore, StateStore, keep_lengths
+from issuer_seq.serve.state import MemoryStore, StateStore, StateUnavailable, keep_lengths
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +119,29 @@ class Scorer:
     def windows(
         self, attempts: Sequence[Mapping[str, Any]], current: Sequence[Event]
     ) -> dict[str, list[Window]]:
-        """Each attempt's history per stream: its last K events before t - lag."""
+        """Each attempt's history per stream: its last K events before t - lag.
+
+        Raises StateUnavailable when the store fails."""
         store, lag = self.store, self.lag_s
-        return {
-            stream: [
-                store.window(stream, stream_key(stream, a), e.t - lag, k)
-                for a, e in zip(attempts, current, strict=True)
-            ]
-            for stream, k in self.ks.items()
-        }
+        try:
+            return {
+                stream: [
+                    store.window(stream, stream_key(stream, a), e.t - lag, k)
+                    for a, e in zip(attempts, current, strict=True)
+                ]
+                for stream, k in self.ks.items()
+            }
+        except KeyError:  # a field the attempt lacks (stream_key): the caller's error
+            raise
+        except Exception as exc:
+            raise StateUnavailable(f"reading the histories: {exc!r}") from exc
+
+    def recent(self, stream: str, key: str) -> list[Event]:
+        """A key's known events in a stream. Raises StateUnavailable when the store fails."""
+        try:
+            return self.store.recent(stream, key)
+        except Exception as exc:
+            raise StateUnavailable(f"reading {stream} {key}: {exc!r}") from exc
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         feeds = {name: inputs[name] for name in self.input_names}
@@ -169,7 +183,7 @@ class Scorer:
         curve = self.retry_curve([decline])[0]  # (G,)
         event = encode_event(self.vocab, decline)
         assert event.raw is not None
-        history = self.store.recent(RULES_STREAM, stream_key(RULES_STREAM, decline))
+        history = self.recent(RULES_STREAM, stream_key(RULES_STREAM, decline))
         allowed, rules = allowed_retries(
             event.t,
             event.merchant,
@@ -232,7 +246,7 @@ class Scorer:
         }
         histories: dict[str, list[Sequence[Event]]] = {}
         for stream in self.ks:
-            known = self.store.recent(stream, stream_key(stream, decline))
+            known = self.recent(stream, stream_key(stream, decline))
             if not any(e.t == event.t and e.payment == event.payment for e in known):
                 known = sorted([*known, event], key=lambda e: e.t)
             histories[stream] = [known]
@@ -242,13 +256,17 @@ class Scorer:
     # -- outcomes -------------------------------------------------------------------------
     def observe(self, outcome: Mapping[str, Any]) -> None:
         """Append an attempt with its outcome to its histories (card, issuer, card at the
-        merchant)."""
+        merchant). Raises StateUnavailable when the store fails."""
         missing = [c for c in ("response_code", "payment_id") if outcome.get(c) is None]
         if missing:
             raise IssuerSeqError(f"an outcome needs its {' and '.join(missing)}")
         event = encode_event(self.vocab, outcome)
         for stream in self.ks:
-            self.store.append(stream, stream_key(stream, outcome), event)
+            key = stream_key(stream, outcome)
+            try:
+                self.store.append(stream, key, event)
+            except Exception as exc:
+                raise StateUnavailable(f"writing {stream} {key}: {exc!r}") from exc
 
 
 # FORMAT_VERSION, MANIFEST: where export/ reads them (serve/bundle.py owns them)

@@ -1,8 +1,10 @@
 """The service behind the HTTP routes: loading, readiness, deadlines and the fallback.
 
 Model calls run in a thread pool (ONNX Runtime releases the GIL) under `asyncio.wait_for`:
-when the model is slower than `deadline_ms`, raises, or returns something that is not a
-probability, the request is answered by the rules of `fallback.py` instead. A slow call keeps
+when the call is slower than `deadline_ms`, cannot read the state store, raises, or returns
+something that is not a probability, the request is answered by the rules of `fallback.py`
+instead, and the answer, the log and the metrics name which (`deadline`, `state_unavailable`,
+`model_error`, `invalid_output`). A slow call keeps
 its worker until it finishes, so the number of calls queued or running is capped
 (`max_pending`): past it, requests skip the model at once rather than queue behind it.
 
@@ -40,7 +42,13 @@ from issuer_seq.serve.inputs import (
 )
 from issuer_seq.serve.metrics import Metrics
 from issuer_seq.serve.scorer import Scorer
-from issuer_seq.serve.state import MemoryStore, RedisStore, StateStore, keep_lengths
+from issuer_seq.serve.state import (
+    MemoryStore,
+    RedisStore,
+    StateStore,
+    StateUnavailable,
+    keep_lengths,
+)
 from issuer_seq.serve.v2 import V2Model
 from issuer_seq.timestamps import epoch_seconds as to_epoch
 
@@ -256,7 +264,8 @@ class Service:
         self.metrics.pending.dec()
 
     async def call_model(self, operation: str, fn: Callable[[Scorer], T]) -> tuple[T | None, str]:
-        """fn(scorer) in a worker within the deadline: (result, "") or (None, fallback reason)."""
+        """fn(scorer) in a worker within the deadline: (result, "") or (None, fallback reason),
+        the reason naming what failed: the deadline, the state store or the model."""
         scorer = self.scorer
         if scorer is None:
             return None, "not_ready"
@@ -286,7 +295,17 @@ class Service:
             )
             return result, ""
         except TimeoutError:
+            self.warn(
+                f"{operation}:deadline",
+                "%s: no answer within the deadline (%.0f ms)",
+                operation,
+                self.settings.deadline_ms,
+            )
             return None, "deadline"
+        except StateUnavailable as exc:
+            self.metrics.store_errors.labels("read").inc()
+            self.warn(f"{operation}:store", "%s: the state store failed: %s", operation, exc)
+            return None, "state_unavailable"
         except InvalidOutput as exc:
             self.warn(f"{operation}:invalid", "%s: %s", operation, exc)
             return None, "invalid_output"

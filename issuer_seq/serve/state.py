@@ -5,6 +5,8 @@
   default.
 - `RedisStore`: the same in Redis sorted sets, so that several scorer replicas share state.
 
+A store raises whatever its client raises; the scorer re-raises that as `StateUnavailable`.
+
 Events may arrive out of time order (late outcomes, a backfill of old ones); both keep the
 `keep` latest by time (ties: the later arrivals), so an old event never pushes out a newer
 one, and `recent` returns them sorted by time (ties in arrival order). `window` is what a request
@@ -23,6 +25,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from issuer_seq.serve.inputs import Event, Window, window_of
+
+
+class StateUnavailable(Exception):
+    """The state store failed (unreachable, timed out, refused): raised by the scorer in
+    place of whatever the store raised (its `__cause__`), so that callers can tell a store
+    outage from a model failure."""
+
 
 #: events kept per key beyond a stream's window: late outcomes arrive out of time order
 KEEP_EXTRA = 64
