@@ -4,9 +4,9 @@ Model calls run in a thread pool (ONNX Runtime releases the GIL) under `asyncio.
 when the call is slower than `deadline_ms`, cannot read the state store, raises, or returns
 something that is not a probability, the request is answered by the rules of `fallback.py`
 instead, and the answer, the log and the metrics name which (`deadline`, `state_unavailable`,
-`model_error`, `invalid_output`). A slow call keeps
-its worker until it finishes, so the number of calls queued or running is capped
-(`max_pending`): past it, requests skip the model at once rather than queue behind it.
+`model_error`, `invalid_output`). A slow call keeps its worker until it finishes, so the
+number of calls queued or running is capped (`max_pending`): past it, requests skip the
+model at once rather than queue behind it.
 
 Readiness: the bundle is verified (every file's checksum), loaded and warmed up in a
 background thread while the server already answers liveness; ready flips to true only after
@@ -376,7 +376,13 @@ class Service:
             if code is None:  # not a decline, or a code the model never saw
                 rows.append(np.full(len(self.fallback.grid), self.fallback.retry_prior))
                 continue
-            raw = Raw(network or "", 0.0, code, advice or "", attempt=1)
+            raw = Raw(
+                network=network or "",
+                amount=0.0,
+                response_code=code,
+                advice_code=advice or "",
+                attempt=1,
+            )
             allowed, _ = self.fallback.allowed(0, "", raw)
             rows.append(self.fallback.curve(allowed))
         return {"p_approve": p_approve, "p_retry": np.array(rows, dtype=np.float32)}
