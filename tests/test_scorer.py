@@ -21,6 +21,7 @@ from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.schema import load_log
 from issuer_seq.serve.inputs import encode_event
 from issuer_seq.serve.scorer import BundleError, Scorer
+from issuer_seq.serve.service import ServeSettings, Service
 from issuer_seq.serve.state import MemoryStore
 
 
@@ -60,6 +61,18 @@ def test_tampered_or_foreign_bundles_are_refused(
         Scorer(copy)
     with pytest.raises(BundleError, match="no manifest.json"):
         Scorer(tmp_path)
+
+
+def test_the_scorer_and_the_service_refuse_a_manifest_alike(tmp_path: Path) -> None:
+    """One manifest reader: the same error, before loading (service) or while (scorer)."""
+    loaders = [lambda: Scorer(tmp_path), lambda: Service(ServeSettings(artifact_dir=tmp_path))]
+    for load in loaders:
+        with pytest.raises(BundleError, match="no manifest.json"):
+            load()
+    (tmp_path / "manifest.json").write_text('{"model": {"name": "m"}')  # cut short
+    for load in loaders:
+        with pytest.raises(BundleError, match="not a readable bundle manifest"):
+            load()
 
 
 def test_missing_provider_fails_or_degrades_loudly(
