@@ -632,7 +632,8 @@ def test_an_unreadable_store_means_no_retry(bundle: Path) -> None:
         score = c.post("/v1/score", json={"attempt": attempt()}).json()
         assert score["fallback"] is True and score["fallback_reason"] == "state_unavailable"
         text = c.get("/metrics").text
-        assert 'issuer_seq_fallbacks_total{operation="retry",reason="state_unavailable"} 1.0' in text
+        retry_fallbacks = 'issuer_seq_fallbacks_total{operation="retry",reason="state_unavailable"}'
+        assert f"{retry_fallbacks} 1.0" in text
         assert 'reason="model_error"' not in text
 
 
