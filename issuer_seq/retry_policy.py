@@ -15,19 +15,28 @@ a CIT retry hours later is useless); hard and data declines are never retried as
 "immediate retry with 3-D Secure" action is offered for SCA declines of customer-initiated
 payments (Visa 1A, Mastercard 65), valued with its own success probability.
 
+The policy works on arrays, one code per decline (a grid index, `NO_RETRY` or `NOW_3DS`);
+`Action` is one decision as the scorer, the fallback and the HTTP answers carry it: its name
+and its delay.
+
 numpy only: the scorer (serve/) and the evaluation share it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from issuer_seq.rules import Cause, causes
 
+# the codes of `choose_retry`'s actions that are not a grid index
 NO_RETRY = -1
 NOW_3DS = -2
+#: "now_with_3ds": the retry goes out this many seconds after the decline, with 3-D Secure
+#: (the cardholder completes the challenge within the checkout)
+NOW_3DS_DELAY_S = 20
 
 #: A customer-initiated payment is retried only while the customer is still at the checkout:
 #: delays up to this many seconds (the 5 min and 30 min points of the default grid).
@@ -51,6 +60,32 @@ def limit_to_session(
     return allowed & session, np.where(allowed & ~session, "cit_session", rules)
 
 
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One retry decision: `name`, a delay label of the grid, "now_with_3ds" or "no_retry";
+    `delay_s`, when the retry goes out, in seconds after the decline (None: no retry)."""
+
+    name: str
+    delay_s: int | None
+
+    @property
+    def retries(self) -> bool:
+        return self.delay_s is not None
+
+    @classmethod
+    def decode(cls, code: int, grid: Sequence[str], grid_s: np.ndarray) -> Action:
+        """The action of one of `choose_retry`'s codes (a grid index, NO_RETRY or NOW_3DS)."""
+        if code == NO_RETRY:
+            return DONT_RETRY
+        if code == NOW_3DS:
+            return RETRY_NOW_WITH_3DS
+        return cls(grid[code], int(grid_s[code]))
+
+
+DONT_RETRY = Action("no_retry", None)
+RETRY_NOW_WITH_3DS = Action("now_with_3ds", NOW_3DS_DELAY_S)
+
+
 @dataclass(frozen=True)
 class RetryEconomics:
     """Money side of a retry. Defaults: a PSP's take on a recovered payment and card fees."""
@@ -67,7 +102,7 @@ DEFAULT_ECONOMICS = RetryEconomics()
 class RetryChoice:
     """Per decline: the chosen action and its expected value. All (N,)."""
 
-    action: np.ndarray  # grid index, NO_RETRY or NOW_3DS
+    action: np.ndarray  # grid index, NO_RETRY or NOW_3DS (`Action.decode`)
     value: np.ndarray  # expected value of the chosen action (0 for no retry)
     reason: np.ndarray  # why: "best_value", "not_worth_it", "not_allowed", "hard", ...
 

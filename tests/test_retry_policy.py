@@ -6,11 +6,15 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from issuer_seq.delays import grid_seconds
+from issuer_seq.delays import DEFAULT_GRID, grid_seconds
 from issuer_seq.retry_policy import (
     CIT_SESSION_S,
+    DONT_RETRY,
     NO_RETRY,
     NOW_3DS,
+    NOW_3DS_DELAY_S,
+    RETRY_NOW_WITH_3DS,
+    Action,
     RetryEconomics,
     choose_retry,
     retry_values,
@@ -91,3 +95,12 @@ def test_customer_initiated_payments_are_retried_only_within_the_session() -> No
     p = np.array([[0.1, 0.1, 0.2, 0.3, 0.6, 0.7, 0.75, 0.8]])
     pick = choose_retry(p, mask[:1], np.array([500.0]), np.array(["51"]), np.array(["visa"]), GRID)
     assert pick.action[0] in (0, 1)  # the best it may do is a retry within the session
+
+
+def test_actions_carry_their_name_and_delay() -> None:
+    assert Action.decode(NO_RETRY, DEFAULT_GRID, GRID) == DONT_RETRY == Action("no_retry", None)
+    assert not DONT_RETRY.retries
+    now = Action.decode(NOW_3DS, DEFAULT_GRID, GRID)
+    assert now == RETRY_NOW_WITH_3DS == Action("now_with_3ds", NOW_3DS_DELAY_S) and now.retries
+    assert Action.decode(1, DEFAULT_GRID, GRID) == Action("30m", 1800)
+    assert Action.decode(7, DEFAULT_GRID, GRID) == Action("7d", 7 * 86_400)

@@ -21,6 +21,7 @@ from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.schema import load_log
 from issuer_seq.serve.inputs import encode_event
 from issuer_seq.serve.scorer import BundleError, Scorer
+from issuer_seq.serve.service import ServeSettings, Service
 from issuer_seq.serve.state import MemoryStore
 
 
@@ -60,6 +61,18 @@ def test_tampered_or_foreign_bundles_are_refused(
         Scorer(copy)
     with pytest.raises(BundleError, match="no manifest.json"):
         Scorer(tmp_path)
+
+
+def test_the_scorer_and_the_service_refuse_a_manifest_alike(tmp_path: Path) -> None:
+    """One manifest reader: the same error, before loading (service) or while (scorer)."""
+    loaders = [lambda: Scorer(tmp_path), lambda: Service(ServeSettings(artifact_dir=tmp_path))]
+    for load in loaders:
+        with pytest.raises(BundleError, match="no manifest.json"):
+            load()
+    (tmp_path / "manifest.json").write_text('{"model": {"name": "m"}')  # cut short
+    for load in loaders:
+        with pytest.raises(BundleError, match="not a readable bundle manifest"):
+            load()
 
 
 def test_missing_provider_fails_or_degrades_loudly(
@@ -117,17 +130,17 @@ def test_retry_advice_obeys_the_network_rules(bundle: tuple[Path, Path, Path]) -
     scorer = Scorer(bundle[2])
     base = ATTEMPT
     hard = scorer.advise_retry({**base, "response_code": "41", "advice_code": "03"})
-    assert hard.action == "no_retry" and not any(hard.allowed.values())
+    assert hard.action.name == "no_retry" and not any(hard.allowed.values())
     assert hard.rule in ("hard_decline", "visa_category_1", "mac_do_not_retry", "never_retry")
     wait = scorer.advise_retry({**base, "response_code": "51", "advice_code": "27"})  # 4 days
     assert [k for k, v in wait.allowed.items() if v] == ["4d", "7d"]
-    assert wait.action in ("4d", "7d", "no_retry")
+    assert wait.action.name in ("4d", "7d", "no_retry")
     assert set(wait.curve) == {"5m", "30m", "2h", "6h", "1d", "2d", "4d", "7d"}
     assert all(0 <= p <= 1 for p in wait.curve.values())
     checkout = {**base, "initiator": "CIT", "is_recurring": False}
     cit = scorer.advise_retry({**checkout, "response_code": "05", "advice_code": None})
     assert [k for k, v in cit.allowed.items() if v] == ["5m", "30m"]
-    assert cit.action in ("5m", "30m", "no_retry")
+    assert cit.action.name in ("5m", "30m", "no_retry")
     with pytest.raises(IssuerSeqError, match="approval"):
         scorer.advise_retry({**base, "response_code": "00"})
 
@@ -150,12 +163,12 @@ def test_the_rules_read_the_card_at_the_merchant_and_the_attempt_number(
         scorer.observe({**other, "response_code": "00", "advice_code": None})
     later = {**card, "ts": at(3), "payment_id": "p1", "response_code": "05", "advice_code": None}
     blocked = scorer.advise_retry(later)
-    assert blocked.action == "no_retry" and blocked.rule == "mac_do_not_retry"
+    assert blocked.action.name == "no_retry" and blocked.rule == "mac_do_not_retry"
     assert not any(blocked.allowed.values())
     # Nothing stored for this card: the attempt number alone caps the reattempts.
     fresh = {**ATTEMPT, "card_id": "rules-2", "network": "visa", "payment_id": "p2"}
     capped = scorer.advise_retry({**fresh, "attempt": 16, "response_code": "51"})
-    assert capped.action == "no_retry" and capped.rule == "visa_reattempt_cap"
+    assert capped.action.name == "no_retry" and capped.rule == "visa_reattempt_cap"
     assert scorer.advise_retry({**fresh, "attempt": 2, "response_code": "51"}).rule != (
         "visa_reattempt_cap"
     )
@@ -174,7 +187,7 @@ def test_sca_declines_at_checkout_get_an_immediate_3ds_retry(
     p, possible = scorer.now_with_3ds(decline, event, [])
     assert possible and 0.0 < p < 1.0
     econ = scorer.economics
-    assert advice.action == "now_with_3ds" and advice.rule == "now_with_3ds"
+    assert advice.action.name == "now_with_3ds" and advice.rule == "now_with_3ds"
     assert advice.expected_value == pytest.approx(p * 250.0 * econ.margin - econ.attempt_fee)
     # The decline itself is among the retry's histories, observed or not: the same answer.
     scorer.observe(decline)
@@ -186,7 +199,7 @@ def test_sca_declines_at_checkout_get_an_immediate_3ds_retry(
         {**decline, "response_code": "05"},
     ):
         assert scorer.now_with_3ds(other, encode_event(scorer.vocab, other), []) == (0.0, False)
-        assert scorer.advise_retry(other).action != "now_with_3ds"
+        assert scorer.advise_retry(other).action.name != "now_with_3ds"
 
 
 def test_an_empty_store_passed_in_is_the_one_used(bundle: tuple[Path, Path, Path]) -> None:

@@ -625,9 +625,16 @@ def test_an_unreadable_store_means_no_retry(bundle: Path) -> None:
     with _in_process(bundle, scorer) as c:
         _wait_ready(c)
         body = c.post("/v1/retry", json={"decline": outcome("51", initiator="MIT")}).json()
-        assert body["fallback"] is True and body["fallback_reason"] == "model_error"
+        # the store failed, not the model: the answer says which
+        assert body["fallback"] is True and body["fallback_reason"] == "state_unavailable"
         assert body["action"] == "no_retry" and body["rule"] == "state_unavailable"
         assert not any(body["allowed"].values())
+        score = c.post("/v1/score", json={"attempt": attempt()}).json()
+        assert score["fallback"] is True and score["fallback_reason"] == "state_unavailable"
+        text = c.get("/metrics").text
+        retry_fallbacks = 'issuer_seq_fallbacks_total{operation="retry",reason="state_unavailable"}'
+        assert f"{retry_fallbacks} 1.0" in text
+        assert 'reason="model_error"' not in text
 
 
 def test_non_probabilities_and_unexpected_errors_fall_back(

@@ -25,7 +25,6 @@ def settings(cfg: DictConfig) -> ServeSettings:
         state=str(cfg.state),
         redis_url=str(cfg.redis_url),
         redis_prefix=str(cfg.redis_prefix),
-        redis_read_legacy=bool(cfg.redis_read_legacy),
         redis_ttl_days=int(cfg.redis_ttl_days),
         memory_max_keys=int(cfg.memory_max_keys),
         deadline_ms=float(cfg.deadline_ms),

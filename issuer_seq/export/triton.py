@@ -110,7 +110,3 @@ def write_repository(
     copy = model_dir / str(version) / "model.onnx"
     shutil.copyfile(model, copy)
     return [config, copy]
-
-
-def read_config(path: Path) -> mc.ModelConfig:
-    return text_format.Parse(path.read_text(), mc.ModelConfig())

@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from issuer_seq.delays import grid_seconds
-from issuer_seq.retry_policy import DEFAULT_ECONOMICS, RetryEconomics, retry_values
+from issuer_seq.retry_policy import (
+    DEFAULT_ECONOMICS,
+    DONT_RETRY,
+    RETRY_NOW_WITH_3DS,
+    Action,
+    RetryEconomics,
+    retry_values,
+)
 from issuer_seq.rules import (
     DEFAULT_RULES,
     MAC_RETRY_AFTER,
@@ -41,8 +48,8 @@ from issuer_seq.rules import (
     normalize_code,
     normalize_network,
 )
-from issuer_seq.serve.advice import Raw, RetryAdvice, allowed_retries, three_ds_now_allowed
-from issuer_seq.serve.inputs import Event
+from issuer_seq.serve.advice import RetryAdvice, allowed_retries, three_ds_now_allowed
+from issuer_seq.serve.inputs import Event, Raw
 
 DEFAULT_APPROVAL_PRIOR = 0.85
 DEFAULT_RETRY_PRIOR = 0.5
@@ -93,9 +100,9 @@ class FallbackPolicy:
     def approval(self, issuer_events: Sequence[Event], t: int | None = None) -> float:
         """The issuer's recent approval rate (events before t), shrunk to the prior."""
         codes = [
-            e.raw[2]
+            e.raw.response_code
             for e in issuer_events
-            if e.raw is not None and e.raw[2] and (t is None or e.t < t)
+            if e.raw is not None and e.raw.response_code and (t is None or e.t < t)
         ]
         if not codes:
             return self.approval_prior
@@ -122,13 +129,12 @@ class FallbackPolicy:
 
     def target_s(self, raw: Raw) -> int | None:
         """The code-based wait for a decline, or None for never."""
-        network, _, code, advice, _ = raw
-        cause = cause_of(code, network)
+        cause = cause_of(raw.response_code, raw.network)
         if cause in NEVER:
             return None
         wait = CAUSE_DELAY_S[cause]
-        mac = MAC_RETRY_AFTER.get(normalize_code(advice))
-        if normalize_network(network) == MASTERCARD and mac is not None:
+        mac = MAC_RETRY_AFTER.get(normalize_code(raw.advice_code))
+        if normalize_network(raw.network) == MASTERCARD and mac is not None:
             wait = max(wait, int(mac.total_seconds()))
         return wait
 
@@ -136,7 +142,7 @@ class FallbackPolicy:
         """The answer when the state store cannot be read: no retry (`state_unavailable`)."""
         return RetryAdvice(
             curve=dict.fromkeys(self.grid, 0.0),
-            action="no_retry",
+            action=DONT_RETRY,
             expected_value=0.0,
             rule="state_unavailable",
             allowed=dict.fromkeys(self.grid, False),
@@ -154,15 +160,13 @@ class FallbackPolicy:
         allowed, rules = self.allowed(t, merchant, raw, card_history, initiator)
         curve = self.curve(allowed)
         econ = self.economics
-        action, value = "no_retry", 0.0
+        action: Action = DONT_RETRY
+        value = 0.0
+        amount = np.array([raw.amount])
         if three_ds_now_allowed(t, merchant, raw, card_history, initiator, three_ds, self.rules):
-            action, rule = "now_with_3ds", "code_rule_sca_3ds"
+            action, rule = RETRY_NOW_WITH_3DS, "code_rule_sca_3ds"
             at_once = np.zeros(1)  # no delay cost
-            value = float(
-                retry_values(np.array([[self.retry_prior]]), np.array([raw[1]]), at_once, econ)[
-                    0, 0
-                ]
-            )
+            value = float(retry_values(np.array([[self.retry_prior]]), amount, at_once, econ)[0, 0])
         elif (target := self.target_s(raw)) is None:
             blocking = [str(r) for r in rules if r != "ok"]
             rule = blocking[0] if blocking else "never_retry"
@@ -170,14 +174,15 @@ class FallbackPolicy:
             first = min(int(np.searchsorted(self.grid_s, target, side="left")), len(self.grid) - 1)
             later = [i for i in range(first, len(self.grid)) if allowed[i]]
             if later:
-                action, rule = self.grid[later[0]], f"code_rule_{cause_of(raw[2], raw[0]).value}"
-                values = retry_values(curve[None, :], np.array([raw[1]]), self.grid_s, econ)
+                action = Action.decode(later[0], self.grid, self.grid_s)
+                rule = f"code_rule_{cause_of(raw.response_code, raw.network).value}"
+                values = retry_values(curve[None, :], amount, self.grid_s, econ)
                 value = float(values[0, later[0]])
             else:
                 rule = str(rules[first]) if rules[first] != "ok" else "not_allowed"
-        if action != "no_retry" and value <= 0:
+        if action.retries and value <= 0:
             # the fee and the wait outweigh what the retry could recover
-            action, rule, value = "no_retry", "not_worth_it", 0.0
+            action, rule, value = DONT_RETRY, "not_worth_it", 0.0
         return RetryAdvice(
             curve={label: float(p) for label, p in zip(self.grid, curve, strict=True)},
             action=action,

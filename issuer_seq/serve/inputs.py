@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -47,6 +47,27 @@ _CUR_NUM = [f"cur_{f}" for f in F.NUMERIC]
 _UTC_OFFSET: dict[str, np.ndarray] = {}  # issuer country -> features.utc_offset_s, (1,)
 
 
+class Raw(NamedTuple):
+    """What the network rules and the fallback read of an attempt, as the client sent it."""
+
+    network: str
+    amount: float
+    response_code: str  # "" before the answer
+    advice_code: str  # "" for none
+    attempt: int
+
+    @classmethod
+    def of(cls, attempt: Mapping[str, Any]) -> Raw:
+        code = attempt.get("response_code")
+        return cls(
+            str(attempt["network"]),
+            float(attempt["amount"]),
+            "" if code is None else str(code),
+            str(attempt.get("advice_code") or ""),
+            int(attempt["attempt"]),
+        )
+
+
 @dataclass(frozen=True)
 class Event:
     """One attempt as the histories keep it: time, merchant, payment, encoded features."""
@@ -55,19 +76,19 @@ class Event:
     merchant: str
     cat: tuple[int, ...]  # ids in features.CATEGORICAL order (outcomes included)
     num: tuple[float, ...]  # values in features.NUMERIC order
-    # What the network rules need, raw: (network, amount, response_code, advice_code, attempt)
-    raw: tuple[str, float, str, str, int] | None = None
+    raw: Raw | None = None  # what the network rules need
     # payment_id as text; None when the attempt came without one (it then matches nothing)
     payment: str | None = None
 
     def to_json(self) -> list[Any]:
+        # `raw` is written as a JSON list, in its fields' order
         return [self.t, self.merchant, list(self.cat), list(self.num), self.raw, self.payment]
 
     @classmethod
     def from_json(cls, data: Sequence[Any]) -> Event:
-        raw = tuple(data[4]) if len(data) > 4 and data[4] is not None else None
+        raw = Raw(*data[4]) if len(data) > 4 and data[4] is not None else None
         payment = data[5] if len(data) > 5 else None
-        return cls(int(data[0]), str(data[1]), tuple(data[2]), tuple(data[3]), raw, payment)  # type: ignore[arg-type]
+        return cls(int(data[0]), str(data[1]), tuple(data[2]), tuple(data[3]), raw, payment)
 
 
 @dataclass(frozen=True)
@@ -172,10 +193,10 @@ def retry_without_payment(attempt: int) -> str:
 
 def encode_event(vocab: F.Vocab, attempt: Mapping[str, Any]) -> Event:
     """Encode one attempt (with or without its outcome)."""
-    raw = raw_values(attempt)
+    values = raw_values(attempt)
     maps = vocab.maps
     # features.encode's lookup, one value at a time (no array per feature)
-    cat = tuple([_lookup(maps[f], _text(raw[f])) for f in F.CATEGORICAL])
+    cat = tuple([_lookup(maps[f], _text(values[f])) for f in F.CATEGORICAL])
     t = epoch_seconds(attempt["ts"])
     num = F.numeric(
         np.array([attempt["amount"]]),
@@ -183,7 +204,6 @@ def encode_event(vocab: F.Vocab, attempt: Mapping[str, Any]) -> Event:
         np.array([t]),
         _utc_offset(attempt["issuer_country"]),
     )
-    code = attempt.get("response_code")
     payment = attempt.get("payment_id")
     if payment is None and attempt["attempt"] > 1:
         raise IssuerSeqError(retry_without_payment(attempt["attempt"]))
@@ -193,13 +213,7 @@ def encode_event(vocab: F.Vocab, attempt: Mapping[str, Any]) -> Event:
         payment=None if payment is None else str(payment),
         cat=cat,
         num=tuple([float(num[f][0]) for f in F.NUMERIC]),
-        raw=(
-            str(attempt["network"]),
-            float(attempt["amount"]),
-            "" if code is None else str(code),
-            str(attempt.get("advice_code") or ""),
-            int(attempt["attempt"]),
-        ),
+        raw=Raw.of(attempt),
     )
 
 

@@ -9,6 +9,7 @@ so that scanners and typos cannot blow up the label cardinality.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,7 +20,7 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Latency buckets from 1 ms to 2.5 s: the scorer's budget is milliseconds, deadlines tens.
@@ -101,11 +102,22 @@ def _route_path(scope: Scope) -> str:
     route = scope.get("route")
     if route is not None:
         return str(route.path)
-    for candidate in getattr(scope.get("app"), "routes", ()):
+    for candidate in _routes(getattr(scope.get("app"), "routes", ())):
         match, _ = candidate.matches(scope)
         if match != Match.NONE:
             return str(candidate.path)
     return "unmatched"
+
+
+def _routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """The app's routes, those of included routers too: newer FastAPI versions keep an
+    included router as one entry (`original_router`) instead of copying its routes."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _routes(inner.routes)
+        else:
+            yield route
 
 
 class MetricsMiddleware:

@@ -119,7 +119,13 @@ class RetryRequest(Strict):
 
 # -- responses ------------------------------------------------------------------------------
 FallbackReason = Literal[
-    "not_ready", "deadline", "overloaded", "model_error", "invalid_output", "unhandled_error"
+    "not_ready",
+    "deadline",
+    "overloaded",
+    "state_unavailable",
+    "model_error",
+    "invalid_output",
+    "unhandled_error",
 ]
 Probability = Annotated[float, Field(ge=0, le=1)]
 

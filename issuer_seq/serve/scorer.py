@@ -12,8 +12,6 @@ state stores lock (or are Redis).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,19 +24,20 @@ from issuer_seq.delays import grid_seconds
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.retry_policy import (
     DEFAULT_ECONOMICS,
-    NO_RETRY,
-    NOW_3DS,
+    NOW_3DS_DELAY_S,
+    RETRY_NOW_WITH_3DS,
+    Action,
     RetryEconomics,
     choose_retry,
 )
 from issuer_seq.rules import DEFAULT_RULES, Cause, NetworkRules, cause_of
 from issuer_seq.serve.advice import (
-    NOW_3DS_DELAY_S,
     RULES_STREAM,
     RetryAdvice,
     allowed_retries,
     three_ds_now_allowed,
 )
+from issuer_seq.serve.bundle import FORMAT_VERSION, MANIFEST, BundleError, verify_bundle
 from issuer_seq.serve.inputs import (
     Event,
     Window,
@@ -47,44 +46,11 @@ from issuer_seq.serve.inputs import (
     history_lengths,
     stream_key,
 )
-from issuer_seq.serve.state import MemoryStore, StateStore
+from issuer_seq.serve.state import MemoryStore, StateStore, StateUnavailable, keep_lengths
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # 2: the card_merchant stream; 3: the same_payment inputs
-MANIFEST = "manifest.json"
 OUTPUTS = ["p_approve", "p_retry"]
-
-
-class BundleError(IssuerSeqError):
-    """The bundle is missing, tampered with, or of another format."""
-
-
-def verify_bundle(root: Path) -> dict[str, Any]:
-    """Load the manifest and re-hash every file it lists; refuse anything that differs."""
-    path = root / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{root}: no {MANIFEST}; is this an `issuer-seq export` bundle?")
-    manifest = json.loads(path.read_text())
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(
-            f"{root}: bundle format version {version!r}, this scorer reads {FORMAT_VERSION}"
-        )
-    problems = []
-    for rel, entry in manifest["files"].items():
-        p = root / rel
-        if not p.is_file():
-            problems.append(f"{rel} is missing")
-            continue
-        digest = hashlib.sha256(p.read_bytes()).hexdigest()
-        if digest != entry["sha256"]:
-            problems.append(
-                f"{rel} has sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}..."
-            )
-    if problems:
-        raise BundleError(f"{root}: bundle failed verification: " + "; ".join(problems))
-    return manifest
 
 
 def make_session(model: Path, providers: Sequence[str], threads: int, allow_fallback: bool) -> Any:
@@ -138,8 +104,7 @@ class Scorer:
         self.input_names = [spec["name"] for spec in m["schema"]["inputs"]]
         # `is None`, not `or`: an empty store is falsy (len 0), and it must be this one, shared
         # with the service's fallback, not a private copy
-        keep = {s: k + 64 for s, k in self.ks.items()}
-        self.store = store if store is not None else MemoryStore(keep)
+        self.store = store if store is not None else MemoryStore(keep_lengths(self.ks))
         self.rules = rules
         self.economics = economics
         self.session = make_session(
@@ -154,15 +119,29 @@ class Scorer:
     def windows(
         self, attempts: Sequence[Mapping[str, Any]], current: Sequence[Event]
     ) -> dict[str, list[Window]]:
-        """Each attempt's history per stream: its last K events before t - lag."""
+        """Each attempt's history per stream: its last K events before t - lag.
+
+        Raises StateUnavailable when the store fails."""
         store, lag = self.store, self.lag_s
-        return {
-            stream: [
-                store.window(stream, stream_key(stream, a), e.t - lag, k)
-                for a, e in zip(attempts, current, strict=True)
-            ]
-            for stream, k in self.ks.items()
-        }
+        try:
+            return {
+                stream: [
+                    store.window(stream, stream_key(stream, a), e.t - lag, k)
+                    for a, e in zip(attempts, current, strict=True)
+                ]
+                for stream, k in self.ks.items()
+            }
+        except KeyError:  # a field the attempt lacks (stream_key): the caller's error
+            raise
+        except Exception as exc:
+            raise StateUnavailable(f"reading the histories: {exc!r}") from exc
+
+    def recent(self, stream: str, key: str) -> list[Event]:
+        """A key's known events in a stream. Raises StateUnavailable when the store fails."""
+        try:
+            return self.store.recent(stream, key)
+        except Exception as exc:
+            raise StateUnavailable(f"reading {stream} {key}: {exc!r}") from exc
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         feeds = {name: inputs[name] for name in self.input_names}
@@ -204,7 +183,7 @@ class Scorer:
         curve = self.retry_curve([decline])[0]  # (G,)
         event = encode_event(self.vocab, decline)
         assert event.raw is not None
-        history = self.store.recent(RULES_STREAM, stream_key(RULES_STREAM, decline))
+        history = self.recent(RULES_STREAM, stream_key(RULES_STREAM, decline))
         allowed, rules = allowed_retries(
             event.t,
             event.merchant,
@@ -226,14 +205,9 @@ class Scorer:
             sca_3ds_possible=np.array([can_3ds]),
             econ=self.economics,
         )
-        action_i = int(choice.action[0])
-        action = (
-            "no_retry"
-            if action_i == NO_RETRY
-            else ("now_with_3ds" if action_i == NOW_3DS else self.grid[action_i])
-        )
+        action = Action.decode(int(choice.action[0]), self.grid, self.grid_s)
         blocking = sorted({str(r) for r in rules if r != "ok"})
-        if allowed.any() or action_i == NOW_3DS:
+        if allowed.any() or action == RETRY_NOW_WITH_3DS:
             rule = str(choice.reason[0])
         else:
             rule = blocking[0] if blocking else "ok"
@@ -265,14 +239,14 @@ class Scorer:
         retry = {
             **decline,
             "ts": event.t + NOW_3DS_DELAY_S,
-            "attempt": event.raw[4] + 1,
+            "attempt": event.raw.attempt + 1,
             "three_ds": True,
             "response_code": None,
             "advice_code": None,
         }
         histories: dict[str, list[Sequence[Event]]] = {}
         for stream in self.ks:
-            known = self.store.recent(stream, stream_key(stream, decline))
+            known = self.recent(stream, stream_key(stream, decline))
             if not any(e.t == event.t and e.payment == event.payment for e in known):
                 known = sorted([*known, event], key=lambda e: e.t)
             histories[stream] = [known]
@@ -282,13 +256,18 @@ class Scorer:
     # -- outcomes -------------------------------------------------------------------------
     def observe(self, outcome: Mapping[str, Any]) -> None:
         """Append an attempt with its outcome to its histories (card, issuer, card at the
-        merchant)."""
+        merchant). Raises StateUnavailable when the store fails."""
         missing = [c for c in ("response_code", "payment_id") if outcome.get(c) is None]
         if missing:
             raise IssuerSeqError(f"an outcome needs its {' and '.join(missing)}")
         event = encode_event(self.vocab, outcome)
         for stream in self.ks:
-            self.store.append(stream, stream_key(stream, outcome), event)
+            key = stream_key(stream, outcome)
+            try:
+                self.store.append(stream, key, event)
+            except Exception as exc:
+                raise StateUnavailable(f"writing {stream} {key}: {exc!r}") from exc
 
 
-__all__ = ["BundleError", "RetryAdvice", "Scorer", "verify_bundle"]
+# FORMAT_VERSION, MANIFEST: where export/ reads them (serve/bundle.py owns them)
+__all__ = ["FORMAT_VERSION", "MANIFEST", "BundleError", "RetryAdvice", "Scorer", "verify_bundle"]

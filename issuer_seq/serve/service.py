@@ -1,10 +1,12 @@
 """The service behind the HTTP routes: loading, readiness, deadlines and the fallback.
 
 Model calls run in a thread pool (ONNX Runtime releases the GIL) under `asyncio.wait_for`:
-when the model is slower than `deadline_ms`, raises, or returns something that is not a
-probability, the request is answered by the rules of `fallback.py` instead. A slow call keeps
-its worker until it finishes, so the number of calls queued or running is capped
-(`max_pending`): past it, requests skip the model at once rather than queue behind it.
+when the call is slower than `deadline_ms`, cannot read the state store, raises, or returns
+something that is not a probability, the request is answered by the rules of `fallback.py`
+instead, and the answer, the log and the metrics name which (`deadline`, `state_unavailable`,
+`model_error`, `invalid_output`). A slow call keeps its worker until it finishes, so the
+number of calls queued or running is capped (`max_pending`): past it, requests skip the
+model at once rather than queue behind it.
 
 Readiness: the bundle is verified (every file's checksum), loaded and warmed up in a
 background thread while the server already answers liveness; ready flips to true only after
@@ -14,7 +16,6 @@ that, and back to false first thing on shutdown.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -28,18 +29,26 @@ from typing import Any, TypeVar
 import numpy as np
 
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.serve.advice import RULES_STREAM, RetryAdvice, raw_of
+from issuer_seq.serve.advice import RULES_STREAM, RetryAdvice
+from issuer_seq.serve.bundle import read_manifest
 from issuer_seq.serve.fallback import FallbackPolicy
 from issuer_seq.serve.inputs import (
     Event,
+    Raw,
     build_inputs,
     encode_event,
     history_lengths,
     stream_key,
 )
 from issuer_seq.serve.metrics import Metrics
-from issuer_seq.serve.scorer import MANIFEST, BundleError, Scorer
-from issuer_seq.serve.state import MemoryStore, RedisStore, StateStore
+from issuer_seq.serve.scorer import Scorer
+from issuer_seq.serve.state import (
+    MemoryStore,
+    RedisStore,
+    StateStore,
+    StateUnavailable,
+    keep_lengths,
+)
 from issuer_seq.serve.v2 import V2Model
 from issuer_seq.timestamps import epoch_seconds as to_epoch
 
@@ -63,7 +72,6 @@ class ServeSettings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "issuer_seq"
     redis_ttl_days: int = 90
-    redis_read_legacy: bool = True
     memory_max_keys: int = 1_000_000
     deadline_ms: float = 50.0
     store_timeout_ms: float = 20.0
@@ -91,22 +99,8 @@ def probabilities(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
-    """The manifest, read without verification: what the service needs before loading."""
-    path = root / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{root}: no {MANIFEST}; is this an `issuer-seq export` bundle?")
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-        manifest["model"]["name"], manifest["history"]["k_card"], manifest["delay_grid"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{path}: not a readable bundle manifest ({exc!r})") from None
-    return manifest
-
-
 def make_store(settings: ServeSettings, ks: Mapping[str, int]) -> StateStore:
-    # A little more than the window per key: late outcomes arrive out of time order.
-    keep = {s: k + 64 for s, k in ks.items()}
+    keep = keep_lengths(ks)
     if settings.state == "memory":
         return MemoryStore(keep, max_keys=settings.memory_max_keys)
     if settings.state == "redis":
@@ -115,7 +109,6 @@ def make_store(settings: ServeSettings, ks: Mapping[str, int]) -> StateStore:
             keep,
             prefix=settings.redis_prefix,
             ttl_s=settings.redis_ttl_days * 86_400 or None,
-            legacy=settings.redis_read_legacy,
         )
     raise IssuerSeqError(f"state must be 'memory' or 'redis', got {settings.state!r}")
 
@@ -271,7 +264,8 @@ class Service:
         self.metrics.pending.dec()
 
     async def call_model(self, operation: str, fn: Callable[[Scorer], T]) -> tuple[T | None, str]:
-        """fn(scorer) in a worker within the deadline: (result, "") or (None, fallback reason)."""
+        """fn(scorer) in a worker within the deadline: (result, "") or (None, fallback reason),
+        the reason naming what failed: the deadline, the state store or the model."""
         scorer = self.scorer
         if scorer is None:
             return None, "not_ready"
@@ -301,7 +295,17 @@ class Service:
             )
             return result, ""
         except TimeoutError:
+            self.warn(
+                f"{operation}:deadline",
+                "%s: no answer within the deadline (%.0f ms)",
+                operation,
+                self.settings.deadline_ms,
+            )
             return None, "deadline"
+        except StateUnavailable as exc:
+            self.metrics.store_errors.labels("read").inc()
+            self.warn(f"{operation}:store", "%s: the state store failed: %s", operation, exc)
+            return None, "state_unavailable"
         except InvalidOutput as exc:
             self.warn(f"{operation}:invalid", "%s: %s", operation, exc)
             return None, "invalid_output"
@@ -348,7 +352,7 @@ class Service:
         return self.fallback.retry(
             t,
             str(decline["merchant_id"]),
-            raw_of(decline),
+            Raw.of(decline),
             history,
             str(decline["initiator"]),
             bool(decline["three_ds"]),
@@ -372,7 +376,13 @@ class Service:
             if code is None:  # not a decline, or a code the model never saw
                 rows.append(np.full(len(self.fallback.grid), self.fallback.retry_prior))
                 continue
-            raw = (network or "", 0.0, code, advice or "", 1)
+            raw = Raw(
+                network=network or "",
+                amount=0.0,
+                response_code=code,
+                advice_code=advice or "",
+                attempt=1,
+            )
             allowed, _ = self.fallback.allowed(0, "", raw)
             rows.append(self.fallback.curve(allowed))
         return {"p_approve": p_approve, "p_retry": np.array(rows, dtype=np.float32)}

@@ -5,6 +5,8 @@
   default.
 - `RedisStore`: the same in Redis sorted sets, so that several scorer replicas share state.
 
+A store raises whatever its client raises; the scorer re-raises that as `StateUnavailable`.
+
 Events may arrive out of time order (late outcomes, a backfill of old ones); both keep the
 `keep` latest by time (ties: the later arrivals), so an old event never pushes out a newer
 one, and `recent` returns them sorted by time (ties in arrival order). `window` is what a request
@@ -23,6 +25,21 @@ from typing import Any, Protocol
 import numpy as np
 
 from issuer_seq.serve.inputs import Event, Window, window_of
+
+
+class StateUnavailable(Exception):
+    """The state store failed (unreachable, timed out, refused): raised by the scorer in
+    place of whatever the store raised (its `__cause__`), so that callers can tell a store
+    outage from a model failure."""
+
+
+#: events kept per key beyond a stream's window: late outcomes arrive out of time order
+KEEP_EXTRA = 64
+
+
+def keep_lengths(ks: Mapping[str, int]) -> dict[str, int]:
+    """Events kept per key of each stream: its window K, plus `KEEP_EXTRA`."""
+    return {stream: k + KEEP_EXTRA for stream, k in ks.items()}
 
 
 class StateStore(Protocol):
@@ -175,15 +192,11 @@ class RedisStore:
         keep: dict[str, int],
         prefix: str = "issuer_seq",
         ttl_s: int | None = 90 * 86_400,
-        legacy: bool = True,
     ) -> None:
         self.client = client
         self.keep = dict(keep)
         self.prefix = prefix
         self.ttl_s = ttl_s
-        # adopt histories an earlier version wrote as lists (checked in the same round trip
-        # as each read and write); off once none are left
-        self.legacy = legacy
 
     @classmethod
     def from_url(cls, url: str, keep: dict[str, int], **kwargs: Any) -> RedisStore:
@@ -195,61 +208,24 @@ class RedisStore:
         # "t": time-ordered sorted sets
         return f"{self.prefix}:t:{stream}:{key}"
 
-    def _legacy_key(self, stream: str, key: str) -> str:
-        """The list an earlier version kept this history in (last appended, not latest)."""
-        return f"{self.prefix}:{stream}:{key}"
-
     @staticmethod
     def _member(event: Event, arrival_ns: int) -> str:
         """Arrival time in ns, zero-padded (ties in time sort by arrival, and a resent
         outcome is a second event, as in `MemoryStore`), then the event."""
         return f"{arrival_ns:020d}|{json.dumps(event.to_json())}"
 
-    def _write(self, stream: str, key: str, members: Mapping[str, int], *also: str) -> list[Any]:
-        """Add members (scored by event time), trim to the `keep` latest, refresh the TTL;
-        in the same round trip, whether the legacy lists named in `also` exist."""
+    def append(self, stream: str, key: str, event: Event) -> None:
+        """Score: the event's time; trimmed to the `keep` latest by time, TTL refreshed."""
         k = self._key(stream, key)
         pipe = self.client.pipeline(transaction=True)
-        pipe.zadd(k, dict(members))
+        pipe.zadd(k, {self._member(event, time.time_ns()): event.t})
         pipe.zremrangebyrank(k, 0, -self.keep[stream] - 1)
         if self.ttl_s:
             pipe.expire(k, self.ttl_s)
-        for name in also:
-            pipe.exists(name)
-        replies = pipe.execute()
-        return list(replies[len(replies) - len(also) :])
-
-    def _adopt_legacy(self, stream: str, key: str) -> None:
-        """Move a history an earlier version kept as a list into the sorted set: the list is
-        read and deleted in one transaction (a replica of the earlier version may still
-        append to it during an upgrade; what it appends later is adopted later), so an
-        upgrade keeps the histories the network rules count."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.lrange(self._legacy_key(stream, key), 0, -1)
-        pipe.delete(self._legacy_key(stream, key))
-        raw = pipe.execute()[0]
-        if raw:
-            # arrivals in the list's order, placed before what this store appended lately
-            base = time.time_ns() - 10**12
-            events = [Event.from_json(json.loads(_text(r))) for r in raw]
-            self._write(stream, key, {self._member(e, base + i): e.t for i, e in enumerate(events)})
-
-    def append(self, stream: str, key: str, event: Event) -> None:
-        """Score: the event's time; trimmed to the `keep` latest by time."""
-        legacy = [self._legacy_key(stream, key)] if self.legacy else []
-        member = {self._member(event, time.time_ns()): event.t}
-        if any(self._write(stream, key, member, *legacy)):
-            self._adopt_legacy(stream, key)
+        pipe.execute()
 
     def recent(self, stream: str, key: str) -> list[Event]:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zrange(self._key(stream, key), 0, -1)
-        if self.legacy:
-            pipe.exists(self._legacy_key(stream, key))
-        raw, *legacy = pipe.execute()
-        if any(legacy):
-            self._adopt_legacy(stream, key)
-            raw = self.client.zrange(self._key(stream, key), 0, -1)
+        raw = self.client.zrange(self._key(stream, key), 0, -1)
         return [Event.from_json(json.loads(_text(r).split("|", 1)[1])) for r in raw]
 
     def window(self, stream: str, key: str, cutoff: int, k: int) -> Window:
