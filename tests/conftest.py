@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from issuer_seq.simulate import SimConfig, WorldParams, simulate
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 
@@ -34,6 +36,15 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def big_sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A larger log (~130k attempts) for statistical checks."""
     return make_sim(tmp_path_factory.mktemp("bigsim"), seed=7, n_cards=5000, days=40)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, for one test module."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()
 
 
 def handmade_rows() -> pd.DataFrame:
