@@ -328,7 +328,7 @@ RULES: tuple[str, ...] = (
 
 def _ids(values: np.ndarray | Sequence[object]) -> np.ndarray:
     arr = np.asarray(values)
-    # Mixed int/str object arrays cannot be sorted; text ids match `_same_merchant`.
+    # Mixed int/str object arrays cannot be sorted; as text, 7 and "7" from two feeds are one id.
     return _as_text(arr) if arr.dtype.kind == "O" else arr
 
 

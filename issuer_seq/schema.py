@@ -5,6 +5,9 @@ command calls: it reads Parquet or CSV, checks every rule of the contract, colle
 problems before failing (so a user fixes a log in one pass), sorts by time, and returns the
 normalised frame with its warnings. Nothing is silently dropped: a row is either kept or the
 whole log is rejected with a message that names the column, the count and examples.
+
+The rules are a table of named checks (`PROBLEM_STAGES`, then `WARNING_CHECKS`), each a small
+function that returns its messages; they run, and report, in the table's order.
 """
 
 from __future__ import annotations
