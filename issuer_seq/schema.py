@@ -5,6 +5,9 @@ command calls: it reads Parquet or CSV, checks every rule of the contract, colle
 problems before failing (so a user fixes a log in one pass), sorts by time, and returns the
 normalised frame with its warnings. Nothing is silently dropped: a row is either kept or the
 whole log is rejected with a message that names the column, the count and examples.
+
+The rules are a table of named checks (`PROBLEM_STAGES`, then `WARNING_CHECKS`), each a small
+function that returns its messages; they run, and report, in the table's order.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from pandas.api.typing import DataFrameGroupBy
 
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.rules import MAC_MEANINGS, MAX_AMOUNT, causes, is_known_code
@@ -171,188 +176,313 @@ def _to_str(s: pd.Series) -> pd.Series:
     return s if isinstance(s.dtype, pd.StringDtype) else s.astype(pd.StringDtype(na_value=np.nan))
 
 
-def validate(frame: pd.DataFrame, source: str = "<frame>") -> ValidatedLog:
-    """Check `frame` against the contract; raise LogValidationError listing every problem."""
-    problems: list[str] = []
-    warnings: list[str] = []
-
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    for c in missing:
-        problems.append(f"missing required column '{c}' ({COLUMNS[c][2]})")
-    present = [c for c in REQUIRED_COLUMNS if c in frame.columns]
-    for c in present:
-        msg = _check_type(c, COLUMNS[c][0], frame[c])
-        if msg:
-            problems.append(msg)
-    if problems:
-        raise LogValidationError(source, problems)
-    if len(frame) == 0:
-        raise LogValidationError(source, ["the log has no rows"])
-
-    optional = [c for c in OPTIONAL_COLUMNS if c in frame.columns]
-    extra = [c for c in frame.columns if c not in COLUMNS and c not in optional]
-    df = frame[[*REQUIRED_COLUMNS, *optional]].copy()
-    df.index = pd.RangeIndex(len(df))
-    if extra:
-        warnings.append(f"{len(extra)} extra column(s) ignored: {', '.join(map(str, extra[:10]))}")
-
-    for c, (_, nullable, _) in COLUMNS.items():
-        nulls = df[c].isna()
-        if not nullable and nulls.any():
-            problems.append(
-                f"column '{c}' has {int(nulls.sum())} null value(s) (e.g. rows "
-                f"{', '.join(map(str, df.index[nulls][:3]))})"
-            )
-
-    # Timestamps: tz-aware ones are converted to UTC; naive ones are taken as UTC, as the
-    # contract says, and strings are parsed (ISO 8601).
-    ts = df["ts"]
+def _to_utc(ts: pd.Series) -> pd.Series:
+    """Tz-aware timestamps converted to UTC; naive ones taken as UTC, as the contract says;
+    strings parsed as ISO 8601 (one that does not parse becomes NaT: `_unparseable_ts`)."""
     if pd.api.types.is_datetime64_any_dtype(ts.dtype):
-        if getattr(ts.dt, "tz", None) is None:
-            warnings.append(
-                "column 'ts' has no time zone: read as UTC (a log in local time would shift "
-                "hours, days and retry gaps)"
-            )
-            ts = ts.dt.tz_localize("UTC")
-        else:
-            ts = ts.dt.tz_convert("UTC")
+        ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
     else:
-        parsed = pd.to_datetime(ts, utc=True, errors="coerce", format="ISO8601")
-        bad = parsed.isna() & ts.notna()
-        if bad.any():
-            problems.append(
-                f"column 'ts' has {int(bad.sum())} unparseable timestamp(s): "
-                + _examples(df, bad, "ts")
-            )
-        ts = parsed
-    df["ts"] = ts.astype("datetime64[us, UTC]")
+        ts = pd.to_datetime(ts, utc=True, errors="coerce", format="ISO8601")
+    return ts.astype("datetime64[us, UTC]")
 
-    amount = df["amount"].astype("float64")
-    bad = ~np.isfinite(amount.to_numpy()) & df["amount"].notna().to_numpy()
-    if bad.any():
-        problems.append(
-            f"column 'amount' has {int(bad.sum())} non-finite value(s): "
-            + _examples(df, bad, "amount")
-        )
-    neg = (amount < 0).to_numpy()
-    if neg.any():
-        problems.append(
-            f"column 'amount' has {int(neg.sum())} negative value(s): "
-            + _examples(df, neg, "amount")
-        )
-    huge = (amount > MAX_AMOUNT).to_numpy()
-    if huge.any():
-        problems.append(
-            f"column 'amount' has {int(huge.sum())} value(s) above {MAX_AMOUNT:g} (major units; "
-            "the scorer refuses them too): " + _examples(df, huge, "amount")
-        )
-    for c in (c for c, (kind, _, _) in COLUMNS.items() if kind == ID):
-        if not _is_string_like(df[c]):
-            continue
-        blank = df[c].notna() & (df[c].astype(str).str.strip() == "")
-        if blank.any():
-            problems.append(
-                f"column '{c}' has {int(blank.sum())} empty id(s) (e.g. rows "
-                f"{', '.join(map(str, df.index[blank][:3]))})"
-            )
-    df["amount"] = amount
 
+def _normalise(given: pd.DataFrame) -> pd.DataFrame:
+    """The contract's dtypes: ts in UTC, amount float64, text as strings, flags as bool."""
+    df = given.copy(deep=False)  # copy-on-write: `given` keeps its values for the messages
+    df["ts"] = _to_utc(given["ts"])
+    df["amount"] = given["amount"].astype("float64")
     if "policy_propensity" in df.columns:
-        prop = pd.to_numeric(df["policy_propensity"], errors="coerce")
-        bad = (prop.notna() & ~prop.between(0, 1, inclusive="right")) | (
-            prop.isna() & df["policy_propensity"].notna()
-        )
-        if bad.any():
-            problems.append(
-                f"column 'policy_propensity' has {int(bad.sum())} value(s) outside (0, 1]: "
-                + _examples(df, bad.to_numpy(), "policy_propensity")
-            )
+        # Text that is not a number becomes NaN, which `_propensity` reports.
+        prop = pd.to_numeric(given["policy_propensity"], errors="coerce")
         df["policy_propensity"] = prop.astype("float64")
-
-    bad_attempt = (df["attempt"] < 1).to_numpy()
-    if bad_attempt.any():
-        problems.append(
-            f"column 'attempt' has {int(bad_attempt.sum())} value(s) below 1: "
-            + _examples(df, bad_attempt, "attempt")
-        )
-    df["attempt"] = df["attempt"].astype("int64")
-
+    df["attempt"] = given["attempt"].astype("int64")
     for c in _STRING_COLUMNS:
-        df[c] = _to_str(df[c])
-    for c, allowed in _DOMAINS.items():
-        bad = df[c].notna() & ~df[c].isin(allowed)
-        if bad.any():
-            values = sorted(map(str, df.loc[bad, c].unique()))[:5]
-            problems.append(
-                f"column '{c}' has {int(bad.sum())} value(s) outside {list(allowed)}: {values}"
-            )
-    for c, (pattern, what) in _FORMATS.items():
-        s = df[c]
-        bad = s.notna() & ~s.astype(str).str.fullmatch(pattern)
-        if bad.any():
-            problems.append(
-                f"column '{c}' has {int(bad.sum())} value(s) that are not {what}: "
-                + _examples(df, bad.to_numpy(), c)
-            )
+        df[c] = _to_str(given[c])
     for c in ("is_recurring", "three_ds"):
-        df[c] = df[c].astype(bool)
-
-    _check_ids(df, problems)
-    if problems:
-        raise LogValidationError(source, problems)
-
-    codes = df["response_code"]
-    unknown = ~codes.isin([c for c in codes.unique() if is_known_code(c)])
-    if unknown.any():
-        top = df.loc[unknown, "response_code"].value_counts().head(5).to_dict()
-        warnings.append(
-            f"{int(unknown.sum())} attempt(s) have response codes this project does not know; "
-            f"they are kept as cause 'other': {top}"
-        )
-    mac = df["advice_code"]
-    unknown_mac = mac.notna() & ~mac.isin(list(MAC_MEANINGS))
-    if unknown_mac.any():
-        top = mac[unknown_mac].value_counts().head(5).to_dict()
-        warnings.append(f"{int(unknown_mac.sum())} unknown merchant advice code(s) kept: {top}")
-    stray = mac.notna() & ((codes == APPROVED_CODE) | (df["network"] != "mastercard"))
-    if stray.any():
-        warnings.append(
-            f"{int(stray.sum())} advice code(s) on approvals or on Visa attempts (merchant "
-            "advice codes come with Mastercard declines): kept as given"
-        )
-
-    warnings += _payment_warnings(df)
-    if not df["ts"].is_monotonic_increasing:
-        # Stable: attempts with equal timestamps keep the order the log gave them.
-        order = np.argsort(df["ts"].astype("int64").to_numpy(), kind="stable")
-        warnings.append("rows were not sorted by time; sorted by ts (stable)")
-        df = df.iloc[order].reset_index(drop=True)
-    for w in warnings:
-        log.warning("%s: %s", source, w)
-    return ValidatedLog(frame=df, source=source, warnings=warnings)
+        df[c] = given[c].astype(bool)
+    return df
 
 
-def _payment_warnings(df: pd.DataFrame) -> list[str]:
-    """What a log may legitimately hold but the user should know: payments whose first
-    attempts are missing (begun before the log, or lost), gaps in attempt numbers, and cards
-    seen with several networks, card types or issuers."""
+class _Log:
+    """A log under validation, as given and, once its columns pass, normalised.
+
+    `frame` is what the user gave (all columns). `given` holds the contract's columns with rows
+    numbered 0..n-1, as messages quote them; `df` is `given` normalised. Both are built on
+    first use, so no check relies on the columns' types before the column checks pass.
+    """
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+
+    @cached_property
+    def given(self) -> pd.DataFrame:
+        optional = [c for c in OPTIONAL_COLUMNS if c in self.frame.columns]
+        given = self.frame[[*REQUIRED_COLUMNS, *optional]].copy()
+        given.index = pd.RangeIndex(len(given))
+        return given
+
+    @cached_property
+    def df(self) -> pd.DataFrame:
+        return _normalise(self.given)
+
+    @cached_property
+    def by_payment(self) -> DataFrameGroupBy:
+        return self.df.groupby("payment_id", sort=False)
+
+    @cached_property
+    def shared_attempts(self) -> pd.Series:
+        """Rows whose (payment_id, attempt) pair another row has too."""
+        return self.df.duplicated(["payment_id", "attempt"], keep=False)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule of the contract: `find` returns its messages, none when the log keeps it."""
+
+    name: str
+    rule: str
+    find: Callable[[_Log], list[str]]
+
+
+def _flagged(
+    frame: pd.DataFrame, mask: np.ndarray | pd.Series, column: str, what: str
+) -> list[str]:
+    """The message "column 'c' has N <what>: row i: value; ..." when `mask` flags any row."""
+    mask = np.asarray(mask)
+    if not mask.any():
+        return []
+    return [f"column '{column}' has {int(mask.sum())} {what}: " + _examples(frame, mask, column)]
+
+
+def _first_rows(mask: pd.Series) -> str:
+    return ", ".join(map(str, mask.index[mask][:3]))
+
+
+def _missing_columns(log: _Log) -> list[str]:
+    return [
+        f"missing required column '{c}' ({COLUMNS[c][2]})"
+        for c in REQUIRED_COLUMNS
+        if c not in log.frame.columns
+    ]
+
+
+def _column_types(log: _Log) -> list[str]:
+    present = [c for c in REQUIRED_COLUMNS if c in log.frame.columns]
+    found = (_check_type(c, COLUMNS[c][0], log.frame[c]) for c in present)
+    return [msg for msg in found if msg]
+
+
+def _no_rows(log: _Log) -> list[str]:
+    return ["the log has no rows"] if len(log.frame) == 0 else []
+
+
+def _nulls(log: _Log) -> list[str]:
     out = []
-    by_payment = df.groupby("payment_id", sort=False)["attempt"]
-    first, count, last = by_payment.min(), by_payment.size(), by_payment.max()
-    late = first > 1
-    if late.any():
-        out.append(
-            f"{int(late.sum())} payment(s) have no attempt 1 in the log (their first logged "
-            f"attempt is a retry whose earlier attempts are missing; e.g. "
-            f"{', '.join(map(str, late[late].index[:3]))})"
-        )
-    gaps = (last - first + 1) > count
-    if gaps.any():
-        out.append(
-            f"{int(gaps.sum())} payment(s) skip attempt numbers (e.g. "
-            f"{', '.join(map(str, gaps[gaps].index[:3]))})"
-        )
-    by_card = df.groupby("card_id", sort=False)
+    for c in (c for c, (_, nullable, _) in COLUMNS.items() if not nullable):
+        nulls = log.given[c].isna()
+        if nulls.any():
+            out.append(
+                f"column '{c}' has {int(nulls.sum())} null value(s) (e.g. rows "
+                f"{_first_rows(nulls)})"
+            )
+    return out
+
+
+def _unparseable_ts(log: _Log) -> list[str]:
+    bad = log.df["ts"].isna() & log.given["ts"].notna()
+    return _flagged(log.given, bad, "ts", "unparseable timestamp(s)")
+
+
+def _non_finite_amounts(log: _Log) -> list[str]:
+    amount = log.df["amount"]
+    bad = ~np.isfinite(amount.to_numpy()) & amount.notna().to_numpy()
+    return _flagged(log.given, bad, "amount", "non-finite value(s)")
+
+
+def _negative_amounts(log: _Log) -> list[str]:
+    return _flagged(log.given, log.df["amount"] < 0, "amount", "negative value(s)")
+
+
+def _huge_amounts(log: _Log) -> list[str]:
+    what = f"value(s) above {MAX_AMOUNT:g} (major units; the scorer refuses them too)"
+    return _flagged(log.given, log.df["amount"] > MAX_AMOUNT, "amount", what)
+
+
+def _blank_ids(log: _Log) -> list[str]:
+    out = []
+    for c in (c for c, (kind, _, _) in COLUMNS.items() if kind == ID):
+        ids = log.given[c]
+        if not _is_string_like(ids):
+            continue
+        blank = ids.notna() & (ids.astype(str).str.strip() == "")
+        if blank.any():
+            out.append(
+                f"column '{c}' has {int(blank.sum())} empty id(s) (e.g. rows {_first_rows(blank)})"
+            )
+    return out
+
+
+def _propensity(log: _Log) -> list[str]:
+    if "policy_propensity" not in log.given.columns:
+        return []
+    prop = log.df["policy_propensity"]
+    outside = prop.notna() & ~prop.between(0, 1, inclusive="right")
+    not_a_number = prop.isna() & log.given["policy_propensity"].notna()
+    return _flagged(
+        log.given, outside | not_a_number, "policy_propensity", "value(s) outside (0, 1]"
+    )
+
+
+def _attempt_below_1(log: _Log) -> list[str]:
+    return _flagged(log.given, log.df["attempt"] < 1, "attempt", "value(s) below 1")
+
+
+def _domains(log: _Log) -> list[str]:
+    out = []
+    for c, allowed in _DOMAINS.items():
+        values = log.df[c]
+        bad = values.notna() & ~values.isin(allowed)
+        if bad.any():
+            shown = sorted(map(str, values[bad].unique()))[:5]
+            out.append(
+                f"column '{c}' has {int(bad.sum())} value(s) outside {list(allowed)}: {shown}"
+            )
+    return out
+
+
+def _formats(log: _Log) -> list[str]:
+    out = []
+    for c, (pattern, what) in _FORMATS.items():
+        values = log.df[c]
+        bad = values.notna() & ~values.astype(str).str.fullmatch(pattern)
+        out += _flagged(log.df, bad, c, f"value(s) that are not {what}")
+    return out
+
+
+def _duplicated_txn_ids(log: _Log) -> list[str]:
+    df = log.df
+    dup = df["txn_id"].duplicated(keep=False)
+    if not dup.any():
+        return []
+    return [
+        f"column 'txn_id' has {int(df.loc[dup, 'txn_id'].nunique())} duplicated id(s) on "
+        f"{int(dup.sum())} rows: " + _examples(df, dup, "txn_id")
+    ]
+
+
+def _shared_attempt_numbers(log: _Log) -> list[str]:
+    shared = log.shared_attempts
+    if not shared.any():
+        return []
+    return [
+        f"{int(shared.sum())} rows share a (payment_id, attempt) pair: "
+        + _examples(log.df, shared, "payment_id")
+    ]
+
+
+def _payments_mixing(column: str) -> Callable[[_Log], list[str]]:
+    def find(log: _Log) -> list[str]:
+        mixed = log.by_payment[column].transform("nunique") > 1
+        if not mixed.any():
+            return []
+        return [
+            f"{int(log.df.loc[mixed, 'payment_id'].nunique())} payment(s) mix several {column} "
+            f"values across their attempts: " + _examples(log.df, mixed, "payment_id")
+        ]
+
+    return find
+
+
+def _retries_before_previous(log: _Log) -> list[str]:
+    if log.shared_attempts.any():
+        return []  # the order of a payment's attempts is not defined (reported above)
+    df = log.df
+    ordered = df.sort_values(["payment_id", "attempt"], kind="stable")
+    earlier = ordered.groupby("payment_id", sort=False)["ts"].diff() < pd.Timedelta(0)
+    if not earlier.any():
+        return []
+    rows = df.index.isin(ordered.index[earlier.to_numpy()])
+    return [
+        f"{int(earlier.sum())} retries are timed before the previous attempt of their "
+        f"payment: " + _examples(df, rows, "payment_id")
+    ]
+
+
+def _ignored_columns(log: _Log) -> list[str]:
+    extra = [c for c in log.frame.columns if c not in COLUMNS and c not in OPTIONAL_COLUMNS]
+    if not extra:
+        return []
+    return [f"{len(extra)} extra column(s) ignored: {', '.join(map(str, extra[:10]))}"]
+
+
+def _naive_ts(log: _Log) -> list[str]:
+    ts = log.given["ts"]
+    if not pd.api.types.is_datetime64_any_dtype(ts.dtype) or ts.dt.tz is not None:
+        return []
+    return [
+        "column 'ts' has no time zone: read as UTC (a log in local time would shift "
+        "hours, days and retry gaps)"
+    ]
+
+
+def _unknown_codes(log: _Log) -> list[str]:
+    codes = log.df["response_code"]
+    unknown = ~codes.isin([c for c in codes.unique() if is_known_code(c)])
+    if not unknown.any():
+        return []
+    top = codes[unknown].value_counts().head(5).to_dict()
+    return [
+        f"{int(unknown.sum())} attempt(s) have response codes this project does not know; "
+        f"they are kept as cause 'other': {top}"
+    ]
+
+
+def _unknown_advice_codes(log: _Log) -> list[str]:
+    mac = log.df["advice_code"]
+    unknown = mac.notna() & ~mac.isin(list(MAC_MEANINGS))
+    if not unknown.any():
+        return []
+    top = mac[unknown].value_counts().head(5).to_dict()
+    return [f"{int(unknown.sum())} unknown merchant advice code(s) kept: {top}"]
+
+
+def _stray_advice_codes(log: _Log) -> list[str]:
+    df = log.df
+    on_approval = df["response_code"] == APPROVED_CODE
+    stray = df["advice_code"].notna() & (on_approval | (df["network"] != "mastercard"))
+    if not stray.any():
+        return []
+    return [
+        f"{int(stray.sum())} advice code(s) on approvals or on Visa attempts (merchant "
+        "advice codes come with Mastercard declines): kept as given"
+    ]
+
+
+def _payments_without_attempt_1(log: _Log) -> list[str]:
+    late = log.by_payment["attempt"].min() > 1
+    if not late.any():
+        return []
+    return [
+        f"{int(late.sum())} payment(s) have no attempt 1 in the log (their first logged "
+        f"attempt is a retry whose earlier attempts are missing; e.g. "
+        f"{', '.join(map(str, late[late].index[:3]))})"
+    ]
+
+
+def _payments_skipping_attempts(log: _Log) -> list[str]:
+    attempts = log.by_payment["attempt"]
+    gaps = (attempts.max() - attempts.min() + 1) > attempts.size()
+    if not gaps.any():
+        return []
+    return [
+        f"{int(gaps.sum())} payment(s) skip attempt numbers (e.g. "
+        f"{', '.join(map(str, gaps[gaps].index[:3]))})"
+    ]
+
+
+def _cards_changing(log: _Log) -> list[str]:
+    by_card = log.df.groupby("card_id", sort=False)
+    out = []
     for col in ("network", "card_type", "issuer_id"):
         several = by_card[col].nunique() > 1
         if several.any():
@@ -363,41 +493,100 @@ def _payment_warnings(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def _check_ids(df: pd.DataFrame, problems: list[str]) -> None:
-    """Uniqueness of attempts and consistency of the attempts of one payment."""
-    dup = df["txn_id"].duplicated(keep=False)
-    if dup.any():
-        problems.append(
-            f"column 'txn_id' has {int(df.loc[dup, 'txn_id'].nunique())} duplicated id(s) on "
-            f"{int(dup.sum())} rows: " + _examples(df, dup, "txn_id")
-        )
-    dup_pa = df.duplicated(["payment_id", "attempt"], keep=False)
-    if dup_pa.any():
-        problems.append(
-            f"{int(dup_pa.sum())} rows share a (payment_id, attempt) pair: "
-            + _examples(df, dup_pa, "payment_id")
-        )
-    by_payment = df.groupby("payment_id", sort=False)
-    checks: list[tuple[str, Callable[[], pd.Series]]] = [
-        ("card_id", lambda: by_payment["card_id"].transform("nunique") > 1),
-        ("merchant_id", lambda: by_payment["merchant_id"].transform("nunique") > 1),
-    ]
-    for col, mask_fn in checks:
-        mask = mask_fn()
-        if mask.any():
-            problems.append(
-                f"{int(df.loc[mask, 'payment_id'].nunique())} payment(s) mix several {col} "
-                f"values across their attempts: " + _examples(df, mask, "payment_id")
-            )
-    if not dup_pa.any():
-        ordered = df.sort_values(["payment_id", "attempt"], kind="stable")
-        earlier = ordered.groupby("payment_id", sort=False)["ts"].diff() < pd.Timedelta(0)
-        if earlier.any():
-            idx = ordered.index[earlier.to_numpy()]
-            problems.append(
-                f"{int(earlier.sum())} retries are timed before the previous attempt of their "
-                f"payment: " + _examples(df, df.index.isin(idx), "payment_id")
-            )
+def _unsorted(log: _Log) -> list[str]:
+    if log.df["ts"].is_monotonic_increasing:
+        return []
+    return ["rows were not sorted by time; sorted by ts (stable)"]
+
+
+#: The contract's checks, in the order they run and report. Each stage that finds problems
+#: ends validation, because the next relies on what it checks: the columns and their types,
+#: then at least one row; the value checks all run, so that one pass shows every problem.
+PROBLEM_STAGES: tuple[tuple[Check, ...], ...] = (
+    (
+        Check("missing_columns", "every required column is present", _missing_columns),
+        Check("column_types", "each column's dtype can hold the contract's type", _column_types),
+    ),
+    (Check("no_rows", "the log has at least one row", _no_rows),),
+    (
+        Check("nulls", "no nulls outside the nullable columns (advice_code)", _nulls),
+        Check("unparseable_ts", "ts strings parse as ISO 8601", _unparseable_ts),
+        Check("non_finite_amounts", "amounts are finite", _non_finite_amounts),
+        Check("negative_amounts", "amounts are >= 0", _negative_amounts),
+        Check("huge_amounts", "amounts are at most MAX_AMOUNT", _huge_amounts),
+        Check("blank_ids", "text ids are not blank", _blank_ids),
+        Check("propensity", "policy_propensity, where present, is in (0, 1]", _propensity),
+        Check("attempt_below_1", "attempt numbers start at 1", _attempt_below_1),
+        Check("domains", "network, card_type and initiator are in their sets", _domains),
+        Check("formats", "countries, MCCs, currencies and codes are well formed", _formats),
+        Check("duplicated_txn_ids", "txn_id is unique", _duplicated_txn_ids),
+        Check(
+            "shared_attempt_numbers",
+            "no two rows share a (payment_id, attempt) pair",
+            _shared_attempt_numbers,
+        ),
+        Check(
+            "payments_mixing_cards",
+            "a payment's attempts share one card_id",
+            _payments_mixing("card_id"),
+        ),
+        Check(
+            "payments_mixing_merchants",
+            "a payment's attempts share one merchant_id",
+            _payments_mixing("merchant_id"),
+        ),
+        Check(
+            "retries_before_previous",
+            "a payment's attempts are in time order",
+            _retries_before_previous,
+        ),
+    ),
+)
+
+#: What a log may legitimately hold but its user should know; run, in order, on a valid log.
+WARNING_CHECKS: tuple[Check, ...] = (
+    Check("ignored_columns", "columns outside the contract are ignored", _ignored_columns),
+    Check("naive_ts", "timestamps without a time zone are read as UTC", _naive_ts),
+    Check("unknown_codes", "response codes outside rules.CODES are cause 'other'", _unknown_codes),
+    Check("unknown_advice_codes", "advice codes outside MAC_MEANINGS", _unknown_advice_codes),
+    Check(
+        "stray_advice_codes",
+        "advice codes on approvals or on non-Mastercard attempts",
+        _stray_advice_codes,
+    ),
+    Check(
+        "payments_without_attempt_1",
+        "payments begun before the log, or whose first attempts were lost",
+        _payments_without_attempt_1,
+    ),
+    Check(
+        "payments_skipping_attempts",
+        "payments with gaps in their attempt numbers",
+        _payments_skipping_attempts,
+    ),
+    Check(
+        "cards_changing", "cards seen with several networks, card types or issuers", _cards_changing
+    ),
+    Check("unsorted", "rows not in time order are sorted (stable)", _unsorted),
+)
+
+
+def validate(frame: pd.DataFrame, source: str = "<frame>") -> ValidatedLog:
+    """Check `frame` against the contract; raise LogValidationError listing every problem."""
+    checked = _Log(frame)
+    for stage in PROBLEM_STAGES:
+        problems = [msg for check in stage for msg in check.find(checked)]
+        if problems:
+            raise LogValidationError(source, problems)
+    warnings = [msg for check in WARNING_CHECKS for msg in check.find(checked)]
+    df = checked.df
+    if not df["ts"].is_monotonic_increasing:
+        # Stable: attempts with equal timestamps keep the order the log gave them.
+        order = np.argsort(df["ts"].astype("int64").to_numpy(), kind="stable")
+        df = df.iloc[order].reset_index(drop=True)
+    for w in warnings:
+        log.warning("%s: %s", source, w)
+    return ValidatedLog(frame=df, source=source, warnings=warnings)
 
 
 def summarize(vlog: ValidatedLog) -> dict[str, object]:

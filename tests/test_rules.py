@@ -1,4 +1,8 @@
-"""Response-code taxonomy and network retry rules (issuer_seq.rules)."""
+"""Response-code taxonomy and network retry rules (issuer_seq.rules).
+
+Every retry case runs through `check_retries` and through the independent one-at-a-time oracle
+in tests/rules_oracle.py, and hypothesis compares the two on random histories.
+"""
 
 from __future__ import annotations
 
@@ -23,28 +27,26 @@ from issuer_seq.rules import (
     VISA_CATEGORY_1,
     VISA_CATEGORY_2,
     VISA_CATEGORY_3,
-    Attempt,
-    AttemptColumns,
     Cause,
     NetworkRules,
-    RetryDecision,
     cause_of,
     causes,
     check_retries,
-    check_retry,
     is_known_code,
     is_soft,
     mac_delay_seconds,
+    normalize_code,
     visa_categories,
     visa_category,
 )
 from issuer_seq.timestamps import epoch_seconds
+from tests.rules_oracle import Attempt, RetryDecision, attempt_columns, check_retry
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
-# Scalar properties are cheap to satisfy and run 100 examples; the vectorized/scalar parity,
-# where bugs hide in edge cases, runs 200. Together they stay well under 10 s.
+# The properties run 100 examples (each through the oracle and check_retries); the parity of
+# the two over several cards at once, where bugs hide in edge cases, runs 200.
 PROPERTY = settings(max_examples=100, deadline=None)
 PARITY = settings(max_examples=200, deadline=None)
 
@@ -87,7 +89,8 @@ def mc(
 def test_every_domain_code_is_in_the_table() -> None:
     missing = [c for c in DOMAIN_CODES if c not in CODES]
     assert not missing
-    assert all(info.code == code for code, info in CODES.items())
+    # Every lookup goes through normalize_code: a key spelled otherwise ("5", "n7") is dead.
+    assert [code for code in CODES if normalize_code(code) != code] == []
 
 
 @pytest.mark.parametrize(
@@ -189,8 +192,39 @@ def test_vectorized_causes_match_scalar() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# check_retry: one test per rule
+# One test per rule, through the oracle and check_retries
 # --------------------------------------------------------------------------------------------
+
+
+def decide_at(
+    decline: Attempt,
+    retry_at: datetime,
+    history: list[Attempt],
+    *,
+    three_ds: bool = False,
+    updated_credentials: bool = False,
+    rules: NetworkRules = DEFAULT_RULES,
+) -> RetryDecision:
+    """The oracle's decision, asserting on the way that check_retries agrees (so every case
+    pins both)."""
+    decision = check_retry(
+        decline,
+        retry_at,
+        history,
+        three_ds=three_ds,
+        updated_credentials=updated_credentials,
+        rules=rules,
+    )
+    allowed, rule = check_retries(
+        attempt_columns([decline], np.zeros(1, dtype=np.int64)),
+        np.array([epoch_seconds(retry_at)]),
+        attempt_columns(history, np.zeros(len(history), dtype=np.int64)),
+        three_ds=three_ds,
+        updated_credentials=updated_credentials,
+        rules=rules,
+    )
+    assert (bool(allowed[0]), str(rule[0])) == (decision.allowed, decision.rule)
+    return decision
 
 
 def decide(
@@ -202,27 +236,15 @@ def decide(
     updated_credentials: bool = False,
     rules: NetworkRules = DEFAULT_RULES,
 ) -> RetryDecision:
-    """check_retry, asserting on the way that check_retries agrees (so every case pins both)."""
-    history = history or []
-    retry_at = decline.ts + after
-    decision = check_retry(
+    """`decide_at` a delay `after` the decline."""
+    return decide_at(
         decline,
-        retry_at,
-        history,
+        decline.ts + after,
+        history or [],
         three_ds=three_ds,
         updated_credentials=updated_credentials,
         rules=rules,
     )
-    allowed, rule = check_retries(
-        AttemptColumns.from_attempts([decline], np.zeros(1, dtype=np.int64)),
-        np.array([epoch_seconds(retry_at)]),
-        AttemptColumns.from_attempts(history, np.zeros(len(history), dtype=np.int64)),
-        three_ds=three_ds,
-        updated_credentials=updated_credentials,
-        rules=rules,
-    )
-    assert (bool(allowed[0]), str(rule[0])) == (decision.allowed, decision.rule)
-    return decision
 
 
 def test_plain_soft_decline_is_allowed() -> None:
@@ -387,11 +409,9 @@ def test_same_payment_matches_amounts_to_the_cent_and_ids_as_text() -> None:
     merchant_7 = replace(mc("51"), merchant_id=7)
     history = [replace(mc("51"), merchant_id="7")]
     assert decide(merchant_7, DAY, history, rules=one).rule == "mc_excessive_30d"
-    declines = replace(
-        AttemptColumns.from_attempts([merchant_7], np.array([1])), merchant_id=np.array([7])
-    )
+    declines = replace(attempt_columns([merchant_7], np.array([1])), merchant_id=np.array([7]))
     at = np.array([epoch_seconds(T0 + DAY)])
-    history_cols = AttemptColumns.from_attempts(history, np.array([1]))
+    history_cols = attempt_columns(history, np.array([1]))
     assert check_retries(declines, at, history_cols, rules=one)[1].tolist() == ["mc_excessive_30d"]
 
 
@@ -409,13 +429,13 @@ def test_naive_datetimes_are_rejected() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# check_retries: the vectorized twin
+# check_retries: whole logs, shapes
 # --------------------------------------------------------------------------------------------
 
 
 def test_check_retries_with_the_whole_log_as_history() -> None:
     log = [*mc_declines(8, T0 - 8 * HOUR, HOUR), mc("51"), visa("41"), visa("51")]
-    cols = AttemptColumns.from_attempts(log, np.array([7] * 9 + [8, 8]))
+    cols = attempt_columns(log, np.array([7] * 9 + [8, 8]))
     rows = np.array([8, 9, 10])
     retry_at = np.full(3, epoch_seconds(T0 + HOUR))
     allowed, rule = check_retries(cols.take(rows), retry_at, cols, self_rows=rows)
@@ -427,7 +447,7 @@ def test_check_retries_with_the_whole_log_as_history() -> None:
 
 
 def test_check_retries_without_history_and_empty_input() -> None:
-    cols = AttemptColumns.from_attempts([visa("1A"), mc("51", "25")], np.array([1, 2]))
+    cols = attempt_columns([visa("1A"), mc("51", "25")], np.array([1, 2]))
     at = np.full(2, epoch_seconds(T0 + HOUR))
     allowed, rule = check_retries(cols, at, three_ds=np.array([False, True]))
     assert rule.tolist() == ["needs_3ds", "mac_wait"] and not allowed.any()
@@ -437,7 +457,7 @@ def test_check_retries_without_history_and_empty_input() -> None:
 
 
 def test_check_retries_rejects_mismatched_shapes() -> None:
-    cols = AttemptColumns.from_attempts([visa("51")], np.array([1]))
+    cols = attempt_columns([visa("51")], np.array([1]))
     with pytest.raises(ValueError, match="retry_at"):
         check_retries(cols, np.zeros(2, dtype=np.int64))
     with pytest.raises(ValueError, match="one length"):
@@ -511,14 +531,14 @@ def scenarios(draw: st.DrawFn, codes: st.SearchStrategy[str] = codes_drawn) -> S
 @given(scenarios(codes=st.sampled_from(NEVER)))
 def test_never_retry_codes_are_never_allowed(scenario: Scenario) -> None:
     decline, retry_at, history, flags = scenario
-    assert not check_retry(decline, retry_at, history, **flags).allowed
+    assert not decide_at(decline, retry_at, history, **flags).allowed
 
 
 @PROPERTY
 @given(scenarios())
 def test_allowed_retries_respect_the_network_limits(scenario: Scenario) -> None:
     decline, retry_at, history, flags = scenario
-    if not check_retry(decline, retry_at, history, **flags).allowed:
+    if not decide_at(decline, retry_at, history, **flags).allowed:
         return
     rules: NetworkRules = flags["rules"]
 
@@ -555,8 +575,8 @@ def test_more_history_never_turns_a_refusal_into_an_approval(
     scenario: Scenario, extra: list[Attempt]
 ) -> None:
     decline, retry_at, history, flags = scenario
-    before = check_retry(decline, retry_at, history, **flags)
-    after = check_retry(decline, retry_at, [*history, *extra], **flags)
+    before = decide_at(decline, retry_at, history, **flags)
+    after = decide_at(decline, retry_at, [*history, *extra], **flags)
     assert before.allowed or not after.allowed
     assert before.rule in RULES and after.rule in RULES
 
@@ -566,9 +586,10 @@ def test_more_history_never_turns_a_refusal_into_an_approval(
     st.lists(scenarios(), min_size=1, max_size=3),
     st.lists(st.booleans(), min_size=3, max_size=3),
     small_rules,
+    st.booleans(),
 )
-def test_vectorized_agrees_with_scalar(
-    cards: list[Scenario], in_log: list[bool], rules: NetworkRules
+def test_vectorized_agrees_with_the_oracle(
+    cards: list[Scenario], in_log: list[bool], rules: NetworkRules, attempt_floor: bool
 ) -> None:
     """Several cards in one call; some declines are rows of the history (self_rows)."""
     log: list[Attempt] = []
@@ -592,13 +613,14 @@ def test_vectorized_agrees_with_scalar(
     updated = np.array([f["updated_credentials"] for *_, f in cards])
 
     allowed, rule = check_retries(
-        AttemptColumns.from_attempts(declines, np.array(card_ids)),
+        attempt_columns(declines, np.array(card_ids)),
         np.array([epoch_seconds(t) for t in retry_at], dtype=np.int64),
-        AttemptColumns.from_attempts(log, np.array(log_cards, dtype=str)),
+        attempt_columns(log, np.array(log_cards, dtype=str)),
         self_rows=np.array(self_rows),
         three_ds=three_ds,
         updated_credentials=updated,
         rules=rules,
+        attempt_floor=attempt_floor,
     )
     for card, (decline, retry, history, _) in enumerate(cards):
         expected = check_retry(
@@ -608,6 +630,7 @@ def test_vectorized_agrees_with_scalar(
             three_ds=bool(three_ds[card]),
             updated_credentials=bool(updated[card]),
             rules=rules,
+            attempt_floor=attempt_floor,
         )
         assert (bool(allowed[card]), str(rule[card])) == (expected.allowed, expected.rule)
 
@@ -620,7 +643,7 @@ def test_attempt_floor_counts_what_the_attempt_number_implies() -> None:
         mc("51", attempt=35),
         mc("51", attempt=34),
     ]
-    cols = AttemptColumns.from_attempts(rows, np.arange(4))
+    cols = attempt_columns(rows, np.arange(4))
     at = np.full(4, epoch_seconds(T0 + DAY))
     _, plain = check_retries(cols, at)
     assert plain.tolist() == ["ok"] * 4
@@ -628,6 +651,6 @@ def test_attempt_floor_counts_what_the_attempt_number_implies() -> None:
     # attempt 16: reattempts 2..16 were 15, the retry would be the 16th; attempt 35: 35 declines
     assert floored.tolist() == ["visa_reattempt_cap", "ok", "mc_excessive_30d", "ok"]
     # The history's own count still decides where it is larger than the floor.
-    history = AttemptColumns.from_attempts(mc_declines(40, T0 - 2 * DAY, HOUR), np.full(40, 3))
+    history = attempt_columns(mc_declines(40, T0 - 2 * DAY, HOUR), np.full(40, 3))
     _, counted = check_retries(cols.take(np.array([3])), at[:1], history, attempt_floor=True)
     assert counted.tolist() == ["mc_excessive_30d"]
