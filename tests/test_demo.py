@@ -44,7 +44,7 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     names = ("simulate", "validate", "dataset", "train", "evaluate", "export", "bench", "report")
