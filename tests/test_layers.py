@@ -27,8 +27,8 @@ RANKS: dict[str, int] = {
     "simulate": 3,
     "data": 3,
     "model": 3,
-    "serve": 3,
-    "baselines": 4,
+    "baselines": 4,  # beside serve/: the trees' online scorer shares nothing with the transformer's
+    "serve": 4,
     "train": 5,
     "evaluate": 6,
     "export": 6,
@@ -74,6 +74,13 @@ def test_imports_run_one_way() -> None:
             if RANKS[other] >= RANKS[part]:
                 wrong.append(f"{path.relative_to(PACKAGE)} imports {other}")
     assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_the_baselines_and_the_scorer_stay_apart() -> None:
+    assert RANKS["baselines"] == RANKS["serve"]  # so neither may import the other
+    assert "serve" not in set().union(
+        *(imported_parts(p) for p in (PACKAGE / "baselines").rglob("*.py"))
+    )
 
 
 def test_the_check_sees_a_wrong_import(tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.schema import load_log
 from tests.conftest import make_sim
 from tests.test_baselines import _attempt, assert_same_features, log_frame, small_logs
-from tests.test_bench import reaching
 
 
 def online_frame(
@@ -121,11 +120,3 @@ def test_scorer_gives_the_models_probabilities(
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)  # EPS clipping aside
     batch = scorer.score_batch(records[-16:])
     assert batch.shape == (16,) and np.all((batch > 0) & (batch < 1))
-
-
-def test_the_baselines_import_nothing_above_them() -> None:
-    """The online scorer and the saved model live with the baselines: below serve/ (whose
-    scorer is the transformer's), evaluate/ and the benchmarks that use them."""
-    above = {"serve", "evaluate", "export", "bench", "report", "commands", "cli"}
-    assert reaching({"baselines"}, above) == {}
-    assert reaching({"baselines"}, {"data", "rules"})  # the check sees imports where there are
