@@ -20,6 +20,7 @@ from issuer_seq.baselines.protocol import LABEL
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.cli import conf_dir
+from issuer_seq.commands.train import train
 from issuer_seq.data.store import TEST
 from issuer_seq.delays import grid_seconds
 from issuer_seq.evaluate.metrics import approval_metrics, ece, oracle_share
@@ -27,7 +28,6 @@ from issuer_seq.evaluate.retry import compare_policies
 from issuer_seq.evaluate.run import logged_3ds_retries, rule_view
 from issuer_seq.schema import load_log
 from issuer_seq.train.module import approval_metrics as torch_metrics
-from issuer_seq.train.run import train
 from tests.conftest import ROOT, make_sim
 
 GRID = ["5m", "30m", "2h", "6h", "1d", "2d", "4d", "7d"]

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from issuer_seq import features as F
 from issuer_seq.cli import conf_dir
+from issuer_seq.commands.train import train
 from issuer_seq.data.batches import DeviceStore, input_names
 from issuer_seq.data.store import StoreConfig, build_store
 from issuer_seq.model.network import (
@@ -31,7 +32,6 @@ from issuer_seq.model.network import (
 )
 from issuer_seq.schema import load_log
 from issuer_seq.train.calibrate import fit_temperature
-from issuer_seq.train.run import train
 from tests.conftest import make_sim
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))

@@ -41,7 +41,7 @@ def variant_bundles(cfg: DictConfig) -> dict[str, Path]:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    from issuer_seq.evaluate.run import load_network, run_store
+    from issuer_seq.train.trained_run import TrainedRun
 
     started = time.perf_counter()
     run_dir, bundle, out_dir = Path(cfg.run_dir), Path(cfg.artifact_dir), Path(cfg.out_dir)
@@ -96,7 +96,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             overrides=[str(o) for o in cfg.http.serve_overrides],
         )
     log.info("data pipeline: point-in-time sequences vs pandas; training input pipeline")
-    _, spec = load_network(run_dir)
+    trained = TrainedRun.load(run_dir)
+    spec = trained.spec
     sequences = bench_sequences(
         vlog.frame,
         int(spec["store"]["k_card"]),
@@ -104,7 +105,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg.pipeline.sequence_rows,
     )
     net = {k: v for k, v in spec["net"].items() if k != "n_delays"}
-    training = bench_pipeline(run_store(vlog, spec), net, steps=int(cfg.pipeline.train_steps))
+    training = bench_pipeline(trained.build_store(vlog), net, steps=int(cfg.pipeline.train_steps))
     result = {
         "machine": machine(),
         "scorers": scorers,

@@ -10,7 +10,6 @@ exist.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,16 +24,17 @@ from omegaconf import OmegaConf
 from issuer_seq.baselines.base_rate import base_rate
 from issuer_seq.baselines.dataset import next_attempt
 from issuer_seq.data.batches import DeviceStore
-from issuer_seq.data.store import TEST, TRAIN, EventStore, StoreConfig, build_store
+from issuer_seq.data.store import TEST, TRAIN, EventStore
 from issuer_seq.delays import grid_seconds, truth_column
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
 from issuer_seq.evaluate.retry import compare_policies
-from issuer_seq.features import Vocab
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.retry_policy import within_session
 from issuer_seq.rules import AttemptColumns, Cause, causes, check_retries
 from issuer_seq.schema import ValidatedLog, load_log
+from issuer_seq.train.infer import infer
+from issuer_seq.train.trained_run import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -44,37 +44,13 @@ BaselinesFn = Callable[
 ]
 
 
-def load_network(run_dir: Path) -> tuple[IssuerSeqNet, dict[str, Any]]:
-    spec_path = run_dir / "model_spec.json"
-    if not spec_path.exists():
-        raise IssuerSeqError(
-            f"{run_dir}: no model_spec.json; is it a finished `issuer-seq train` run?"
-        )
-    spec = json.loads(spec_path.read_text())
-    vocab = Vocab.from_json(spec["vocab"])
-    net = IssuerSeqNet(vocab.sizes(), **spec["net"])
-    net.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu"))
-    return net.eval(), spec
-
-
-def run_store(vlog: ValidatedLog, spec: Mapping[str, Any]) -> EventStore:
-    config = StoreConfig.from_json(spec["store"])
-    return build_store(vlog, config, vocab=Vocab.from_json(spec["vocab"]))
-
-
-@torch.no_grad()
 def predict(
-    net: IssuerSeqNet, store: EventStore, rows: np.ndarray, batch: int = 4096
+    net: IssuerSeqNet, store: EventStore, rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated p_approve (N,) and retry curves (N, G), the decline inputs being each row's
     own outcome (the curves of approved rows are meaningless and unused)."""
-    device_store = DeviceStore(store)
-    ps, curves = [], []
-    for start in range(0, len(rows), batch):
-        p, r = net(device_store.gather(torch.from_numpy(rows[start : start + batch])))
-        ps.append(p.numpy())
-        curves.append(r.numpy())
-    return np.concatenate(ps), np.concatenate(curves)
+    out = infer(net, DeviceStore(store), torch.from_numpy(rows))
+    return out["p_approve"].numpy(), out["p_retry"].numpy()
 
 
 def load_truth(data_dir: Path, store: EventStore, grid: list[str]) -> pd.DataFrame | None:
@@ -174,9 +150,9 @@ def side_runs(
         if not trained_on(path, data_dir):
             log.warning("%s: skipped, trained on another log than %s", path, data_dir)
             continue
-        net, spec = load_network(path)
-        p, _ = predict(net, run_store(vlog, spec), test)
-        out[name] = {"p": p, "params": n_params(net), "run_dir": str(path)}
+        run = TrainedRun.load(path)
+        p, _ = predict(run.net, run.build_store(vlog), test)
+        out[name] = {"p": p, "params": n_params(run.net), "run_dir": str(path)}
     return out
 
 
@@ -190,18 +166,18 @@ def evaluate(
     """`variants`: name -> run dir of the same network at another size (rows
     `transformer_<name>`); `ablations`: name -> run dir of an ablation (`ablation_<name>`)."""
     started = time.perf_counter()
-    net, spec = load_network(run_dir)
+    run = TrainedRun.load(run_dir)
     vlog = load_log(data_dir)
-    store = run_store(vlog, spec)
-    grid = [str(g) for g in spec["store"]["delay_grid"]]
+    store = run.build_store(vlog)
+    grid = [str(g) for g in run.spec["store"]["delay_grid"]]
     grid_s = grid_seconds(grid)
     test = store.rows(TEST)
     y = store.approved[test]
     truth = load_truth(Path(data_dir), store, grid)
 
-    p_model, curves_model = predict(net, store, test)
+    p_model, curves_model = predict(run.net, store, test)
     approval: dict[str, dict[str, Any]] = {
-        "transformer": approval_metrics(p_model, y) | {"params": n_params(net)}
+        "transformer": approval_metrics(p_model, y) | {"params": n_params(run.net)}
     }
     approval["base_rate"] = approval_metrics(base_rate(store, store.rows(TRAIN))[test], y)
     retry_curves: dict[str, np.ndarray] = {"transformer": curves_model}
