@@ -189,6 +189,17 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     )
     assert policies["fixed_1d"]["chosen_delays"]["now_with_3ds"] == 0
     assert "model" in out.stdout and "retry policy" in out.stdout
+    # every stage logs its time; each search trial its result
+    for stage in (
+        "log, run and point-in-time store: ",
+        "transformer: scoring",
+        "SQL features (DuckDB): ",
+        "lightgbm: trial 1/1 ",
+        "logistic: search and scoring: ",
+        "lightgbm retry model: search and curves: ",
+        "retry policies: network rules",
+    ):
+        assert stage in out.stdout, stage
     # the LightGBM model the search chose is saved (bench serves it) and scores as evaluated
     saved = run / "baselines" / "lightgbm"
     assert json.loads((saved / "evaluate_fit.json").read_text())["source"].startswith("issuer-seq")

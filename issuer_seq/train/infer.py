@@ -8,15 +8,20 @@ from torch import Tensor
 
 from issuer_seq.data.batches import DeviceStore
 from issuer_seq.model.network import IssuerSeqNet
+from issuer_seq.progress import bar
 
 OUTPUTS = ("approval", "retry", "p_approve", "p_retry")
 
 
 @torch.no_grad()
 def infer(
-    net: IssuerSeqNet, store: DeviceStore, rows: Tensor, batch_size: int = 4096
+    net: IssuerSeqNet,
+    store: DeviceStore,
+    rows: Tensor,
+    batch_size: int = 4096,
+    progress: str | None = None,
 ) -> dict[str, Tensor]:
-    """Per row of `rows` (N,), in eval mode, on the CPU:
+    """Per row of `rows` (N,), in eval mode, on the CPU (`progress`: a bar's label):
 
     - `approval` (N,), `retry` (N, G): the uncalibrated logits (what calibration fits);
     - `p_approve` (N,), `p_retry` (N, G): the calibrated probabilities, exactly as the
@@ -26,7 +31,8 @@ def infer(
     was_training = net.training
     net.eval()
     parts: dict[str, list[Tensor]] = {k: [] for k in (*OUTPUTS, *store.labels)}
-    for start in range(0, len(rows), batch_size):
+    starts = range(0, len(rows), batch_size)
+    for start in starts if progress is None else bar(starts, progress):
         batch = store.gather(rows[start : start + batch_size])
         approval, retry = net.logits(batch)
         # per batch, as forward() does: the same floating-point operations, the same numbers
