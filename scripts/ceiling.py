@@ -48,11 +48,11 @@ from issuer_seq.baselines.protocol import LABEL
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.cli import conf_dir
+from issuer_seq.commands.train import train
 from issuer_seq.data.store import TEST, TRAIN, StoreConfig, build_store
 from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
 from issuer_seq.evaluate.run import load_truth
 from issuer_seq.schema import ValidatedLog, load_log
-from issuer_seq.train.run import train
 
 #: `--latents`: fit name -> truth.parquet latent columns given to LightGBM as features
 LATENT_FITS = {

@@ -33,8 +33,9 @@ from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.data.store import TEST
 from issuer_seq.evaluate.metrics import EPS
-from issuer_seq.evaluate.run import load_network, predict, run_store
+from issuer_seq.evaluate.run import predict
 from issuer_seq.schema import APPROVED_CODE, load_log
+from issuer_seq.train.trained_run import TrainedRun
 
 #: retries by the time since the payment's previous attempt: (label, from seconds, to seconds)
 DELAYS = (
@@ -91,8 +92,8 @@ def segments(
 ) -> dict[str, dict[str, Any]]:
     vlog = load_log(data_dir)
     frame = vlog.frame.reset_index(drop=True)  # time-sorted: the store's row order
-    net, spec = load_network(run_dir)
-    store = run_store(vlog, spec)
+    run = TrainedRun.load(run_dir)
+    net, store = run.net, run.build_store(vlog)
     test = store.rows(TEST)
     p_transformer, _ = predict(net, store, test)
     features = sql_features(frame, threads=threads)

@@ -92,7 +92,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     from hydra import compose, initialize_config_dir
 
     from issuer_seq.cli import conf_dir
-    from issuer_seq.train.run import train
+    from issuer_seq.commands.train import train
 
     data = make_sim(tmp_path_factory.mktemp("tiny_sim"), seed=5, n_cards=250, days=15)
     run = tmp_path_factory.mktemp("tiny_run")

@@ -20,6 +20,7 @@ from issuer_seq.baselines.protocol import LABEL
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.cli import conf_dir
+from issuer_seq.commands.train import train
 from issuer_seq.data.store import TEST
 from issuer_seq.delays import grid_seconds
 from issuer_seq.evaluate.metrics import approval_metrics, ece, oracle_share
@@ -27,7 +28,6 @@ from issuer_seq.evaluate.retry import compare_policies
 from issuer_seq.evaluate.run import logged_3ds_retries, rule_view
 from issuer_seq.schema import load_log
 from issuer_seq.train.module import approval_metrics as torch_metrics
-from issuer_seq.train.run import train
 from tests.conftest import ROOT, make_sim
 
 GRID = ["5m", "30m", "2h", "6h", "1d", "2d", "4d", "7d"]
@@ -189,6 +189,17 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     )
     assert policies["fixed_1d"]["chosen_delays"]["now_with_3ds"] == 0
     assert "model" in out.stdout and "retry policy" in out.stdout
+    # every stage logs its time; each search trial its result
+    for stage in (
+        "log, run and point-in-time store: ",
+        "transformer: scoring",
+        "SQL features (DuckDB): ",
+        "lightgbm: trial 1/1 ",
+        "logistic: search and scoring: ",
+        "lightgbm retry model: search and curves: ",
+        "retry policies: network rules",
+    ):
+        assert stage in out.stdout, stage
     # the LightGBM model the search chose is saved (bench serves it) and scores as evaluated
     saved = run / "baselines" / "lightgbm"
     assert json.loads((saved / "evaluate_fit.json").read_text())["source"].startswith("issuer-seq")

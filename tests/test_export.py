@@ -28,6 +28,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from issuer_seq import features as F
 from issuer_seq.cli import conf_dir
+from issuer_seq.commands.train import train
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.export import ExportSettings, export_bundle
 from issuer_seq.export.cases import empty_histories, resize_histories, take
@@ -36,9 +37,8 @@ from issuer_seq.export.onnx_export import PositionalNet
 from issuer_seq.export.parity import onnx_outputs, onnx_session, torch_outputs
 from issuer_seq.export.quantize import Int8Criteria, auroc, decide
 from issuer_seq.export.signature import input_spec, input_specs
-from issuer_seq.export.trained_run import TrainedRun, load_run
 from issuer_seq.export.validation import Feeds, ValidationData, load_validation
-from issuer_seq.train.run import train
+from issuer_seq.train.trained_run import TrainedRun
 from tests.conftest import make_sim
 
 FAST = [
@@ -92,7 +92,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
 
 @pytest.fixture(scope="module")
 def run(exported: Exported) -> TrainedRun:
-    return load_run(exported.run_dir)
+    return TrainedRun.load(exported.run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -412,7 +412,7 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_bundle(
 
 def test_unfinished_run_and_unknown_inputs_are_errors(tmp_path: Path) -> None:
     with pytest.raises(IssuerSeqError, match="missing model.pt"):
-        load_run(tmp_path)
+        TrainedRun.load(tmp_path)
     with pytest.raises(IssuerSeqError, match="not part of this feature schema"):
         input_spec("card_favourite_colour")
     with pytest.raises(IssuerSeqError, match="not part of this feature schema"):

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from issuer_seq.commands.train import train
 from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.store import EventStore, StoreConfig, build_store
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.schema import load_log
-from issuer_seq.train.run import train
 from tests.conftest import make_sim
 from tests.test_train import FAST, _compose
 

@@ -39,6 +39,7 @@ from schemathesis.specs.openapi.checks import (
 
 from issuer_seq import schema as log_schema
 from issuer_seq.cli import conf_dir
+from issuer_seq.commands.train import train
 from issuer_seq.export import ExportSettings, export_bundle
 from issuer_seq.serve import schemas as S
 from issuer_seq.serve.app import create_app
@@ -46,7 +47,6 @@ from issuer_seq.serve.inputs import Event, Window
 from issuer_seq.serve.scorer import Scorer
 from issuer_seq.serve.service import ServeSettings
 from issuer_seq.serve.state import MemoryStore
-from issuer_seq.train.run import train
 from tests.conftest import make_sim
 
 MAX_BATCH = 64

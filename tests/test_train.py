@@ -18,8 +18,11 @@ from omegaconf import DictConfig
 
 from issuer_seq import features as F
 from issuer_seq.cli import conf_dir
+from issuer_seq.commands.train import train
 from issuer_seq.data.batches import DeviceStore, input_names
 from issuer_seq.data.store import StoreConfig, build_store
+from issuer_seq.errors import IssuerSeqError
+from issuer_seq.evaluate.run import evaluate
 from issuer_seq.model.network import (
     HistoryCounts,
     HistoryStats,
@@ -31,7 +34,8 @@ from issuer_seq.model.network import (
 )
 from issuer_seq.schema import load_log
 from issuer_seq.train.calibrate import fit_temperature
-from issuer_seq.train.run import train
+from issuer_seq.train.infer import infer, observed_retries
+from issuer_seq.train.trained_run import TrainedRun
 from tests.conftest import make_sim
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
@@ -86,6 +90,11 @@ def test_every_config_composes() -> None:
     assert _compose("train", ["experiment=ablate_no_issuer"]).model.use_issuer is False
     assert _compose("train", ["experiment=ablate_no_card"]).model.use_card is False
     assert _compose("train", ["experiment=long"]).trainer.max_epochs == 5
+    quick = _compose("evaluate", []).baselines
+    assert list(quick.models) == ["lightgbm"] and quick.trials == 2
+    full = _compose("evaluate", ["search=full"]).baselines
+    assert list(full.models) == ["lightgbm", "xgboost", "logistic"] and full.trials is None
+    assert _compose("evaluate", ["search=full", "baselines.trials=3"]).baselines.trials == 3
 
 
 @pytest.mark.parametrize("fastpath", [True, False])
@@ -229,6 +238,74 @@ def test_train_writes_metrics_checkpoints_and_config(tiny_dir: Path, tmp_path: P
     assert json.loads((tmp_path / "metrics.json").read_text())["training"]["best_checkpoint"] == (
         "best.ckpt"
     )
+    _check_trained_run(tmp_path, tiny_dir)
+
+
+def _check_trained_run(run_dir: Path, data_dir: Path) -> None:
+    """The run dir reads back as one TrainedRun, saves to the same files, and every reader
+    refuses a run whose files disagree."""
+    run = TrainedRun.load(run_dir)
+    assert run.metrics == json.loads((run_dir / "metrics.json").read_text())
+    assert run.data_dir == str(data_dir) and not run.net.training
+    assert float(run.net.approval_temperature) == pytest.approx(
+        run.metrics["calibration"]["approval_temperature"]
+    )
+    copy = run_dir.parent / f"{run_dir.name}_copy"
+    TrainedRun(copy, run.net, run.spec, run.metrics, run.config).save()
+    for name in ("metrics.json", "model_spec.json", "config.yaml"):
+        assert (copy / name).read_text() == (run_dir / name).read_text()
+    saved = torch.load(copy / "model.pt", weights_only=True)
+    for k, v in torch.load(run_dir / "model.pt", weights_only=True).items():
+        assert torch.equal(saved[k], v)
+    # a stale model_spec.json (the weights of another calibration), then another schema
+    spec = json.loads((copy / "model_spec.json").read_text())
+    spec["calibration"]["approval_temperature"] *= 2
+    (copy / "model_spec.json").write_text(json.dumps(spec))
+    with pytest.raises(IssuerSeqError, match="not the calibrated network"):
+        TrainedRun.load(copy)
+    with pytest.raises(IssuerSeqError, match="not the calibrated network"):
+        evaluate(data_dir, copy)  # evaluate reads runs as strictly as export
+    spec = json.loads((run_dir / "model_spec.json").read_text())
+    spec["inputs"] = spec["inputs"][:-1]
+    (copy / "model_spec.json").write_text(json.dumps(spec))
+    with pytest.raises(IssuerSeqError, match="feature schema"):
+        evaluate(data_dir, copy)
+    (copy / "metrics.json").unlink()
+    with pytest.raises(IssuerSeqError, match="missing metrics.json"):
+        TrainedRun.load(copy)
+
+
+def test_inference_matches_the_network_and_its_retry_labels(tiny_dir: Path) -> None:
+    """The one batched loop gives the network's own probabilities, bit for bit, whatever the
+    batch size, and the logit at each observed retry's delay."""
+    store = build_store(load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_card_merchant=3))
+    device_store = DeviceStore(store)
+    net = IssuerSeqNet(store.vocab.sizes(), 8, d_model=16, n_heads=2, n_layers=1, d_ff=32).eval()
+    net.approval_temperature.fill_(0.8)
+    net.retry_temperature.fill_(1.3)
+    rows = torch.arange(0, 700)
+    batch = device_store.gather(rows)
+    p, r = net(batch)
+    out = infer(net, device_store, rows, batch_size=256)
+    batched = torch.cat([net(device_store.gather(rows[i : i + 256]))[0] for i in (0, 256, 512)])
+    assert torch.equal(out["p_approve"], batched)
+    torch.testing.assert_close(out["p_approve"], p)
+    torch.testing.assert_close(out["p_retry"], r)
+    assert torch.equal(out["approved"], batch["approved"])
+    observed = observed_retries(out)
+    seen = batch["retry_bucket"] >= 0
+    assert 0 < len(observed["retry"]) == int(seen.sum())
+    logits = net.logits(batch)[1][seen, batch["retry_bucket"][seen]]
+    torch.testing.assert_close(observed["retry"], logits)
+    assert torch.equal(observed["success"], batch["retry_success"][seen])
+
+
+def test_only_the_command_reads_the_training_config() -> None:
+    import issuer_seq.train as package
+
+    for path in Path(package.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        assert "omegaconf" not in text and "hydra" not in text, path.name
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -247,6 +324,9 @@ def test_cli_train_tiny_and_optuna_sweep(tiny_dir: Path, tmp_path: Path) -> None
     run = _cli("train", f"data_dir={tiny_dir}", f"run_dir={tmp_path / 'r'}", *FAST)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "test approval: AUROC" in run.stdout
+    # none of the notices Lightning prints on every run, which no user could act on
+    for notice in ("litlogger", "many workers", "on_after_batch_transfer", "LeafSpec"):
+        assert notice not in run.stdout + run.stderr, notice
     sweep = _cli(
         "train",
         "-m",

@@ -10,6 +10,7 @@ one with the lowest validation log loss wins. The test split is never looked at.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ import pandas as pd
 
 from issuer_seq.baselines.protocol import Baseline, labels, log_loss, weights
 from issuer_seq.errors import IssuerSeqError
+from issuer_seq.progress import bar
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,20 +66,32 @@ def search(
     n_trials: int | None = None,
     seed: int = 0,
     weighted: bool = False,
+    name: str = "search",
 ) -> SearchResult:
     """Fit `make(params)` for each trial; keep the model with the lowest validation log loss.
 
     `weighted` scores the validation log loss with the frame's WEIGHT column (retry frames).
+    `name` labels the progress: a bar over the trials and a log line per trial.
     """
     points = grid_points(space, n_trials, seed) if space else [{}]
     y_val, w_val = labels(val), weights(val, weighted)
     best: SearchResult | None = None
     trials: list[Trial] = []
-    for params in points:
-        started = time.perf_counter()
+    for i, params in enumerate(bar(points, name), 1):
+        started, cpu = time.perf_counter(), time.process_time()
         model = make(dict(params)).fit(train, val)
         loss = log_loss(y_val, model.predict_proba(val), w_val)
         trials.append(Trial(dict(params), loss, time.perf_counter() - started))
+        log.info(
+            "%s: trial %d/%d %s: validation log loss %.5f (%.1f s, CPU %.1f s)",
+            name,
+            i,
+            len(points),
+            params,
+            loss,
+            trials[-1].fit_s,
+            time.process_time() - cpu,
+        )
         if best is None or loss < best.val_logloss:
             best = SearchResult(model, dict(params), loss)
     assert best is not None

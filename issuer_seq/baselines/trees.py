@@ -16,7 +16,7 @@ row / column subsampling.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -24,6 +24,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import xgboost as xgb
+from tqdm.auto import tqdm
 
 from issuer_seq.baselines.protocol import (
     EPS,
@@ -78,6 +79,33 @@ XGBOOST_SPACE: dict[str, list[Any]] = {
     "min_child_weight": [10.0, 50.0],
     "learning_rate": [0.05],
 }
+
+
+def _lightgbm_bar(rounds: int) -> Callable[[Any], None]:
+    """A bar over boosting rounds (on a terminal; early stopping ends it short)."""
+    progress = tqdm(total=rounds, desc="lightgbm rounds", disable=None, leave=False)
+
+    def callback(env: Any) -> None:
+        progress.update(1)
+        if env.iteration + 1 >= env.end_iteration:
+            progress.close()
+
+    return callback
+
+
+class _XGBoostBar(xgb.callback.TrainingCallback):
+    """A bar over boosting rounds (on a terminal; early stopping ends it short)."""
+
+    def __init__(self, rounds: int) -> None:
+        self.progress = tqdm(total=rounds, desc="xgboost rounds", disable=None, leave=False)
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        self.progress.update(1)
+        return False
+
+    def after_training(self, model: Any) -> Any:
+        self.progress.close()
+        return model
 
 
 class _BoostedTrees:
@@ -145,7 +173,10 @@ class LightGBMModel(_BoostedTrees):
             dtrain,
             num_boost_round=self.num_boost_round,
             valid_sets=[dval],
-            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+            callbacks=[
+                lgb.early_stopping(self.early_stopping_rounds, verbose=False),
+                _lightgbm_bar(self.num_boost_round),
+            ],
         )
         return self
 
@@ -218,6 +249,7 @@ class XGBoostModel(_BoostedTrees):
             evals=[(dval, "val")],
             early_stopping_rounds=self.early_stopping_rounds,
             verbose_eval=False,
+            callbacks=[_XGBoostBar(self.num_boost_round)],
         )
         return self
 

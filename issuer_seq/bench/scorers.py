@@ -44,10 +44,10 @@ class TorchSession:
     def __init__(self, run_dir: Path) -> None:
         import torch
 
-        from issuer_seq.evaluate.run import load_network
+        from issuer_seq.train.trained_run import TrainedRun
 
         self.torch = torch
-        self.net, _ = load_network(run_dir)
+        self.net = TrainedRun.load(run_dir).net
 
     def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         with self.torch.inference_mode():

@@ -26,6 +26,7 @@ from issuer_seq.bench.targets import check_targets, describe, validate_targets
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.schema import ValidatedLog, load_log
 from issuer_seq.serve.inputs import history_lengths
+from issuer_seq.train.trained_run import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +127,9 @@ def http_latency(
 
 def data_pipeline(cfg: DictConfig, vlog: ValidatedLog, run_dir: Path) -> dict[str, Any]:
     """Point-in-time sequences vs pandas, and the training input pipeline vs pre-built tensors."""
-    from issuer_seq.evaluate.run import load_network, run_store
-
     log.info("data pipeline: point-in-time sequences vs pandas; training input pipeline")
-    _, spec = load_network(run_dir)
+    trained = TrainedRun.load(run_dir)
+    spec = trained.spec
     sequences = bench_sequences(
         vlog.frame,
         int(spec["store"]["k_card"]),
@@ -137,7 +137,7 @@ def data_pipeline(cfg: DictConfig, vlog: ValidatedLog, run_dir: Path) -> dict[st
         cfg.pipeline.sequence_rows,
     )
     net = {k: v for k, v in spec["net"].items() if k != "n_delays"}
-    training = bench_pipeline(run_store(vlog, spec), net, steps=int(cfg.pipeline.train_steps))
+    training = bench_pipeline(trained.build_store(vlog), net, steps=int(cfg.pipeline.train_steps))
     return {"sequences": sequences, "training_input": training}
 
 

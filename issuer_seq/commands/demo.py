@@ -23,10 +23,10 @@ from issuer_seq.commands import evaluate as evaluate_command
 from issuer_seq.commands import export as export_command
 from issuer_seq.commands import report as report_command
 from issuer_seq.commands.simulate import sim_config
+from issuer_seq.commands.train import train
 from issuer_seq.data.store import StoreConfig, build_store, summarize_store
 from issuer_seq.schema import load_log, summarize
 from issuer_seq.simulate import simulate
-from issuer_seq.train.run import train
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,74 @@
-"""`issuer-seq train`: fit the transformer; returns the validation log loss (for sweeps)."""
+"""`issuer-seq train`: fit the transformer; returns the validation log loss (for sweeps).
+
+The one place the training config is read: it seeds, builds the store, instantiates the
+network, optimizer and logger from their config groups, and hands typed parts to
+`issuer_seq.train.run.train`.
+"""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from pathlib import Path
+from typing import Any
 
-from issuer_seq.train.run import train
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from issuer_seq.data.batches import DeviceStore
+from issuer_seq.data.datamodule import IssuerSeqDataModule
+from issuer_seq.data.store import EventStore, StoreConfig, build_store
+from issuer_seq.model.network import IssuerSeqNet
+from issuer_seq.schema import load_log
+from issuer_seq.train import run as training
+from issuer_seq.train.module import IssuerSeqModule
+
+
+def _plain(cfg: DictConfig) -> dict[str, Any]:
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}
+
+
+def train(cfg: DictConfig, store: EventStore | None = None) -> float:
+    """Train as `cfg` (conf/train.yaml composed) says; `store` (built from cfg.data_dir with
+    cfg.data) saves rebuilding it. The calibrated validation log loss."""
+    # Seeded before the network is built: its initial weights come from this seed.
+    pl.seed_everything(int(cfg.seed), workers=True)
+    if store is None:
+        store = build_store(load_log(cfg.data_dir), StoreConfig.from_json(cfg.data))
+    net_kwargs = {k: v for k, v in _plain(cfg.model).items() if k != "_target_"}
+    net: IssuerSeqNet = hydra.utils.instantiate(
+        cfg.model, vocab_sizes=store.vocab.sizes(), n_delays=len(store.config.delay_grid)
+    )
+    module = IssuerSeqModule(
+        net,
+        DeviceStore(store),
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        warmup_steps=int(cfg.warmup_steps),
+        retry_loss_weight=float(cfg.retry_loss_weight),
+        retry_propensity_weighting=bool(cfg.retry_propensity_weighting),
+    )
+    datamodule = IssuerSeqDataModule(
+        store,
+        batch_size=int(cfg.data.batch_size),
+        eval_batch_size=int(cfg.data.eval_batch_size),
+        max_train_examples=cfg.data.max_train_examples,
+        max_eval_examples=cfg.data.max_eval_examples,
+        seed=int(cfg.seed),
+    )
+    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else None
+    if logger is not None:
+        logger.log_hyperparams(_plain(cfg))
+    return training.train(
+        module,
+        datamodule,
+        run_dir=Path(cfg.run_dir),
+        net_kwargs=net_kwargs,
+        config=OmegaConf.to_yaml(cfg, resolve=True),
+        trainer_options=_plain(cfg.trainer),
+        logger=logger,
+        resume=bool(cfg.resume),
+    )
 
 
 def run(cfg: DictConfig) -> float:

@@ -30,8 +30,6 @@ from issuer_seq.data.index import HistoryIndex
 from issuer_seq.data.store import EventStore
 from issuer_seq.features import STREAMS
 
-LABELS = ("approved", "retry_bucket", "retry_success", "retry_weight")
-
 
 def input_names() -> list[str]:
     """Every named input of the network, in a fixed order (the ONNX graph's inputs)."""

@@ -30,6 +30,7 @@ from issuer_seq.baselines.search import search
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LIGHTGBM_SPACE, XGBOOST_SPACE, LightGBMModel, XGBoostModel
 from issuer_seq.data.store import TEST, TRAIN, VAL
+from issuer_seq.progress import stage
 from issuer_seq.schema import APPROVED_CODE
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,11 @@ def fit_baselines(
     `lightgbm_dir`: save the search's LightGBM approval model there (`LightGBMModel.save`,
     plus `FIT_INFO`: its parameters, validation log loss and rows).
     """
-    started = time.perf_counter()
-    features = sql_features(frame, threads=threads)
-    log.info("SQL features: %d columns in %.0f s", features.shape[1], time.perf_counter() - started)
-    data = approval_frame(frame, features)
-    parts = by_split(data, split)
+    with stage(log, "SQL features (DuckDB)"):
+        features = sql_features(frame, threads=threads)
+        data = approval_frame(frame, features)
+        parts = by_split(data, split)
+    log.info("SQL features: %d columns", features.shape[1])
     makers: dict[str, tuple[Callable[[dict[str, Any]], Baseline], dict[str, list[Any]]]] = {
         "lightgbm": (lambda p: LightGBMModel(p, n_jobs=threads), LIGHTGBM_SPACE),
         "xgboost": (lambda p: XGBoostModel(p, n_jobs=threads), XGBOOST_SPACE),
@@ -66,9 +67,10 @@ def fit_baselines(
     for name in models:
         make, space = makers[name]
         t0 = time.perf_counter()
-        result = search(make, space, parts["train"], parts["val"], n_trials=trials)
-        out[name] = (result.model.predict_proba(data), None)
-        log.info("%s: %s (%.0f s)", name, result.params, time.perf_counter() - t0)
+        with stage(log, f"{name}: search and scoring"):
+            result = search(make, space, parts["train"], parts["val"], n_trials=trials, name=name)
+            out[name] = (result.model.predict_proba(data), None)
+        log.info("%s: chose %s", name, result.params)
         if name == "lightgbm" and lightgbm_dir is not None:
             model = result.model
             assert isinstance(model, LightGBMModel)
@@ -86,22 +88,24 @@ def fit_baselines(
             (lightgbm_dir / FIT_INFO).write_text(json.dumps(info, indent=2, default=str))
             log.info("lightgbm: saved the chosen model to %s", lightgbm_dir)
     if retry_model and "lightgbm" in out:
-        retries = retry_frame(frame, features, grid)
-        rsplit = split[retries.index.to_numpy()]
-        result = search(
-            lambda p: RetryTrees(LightGBMModel({**RETRY_LIGHTGBM_PARAMS, **p}, n_jobs=threads)),
-            RETRY_SPACE,
-            retries[rsplit == TRAIN],
-            retries[rsplit == VAL],
-            n_trials=trials,
-            weighted=True,
-        )
-        model = result.model
-        assert isinstance(model, RetryTrees)
-        declined = np.flatnonzero(
-            (split == TEST) & (frame["response_code"].to_numpy(dtype=object) != APPROVED_CODE)
-        )
-        curves = np.full((len(frame), len(grid)), np.nan)
-        curves[declined] = model.predict_curve(decline_frame(frame, features, declined))
-        out["lightgbm"] = (out["lightgbm"][0], curves)
+        with stage(log, "lightgbm retry model: search and curves"):
+            retries = retry_frame(frame, features, grid)
+            rsplit = split[retries.index.to_numpy()]
+            result = search(
+                lambda p: RetryTrees(LightGBMModel({**RETRY_LIGHTGBM_PARAMS, **p}, n_jobs=threads)),
+                RETRY_SPACE,
+                retries[rsplit == TRAIN],
+                retries[rsplit == VAL],
+                n_trials=trials,
+                weighted=True,
+                name="lightgbm retry",
+            )
+            model = result.model
+            assert isinstance(model, RetryTrees)
+            declined = np.flatnonzero(
+                (split == TEST) & (frame["response_code"].to_numpy(dtype=object) != APPROVED_CODE)
+            )
+            curves = np.full((len(frame), len(grid)), np.nan)
+            curves[declined] = model.predict_curve(decline_frame(frame, features, declined))
+            out["lightgbm"] = (out["lightgbm"][0], curves)
     return out

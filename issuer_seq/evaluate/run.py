@@ -10,7 +10,6 @@ exist.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,16 +24,18 @@ from omegaconf import OmegaConf
 from issuer_seq.baselines.base_rate import base_rate
 from issuer_seq.baselines.dataset import next_attempt
 from issuer_seq.data.batches import DeviceStore
-from issuer_seq.data.store import TEST, TRAIN, EventStore, StoreConfig, build_store
+from issuer_seq.data.store import TEST, TRAIN, EventStore
 from issuer_seq.delays import grid_seconds, truth_column
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
 from issuer_seq.evaluate.retry import compare_policies
-from issuer_seq.features import Vocab
 from issuer_seq.model.network import IssuerSeqNet
+from issuer_seq.progress import stage
 from issuer_seq.retry_policy import within_session
 from issuer_seq.rules import AttemptColumns, Cause, causes, check_retries
 from issuer_seq.schema import ValidatedLog, load_log
+from issuer_seq.train.infer import infer
+from issuer_seq.train.trained_run import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -44,37 +45,14 @@ BaselinesFn = Callable[
 ]
 
 
-def load_network(run_dir: Path) -> tuple[IssuerSeqNet, dict[str, Any]]:
-    spec_path = run_dir / "model_spec.json"
-    if not spec_path.exists():
-        raise IssuerSeqError(
-            f"{run_dir}: no model_spec.json; is it a finished `issuer-seq train` run?"
-        )
-    spec = json.loads(spec_path.read_text())
-    vocab = Vocab.from_json(spec["vocab"])
-    net = IssuerSeqNet(vocab.sizes(), **spec["net"])
-    net.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu"))
-    return net.eval(), spec
-
-
-def run_store(vlog: ValidatedLog, spec: Mapping[str, Any]) -> EventStore:
-    config = StoreConfig.from_json(spec["store"])
-    return build_store(vlog, config, vocab=Vocab.from_json(spec["vocab"]))
-
-
-@torch.no_grad()
 def predict(
-    net: IssuerSeqNet, store: EventStore, rows: np.ndarray, batch: int = 4096
+    net: IssuerSeqNet, store: EventStore, rows: np.ndarray, progress: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated p_approve (N,) and retry curves (N, G), the decline inputs being each row's
-    own outcome (the curves of approved rows are meaningless and unused)."""
-    device_store = DeviceStore(store)
-    ps, curves = [], []
-    for start in range(0, len(rows), batch):
-        p, r = net(device_store.gather(torch.from_numpy(rows[start : start + batch])))
-        ps.append(p.numpy())
-        curves.append(r.numpy())
-    return np.concatenate(ps), np.concatenate(curves)
+    own outcome (the curves of approved rows are meaningless and unused). `progress`: a bar's
+    label."""
+    out = infer(net, DeviceStore(store), torch.from_numpy(rows), progress=progress)
+    return out["p_approve"].numpy(), out["p_retry"].numpy()
 
 
 def load_truth(data_dir: Path, store: EventStore, grid: list[str]) -> pd.DataFrame | None:
@@ -174,9 +152,10 @@ def side_runs(
         if not trained_on(path, data_dir):
             log.warning("%s: skipped, trained on another log than %s", path, data_dir)
             continue
-        net, spec = load_network(path)
-        p, _ = predict(net, run_store(vlog, spec), test)
-        out[name] = {"p": p, "params": n_params(net), "run_dir": str(path)}
+        with stage(log, f"{name} ({path}): point-in-time store and scoring"):
+            run = TrainedRun.load(path)
+            p, _ = predict(run.net, run.build_store(vlog), test, progress=name)
+        out[name] = {"p": p, "params": n_params(run.net), "run_dir": str(path)}
     return out
 
 
@@ -188,22 +167,26 @@ def evaluate(
     variants: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
     """`variants`: name -> run dir of the same network at another size (rows
-    `transformer_<name>`); `ablations`: name -> run dir of an ablation (`ablation_<name>`)."""
+    `transformer_<name>`); `ablations`: name -> run dir of an ablation (`ablation_<name>`).
+    Each stage logs its time."""
     started = time.perf_counter()
-    net, spec = load_network(run_dir)
-    vlog = load_log(data_dir)
-    store = run_store(vlog, spec)
-    grid = [str(g) for g in spec["store"]["delay_grid"]]
-    grid_s = grid_seconds(grid)
-    test = store.rows(TEST)
-    y = store.approved[test]
-    truth = load_truth(Path(data_dir), store, grid)
+    with stage(log, "log, run and point-in-time store"):
+        trained = TrainedRun.load(run_dir)
+        vlog = load_log(data_dir)
+        store = trained.build_store(vlog)
+        grid = [str(g) for g in trained.spec["store"]["delay_grid"]]
+        grid_s = grid_seconds(grid)
+        test = store.rows(TEST)
+        y = store.approved[test]
+        truth = load_truth(Path(data_dir), store, grid)
 
-    p_model, curves_model = predict(net, store, test)
+    with stage(log, f"transformer: scoring {len(test):,} test attempts"):
+        p_model, curves_model = predict(trained.net, store, test, progress="transformer")
     approval: dict[str, dict[str, Any]] = {
-        "transformer": approval_metrics(p_model, y) | {"params": n_params(net)}
+        "transformer": approval_metrics(p_model, y) | {"params": n_params(trained.net)}
     }
-    approval["base_rate"] = approval_metrics(base_rate(store, store.rows(TRAIN))[test], y)
+    with stage(log, "base rate"):
+        approval["base_rate"] = approval_metrics(base_rate(store, store.rows(TRAIN))[test], y)
     retry_curves: dict[str, np.ndarray] = {"transformer": curves_model}
     p_test = {"transformer": p_model}  # approval p of the test rows, of the retry policies
     if baselines is not None:
@@ -213,10 +196,10 @@ def evaluate(
                 retry_curves[name] = curves[test]
                 p_test[name] = p_all[test]
     for prefix, runs in (("transformer_", variants), ("ablation_", ablations)):
-        for name, run in side_runs(vlog, Path(data_dir), test, runs or {}).items():
-            approval[prefix + name] = approval_metrics(run["p"], y) | {
-                "params": run["params"],
-                "run_dir": run["run_dir"],
+        for name, side in side_runs(vlog, Path(data_dir), test, runs or {}).items():
+            approval[prefix + name] = approval_metrics(side["p"], y) | {
+                "params": side["params"],
+                "run_dir": side["run_dir"],
             }
     if truth is not None:
         approval["oracle"] = approval_metrics(truth["p_approve"].to_numpy()[test], y)
@@ -236,26 +219,25 @@ def evaluate(
     if truth is None:
         result["retry"] = {"note": "no truth.parquet: retry policies need the simulator's truth"}
     elif len(declined):
-        p_true = np.stack([truth[truth_column(g)].to_numpy()[declined] for g in grid], axis=1)
-        code = frame["response_code"].to_numpy(str)[declined]
-        network = frame["network"].to_numpy(str)[declined]
-        history = rule_view(frame)
-        # the immediate 3-D Secure retries the log holds (in the test split: they are later)
-        retry_3ds = logged_3ds_retries(frame, history, declined)
-        in_test = np.full(len(frame), -1)
-        in_test[test] = np.arange(len(test))
-        at = np.where(retry_3ds >= 0, in_test[retry_3ds], -1)
-        possible = at >= 0
-        p_3ds = {name: np.where(possible, p[at], np.nan) for name, p in p_test.items()}
-        p_3ds["oracle"] = np.where(possible, truth["p_approve"].to_numpy()[retry_3ds], np.nan)
-        result["retry"] = {
-            "declines": int(len(declined)),
-            "grid": grid,
-            "now_with_3ds_declines": int(possible.sum()),
-            "policies": compare_policies(
+        with stage(log, f"retry policies: network rules for {len(declined):,} test declines"):
+            p_true = np.stack([truth[truth_column(g)].to_numpy()[declined] for g in grid], axis=1)
+            code = frame["response_code"].to_numpy(str)[declined]
+            network = frame["network"].to_numpy(str)[declined]
+            history = rule_view(frame)
+            # the immediate 3-D Secure retries the log holds (in the test split: they are later)
+            retry_3ds = logged_3ds_retries(frame, history, declined)
+            in_test = np.full(len(frame), -1)
+            in_test[test] = np.arange(len(test))
+            at = np.where(retry_3ds >= 0, in_test[retry_3ds], -1)
+            possible = at >= 0
+            p_3ds = {name: np.where(possible, p[at], np.nan) for name, p in p_test.items()}
+            p_3ds["oracle"] = np.where(possible, truth["p_approve"].to_numpy()[retry_3ds], np.nan)
+            allowed = allowed_matrix(frame, history, declined, grid_s)
+        with stage(log, f"retry policies: {len(retry_curves)} models, rules and the oracle"):
+            policies = compare_policies(
                 {k: v[pos] for k, v in retry_curves.items()},
                 p_true,
-                allowed_matrix(frame, history, declined, grid_s),
+                allowed,
                 frame["amount"].to_numpy()[declined],
                 code,
                 network,
@@ -264,7 +246,12 @@ def evaluate(
                 grid_s,
                 p_now_3ds=p_3ds,
                 three_ds_possible=possible,
-            ),
+            )
+        result["retry"] = {
+            "declines": int(len(declined)),
+            "grid": grid,
+            "now_with_3ds_declines": int(possible.sum()),
+            "policies": policies,
         }
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result

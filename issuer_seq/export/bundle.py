@@ -32,10 +32,10 @@ from issuer_seq.export.onnx_export import DEFAULT_OPSET, export_onnx
 from issuer_seq.export.parity import PROVIDER, check_parity, onnx_session, write_sample
 from issuer_seq.export.quantize import INT8_FILE, Int8Criteria, int8_variant
 from issuer_seq.export.signature import input_specs, output_specs
-from issuer_seq.export.trained_run import TrainedRun, load_run
 from issuer_seq.export.triton import MODEL_NAME, TritonSettings, write_repository
 from issuer_seq.export.validation import ValidationData, load_validation
 from issuer_seq.serve.scorer import FORMAT_VERSION
+from issuer_seq.train.trained_run import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def export_bundle(settings: ExportSettings) -> dict[str, Any]:
         raise IssuerSeqError("model_version must be >= 1 (Triton's version folder)")
     target = Path(settings.artifact_dir)
     _check_target(target)  # before minutes of work, not after
-    run = load_run(settings.run_dir)
+    run = TrainedRun.load(settings.run_dir)
     data_dir = str(settings.data_dir) if settings.data_dir else None
     log.info("rebuilding the validation rows of %s", data_dir or run.data_dir)
     data = load_validation(run, data_dir, settings.parity_rows, settings.seed)

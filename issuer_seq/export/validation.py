@@ -16,8 +16,8 @@ import torch
 from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.store import VAL, StoreConfig, build_store
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.export.trained_run import TrainedRun
 from issuer_seq.schema import load_log
+from issuer_seq.train.trained_run import TrainedRun
 
 Feeds = dict[str, np.ndarray]
 

@@ -89,30 +89,18 @@ class IssuerSeqModule(pl.LightningModule):
         self.retry_loss_weight = retry_loss_weight
         self.retry_propensity_weighting = retry_propensity_weighting
         self.max_retry_weight = max_retry_weight
-        self.metrics = nn.ModuleDict({s: approval_metrics(f"{s}/") for s in ("val", "test")})
-        self.retry_metrics = nn.ModuleDict(
-            {
-                s: torchmetrics.MetricCollection(
-                    {"logloss": LogLoss(), "auroc": torchmetrics.classification.BinaryAUROC()},
-                    prefix=f"{s}/retry_",
-                )
-                for s in ("val", "test")
-            }
+        self.val_metrics = approval_metrics("val/")
+        self.val_retry_metrics = torchmetrics.MetricCollection(
+            {"logloss": LogLoss(), "auroc": torchmetrics.classification.BinaryAUROC()},
+            prefix="val/retry_",
         )
-
-        self._retry_seen = {"val": False, "test": False}
+        self._retry_seen = False
 
     # -- data -----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self.store.to(self.device)
 
     def on_validation_start(self) -> None:
-        self.store.to(self.device)
-
-    def on_test_start(self) -> None:
-        self.store.to(self.device)
-
-    def on_predict_start(self) -> None:
         self.store.to(self.device)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> dict[str, Tensor]:
@@ -150,45 +138,24 @@ class IssuerSeqModule(pl.LightningModule):
         )
         return loss
 
-    def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         approval_loss, _, approval_logit, retry_logit, observed = self.losses(batch)
         p = torch.sigmoid(approval_logit / self.net.approval_temperature)
-        self.metrics[split].update(p, batch["approved"].long())
+        self.val_metrics.update(p, batch["approved"].long())
         if observed.any():
             pr = torch.sigmoid(retry_logit[observed] / self.net.retry_temperature)
-            self.retry_metrics[split].update(pr, batch["retry_success"][observed].long())
-            self._retry_seen[split] = True
-        self.log(
-            f"{split}/loss",
-            approval_loss,
-            batch_size=len(p),
-            prog_bar=split == "val",
-            sync_dist=True,
-        )
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def _log_epoch(self, split: str) -> None:
-        values = self.metrics[split].compute()
-        self.metrics[split].reset()
-        if self._retry_seen[split]:
-            values.update(self.retry_metrics[split].compute())
-        self.retry_metrics[split].reset()
-        self._retry_seen[split] = False
-        self.log_dict(values, prog_bar=split == "val", sync_dist=True)
+            self.val_retry_metrics.update(pr, batch["retry_success"][observed].long())
+            self._retry_seen = True
+        self.log("val/loss", approval_loss, batch_size=len(p), prog_bar=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> tuple[Tensor, Tensor]:
-        return self.net(batch)
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        if self._retry_seen:
+            values.update(self.val_retry_metrics.compute())
+        self.val_retry_metrics.reset()
+        self._retry_seen = False
+        self.log_dict(values, prog_bar=True, sync_dist=True)
 
     # -- optimization ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

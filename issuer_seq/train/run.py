@@ -1,8 +1,9 @@
-"""The training entry: log -> store -> Lightning fit -> calibration -> metrics and artifacts.
+"""The training entry: fit -> finalize (best checkpoint, calibration, metrics) -> save.
 
 Writes to `run_dir`: `checkpoints/` (best and last), `config.yaml` (resolved), `metrics.json`,
-and the calibrated network for export and evaluation (`model.pt` + `model_spec.json`).
-Returns the validation log loss, which sweeps minimize.
+and the calibrated network for export and evaluation (`model.pt` + `model_spec.json`; see
+`trained_run.py`). Returns the validation log loss, which sweeps minimize. The Hydra config
+stays in `commands/train.py`, which builds the parts and passes them here.
 """
 
 from __future__ import annotations
@@ -10,32 +11,29 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from lightning_utilities.core import rank_zero
+from pytorch_lightning.loggers import Logger
 from torchmetrics.classification import BinaryAUROC
 
 from issuer_seq.baselines.base_rate import base_rate
 from issuer_seq.data.batches import DeviceStore, input_names
 from issuer_seq.data.datamodule import IssuerSeqDataModule
-from issuer_seq.data.store import (
-    TEST,
-    TRAIN,
-    VAL,
-    EventStore,
-    StoreConfig,
-    build_store,
-    summarize_store,
-)
+from issuer_seq.data.store import TEST, TRAIN, VAL, EventStore, summarize_store
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.model.network import IssuerSeqNet
-from issuer_seq.schema import load_log
-from issuer_seq.train.calibrate import calibrate, collect_logits
+from issuer_seq.train.calibrate import calibrate
+from issuer_seq.train.infer import infer, observed_retries
 from issuer_seq.train.module import IssuerSeqModule, LogLoss, approval_metrics
+from issuer_seq.train.trained_run import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +64,106 @@ class Throughput(pl.Callback):
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
 
+class _DropTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Without the notices Lightning prints on every run that no user of this entry can act
+    on: an advert for its cloud logger (the Trainer's tip), the advice to add DataLoader
+    workers (a batch is one indexing op on a row tensor; the gather runs in the module, on the
+    device), the note that `on_after_batch_transfer` of the module wins over the DataModule
+    (that is the design: the module gathers) and a deprecation inside Lightning's own code."""
+    tip = _DropTip()
+    rank_zero.log.addFilter(tip)
+    try:
+        with warnings.catch_warnings():
+            for message in (
+                r".*does not have many workers",
+                r"You have overridden `on_after_batch_transfer`",
+                r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+            ):
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        rank_zero.log.removeFilter(tip)
+
+
+@dataclass
+class Fitted:
+    trainer: pl.Trainer
+    best_checkpoint: Path
+    seconds: float
+    samples_per_s: float  # over all processes
+
+
+def fit(
+    module: IssuerSeqModule,
+    datamodule: IssuerSeqDataModule,
+    run_dir: Path,
+    trainer_options: Mapping[str, Any],
+    logger: Logger | None = None,
+    resume: bool = False,
+) -> Fitted:
+    """Lightning's fit, checkpointing the best (validation log loss) and the last epoch into
+    `run_dir/checkpoints`; `resume` continues from the last. `trainer_options`: keyword
+    arguments of `pl.Trainer` (conf/trainer/)."""
+    ckpt_dir = run_dir / "checkpoints"
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor="val/logloss", mode="min", save_last=True
+    )
+    throughput = Throughput()
+    with _quiet_lightning():
+        trainer = pl.Trainer(
+            **trainer_options,
+            logger=logger if logger is not None else False,
+            callbacks=[checkpoint, throughput],
+            default_root_dir=str(run_dir),
+            use_distributed_sampler=False,
+        )
+    ckpt_path = None
+    if resume:
+        last = ckpt_dir / "last.ckpt"
+        if not last.exists():
+            raise IssuerSeqError(f"resume=true but {last} does not exist")
+        ckpt_path = str(last)
+        log.info("resuming from %s", last)
+    elif ckpt_dir.exists():
+        # A fresh run into a used run_dir: old checkpoints would make Lightning write
+        # best-v1.ckpt beside them and leave a stale best.ckpt behind.
+        stale = sorted(ckpt_dir.glob("*.ckpt"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d checkpoint(s) of an earlier run in %s", len(stale), ckpt_dir)
+    started = time.perf_counter()
+    with _quiet_lightning():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return Fitted(
+        trainer=trainer,
+        best_checkpoint=Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt"),
+        seconds=time.perf_counter() - started,
+        samples_per_s=throughput.rate() * trainer.world_size,
+    )
+
+
 def split_metrics(net: IssuerSeqNet, store: DeviceStore, rows: torch.Tensor) -> dict[str, Any]:
     """Calibrated approval metrics and retry-head metrics of one split."""
-    out = collect_logits(net, store, rows)
+    out = infer(net, store, rows)
     p = torch.sigmoid(out["approval"] / net.approval_temperature.cpu())
     approval = approval_metrics("", sync=False)
     approval.update(p, out["approved"].long())
     result = {"approval": {k: float(v) for k, v in approval.compute().items()}}
-    retry: dict[str, float | int] = {"observed": int(len(out["retry"]))}
-    if len(out["retry"]) and 0 < float(out["success"].mean()) < 1:
-        pr = torch.sigmoid(out["retry"] / net.retry_temperature.cpu())
+    observed = observed_retries(out)
+    retry: dict[str, float | int] = {"observed": int(len(observed["retry"]))}
+    if len(observed["retry"]) and 0 < float(observed["success"].mean()) < 1:
+        pr = torch.sigmoid(observed["retry"] / net.retry_temperature.cpu())
         loss = LogLoss(sync_on_compute=False)
-        loss.update(pr, out["success"])
+        loss.update(pr, observed["success"])
         auroc = BinaryAUROC(sync_on_compute=False)
-        auroc.update(pr, out["success"].long())
+        auroc.update(pr, observed["success"].long())
         retry.update(logloss=float(loss.compute()), auroc=float(auroc.compute()))
     result["retry"] = retry
     return result
@@ -97,127 +181,84 @@ def base_rate_metrics(store: EventStore, datamodule: IssuerSeqDataModule) -> dic
     return out
 
 
-def net_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(kwargs, dict)
-    kwargs.pop("_target_", None)
-    return {str(k): v for k, v in kwargs.items()}
+def finalize(
+    net: IssuerSeqNet,
+    store: DeviceStore,
+    datamodule: IssuerSeqDataModule,
+    fitted: Fitted,
+) -> dict[str, Any]:
+    """Load the best checkpoint into `net`, calibrate it on validation; the run's metrics
+    (`metrics.json` but its `dataset`). Runs on the device that trained (on a GPU, seconds
+    rather than minutes), and leaves `net` and `store` on the CPU."""
+    state = torch.load(fitted.best_checkpoint, map_location="cpu", weights_only=False)
+    net.load_state_dict(
+        {k[len("net.") :]: v for k, v in state["state_dict"].items() if k.startswith("net.")}
+    )
+    device = fitted.trainer.strategy.root_device
+    net.to(device).eval()
+    store.to(device)
+    val_rows = torch.from_numpy(datamodule.split_rows[VAL])
+    test_rows = torch.from_numpy(datamodule.split_rows[TEST])
+    temperatures = calibrate(net, store, val_rows)
+    val = split_metrics(net, store, val_rows)
+    test = split_metrics(net, store, test_rows)
+    net.cpu()
+    store.to("cpu")
+    trainer = fitted.trainer
+    return {
+        "approval": {"val": val["approval"], "test": test["approval"]},
+        "base_rate": base_rate_metrics(datamodule.store, datamodule),
+        "retry": {"val": val["retry"], "test": test["retry"]},
+        "calibration": temperatures,
+        "training": {
+            "best_checkpoint": fitted.best_checkpoint.name,
+            "epochs": int(trainer.current_epoch),
+            "steps": int(trainer.global_step),
+            "fit_seconds": round(fitted.seconds, 1),
+            "train_samples_per_s": round(fitted.samples_per_s, 1),
+            "parameters": sum(p.numel() for p in net.parameters()),
+        },
+    }
 
 
-def train(cfg: DictConfig, store: EventStore | None = None) -> float:
-    """Fit, calibrate and evaluate; `store` (built from cfg.data_dir) saves rebuilding it."""
+def train(
+    module: IssuerSeqModule,
+    datamodule: IssuerSeqDataModule,
+    run_dir: Path,
+    net_kwargs: Mapping[str, Any],
+    config: str,
+    trainer_options: Mapping[str, Any],
+    logger: Logger | None = None,
+    resume: bool = False,
+) -> float:
+    """Fit `module` on `datamodule`'s splits, finalize and save the run into `run_dir`; the
+    calibrated validation log loss. `net_kwargs`: the network's constructor arguments but the
+    vocabulary sizes and delay count (model_spec.json's `net`); `config`: the resolved
+    configuration as YAML (config.yaml)."""
     started = time.perf_counter()
-    run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(int(cfg.seed), workers=True)
-
-    if store is None:
-        store = build_store(load_log(cfg.data_dir), StoreConfig.from_json(cfg.data))
+    store: EventStore = datamodule.store
     summary = summarize_store(store)
     log.info("dataset: %s", json.dumps({k: summary[k] for k in ("train", "val", "test")}))
     if len(store.rows(VAL)) == 0 or len(store.rows(TEST)) == 0:
         raise IssuerSeqError("the log is too short for a train/val/test split by time")
 
-    n_delays = len(store.config.delay_grid)
-    net: IssuerSeqNet = hydra.utils.instantiate(
-        cfg.model, vocab_sizes=store.vocab.sizes(), n_delays=n_delays
-    )
-    device_store = DeviceStore(store)
-    module = IssuerSeqModule(
-        net,
-        device_store,
-        optimizer=hydra.utils.instantiate(cfg.optimizer),
-        warmup_steps=int(cfg.warmup_steps),
-        retry_loss_weight=float(cfg.retry_loss_weight),
-        retry_propensity_weighting=bool(cfg.retry_propensity_weighting),
-    )
-    datamodule = IssuerSeqDataModule(
-        store,
-        batch_size=int(cfg.data.batch_size),
-        eval_batch_size=int(cfg.data.eval_batch_size),
-        max_train_examples=cfg.data.max_train_examples,
-        max_eval_examples=cfg.data.max_eval_examples,
-        seed=int(cfg.seed),
-    )
-    ckpt_dir = run_dir / "checkpoints"
-    checkpoint = pl.callbacks.ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/logloss", mode="min", save_last=True
-    )
-    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
-    throughput = Throughput()
-    trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),  # type: ignore[arg-type]
-        logger=logger,
-        callbacks=[checkpoint, throughput],
-        default_root_dir=str(run_dir),
-        use_distributed_sampler=False,
-    )
-    if logger:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    ckpt_path = None
-    if cfg.resume:
-        last = ckpt_dir / "last.ckpt"
-        if not last.exists():
-            raise IssuerSeqError(f"resume=true but {last} does not exist")
-        ckpt_path = str(last)
-        log.info("resuming from %s", last)
-    elif ckpt_dir.exists():
-        # A fresh run into a used run_dir: old checkpoints would make Lightning write
-        # best-v1.ckpt beside them and leave a stale best.ckpt behind.
-        stale = sorted(ckpt_dir.glob("*.ckpt"))
-        for path in stale:
-            path.unlink(missing_ok=True)
-        if stale:
-            log.info("removed %d checkpoint(s) of an earlier run in %s", len(stale), ckpt_dir)
-    fit_started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    fit_seconds = time.perf_counter() - fit_started
-    if not trainer.is_global_zero:
+    fitted = fit(module, datamodule, run_dir, trainer_options, logger, resume)
+    if not fitted.trainer.is_global_zero:
         return float("nan")
-
-    best = checkpoint.best_model_path or str(ckpt_dir / "last.ckpt")
-    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-    net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
-    # Calibrate and score on the device that trained (on a GPU, seconds rather than minutes).
-    device = trainer.strategy.root_device
-    net.to(device).eval()
-    device_store.to(device)
-    val_rows = torch.from_numpy(datamodule.split_rows[VAL])
-    test_rows = torch.from_numpy(datamodule.split_rows[TEST])
-    temperatures = calibrate(net, device_store, val_rows)
-    val = split_metrics(net, device_store, val_rows)
-    test = split_metrics(net, device_store, test_rows)
-    net.cpu()
-    device_store.to("cpu")
-    reference = base_rate_metrics(store, datamodule)
-    metrics = {
-        "approval": {"val": val["approval"], "test": test["approval"]},
-        "base_rate": reference,
-        "retry": {"val": val["retry"], "test": test["retry"]},
-        "calibration": temperatures,
-        "training": {
-            "best_checkpoint": Path(best).name,
-            "epochs": int(trainer.current_epoch),
-            "steps": int(trainer.global_step),
-            "fit_seconds": round(fit_seconds, 1),
-            "train_samples_per_s": round(throughput.rate() * trainer.world_size, 1),
-            "parameters": sum(p.numel() for p in net.parameters()),
-        },
-        "dataset": summary,
-    }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    torch.save(net.state_dict(), run_dir / "model.pt")
+    net = module.net
+    metrics = finalize(net, module.store, datamodule, fitted)
+    metrics["dataset"] = summary
     spec = {
-        "net": net_kwargs(cfg) | {"n_delays": n_delays},
+        "net": dict(net_kwargs) | {"n_delays": len(store.config.delay_grid)},
         "vocab": store.vocab.to_json(),
         "store": store.config.to_json(),
         "inputs": input_names(),
-        "calibration": temperatures,
+        "calibration": metrics["calibration"],
     }
-    (run_dir / "model_spec.json").write_text(json.dumps(spec, indent=2))
+    TrainedRun(path=run_dir, net=net, spec=spec, metrics=metrics, config=config).save()
     _print_summary(metrics, run_dir, time.perf_counter() - started)
-    return float(val["approval"]["logloss"])
+    return float(metrics["approval"]["val"]["logloss"])
 
 
 def _print_summary(metrics: dict[str, Any], run_dir: Path, seconds: float) -> None:
