@@ -19,6 +19,7 @@ PACKAGE = Path(issuer_seq.__file__).parent
 RANKS: dict[str, int] = {
     "errors": 0,
     "timestamps": 0,
+    "progress": 0,
     "delays": 1,
     "rules": 1,
     "schema": 2,
