@@ -76,7 +76,6 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
     )
     assert vs["transformer_p99_over_lightgbm_p99"]["onnx_fp32"] == round(p99, 3)
     assert set(vs["transformer_p99_over_lightgbm_p99"]) >= {"onnx_fp32", "transformer_tiny"}
-    assert vs["target"] == 2.0 and vs["target_met"] == (vs["best"] <= 2.0)
     assert vs["best"] == min(vs["transformer_p99_over_lightgbm_p99"].values())
     # where the time goes, per stage
     stages = bench["scorers"]["stages"]
@@ -111,7 +110,13 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
     )
     # every target of conf/bench.yaml, its measurement and its verdict
     assert bench["targets"] == {
-        "scorer_p99_vs_lightgbm": {"measured": vs["best"], "at_most": 2.0, "met": vs["target_met"]},
+        "scorer_p99_vs_lightgbm": {
+            "measured": vs["best"],
+            "at_most": 1.0,
+            "met": vs["best"] <= 1.0,
+            "ceiling": 1.5,
+            "within_ceiling": vs["best"] <= 1.5,
+        },
         "sequence_build_speedup": {
             "measured": seq["speedup"],
             "at_least": 20.0,

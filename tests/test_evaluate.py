@@ -250,15 +250,28 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     assert diff["logloss"]["difference"] == pytest.approx(whole["gap_contribution"], abs=2e-5)
 
 
-def test_side_runs_of_another_log_are_recognised(tmp_path: Path) -> None:
-    from issuer_seq.evaluate.run import trained_on
+def test_side_runs_of_another_log_or_unusable_are_skipped(
+    tiny_bundle: tuple[Path, Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
 
-    run = tmp_path / "run_tiny"
-    run.mkdir()
-    assert trained_on(run, tmp_path / "data")  # no config.yaml: cannot tell, included
-    (run / "config.yaml").write_text(f"data_dir: {tmp_path / 'data'}\n")
-    assert trained_on(run, tmp_path / "data" / ".." / "data")
+    data, tiny_run, _ = tiny_bundle
+
+    from issuer_seq.evaluate.run import side_runs, trained_on
+    from issuer_seq.train.trained_run import TrainedRun
+
+    run = TrainedRun.load(tiny_run)
+    assert trained_on(run, Path(run.data_dir) / ".." / Path(run.data_dir).name)
     assert not trained_on(run, tmp_path / "other")
+    stale = tmp_path / "stale"
+    shutil.copytree(tiny_run, stale, ignore=shutil.ignore_patterns("checkpoints"))
+    (stale / "metrics.json").unlink()
+    vlog = load_log(data)
+    with caplog.at_level("WARNING"):
+        out = side_runs(vlog, tmp_path / "other", np.arange(3), {"a": tiny_run, "b": stale})
+    assert out == {}
+    assert set(side_runs(vlog, data, np.arange(3), {"a": tiny_run, "b": stale})) == {"a"}
+    assert "trained on another log" in caplog.text and "not a finished training run" in caplog.text
 
 
 def test_ceiling_script_fits_outcomes_and_truth(sim_dir: Path, tmp_path: Path) -> None:

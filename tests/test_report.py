@@ -30,18 +30,23 @@ def test_lightgbm_latency_joins_its_accuracy_row(tmp_path: Path) -> None:
     bench = {
         "scorers": {
             "arms": {"onnx_fp32": _arm("transformer", 1.0), "lightgbm": _arm("lightgbm", 0.2)},
-            "vs_lightgbm": {
-                "transformer_p99_over_lightgbm_p99": {"onnx_fp32": 5.0},
-                "target": 2.0,
-                "target_met": False,
-            },
-        }
+            "vs_lightgbm": {"transformer_p99_over_lightgbm_p99": {"onnx_fp32": 5.0}},
+        },
+        "targets": {
+            "scorer_p99_vs_lightgbm": {
+                "measured": 5.0,
+                "at_most": 1.0,
+                "met": False,
+                "ceiling": 1.5,
+                "within_ceiling": False,
+            }
+        },
     }
     rows = {r["model"]: r for r in model_table(evaluation, bench)}
     assert set(rows) == {"transformer (onnx_fp32)", "lightgbm"}  # not "transformer (lightgbm)"
     assert rows["lightgbm"]["p99_ms"] == 0.2 and rows["lightgbm"]["logloss"] == 0.32
     assert latency_chart(list(rows.values()), tmp_path / "chart.png") is not None
-    assert "target of at most 2x is not met" in serving_notes(bench)[0]
+    assert "at most 1x is not met (above the ceiling of 1.5x)" in serving_notes(bench)[0]
 
 
 def test_size_variants_get_their_own_row_and_point(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 
 from issuer_seq.baselines.base_rate import base_rate
 from issuer_seq.baselines.dataset import next_attempt
@@ -132,11 +131,9 @@ def n_params(net: IssuerSeqNet) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def trained_on(run: Path, data_dir: Path) -> bool:
-    """Was the run trained on this log (its config.yaml's data_dir)? Unknown counts as yes."""
-    config = run / "config.yaml"
-    theirs = OmegaConf.load(config).get("data_dir") if config.exists() else None
-    return theirs is None or Path(theirs).resolve() == Path(data_dir).resolve()
+def trained_on(run: TrainedRun, data_dir: Path) -> bool:
+    """Was the run trained on this log (its config's data_dir)? Unknown counts as yes."""
+    return not run.data_dir or Path(run.data_dir).resolve() == Path(data_dir).resolve()
 
 
 def side_runs(
@@ -149,11 +146,15 @@ def side_runs(
         path = Path(path)
         if not (path / "model_spec.json").exists():
             continue
-        if not trained_on(path, data_dir):
+        try:
+            run = TrainedRun.load(path)
+        except IssuerSeqError as err:  # a stale or unfinished side run never sinks the rest
+            log.warning("%s: skipped: %s", path, err)
+            continue
+        if not trained_on(run, data_dir):
             log.warning("%s: skipped, trained on another log than %s", path, data_dir)
             continue
         with stage(log, f"{name} ({path}): point-in-time store and scoring"):
-            run = TrainedRun.load(path)
             p, _ = predict(run.net, run.build_store(vlog), test, progress=name)
         out[name] = {"p": p, "params": n_params(run.net), "run_dir": str(path)}
     return out

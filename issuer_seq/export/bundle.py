@@ -34,7 +34,7 @@ from issuer_seq.export.quantize import INT8_FILE, Int8Criteria, int8_variant
 from issuer_seq.export.signature import input_specs, output_specs
 from issuer_seq.export.triton import MODEL_NAME, TritonSettings, write_repository
 from issuer_seq.export.validation import ValidationData, load_validation
-from issuer_seq.serve.scorer import FORMAT_VERSION
+from issuer_seq.serve.bundle import FORMAT_VERSION
 from issuer_seq.train.trained_run import TrainedRun
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The feature schema (inputs in order with dtype and shape, vocabularies, numeric transforms,
 special ids) is what the scorer reads to build inputs; the checksums let it verify the
-bundle it loaded. Format changes that break readers bump serve/scorer.py FORMAT_VERSION.
+bundle it loaded. Format changes that break readers bump serve/bundle.py FORMAT_VERSION.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import issuer_seq
 from issuer_seq import features as F
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.export.signature import TensorSpec
-from issuer_seq.serve.scorer import MANIFEST
+from issuer_seq.serve.bundle import MANIFEST
 
 #: how each numeric input is computed (features.numeric / features.relative_features);
 #: `ts` is the attempt's time in whole UTC epoch seconds

@@ -37,7 +37,7 @@ from issuer_seq.serve.advice import (
     allowed_retries,
     three_ds_now_allowed,
 )
-from issuer_seq.serve.bundle import FORMAT_VERSION, MANIFEST, BundleError, verify_bundle
+from issuer_seq.serve.bundle import BundleError, verify_bundle
 from issuer_seq.serve.inputs import (
     Event,
     Window,
@@ -269,5 +269,4 @@ class Scorer:
                 raise StateUnavailable(f"writing {stream} {key}: {exc!r}") from exc
 
 
-# FORMAT_VERSION, MANIFEST: where export/ reads them (serve/bundle.py owns them)
-__all__ = ["FORMAT_VERSION", "MANIFEST", "BundleError", "RetryAdvice", "Scorer", "verify_bundle"]
+__all__ = ["BundleError", "RetryAdvice", "Scorer", "verify_bundle"]
