@@ -195,11 +195,13 @@ def _normalise(given: pd.DataFrame) -> pd.DataFrame:
         # Text that is not a number becomes NaN, which `_propensity` reports.
         prop = pd.to_numeric(given["policy_propensity"], errors="coerce")
         df["policy_propensity"] = prop.astype("float64")
-    df["attempt"] = given["attempt"].astype("int64")
+    # Nulls (reported by `_nulls`) stay missing in nullable dtypes, so that every other check
+    # still runs and the log's problems are reported at once.
+    df["attempt"] = given["attempt"].astype("Int64" if given["attempt"].hasnans else "int64")
     for c in _STRING_COLUMNS:
         df[c] = _to_str(given[c])
     for c in ("is_recurring", "three_ds"):
-        df[c] = given[c].astype(bool)
+        df[c] = given[c].astype("boolean" if given[c].hasnans else bool)
     return df
 
 
@@ -248,7 +250,8 @@ def _flagged(
     frame: pd.DataFrame, mask: np.ndarray | pd.Series, column: str, what: str
 ) -> list[str]:
     """The message "column 'c' has N <what>: row i: value; ..." when `mask` flags any row."""
-    mask = np.asarray(mask)
+    # a missing value (NA, reported by `_nulls`) flags nothing here
+    mask = np.asarray(pd.Series(mask).fillna(False), dtype=bool)
     if not mask.any():
         return []
     return [f"column '{column}' has {int(mask.sum())} {what}: " + _examples(frame, mask, column)]
@@ -396,7 +399,7 @@ def _payments_mixing(column: str) -> Callable[[_Log], list[str]]:
 def _retries_before_previous(log: _Log) -> list[str]:
     if log.shared_attempts.any():
         return []  # the order of a payment's attempts is not defined (reported above)
-    df = log.df
+    df = log.df[log.df["attempt"].notna()]  # a missing number orders nothing (`_nulls`)
     ordered = df.sort_values(["payment_id", "attempt"], kind="stable")
     earlier = ordered.groupby("payment_id", sort=False)["ts"].diff() < pd.Timedelta(0)
     if not earlier.any():

@@ -334,3 +334,19 @@ def test_warnings_come_in_the_order_of_the_table() -> None:
         "1 card(s) appear with several issuer_id values (e.g. c2)",
         "rows were not sorted by time; sorted by ts (stable)",
     ]
+
+
+def test_nulls_in_nullable_integer_and_boolean_columns_are_reported_with_the_rest() -> None:
+    """Parquet's nullable Int64 / boolean columns: a null is named, never a crash, and the
+    log's other problems are still reported beside it (and none is made up by the null)."""
+    df = handmade_rows()
+    df["attempt"] = pd.array([1, None, 1, 2, 1, 1], dtype="Int64")
+    df["three_ds"] = pd.array([True, None, False, True, True, False], dtype="boolean")
+    df.loc[0, "amount"] = -1.0
+    with pytest.raises(LogValidationError) as err:
+        validate(df)
+    assert err.value.problems == [
+        "column 'attempt' has 1 null value(s) (e.g. rows 1)",
+        "column 'three_ds' has 1 null value(s) (e.g. rows 1)",
+        "column 'amount' has 1 negative value(s): row 0: -1.0",
+    ]
