@@ -91,7 +91,7 @@ def test_every_config_composes() -> None:
     assert _compose("train", ["experiment=ablate_no_card"]).model.use_card is False
     assert _compose("train", ["experiment=long"]).trainer.max_epochs == 5
     quick = _compose("evaluate", []).baselines
-    assert list(quick.models) == ["lightgbm"] and quick.trials == 2
+    assert list(quick.models) == ["lightgbm"] and quick.trials == 1
     full = _compose("evaluate", ["search=full"]).baselines
     assert list(full.models) == ["lightgbm", "xgboost", "logistic"] and full.trials is None
     assert _compose("evaluate", ["search=full", "baselines.trials=3"]).baselines.trials == 3
