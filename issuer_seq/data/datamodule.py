@@ -52,9 +52,6 @@ class IssuerSeqDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> torch.utils.data.DataLoader[torch.Tensor]:
         return row_loader(self._shard(self.split_rows[VAL]), self.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> torch.utils.data.DataLoader[torch.Tensor]:
-        return row_loader(self._shard(self.split_rows[TEST]), self.eval_batch_size, shuffle=False)
-
 
 def _subsample(rows: np.ndarray, limit: int | None, rng: np.random.Generator) -> np.ndarray:
     """At most `limit` rows, drawn at random but kept in time order."""
