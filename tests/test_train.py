@@ -325,7 +325,8 @@ def test_cli_train_tiny_and_optuna_sweep(tiny_dir: Path, tmp_path: Path) -> None
     assert run.returncode == 0, run.stderr[-2000:]
     assert "test approval: AUROC" in run.stdout
     # none of the notices Lightning prints on every run, which no user could act on
-    for notice in ("litlogger", "many workers", "on_after_batch_transfer", "LeafSpec"):
+    notices = ("litlogger", "many workers", "on_after_batch_transfer", "LeafSpec", "configured so")
+    for notice in notices:
         assert notice not in run.stdout + run.stderr, notice
     sweep = _cli(
         "train",
