@@ -20,24 +20,9 @@ from fastapi.testclient import TestClient
 from issuer_seq.serve.app import create_app
 from issuer_seq.serve.service import ServeSettings
 from tests.redis_server import RedisServer
+from tests.test_serve_app import attempt
 
-ATTEMPT: dict[str, Any] = {
-    "ts": "2026-01-20T10:00:00Z",
-    "card_id": 4401,
-    "issuer_id": 3,
-    "merchant_id": 7,
-    "network": "visa",
-    "card_type": "debit",
-    "issuer_country": "DE",
-    "mcc": "5411",
-    "merchant_country": "DE",
-    "amount": 25.0,
-    "currency": "EUR",
-    "initiator": "MIT",
-    "is_recurring": False,
-    "three_ds": True,
-    "attempt": 1,
-}
+ATTEMPT = attempt(card_id=4401, initiator="MIT")
 DECLINE = {**ATTEMPT, "payment_id": "pay-4401", "response_code": "51", "advice_code": None}
 EARLIER = {**DECLINE, "ts": "2026-01-19T10:00:00Z", "payment_id": "pay-4400"}
 REQUESTS = [
