@@ -147,7 +147,7 @@ def test_cli_writes_the_bundle(exported: Exported) -> None:
 
 def test_manifest_describes_model_schema_and_checks(exported: Exported, run: TrainedRun) -> None:
     m = exported.manifest
-    assert m["format_version"] == 3
+    assert m["format_version"] == 4
     assert m["model"]["name"] == "issuer_seq" and m["model"]["version"] == 1
     assert (
         m["model"]["weights_sha256"]
@@ -181,6 +181,24 @@ def test_manifest_describes_model_schema_and_checks(exported: Exported, run: Tra
         parity["cases"]
     )
     assert parity["cases"]["short_histories"]["history"]["k_card"] < m["history"]["k_card"]
+    # the factored pair: both graphs listed and checksummed, chained parity on the same
+    # cases, the event graph alone at several sizes, and the cached state described
+    factored = m["factored"]
+    assert (factored["event"]["file"], factored["query"]["file"]) == (
+        "event_encoder.onnx",
+        "query.onnx",
+    )
+    assert {"event_encoder.onnx", "query.onnx"} <= set(m["files"])
+    chained = factored["parity"]
+    assert chained["passed"] and set(chained["cases"]) == set(parity["cases"])
+    assert set(chained["event_graph"]) == {"events_1", "events_7", "events_all"}
+    assert all(c["max_ratio"] <= 1 for c in chained["event_graph"].values())
+    state = factored["state"]
+    assert state["bytes_per_event"] == 4 * state["size"]
+    assert state["layout"]["hidden"] == [0, run.spec["net"]["d_model"]]
+    assert state["layout"]["day"][1] == state["size"]
+    assert [o["name"] for o in factored["event"]["outputs"]] == ["state"]
+    assert factored["event"]["outputs"][0]["shape"] == ["events", state["size"]]
 
 
 def test_manifest_sha256_match_every_file(exported: Exported, tmp_path: Path) -> None:
@@ -349,22 +367,32 @@ def test_fp16_variant_checks_out_without_a_gpu(exported: Exported) -> None:
 # --- Triton --------------------------------------------------------------------------------
 
 
-def test_triton_config_parses_and_matches_the_manifest(exported: Exported) -> None:
+@pytest.mark.parametrize(
+    ("model", "graph"),
+    [("issuer_seq", None), ("issuer_seq_event", "event"), ("issuer_seq_query", "query")],
+)
+def test_triton_config_parses_and_matches_the_manifest(
+    exported: Exported, model: str, graph: str | None
+) -> None:
+    """The whole network and the factored pair (two models: the state store sits between
+    them), each with the graph the manifest describes."""
     m = exported.manifest
-    root = exported.bundle / "triton" / "issuer_seq"
+    root = exported.bundle / "triton" / model
     config = text_format.Parse((root / "config.pbtxt").read_text(), mc.ModelConfig())
-    assert config.name == "issuer_seq" and config.platform == "onnxruntime_onnx"
+    assert config.name == model and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 256
     triton_type = {"int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32}
     sizes = {f"k_{s}": m["history"][f"k_{s}"] for s in F.STREAMS}
+    described = m["schema"] if graph is None else m["factored"][graph]
     for tensors, specs in (
-        (config.input, m["schema"]["inputs"]),
-        (config.output, m["schema"]["outputs"]),
+        (config.input, described["inputs"]),
+        (config.output, described["outputs"]),
     ):
         assert [t.name for t in tensors] == [s["name"] for s in specs]
         for t, s in zip(tensors, specs, strict=True):
             assert t.data_type == triton_type[s["dtype"]]
-            assert s["shape"][0] == "batch"  # implicit in Triton: max_batch_size > 0
+            # the batch (the event graph's events) is implicit in Triton: max_batch_size > 0
+            assert s["shape"][0] == ("events" if graph == "event" else "batch")
             rest = [d if isinstance(d, int) else sizes[d] for d in s["shape"][1:]]
             if rest:
                 assert list(t.dims) == rest and not t.HasField("reshape")
@@ -374,8 +402,10 @@ def test_triton_config_parses_and_matches_the_manifest(exported: Exported) -> No
     assert list(config.dynamic_batching.preferred_batch_size) == [16, 64]
     kinds = {g.kind for g in config.instance_group}
     assert kinds == {mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_GPU}
+    file = m["model"]["file"] if graph is None else m["factored"][graph]["file"]
     copy = root / str(m["model"]["version"]) / "model.onnx"
-    assert copy.read_bytes() == (exported.bundle / "model.onnx").read_bytes()
+    assert copy.read_bytes() == (exported.bundle / file).read_bytes()
+    assert model == m["triton"]["model"] or model in m["triton"]["factored_models"]
 
 
 # --- failures ------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ import shutil
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -19,7 +21,7 @@ from issuer_seq.errors import IssuerSeqError
 from issuer_seq.features import Vocab
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.schema import load_log
-from issuer_seq.serve.inputs import encode_event
+from issuer_seq.serve.inputs import encode_event, stream_key
 from issuer_seq.serve.scorer import BundleError, Scorer
 from issuer_seq.serve.service import ServeSettings, Service
 from issuer_seq.serve.state import MemoryStore
@@ -105,6 +107,59 @@ def test_replayed_log_scores_like_the_batch_pipeline(bundle: tuple[Path, Path, P
         got.append(scorer.score({**rec, "response_code": None, "advice_code": None}))
         scorer.observe(rec)
     np.testing.assert_allclose(np.array(got), expected, rtol=1e-3, atol=1e-5)
+
+
+def test_states_of_another_encoder_or_none_are_recomputed_not_zero(
+    bundle: tuple[Path, Path, Path], redis_url: str
+) -> None:
+    """A store filled without states (before they were kept, by a backfill) or by another
+    bundle's encoder scores exactly as one this scorer filled itself: each such state is
+    recomputed from the event's fields. Over Redis, states travel with the events."""
+    from issuer_seq.serve.state import RedisStore, keep_lengths
+
+    data, _, out = bundle
+    records = load_log(data).frame.head(600).to_dict("records")
+    own = Scorer(out)
+    bare = Scorer(out, store=MemoryStore(keep_lengths(own.ks)))
+    foreign = Scorer(out, store=MemoryStore(keep_lengths(own.ks)))
+    shared = Scorer(out, store=RedisStore.from_url(redis_url, keep_lengths(own.ks), prefix="st"))
+    assert shared.encoder == own.encoder and len(own.encoder) == 16
+    for rec in records:
+        own.observe(rec)
+        shared.observe(rec)
+        event = encode_event(own.vocab, rec)
+        assert event.state is None  # encoded without a state: what a backfill writes
+        wrong = np.full(own.state_size, 7.0, np.float32)
+        for stream in own.ks:
+            bare.store.append(stream, stream_key(stream, rec), event)
+            foreign.store.append(
+                stream, stream_key(stream, rec), replace(event, state=wrong, encoder="other")
+            )
+    later = [{**r, "ts": r["ts"] + pd.Timedelta(minutes=1)} for r in records[-40:]]
+    want = own.score_batch(later)
+    assert np.abs(want - 0.5).max() > 0  # not a constant
+    for scorer in (bare, foreign, shared):
+        np.testing.assert_allclose(scorer.score_batch(later), want, rtol=1e-6, atol=1e-7)
+    stored = shared.store.recent("card", stream_key("card", records[0]))
+    assert all(e.encoder == own.encoder and e.state.shape == (own.state_size,) for e in stored)
+
+
+def test_the_whole_graph_variant_scores_like_the_factored_pair(
+    bundle: tuple[Path, Path, Path],
+) -> None:
+    """`model_file` runs the whole network on every event's features (the int8 and fp16
+    variants are of that graph): it gives what the event and query graphs give."""
+    data, _, out = bundle
+    records = load_log(data).frame.head(300).to_dict("records")
+    factored, whole = Scorer(out), Scorer(out, model_file="model.onnx")
+    assert factored.factored and not whole.factored
+    got, want = [], []
+    for rec in records:
+        got.append(factored.score(rec))
+        want.append(whole.score(rec))
+        factored.observe(rec)
+        whole.observe(rec)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
 ATTEMPT = {

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from issuer_seq.baselines.online import LightGBMScorer, OnlineFeatures
 from issuer_seq.baselines.trees import LightGBMModel
-from issuer_seq.serve.inputs import build_inputs, encode_event
+from issuer_seq.serve.inputs import encode_event
 from issuer_seq.serve.scorer import Scorer
 from issuer_seq.timestamps import epoch_seconds
 
@@ -138,6 +138,54 @@ def batch_throughput(
     return out
 
 
+def observe_latency(
+    scorers: Mapping[str, ArmScorer], outcomes: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, float]]:
+    """`observe` of each outcome, timed per arm (in time order, after the scoring benches:
+    the arms' states move on from where the requests read them). The transformer's runs the
+    event graph and stores the state; LightGBM's updates its aggregates' state."""
+    out = {}
+    for name, scorer in scorers.items():
+        times = []
+        for rec in outcomes:
+            t0 = time.perf_counter()
+            scorer.observe(rec)
+            times.append(time.perf_counter() - t0)
+        out[name] = percentiles(times)
+    return out
+
+
+def state_costs(scorer: Scorer, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What a cached state costs: its bytes (in memory, and as a Redis member with its raw
+    fields) and how fast the event graph recomputes states in bulk (a new bundle's warm-up,
+    or a store filled before): events/s in batches of 1,024, one thread."""
+    from dataclasses import replace
+
+    from issuer_seq.serve.state import RedisStore
+
+    encoded = [encode_event(scorer.vocab, r) for r in events[:20_000]]
+    if not encoded:
+        return {"note": "no events"}
+    cat = np.array([e.cat for e in encoded], dtype=np.int64)
+    num = np.array([e.num for e in encoded], dtype=np.float32)
+    start = time.perf_counter()
+    for i in range(0, len(cat), 1024):
+        states = scorer.encode_states(cat[i : i + 1024], num[i : i + 1024])
+    seconds = time.perf_counter() - start
+    sample = [replace(e, state=states[0], encoder=scorer.encoder) for e in encoded[:200]]
+    member = np.mean([len(RedisStore._member(e, 0)) for e in sample])
+    bare = np.mean([len(RedisStore._member(e, 0)) for e in encoded[:200]])
+    return {
+        "state_floats": scorer.state_size,
+        "state_bytes": 4 * scorer.state_size,
+        "redis_member_bytes": round(float(member), 1),
+        "redis_member_bytes_without_state": round(float(bare), 1),
+        "recompute_events": len(cat),
+        "recompute_events_per_s": round(len(cat) / seconds, 1),
+        "recompute_seconds_per_million_events": round(seconds / len(cat) * 1e6, 1),
+    }
+
+
 def _stage_summary(stages: Mapping[str, Sequence[float]]) -> dict[str, Any]:
     total = sum(float(np.mean(v)) for v in stages.values())
     return {
@@ -161,7 +209,7 @@ def transformer_stages(scorer: Scorer, requests: Sequence[Mapping[str, Any]]) ->
         t1 = time.perf_counter()
         windows = scorer.windows([query], current)
         t2 = time.perf_counter()
-        inputs = build_inputs(current, windows, scorer.ks, scorer.lag_s)
+        inputs = scorer.inputs(current, windows)
         t3 = time.perf_counter()
         p = scorer.run(inputs)[0]
         t4 = time.perf_counter()
@@ -306,16 +354,18 @@ def bench_scorers(
     earlier = records[: len(records) - len(requests)]
     warm = warm_events(earlier, requests)
 
-    makers: dict[str, Callable[[], Scorer]] = {
-        "onnx_fp32": lambda: Scorer(bundle, threads=1),
-    }
     manifest = Scorer(bundle).manifest
+    whole = manifest["model"]["file"]
+    makers: dict[str, Callable[[], Scorer]] = {
+        "onnx_fp32": lambda: Scorer(bundle, threads=1),  # the event and query graphs
+        "onnx_fp32_whole": lambda: Scorer(bundle, threads=1, model_file=whole),
+    }
     int8 = manifest["variants"].get("int8", {})
     if int8.get("shipped"):
         makers["onnx_int8"] = lambda: Scorer(bundle, threads=1, model_file=int8["file"])
 
     def eager() -> Scorer:
-        scorer = Scorer(bundle, threads=1)
+        scorer = Scorer(bundle, threads=1, model_file=whole)
         scorer.session = TorchSession(run_dir)
         return scorer
 
@@ -370,6 +420,13 @@ def bench_scorers(
         "stages": stages,
         "profile_onnx_fp32": profile_scorer(transformers["onnx_fp32"], timed[:500]),
     }
+    if lgb_scorer is not None:
+        observing: dict[str, ArmScorer] = {"onnx_fp32": transformers["onnx_fp32"]}
+        observing["lightgbm"] = lgb_scorer
+    else:
+        observing = {"onnx_fp32": transformers["onnx_fp32"]}
+    out["observe"] = observe_latency(observing, requests)
+    out["state"] = state_costs(transformers["onnx_fp32"], warm)
     if lgb_scorer is not None:
         stages["lightgbm"] = lightgbm_stages(lgb_scorer, timed)
         lgb_p99 = results["lightgbm"]["single_request"]["p99_ms"]

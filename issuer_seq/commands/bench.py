@@ -141,7 +141,20 @@ def data_pipeline(cfg: DictConfig, vlog: ValidatedLog, run_dir: Path) -> dict[st
 
 
 #: what the bench measures that a target can bound (conf/bench.yaml `targets`)
-MEASURED = ("scorer_p99_vs_lightgbm", "sequence_build_speedup", "training_input_ratio")
+MEASURED = (
+    "scorer_p99_vs_lightgbm",
+    "observe_p99_vs_score_p99",
+    "sequence_build_speedup",
+    "training_input_ratio",
+)
+
+
+def _observe_over_score(scorers: Mapping[str, Any]) -> float | None:
+    observe = scorers.get("observe", {}).get("onnx_fp32")
+    score = scorers.get("arms", {}).get("onnx_fp32")
+    if not observe or not score:
+        return None
+    return round(observe["p99_ms"] / score["single_request"]["p99_ms"], 3)
 
 
 def measurements(scorers: Mapping[str, Any], pipeline: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,6 +162,8 @@ def measurements(scorers: Mapping[str, Any], pipeline: Mapping[str, Any]) -> dic
     return {
         # the best shipped ONNX runtime (the run's model or a size variant) over LightGBM
         "scorer_p99_vs_lightgbm": scorers.get("vs_lightgbm", {}).get("best"),
+        # observe (the event graph, per outcome) over score, both p99, the same arm
+        "observe_p99_vs_score_p99": _observe_over_score(scorers),
         "sequence_build_speedup": pipeline["sequences"]["speedup"],
         "training_input_ratio": pipeline["training_input"]["ratio"],
     }
@@ -169,6 +184,18 @@ def summary(result: Mapping[str, Any]) -> list[str]:
         lines.append(
             "transformer p99 / LightGBM p99: "
             + ", ".join(f"{k} {v:.2f}" for k, v in vs["transformer_p99_over_lightgbm_p99"].items())
+        )
+    observe, state = scorers.get("observe", {}), scorers.get("state", {})
+    if observe:
+        lines.append(
+            "observe p50/p99 ms: "
+            + ", ".join(f"{k} {v['p50_ms']:.3f}/{v['p99_ms']:.3f}" for k, v in observe.items())
+        )
+    if "state_bytes" in state:
+        lines.append(
+            f"cached state: {state['state_bytes']} bytes per event "
+            f"({state['redis_member_bytes']:.0f} bytes as a Redis member); recomputed at "
+            f"{state['recompute_events_per_s']:,.0f} events/s"
         )
     if "p99_ms" in http:
         lines.append(

@@ -1,6 +1,8 @@
 """`export_bundle`: a training run in, a checked serving bundle out.
 
-    <artifact_dir>/model.onnx                 fp32 graph (CPU or GPU)
+    <artifact_dir>/model.onnx                 fp32 graph (CPU or GPU), named feature inputs
+                   event_encoder.onnx         the factored pair (factored.py): event ->
+                   query.onnx                 cached state; cached states -> probabilities
                    model_int8.onnx            dynamic int8, only if accurate enough
                    model_fp16.onnx            float16 inside, float32 I/O (CUDA hosts)
                    parity_sample.npz          inputs + PyTorch outputs of 64 validation rows
@@ -25,14 +27,28 @@ from typing import Any
 import onnx
 
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.export.cases import edge_cases
+from issuer_seq.export.cases import EDGE_ROWS, edge_cases
+from issuer_seq.export.factored import (
+    EVENT_FILE,
+    QUERY_FILE,
+    ChainedSession,
+    check_event_parity,
+    export_factored,
+    manifest_entry,
+)
 from issuer_seq.export.fp16 import FP16_FILE, fp16_variant
 from issuer_seq.export.manifest import MANIFEST, feature_schema, versions, write_manifest
-from issuer_seq.export.onnx_export import DEFAULT_OPSET, export_onnx
+from issuer_seq.export.onnx_export import DEFAULT_OPSET, example_feeds, export_onnx
 from issuer_seq.export.parity import PROVIDER, check_parity, onnx_session, write_sample
 from issuer_seq.export.quantize import INT8_FILE, Int8Criteria, int8_variant
 from issuer_seq.export.signature import input_specs, output_specs
-from issuer_seq.export.triton import MODEL_NAME, TritonSettings, write_repository
+from issuer_seq.export.triton import (
+    EVENT_MODEL_NAME,
+    MODEL_NAME,
+    QUERY_MODEL_NAME,
+    TritonSettings,
+    write_repository,
+)
 from issuer_seq.export.validation import ValidationData, load_validation
 from issuer_seq.serve.bundle import FORMAT_VERSION
 from issuer_seq.train.trained_run import TrainedRun
@@ -101,6 +117,28 @@ def _build(run: TrainedRun, data: ValidationData, out: Path, s: ExportSettings) 
     log.info("parity passed: worst %.3g of the tolerance", parity["worst"]["ratio"])
     sample_rows = write_sample(out / SAMPLE_FILE, run.net, data.feeds(data.rows[:64])[0])
 
+    log.info("exporting the factored graphs (%s, %s)", EVENT_FILE, QUERY_FILE)
+    n_delays = int(run.spec["net"]["n_delays"])
+    graphs = export_factored(run.net, example_feeds(example, inputs), out, n_delays, s.opset)
+    event_session = onnx_session(out / EVENT_FILE)
+    factored_parity, _, _ = check_parity(
+        run.net,
+        ChainedSession(event_session, onnx_session(out / QUERY_FILE)),
+        inputs,
+        data,
+        cases,
+        s.rtol,
+        s.atol,
+        s.batch_size,
+    )
+    head, _ = data.feeds(data.rows[:EDGE_ROWS])
+    factored_parity["event_graph"] = check_event_parity(
+        run.net, event_session, head, s.rtol, s.atol
+    )
+    log.info(
+        "factored parity passed: worst %.3g of the tolerance", factored_parity["worst"]["ratio"]
+    )
+
     variants: dict[str, Any] = {}
     if s.int8 is not None:
         variants["int8"] = int8_variant(
@@ -117,6 +155,20 @@ def _build(run: TrainedRun, data: ValidationData, out: Path, s: ExportSettings) 
     write_repository(
         out / TRITON_DIR, model_path, s.model_version, inputs, outputs, run.history, s.triton
     )
+    for name, file, (g_inputs, g_outputs) in (
+        (EVENT_MODEL_NAME, EVENT_FILE, graphs.event_specs),
+        (QUERY_MODEL_NAME, QUERY_FILE, graphs.query_specs),
+    ):
+        write_repository(
+            out / TRITON_DIR,
+            out / file,
+            s.model_version,
+            g_inputs,
+            g_outputs,
+            run.history,
+            s.triton,
+            name,
+        )
     store = run.spec["store"]
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -142,6 +194,7 @@ def _build(run: TrainedRun, data: ValidationData, out: Path, s: ExportSettings) 
         "training_metrics": run.metrics,
         "parity": parity,
         "variants": variants,
+        "factored": manifest_entry(run.net, graphs, factored_parity),
         "sample": {
             "file": SAMPLE_FILE,
             "rows": sample_rows,
@@ -153,6 +206,7 @@ def _build(run: TrainedRun, data: ValidationData, out: Path, s: ExportSettings) 
             "version": s.model_version,
             "config": f"{TRITON_DIR}/{MODEL_NAME}/config.pbtxt",
             "max_batch_size": s.triton.max_batch_size,
+            "factored_models": [EVENT_MODEL_NAME, QUERY_MODEL_NAME],
         },
         "versions": versions(),
     }

@@ -40,12 +40,16 @@ class PositionalNet(nn.Module):
         return self.net(dict(zip(self.names, inputs, strict=True)))
 
 
-def example_inputs(feeds: Feeds, specs: list[TensorSpec]) -> tuple[Tensor, ...]:
+def example_feeds(feeds: Feeds, specs: list[TensorSpec]) -> Feeds:
     """Export example: torch.export specializes dims of size 0 or 1, so use at least 2."""
     n = len(next(iter(feeds.values())))
     feeds = take(feeds, np.arange(max(n, 2)) % n)
     sizes = {stream: max(2, k) for stream, k in window_sizes(feeds, specs).items()}
-    feeds = resize_histories(feeds, specs, sizes)
+    return resize_histories(feeds, specs, sizes)
+
+
+def example_inputs(feeds: Feeds, specs: list[TensorSpec]) -> tuple[Tensor, ...]:
+    feeds = example_feeds(feeds, specs)
     return tuple(torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in specs)
 
 

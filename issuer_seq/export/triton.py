@@ -1,7 +1,14 @@
-"""A Triton Inference Server model repository for the fp32 graph.
+"""A Triton Inference Server model repository: the fp32 graph, and the factored pair.
 
-    triton/issuer_seq/config.pbtxt
+    triton/issuer_seq/config.pbtxt                 the whole network (named feature inputs)
     triton/issuer_seq/<version>/model.onnx
+    triton/issuer_seq_event/...                    the event graph: events -> cached states
+    triton/issuer_seq_query/...                    the query graph: states -> probabilities
+
+The event and query models are two models, not an ensemble: between them sits the state
+store (the caller keeps each event's state and gathers a stream's last K), which an
+ensemble's fixed tensor routing cannot do. The event graph's first dim (events) is its
+batch dim here.
 
 With max_batch_size > 0 Triton adds the batch dim itself, so `dims` leave it out: a (B,)
 input is dims [1] reshaped to [] (Triton's way to say "batch only"), a card history input
@@ -26,6 +33,9 @@ from issuer_seq.errors import IssuerSeqError
 from issuer_seq.export.signature import BATCH, TensorSpec
 
 MODEL_NAME = "issuer_seq"
+EVENT_MODEL_NAME = "issuer_seq_event"
+QUERY_MODEL_NAME = "issuer_seq_query"
+_BATCH_DIMS = (BATCH, "events")  # the query's batch, the event graph's events
 _TRITON_DTYPES = {"int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32}
 
 
@@ -51,7 +61,7 @@ class TritonSettings:
 
 def triton_dims(spec: TensorSpec, sizes: dict[str, int]) -> tuple[list[int], list[int] | None]:
     """Triton dims (batch left out) and the reshape to the graph's shape, if one is needed."""
-    if spec.shape[0] != BATCH:
+    if spec.shape[0] not in _BATCH_DIMS:
         raise ValueError(f"{spec.name}: Triton batching needs the batch dim first")
     rest = [d if isinstance(d, int) else sizes[d] for d in spec.shape[1:]]
     if not rest:
@@ -64,10 +74,11 @@ def model_config(
     outputs: list[TensorSpec],
     sizes: dict[str, int],
     settings: TritonSettings,
+    name: str = MODEL_NAME,
 ) -> mc.ModelConfig:
     """`sizes` fixes the symbolic dims other than the batch (k_card, k_issuer)."""
     config = mc.ModelConfig(
-        name=MODEL_NAME, platform="onnxruntime_onnx", max_batch_size=settings.max_batch_size
+        name=name, platform="onnxruntime_onnx", max_batch_size=settings.max_batch_size
     )
     for specs, field in ((inputs, config.input), (outputs, config.output)):
         for spec in specs:
@@ -101,12 +112,14 @@ def write_repository(
     outputs: list[TensorSpec],
     sizes: dict[str, int],
     settings: TritonSettings,
+    name: str = MODEL_NAME,
 ) -> list[Path]:
-    """Write the repository under `root`; returns the files written."""
-    model_dir = root / MODEL_NAME
+    """Write model `name` of the repository under `root`; returns the files written."""
+    model_dir = root / name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     config = model_dir / "config.pbtxt"
-    config.write_text(text_format.MessageToString(model_config(inputs, outputs, sizes, settings)))
+    text = text_format.MessageToString(model_config(inputs, outputs, sizes, settings, name))
+    config.write_text(text)
     copy = model_dir / str(version) / "model.onnx"
     shutil.copyfile(model, copy)
     return [config, copy]

@@ -1,19 +1,26 @@
-"""The exported network: event embeddings, three history-stream encoders, two heads.
+"""The exported network, factored in two: an event encoder and a query over its states.
 
 A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
 
-    event embedding   sum of per-feature categorical embeddings + linear(numeric) + a
-                      learned vector per day of the month (pay cycles step at paydays, which
-                      a linear term in the day cannot follow) (+ linear(relative) for
-                      history events) + a token-type embedding
-    stream encoders   per stream of features.STREAMS (the card, the issuer, the card at the
-                      current merchant): [current attempt, history_1..K] -> transformer with a
-                      padding mask -> the current attempt's output vector (B, D). The current
-                      attempt is always a token, so an empty history never yields NaN.
+    event encoder     one event's own features -> its state (B, D): sum of per-feature
+                      categorical embeddings + linear(numeric) + a learned vector per day of
+                      the month (pay cycles step at paydays, which a linear term in the day
+                      cannot follow), then residual feed-forward layers. It reads nothing
+                      else, so a state can be computed once, when the event happens, and
+                      serve every stream and every later query that reads the event.
+    stream queries    per stream of features.STREAMS (the card, the issuer, the card at the
+                      current merchant): the current attempt's state attends over itself and
+                      the stream's K cached states, each plus a term of how the event stands
+                      to the current attempt (`pair`: minutes since, same merchant, same
+                      payment, a new day since); only the query token is updated, layer after
+                      layer -> (B, D). The current attempt is always a key, so an empty
+                      history never yields NaN.
     history counts    per stream, how many history events of each cause fall in trailing
                       windows (10 min ... all K), overall and at the same merchant, log1p ->
                       linear (B, D), added to the stream's vector. Softmax attention averages
                       and cannot count; velocity, bursts of declines and outages are counts.
+    history stats     per stream and cause: the latest event's recency, the largest and the
+                      mean amount (B, D), added likewise
     payment so far    the codes of the payment's latest earlier attempt (found by the
                       `same_payment` flags of the card-at-merchant stream), how long ago and
                       whether a new day has begun since (B, D); zeros for a first attempt
@@ -36,9 +43,6 @@ from torch import Tensor, nn
 from issuer_seq import features as F
 from issuer_seq.features import STREAMS
 
-_TOKEN_CURRENT = 0  # history events of stream i have token type i + 1
-
-
 DAYS_IN_MONTH = 31
 
 
@@ -51,58 +55,143 @@ def day_onehot(day_of_month: Tensor, days: Tensor) -> Tensor:
     return torch.relu(1 - torch.abs(day_of_month[..., None] * 30 - days))
 
 
-class EventEmbedding(nn.Module):
-    """Named per-event features -> (..., D)."""
+class EventEncoder(nn.Module):
+    """One event's own features -> its state (..., D): what `observe` computes once per event.
 
-    def __init__(self, vocab_sizes: Mapping[str, int], d_model: int) -> None:
+    cat (..., C) int64 ids in features.CATEGORICAL order, num (..., F) float32 in
+    features.NUMERIC order. The state reads nothing but the event itself (never the time
+    of a later attempt, a merchant compared, or "now"), so it can be computed when the
+    event happens and cached; one state serves every stream that reads the event.
+
+        embedding  sum of per-feature categorical embeddings (one table, per-feature
+                   offsets) + linear(numeric) + a learned vector per day of the month (pay
+                   cycles step at paydays, which a linear term in the day cannot follow)
+        mixing     `layers` residual feed-forward layers, pre-norm
+    """
+
+    def __init__(
+        self, vocab_sizes: Mapping[str, int], d_model: int, d_ff: int, layers: int, dropout: float
+    ) -> None:
         super().__init__()
-        self.cat = nn.ModuleDict(
-            {f: nn.Embedding(vocab_sizes[f], d_model, padding_idx=F.PAD) for f in F.CATEGORICAL}
-        )
+        sizes = [vocab_sizes[f] for f in F.CATEGORICAL]
+        offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.cat = nn.Embedding(sum(sizes), d_model)
         self.num = nn.Linear(len(F.NUMERIC), d_model)
         self.day = nn.Linear(DAYS_IN_MONTH, d_model, bias=False)
-        self.rel = nn.Linear(len(F.RELATIVE), d_model)
-        self.token_type = nn.Embedding(1 + len(STREAMS), d_model)
+        self.register_buffer(
+            "days", torch.arange(DAYS_IN_MONTH, dtype=torch.float32), persistent=False
+        )
+        self.ff = nn.ModuleList(
+            nn.Sequential(
+                nn.LayerNorm(d_model),
+                nn.Linear(d_model, d_ff),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(d_ff, d_model),
+            )
+            for _ in range(layers)
+        )
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, x: Mapping[str, Tensor], prefix: str, token_type: int, day: Tensor) -> Tensor:
-        """`day`: the events' `day_onehot` (..., 31)."""
-        out = self.num(torch.stack([x[f"{prefix}_{f}"] for f in F.NUMERIC], dim=-1))
-        out = out + self.day(day)
-        for f, emb in self.cat.items():
-            out = out + emb(x[f"{prefix}_{f}"])
-        if prefix != "cur":
-            out = out + self.rel(torch.stack([x[f"{prefix}_{f}"] for f in F.RELATIVE], dim=-1))
-        out = out + self.token_type.weight[token_type]
+    def forward(self, cat: Tensor, num: Tensor) -> Tensor:
+        day = day_onehot(num[..., _DAY_OF_MONTH], self.days)
+        out = self.cat(cat + self.offsets).sum(-2) + self.num(num) + self.day(day)
+        for layer in self.ff:
+            out = out + layer(out)
         return self.norm(out)
 
 
-class Block(nn.Module):
-    """Pre-norm transformer layer; with `query_only` only the current token is updated.
+#: positions among features.NUMERIC and features.CATEGORICAL of what a state carries aside
+_DAY_OF_MONTH = F.NUMERIC.index("day_of_month")
+_LOG_AMOUNT = F.NUMERIC.index("log_amount")
+_CAUSE = F.CATEGORICAL.index("cause")
+_RESPONSE_CODE = F.CATEGORICAL.index("response_code")
+_ADVICE_CODE = F.CATEGORICAL.index("advice_code")
 
-    In the last layer only the current token's output is used, so computing attention and
-    the feed-forward for that token alone gives the same result at a fraction of the cost
-    (1 x T attention instead of T x T).
+
+def packed(x: Mapping[str, Tensor], prefix: str, names: tuple[str, ...]) -> Tensor:
+    """Named inputs `<prefix>_<name>` stacked on a last axis, in `names` order."""
+    return torch.stack([x[f"{prefix}_{n}"] for n in names], dim=-1)
+
+
+#: log1p(minutes) bounds of the pair's recency steps: 10 min, 1 h, 1 day, 7 days
+_RECENCY_STEPS = (10.0, 60.0, 1_440.0, 10_080.0)
+#: numbers per (current attempt, history event) pair: log minutes since / NEVER, same
+#: merchant, same payment, a new (UTC) day begun since, then one step per _RECENCY_STEPS
+N_PAIR = 4 + len(_RECENCY_STEPS)
+
+
+class QueryBlock(nn.Module):
+    """Pre-norm layer in which the current attempt's token alone is updated: it attends over
+    itself and the stream's (fixed) history tokens, then a feed-forward.
+
+    Attention of one query, written out: per head, the query-key products are summed by a
+    (D, H) block one-hot matrix instead of reshaping to heads, so the graph has no shape
+    arithmetic (a few matmuls where nn.MultiheadAttention exports ~60 nodes). The weights
+    are nn.MultiheadAttention's, and the result is its result.
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, query_only: bool):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
         super().__init__()
-        self.query_only = query_only
-        self.norm1 = nn.LayerNorm(d_model)
+        self.norm_q = nn.LayerNorm(d_model)
+        self.norm_m = nn.LayerNorm(d_model)
         self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=0.0, batch_first=True)
+        heads = torch.eye(n_heads).repeat_interleave(d_model // n_heads, dim=0)  # (D, H)
+        self.register_buffer("heads", heads, persistent=False)
+        self.scale = (d_model // n_heads) ** -0.5
         self.norm2 = nn.LayerNorm(d_model)
         self.ff = nn.Sequential(
             nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model)
         )
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
-        # x (B, T, D); pad (B, T) True where padding
-        h = self.norm1(x)
-        q = h[:, :1] if self.query_only else h  # (B, 1 or T, D)
-        a, _ = self.attn(q, h, h, key_padding_mask=pad, need_weights=False)
-        y = (x[:, :1] if self.query_only else x) + self.drop(a)
-        return y + self.drop(self.ff(self.norm2(y)))
+    def forward(self, q: Tensor, memory: Tensor, pad: Tensor) -> Tensor:
+        # q (B, D); memory (B, K, D); pad (B, 1 + K) True where padding
+        d = q.shape[-1]
+        w, b = self.attn.in_proj_weight, self.attn.in_proj_bias
+        h = self.norm_q(q)
+        tokens = torch.cat([h[:, None, :], self.norm_m(memory)], dim=1)  # (B, T, D)
+        query = nn.functional.linear(h, w[:d], b[:d]) * self.scale  # (B, D)
+        key = nn.functional.linear(tokens, w[d : 2 * d], b[d : 2 * d])  # (B, T, D)
+        value = nn.functional.linear(tokens, w[2 * d :], b[2 * d :])  # (B, T, D)
+        scores = (query[:, None, :] * key) @ self.heads  # (B, T, H)
+        scores = scores.masked_fill(pad[..., None], float("-inf"))
+        weights = torch.softmax(scores, dim=1) @ self.heads.T  # (B, T, D)
+        a = self.attn.out_proj((weights * value).sum(dim=1))  # (B, D)
+        q = q + self.drop(a)
+        return q + self.drop(self.ff(self.norm2(q)))
+
+
+class StreamQuery(nn.Module):
+    """The current attempt's token attending over one stream's cached event states. (B, D)
+
+    What depends on the pair (the current attempt, a history event) enters here, as an
+    additive term of the history token computed from `N_PAIR` numbers; the event states
+    themselves are the encoder's, shared by every stream.
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, n_layers: int, d_ff: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.pair = nn.Linear(N_PAIR, d_model)
+        self.layers = nn.ModuleList(
+            QueryBlock(d_model, n_heads, d_ff, dropout) for _ in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, current: Tensor, states: Tensor, pair: Tensor, length: Tensor) -> Tensor:
+        # current (B, D); states (B, K, D) right-aligned; pair (B, K, N_PAIR); length (B,)
+        k = states.shape[1]
+        memory = states + self.pair(pair)
+        offsets = torch.arange(-k, 0, device=states.device)
+        pad = offsets[None, :] < -length[:, None]  # (B, K) True where padding
+        pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)  # the current token is real
+        q = current
+        for layer in self.layers:
+            q = layer(q, memory, pad)
+        return self.norm(q)
 
 
 def cause_table(n_causes: int) -> Tensor:
@@ -210,15 +299,13 @@ class PaymentSoFar(nn.Module):
         self,
         same_payment: Tensor,
         log_minutes: Tensor,
-        response_code: Tensor,
-        advice_code: Tensor,
+        codes: Tensor,
         day: Tensor,
         today: Tensor,
-        code_embedding: nn.Embedding,
-        advice_embedding: nn.Embedding,
     ) -> Tensor:
-        # same_payment, log_minutes (B, K) float; codes (B, K) int64; day (B, K, 31) the
-        # events' day_onehot, today (B, 31) the scored attempt's
+        # same_payment, log_minutes (B, K) float; codes (B, K, D) each event's response and
+        # advice code embeddings, summed; day (B, K, 31) the events' day_onehot, today
+        # (B, 31) the scored attempt's
         never = HistoryStats.NEVER
         # the latest same-payment event: the most recent, as HistoryStats finds recency
         top = (log_minutes * same_payment + never * (1 - same_payment)).topk(1, largest=False)
@@ -230,37 +317,11 @@ class PaymentSoFar(nn.Module):
         then = day.gather(1, latest[..., None].expand(-1, -1, DAYS_IN_MONTH))[:, 0]  # (B, 31)
         new_day = 1 - (today * then).sum(-1, keepdim=True)  # (B, 1): 1.0 on another day
         out = (
-            code_embedding(response_code.gather(1, latest)[:, 0])
-            + advice_embedding(advice_code.gather(1, latest)[:, 0])
+            codes.gather(1, latest[..., None].expand(-1, -1, codes.shape[-1]))[:, 0]
             + self.time(torch.cat([minutes / never, past], dim=-1))
             + self.new_day(today) * new_day
         )
         return out * has
-
-
-class StreamEncoder(nn.Module):
-    """[current, history] -> transformer -> the current token's output. (B, D)"""
-
-    def __init__(
-        self, d_model: int, n_heads: int, n_layers: int, d_ff: int, dropout: float
-    ) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            Block(d_model, n_heads, d_ff, dropout, query_only=i == n_layers - 1)
-            for i in range(n_layers)
-        )
-        self.norm = nn.LayerNorm(d_model)
-
-    def forward(self, current: Tensor, history: Tensor, length: Tensor) -> Tensor:
-        # current (B, D); history (B, K, D) right-aligned; length (B,)
-        k = history.shape[1]
-        x = torch.cat([current[:, None, :], history], dim=1)  # (B, 1+K, D)
-        offsets = torch.arange(-k, 0, device=history.device)
-        pad = offsets[None, :] < -length[:, None]  # (B, K) True where padding
-        pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)  # the current token is real
-        for layer in self.layers:
-            x = layer(x, pad)
-        return self.norm(x[:, 0])  # (B, D)
 
 
 class IssuerSeqNet(nn.Module):
@@ -279,14 +340,16 @@ class IssuerSeqNet(nn.Module):
         n_layers: int = 2,
         d_ff: int = 128,
         dropout: float = 0.1,
+        event_layers: int = 0,
         use_card: bool = True,
         use_issuer: bool = True,
     ) -> None:
         super().__init__()
         self.use = {"card": use_card, "issuer": use_issuer, "card_merchant": use_card}
-        self.embed = EventEmbedding(vocab_sizes, d_model)
-        self.encoders = nn.ModuleDict(
-            {s: StreamEncoder(d_model, n_heads, n_layers, d_ff, dropout) for s in STREAMS}
+        self.d_model = d_model
+        self.events = EventEncoder(vocab_sizes, d_model, d_ff, event_layers, dropout)
+        self.queries = nn.ModuleDict(
+            {s: StreamQuery(d_model, n_heads, n_layers, d_ff, dropout) for s in STREAMS}
         )
         self.counts = nn.ModuleDict(
             {s: HistoryCounts(vocab_sizes["cause"], d_model) for s in STREAMS}
@@ -298,6 +361,8 @@ class IssuerSeqNet(nn.Module):
         self.register_buffer(
             "days", torch.arange(DAYS_IN_MONTH, dtype=torch.float32), persistent=False
         )
+        steps = torch.log1p(torch.tensor(_RECENCY_STEPS))  # compared in log space
+        self.register_buffer("recency_steps", steps, persistent=False)
         self.payment = PaymentSoFar(d_model)
         joint = (len(STREAMS) + 2) * d_model  # streams, current, payment so far
         self.approval_head = nn.Sequential(
@@ -313,56 +378,132 @@ class IssuerSeqNet(nn.Module):
         )
         self.register_buffer("approval_temperature", torch.ones(()))
         self.register_buffer("retry_temperature", torch.ones(()))
+        self.layout = self.state_layout()
 
-    def encode(self, x: Mapping[str, Tensor]) -> Tensor:
-        """The joint representation [streams..., current, payment so far]. (B, (S+2) D)"""
-        days = {
-            p: day_onehot(x[f"{p}_day_of_month"], self.days)
-            for p in ("cur", *STREAMS)
-            if p == "cur" or self.use[p]  # an ablated stream's days are never read
-        }
-        current = self.embed(x, "cur", _TOKEN_CURRENT, days["cur"])  # (B, D)
+    # -- the event encoder's output: one cached vector per event -------------------------
+    def state_layout(self) -> dict[str, tuple[int, int]]:
+        """The parts of a cached event state, as [start, stop) column ranges:
+
+        - `hidden`: the encoder's state (D)
+        - `codes`: the event's response and advice code embeddings, summed (D), what the
+          payment so far reads of the payment's latest attempt
+        - `cause`: the one-hot of its cause (C - 1), what the counts and stats read
+        - `log_amount` (1) and `day` (31), the one-hot of its day of the month
+        """
+        d, c = self.d_model, self.causes.shape[1]
+        sizes = {"hidden": d, "codes": d, "cause": c, "log_amount": 1, "day": DAYS_IN_MONTH}
+        out, start = {}, 0
+        for name, size in sizes.items():
+            out[name] = (start, start + size)
+            start += size
+        return out
+
+    def state_size(self) -> int:
+        return self.state_layout()["day"][1]
+
+    def state(self, cat: Tensor, num: Tensor) -> Tensor:
+        """Events -> their cached states (..., S): cat (..., C) int64 ids in
+        features.CATEGORICAL order, num (..., F) float32 in features.NUMERIC order. Reads the
+        event alone; what serving's `observe` computes once per event (the event graph)."""
+        hidden = self.events(cat, num)
+        codes = self.decline_code(cat[..., _RESPONSE_CODE]) + self.decline_advice(
+            cat[..., _ADVICE_CODE]
+        )
+        cause = cause_onehot(cat[..., _CAUSE], self.causes)
+        day = day_onehot(num[..., _DAY_OF_MONTH], self.days)
+        log_amount = num[..., _LOG_AMOUNT : _LOG_AMOUNT + 1]
+        return torch.cat([hidden, codes, cause, log_amount, day], dim=-1)
+
+    def part(self, states: Tensor, name: str) -> Tensor:
+        start, stop = self.layout[name]
+        return states[..., start:stop]
+
+    def pair(self, rel: Tensor, day: Tensor, today: Tensor) -> Tensor:
+        """(B, K, N_PAIR): how each history event stands to the current attempt.
+
+        rel (B, K, 3) the relative features (features.RELATIVE); day (B, K, 31) the events'
+        `day_onehot`, today (B, 31) the current attempt's. Float arithmetic only (no casts:
+        the fp16 export keeps its types).
+        """
+        minutes = rel[..., 0]
+        within = (torch.sign(self.recency_steps - minutes[..., None]) + 1).clamp(max=1)
+        same_day = (day * today[:, None, :]).sum(-1) * within[..., 2]  # same date, < 1 day ago
+        numbers = [minutes / HistoryStats.NEVER, rel[..., 1], rel[..., 2], 1 - same_day]
+        return torch.cat([torch.stack(numbers, dim=-1), within], dim=-1)
+
+    # -- the query: one pass over the cached states of each stream ------------------------
+    def query(
+        self,
+        cur_cat: Tensor,
+        cur_num: Tensor,
+        states: Mapping[str, Tensor],
+        rel: Mapping[str, Tensor],
+        length: Mapping[str, Tensor],
+        decline_response_code: Tensor,
+        decline_advice_code: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Uncalibrated (approval (B,), retry (B, G)) logits of the current attempts.
+
+        cur_cat (B, C), cur_num (B, F): the attempt (its outcome features NONE); per stream
+        s: states[s] (B, K, S) the cached states of its last K events, right-aligned,
+        padding slots zeros (or the state of a padding event, ids and values 0: the same);
+        rel[s] (B, K, 3) features.RELATIVE (padding zeros); length[s] (B,).
+        """
+        current = self.state(cur_cat, cur_num)
+        cur = self.part(current, "hidden")
+        today = self.part(current, "day")
         parts = []
-        for i, s in enumerate(STREAMS):
-            if self.use[s]:
-                history = self.embed(x, s, 1 + i, days[s])  # (B, K, D)
-                encoded = self.encoders[s](current, history, x[f"{s}_length"])
-                onehot = cause_onehot(x[f"{s}_cause"], self.causes)  # once for both
-                minutes = x[f"{s}_log_minutes_since"]
-                counts = self.counts[s](onehot, minutes, x[f"{s}_same_merchant"])
-                stats = self.stats[s](onehot, minutes, x[f"{s}_log_amount"])
-                parts.append(encoded + counts + stats)
-            else:
-                parts.append(torch.zeros_like(current))
+        for s in STREAMS:
+            if not self.use[s]:
+                parts.append(torch.zeros_like(cur))
+                continue
+            st, r = states[s], rel[s]
+            day = self.part(st, "day")
+            encoded = self.queries[s](
+                cur, self.part(st, "hidden"), self.pair(r, day, today), length[s]
+            )
+            onehot = self.part(st, "cause")
+            minutes = r[..., 0]
+            counts = self.counts[s](onehot, minutes, r[..., 1])
+            stats = self.stats[s](onehot, minutes, self.part(st, "log_amount")[..., 0])
+            parts.append(encoded + counts + stats)
         if self.use["card_merchant"]:
             s = "card_merchant"
+            st, r = states[s], rel[s]
             payment = self.payment(
-                x[f"{s}_same_payment"],
-                x[f"{s}_log_minutes_since"],
-                x[f"{s}_response_code"],
-                x[f"{s}_advice_code"],
-                days[s],
-                days["cur"],
-                self.decline_code,
-                self.decline_advice,
+                r[..., 2], r[..., 0], self.part(st, "codes"), self.part(st, "day"), today
             )
         else:
-            payment = torch.zeros_like(current)
-        return torch.cat([*parts, current, payment], dim=-1)
-
-    def logits(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Uncalibrated (approval (B,), retry (B, G)) logits: what training optimizes."""
-        z = self.encode(x)
+            payment = torch.zeros_like(cur)
+        z = torch.cat([*parts, cur, payment], dim=-1)
         approval = self.approval_head(z).squeeze(-1)
-        decline = self.decline_code(x["decline_response_code"]) + self.decline_advice(
-            x["decline_advice_code"]
+        decline = self.decline_code(decline_response_code) + self.decline_advice(
+            decline_advice_code
         )
         retry = self.retry_head(torch.cat([z, decline], dim=-1))
         return approval, retry
 
+    def logits(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Uncalibrated (approval (B,), retry (B, G)) logits from the named inputs of
+        data/batches.py: every event's state, then the query. What training optimizes."""
+        cat = packed(x, "cur", F.CATEGORICAL)
+        num = packed(x, "cur", F.NUMERIC)
+        states, rel, length = {}, {}, {}
+        for s in STREAMS:
+            if self.use[s]:
+                states[s] = self.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC))
+                rel[s] = packed(x, s, F.RELATIVE)
+                length[s] = x[f"{s}_length"]
+        return self.query(
+            cat, num, states, rel, length, x["decline_response_code"], x["decline_advice_code"]
+        )
+
     def forward(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Calibrated probabilities: p_approve (B,) and the retry curve (B, G)."""
-        approval, retry = self.logits(x)
+        return self.calibrated(*self.logits(x))
+
+    def calibrated(self, approval: Tensor, retry: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits -> calibrated probabilities p_approve (B,) and the retry curve (B, G)."""
         p_approve = torch.sigmoid(approval / self.approval_temperature)
         p_retry = torch.sigmoid(retry / self.retry_temperature)
         return p_approve, p_retry

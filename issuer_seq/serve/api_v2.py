@@ -85,7 +85,7 @@ async def run_infer(
     request.state.fallback_answer = answer
 
     def run(s: Scorer) -> dict[str, np.ndarray]:
-        p_approve, p_retry = s.run(feeds)
+        p_approve, p_retry = s.run_whole(feeds)
         return {"p_approve": probabilities(p_approve), "p_retry": probabilities(p_retry)}
 
     arrays, reason = await service.call_model("infer", run)

@@ -18,9 +18,10 @@ for outcomes `response_code` / `advice_code`.
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -79,16 +80,40 @@ class Event:
     raw: Raw | None = None  # what the network rules need
     # payment_id as text; None when the attempt came without one (it then matches nothing)
     payment: str | None = None
+    # the event graph's output for this event (S,) float32, and the id of the encoder that
+    # computed it (`Scorer.encoder`); None: not computed (a store filled by another bundle
+    # or before states were kept, a backfill): the scorer recomputes it when read
+    state: np.ndarray | None = field(default=None, compare=False)
+    encoder: str | None = None
 
     def to_json(self) -> list[Any]:
-        # `raw` is written as a JSON list, in its fields' order
-        return [self.t, self.merchant, list(self.cat), list(self.num), self.raw, self.payment]
+        # `raw` is written as a JSON list, in its fields' order; the state as base64 of its
+        # float32 bytes (little-endian)
+        state = None
+        if self.state is not None:
+            state = base64.b64encode(np.asarray(self.state, "<f4").tobytes()).decode()
+        return [
+            self.t,
+            self.merchant,
+            list(self.cat),
+            list(self.num),
+            self.raw,
+            self.payment,
+            state,
+            self.encoder,
+        ]
 
     @classmethod
     def from_json(cls, data: Sequence[Any]) -> Event:
         raw = Raw(*data[4]) if len(data) > 4 and data[4] is not None else None
         payment = data[5] if len(data) > 5 else None
-        return cls(int(data[0]), str(data[1]), tuple(data[2]), tuple(data[3]), raw, payment)
+        state = None
+        if len(data) > 7 and data[6] is not None:
+            state = np.frombuffer(base64.b64decode(data[6]), "<f4").astype(np.float32)
+        encoder = data[7] if state is not None else None
+        return cls(
+            int(data[0]), str(data[1]), tuple(data[2]), tuple(data[3]), raw, payment, state, encoder
+        )
 
 
 @dataclass(frozen=True)
@@ -101,6 +126,8 @@ class Window:
     payment: np.ndarray  # (n,) object (None: unknown)
     cat: np.ndarray  # (C, n) integer ids in features.CATEGORICAL order
     num: np.ndarray  # (F, n) float32 in features.NUMERIC order
+    state: np.ndarray  # (n,) object: each event's cached state (S,) float32, or None
+    encoder: np.ndarray  # (n,) object: the id of the encoder that computed it, or None
 
     def __len__(self) -> int:
         return len(self.t)
@@ -138,17 +165,24 @@ def window_of(events: Sequence[Event], cutoff: int, k: int) -> Window:
             np.zeros(0, object),
             np.zeros((n_cat, 0), np.int64),
             np.zeros((n_num, 0), np.float32),
+            np.zeros(0, object),
+            np.zeros(0, object),
         )
-    merchant = np.empty(len(kept), object)
-    merchant[:] = [e.merchant for e in kept]
-    payment = np.empty(len(kept), object)
-    payment[:] = [e.payment for e in kept]
+
+    def column(values: list[Any]) -> np.ndarray:
+        out = np.empty(len(kept), object)
+        for i, v in enumerate(values):  # one by one: a list of arrays would broadcast
+            out[i] = v
+        return out
+
     return Window(
         np.array([e.t for e in kept], dtype=np.int64),
-        merchant,
-        payment,
+        column([e.merchant for e in kept]),
+        column([e.payment for e in kept]),
         np.array([e.cat for e in kept], dtype=np.int64).T,
         np.array([e.num for e in kept], dtype=np.float32).T,
+        column([e.state for e in kept]),
+        column([e.encoder for e in kept]),
     )
 
 
@@ -275,6 +309,83 @@ def build_inputs(
         for i, name in enumerate(rel_names):
             out[name] = rel[i]
         out[length_name] = length
+    for f in ("response_code", "advice_code"):
+        ids = [F.NONE if d is None else d.cat[_CAT_INDEX[f]] for d in (declines or [None] * b)]
+        out[f"decline_{f}"] = np.array(ids, dtype=np.int64)
+    return out
+
+
+#: computes cached states: cat (n, C) int64, num (n, F) float32 -> (n, S) float32
+StateEncoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
+_OUTCOME_INDEX = [i for i, f in enumerate(F.CATEGORICAL) if f in F.OUTCOME_FEATURES]
+
+
+def build_query_inputs(
+    current: Sequence[Event],
+    histories: Mapping[str, Sequence[Window | Sequence[Event]]],
+    ks: Mapping[str, int],
+    encoder: str,
+    encode: StateEncoder,
+    state_size: int,
+    lag_s: int = 0,
+    declines: Sequence[Event] | None = None,
+) -> dict[str, np.ndarray]:
+    """The query graph's inputs (export/factored.py) for a batch of B current attempts.
+
+    Histories as for `build_inputs`. Each history event's cached state is used when the
+    encoder `encoder` computed it; any other (none kept, or another bundle's) is recomputed
+    from its encoded features by `encode`, all of them in one call. Padding slots are zeros.
+    """
+    b = len(current)
+    n_cat, n_num = len(F.CATEGORICAL), len(F.NUMERIC)
+    cur_cat = np.array([e.cat for e in current], dtype=np.int64).reshape(b, n_cat)
+    cur_cat[:, _OUTCOME_INDEX] = F.NONE
+    out: dict[str, np.ndarray] = {
+        "cur_cat": cur_cat,
+        "cur_num": np.array([e.num for e in current], dtype=np.float32).reshape(b, n_num),
+    }
+    stale: list[tuple[np.ndarray, int, int, np.ndarray, np.ndarray]] = []
+    for s in STREAMS:
+        k = ks[s]
+        states = np.zeros((b, k, state_size), dtype=np.float32)
+        rel = np.zeros((b, k, len(F.RELATIVE)), dtype=np.float32)
+        length = np.zeros(b, dtype=np.int64)
+        for row, (event, known) in enumerate(zip(current, histories[s], strict=True)):
+            window = known if isinstance(known, Window) else window_of(known, event.t - lag_s, k)
+            n = min(len(window), k)
+            length[row] = n
+            if n == 0:
+                continue
+            fresh = window.encoder[-n:] == encoder
+            if fresh.all():
+                states[row, k - n :] = np.stack(window.state[-n:])
+            else:
+                for j in range(n):
+                    slot = k - n + j
+                    if fresh[j]:
+                        states[row, slot] = window.state[len(window) - n + j]
+                    else:
+                        i = len(window) - n + j
+                        stale.append((states, row, slot, window.cat[:, i], window.num[:, i]))
+            dt = event.t - window.t[-n:]
+            same_merchant = window.merchant[-n:] == event.merchant
+            # an attempt without a payment id is a payment of its own
+            same_payment = (
+                window.payment[-n:] == event.payment
+                if event.payment is not None
+                else np.zeros(n, bool)
+            )
+            rel[row, k - n :] = F.relative_features(np, dt, same_merchant, True, same_payment, True)
+        out[f"{s}_state"] = states
+        out[f"{s}_rel"] = rel
+        out[f"{s}_length"] = length
+    if stale:
+        computed = encode(
+            np.array([x[3] for x in stale], dtype=np.int64),
+            np.array([x[4] for x in stale], dtype=np.float32),
+        )
+        for (states, row, slot, _, _), value in zip(stale, computed, strict=True):
+            states[row, slot] = value
     for f in ("response_code", "advice_code"):
         ids = [F.NONE if d is None else d.cat[_CAT_INDEX[f]] for d in (declines or [None] * b)]
         out[f"decline_{f}"] = np.array(ids, dtype=np.int64)

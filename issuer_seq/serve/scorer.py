@@ -1,4 +1,12 @@
-"""The real-time scorer: a verified bundle, one ONNX Runtime session, histories in a store.
+"""The real-time scorer: a verified bundle, ONNX Runtime sessions, histories in a store.
+
+Two graphs (export/factored.py): `observe` runs the event graph once per outcome and keeps
+the event's state beside its raw fields; `score` and `advise_retry` gather each stream's
+cached states and run the query graph. States are bound to the encoder that computed them
+(`encoder`, from the event graph's sha256): a state of another bundle, or none (a store
+filled before, a backfill), is recomputed from the event's fields when read, never zero.
+`model_file` (a variant of the whole network, e.g. model_int8.onnx) runs that one graph
+on every event's features instead.
 
 numpy + onnxruntime only (a test imports it in a fresh interpreter and checks that torch is
 never loaded). Thread-safe: ONNX Runtime sessions are safe to call concurrently, and the
@@ -13,7 +21,9 @@ state stores lock (or are Redis).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +52,7 @@ from issuer_seq.serve.inputs import (
     Event,
     Window,
     build_inputs,
+    build_query_inputs,
     encode_event,
     history_lengths,
     stream_key,
@@ -107,9 +118,23 @@ class Scorer:
         self.store = store if store is not None else MemoryStore(keep_lengths(self.ks))
         self.rules = rules
         self.economics = economics
-        self.session = make_session(
-            self.root / (model_file or m["model"]["file"]), providers, threads, allow_fallback
+        self._session_args = (providers, threads, allow_fallback)
+        self._whole: Any = None  # the whole network's session, made on first use (V2)
+        self._whole_lock = threading.Lock()
+        factored = m["factored"]
+        self.state_size = int(factored["state"]["size"])
+        self.encoder = m["files"][factored["event"]["file"]]["sha256"][:16]
+        self.event_session = make_session(
+            self.root / factored["event"]["file"], providers, threads, allow_fallback
         )
+        self.factored = model_file is None
+        if self.factored:
+            self.session = make_session(
+                self.root / factored["query"]["file"], providers, threads, allow_fallback
+            )
+            self.input_names = [spec["name"] for spec in factored["query"]["inputs"]]
+        else:
+            self.session = make_session(self.root / model_file, providers, threads, allow_fallback)
 
     @classmethod
     def load(cls, bundle: str | Path, **kwargs: Any) -> Scorer:
@@ -143,6 +168,49 @@ class Scorer:
         except Exception as exc:
             raise StateUnavailable(f"reading {stream} {key}: {exc!r}") from exc
 
+    def encode_states(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
+        """The event graph: cat (n, C) int64, num (n, F) float32 -> states (n, S)."""
+        feeds = {"event_cat": cat, "event_num": num}
+        direct = getattr(self.event_session, "_sess", None)  # as `run`, below
+        if direct is not None:
+            (states,) = direct.run(["state"], feeds, None)
+        else:
+            (states,) = self.event_session.run(["state"], feeds)
+        return states
+
+    def inputs(
+        self,
+        current: Sequence[Event],
+        histories: Mapping[str, Sequence[Window | Sequence[Event]]],
+        declines: Sequence[Event] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The feeds of the graph this scorer runs, for B current attempts."""
+        if self.factored:
+            return build_query_inputs(
+                current,
+                histories,
+                self.ks,
+                self.encoder,
+                self.encode_states,
+                self.state_size,
+                self.lag_s,
+                declines,
+            )
+        return build_inputs(current, histories, self.ks, self.lag_s, declines)
+
+    def run_whole(self, feeds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The whole network (`model.onnx`, or this scorer's `model_file`) on its named
+        feature inputs (manifest.schema.inputs): what the V2 inference endpoint serves."""
+        if not self.factored:
+            return self.run(feeds)
+        with self._whole_lock:
+            if self._whole is None:
+                path = self.root / self.manifest["model"]["file"]
+                self._whole = make_session(path, *self._session_args)
+        names = [spec["name"] for spec in self.manifest["schema"]["inputs"]]
+        p_approve, p_retry = self._whole.run(OUTPUTS, {n: feeds[n] for n in names})
+        return p_approve, p_retry
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         feeds = {name: inputs[name] for name in self.input_names}
         # The feeds are complete by construction (the manifest's names), so skip the Python
@@ -159,8 +227,7 @@ class Scorer:
     def score_batch(self, attempts: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Approval probabilities of attempts about to be sent. (B,)"""
         current = [encode_event(self.vocab, {**a, "response_code": None}) for a in attempts]
-        inputs = build_inputs(current, self.windows(attempts, current), self.ks, self.lag_s)
-        return self.run(inputs)[0]
+        return self.run(self.inputs(current, self.windows(attempts, current)))[0]
 
     def score(self, attempt: Mapping[str, Any]) -> float:
         return float(self.score_batch([attempt])[0])
@@ -171,8 +238,7 @@ class Scorer:
         current = [encode_event(self.vocab, {**d, "response_code": None}) for d in declines]
         outcome = [encode_event(self.vocab, d) for d in declines]
         windows = self.windows(declines, current)
-        inputs = build_inputs(current, windows, self.ks, self.lag_s, outcome)
-        return self.run(inputs)[1]
+        return self.run(self.inputs(current, windows, outcome))[1]
 
     def advise_retry(self, decline: Mapping[str, Any]) -> RetryAdvice:
         """The retry curve, the best allowed delay (or none) and the rule that decided."""
@@ -250,7 +316,7 @@ class Scorer:
             if not any(e.t == event.t and e.payment == event.payment for e in known):
                 known = sorted([*known, event], key=lambda e: e.t)
             histories[stream] = [known]
-        inputs = build_inputs([encode_event(self.vocab, retry)], histories, self.ks, self.lag_s)
+        inputs = self.inputs([encode_event(self.vocab, retry)], histories)
         return float(self.run(inputs)[0][0]), True
 
     # -- outcomes -------------------------------------------------------------------------
@@ -261,6 +327,10 @@ class Scorer:
         if missing:
             raise IssuerSeqError(f"an outcome needs its {' and '.join(missing)}")
         event = encode_event(self.vocab, outcome)
+        state = self.encode_states(
+            np.array([event.cat], dtype=np.int64), np.array([event.num], dtype=np.float32)
+        )[0]
+        event = replace(event, state=state, encoder=self.encoder)
         for stream in self.ks:
             key = stream_key(stream, outcome)
             try:

@@ -35,7 +35,6 @@ from issuer_seq.serve.fallback import FallbackPolicy
 from issuer_seq.serve.inputs import (
     Event,
     Raw,
-    build_inputs,
     encode_event,
     history_lengths,
     stream_key,
@@ -215,7 +214,7 @@ class Service:
         """A few dummy inferences: the first runs of a session allocate and are slow."""
         event = encode_event(scorer.vocab, {**warmup_attempt(), "response_code": None})
         for b in (1, min(8, self.settings.max_batch)):
-            inputs = build_inputs([event] * b, {s: [[]] * b for s in scorer.ks}, scorer.ks)
+            inputs = scorer.inputs([event] * b, {s: [[]] * b for s in scorer.ks})
             for _ in range(max(1, self.settings.warmup_runs)):
                 probabilities(scorer.run(inputs)[0])
         try:

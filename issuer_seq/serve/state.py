@@ -72,13 +72,15 @@ class History:
         # ids fit int32 (vocabularies are small); the inputs are int64, copied exactly
         self.cat = np.zeros((len(first.cat), cap), np.int32)  # (C, cap)
         self.num = np.zeros((len(first.num), cap), np.float32)  # (F, cap)
+        self.state = np.empty(cap, object)  # each event's cached state, or None
+        self.encoder = np.empty(cap, object)  # the id of the encoder that computed it
         self.events: list[Event] = []  # the same rows, oldest first
 
     def __len__(self) -> int:
         return self.hi - self.lo
 
     def _columns(self) -> tuple[np.ndarray, ...]:
-        return self.t, self.merchant, self.payment, self.cat, self.num
+        return self.t, self.merchant, self.payment, self.cat, self.num, self.state, self.encoder
 
     def _move(self, cap: int) -> None:
         """Rows to [0, n) of arrays of `cap` rows (grown, or the same size compacted)."""
@@ -91,7 +93,7 @@ class History:
                 new = np.zeros((*a.shape[:-1], cap), a.dtype)
             new[..., :n] = a[..., lo:hi]
             moved.append(new)
-        self.t, self.merchant, self.payment, self.cat, self.num = moved
+        self.t, self.merchant, self.payment, self.cat, self.num, self.state, self.encoder = moved
         self.lo, self.hi = 0, n
 
     def _shift(self, start: int, stop: int, by: int) -> None:
@@ -114,6 +116,8 @@ class History:
         self.payment[i] = event.payment
         self.cat[:, i] = event.cat
         self.num[:, i] = event.num
+        self.state[i] = event.state
+        self.encoder[i] = event.encoder
         self.events.insert(i - lo, event)
         self.hi += 1
         if len(self) > self.keep:  # drop the oldest: row lo, the first in time order
@@ -131,6 +135,8 @@ class History:
             self.payment[start:end].copy(),
             self.cat[:, start:end].copy(),
             self.num[:, start:end].copy(),
+            self.state[start:end].copy(),
+            self.encoder[start:end].copy(),
         )
 
 

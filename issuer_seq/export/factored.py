@@ -1,0 +1,302 @@
+"""The network as two graphs: the event graph (one event -> its cached state) and the query
+graph (the attempt and each stream's cached states -> p_approve, p_retry).
+
+    event_encoder.onnx   event_cat (events, C) int64, event_num (events, F) float32
+                         -> state (events, S) float32
+    query.onnx           cur_cat (batch, C) int64, cur_num (batch, F) float32,
+                         per stream s: <s>_state (batch, k_s, S), <s>_rel (batch, k_s, 3)
+                         float32 and <s>_length (batch,) int64; decline_response_code,
+                         decline_advice_code (batch,) int64 -> p_approve, p_retry
+
+`observe` runs the event graph once per event and stores the state beside the event's raw
+fields; `score` gathers the states of each stream's last K events and runs the query graph.
+The states' layout (what each column range holds) is the network's `state_layout`, written
+to the manifest. Both graphs together are checked against PyTorch's forward on the
+validation rows and the edge cases of cases.py, chained as the scorer chains them: the
+event graph's states (padding slots zero) feed the query graph.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+from torch.export import Dim
+
+from issuer_seq import features as F
+from issuer_seq.errors import IssuerSeqError
+from issuer_seq.export.onnx_export import check_signature
+from issuer_seq.export.quiet import quiet_libraries
+from issuer_seq.export.signature import BATCH, HISTORY_DIMS, OUTPUTS, TensorSpec
+from issuer_seq.export.validation import Feeds
+from issuer_seq.features import STREAMS
+from issuer_seq.model.network import IssuerSeqNet
+
+EVENT_FILE = "event_encoder.onnx"
+QUERY_FILE = "query.onnx"
+EVENTS = "events"  # the event graph's symbolic dim
+N_CAT, N_NUM, N_REL = len(F.CATEGORICAL), len(F.NUMERIC), len(F.RELATIVE)
+
+
+def event_specs(state_size: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    inputs = [
+        TensorSpec("event_cat", "int64", (EVENTS, N_CAT)),
+        TensorSpec("event_num", "float32", (EVENTS, N_NUM)),
+    ]
+    return inputs, [TensorSpec("state", "float32", (EVENTS, state_size))]
+
+
+def query_specs(state_size: int, n_delays: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    inputs = [
+        TensorSpec("cur_cat", "int64", (BATCH, N_CAT)),
+        TensorSpec("cur_num", "float32", (BATCH, N_NUM)),
+    ]
+    for s in STREAMS:
+        k = HISTORY_DIMS[s]
+        inputs += [
+            TensorSpec(f"{s}_state", "float32", (BATCH, k, state_size)),
+            TensorSpec(f"{s}_rel", "float32", (BATCH, k, N_REL)),
+            TensorSpec(f"{s}_length", "int64", (BATCH,)),
+        ]
+    inputs += [
+        TensorSpec("decline_response_code", "int64", (BATCH,)),
+        TensorSpec("decline_advice_code", "int64", (BATCH,)),
+    ]
+    outputs = [
+        TensorSpec("p_approve", "float32", (BATCH,)),
+        TensorSpec("p_retry", "float32", (BATCH, n_delays)),
+    ]
+    return inputs, outputs
+
+
+class EventGraph(nn.Module):
+    def __init__(self, net: IssuerSeqNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        event_cat, event_num = inputs
+        return self.net.state(event_cat, event_num)
+
+
+class QueryGraph(nn.Module):
+    """Positional inputs in `query_specs` order -> calibrated probabilities."""
+
+    def __init__(self, net: IssuerSeqNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        cur_cat, cur_num, *rest = inputs
+        per_stream = {s: rest[3 * i : 3 * i + 3] for i, s in enumerate(STREAMS)}
+        decline_code, decline_advice = rest[3 * len(STREAMS) :]
+        approval, retry = self.net.query(
+            cur_cat,
+            cur_num,
+            {s: v[0] for s, v in per_stream.items()},
+            {s: v[1] for s, v in per_stream.items()},
+            {s: v[2] for s, v in per_stream.items()},
+            decline_code,
+            decline_advice,
+        )
+        return self.net.calibrated(approval, retry)
+
+
+# -- named feeds (data/batches.py) -> the two graphs' feeds --------------------------------
+def stacked(feeds: Feeds, prefix: str, names: tuple[str, ...], dtype: type) -> np.ndarray:
+    return np.ascontiguousarray(np.stack([feeds[f"{prefix}_{n}"] for n in names], -1), dtype)
+
+
+def real_slots(length: np.ndarray, k: int) -> np.ndarray:
+    """(B, K) True where a right-aligned window of `length` events has an event."""
+    return np.arange(-k, 0)[None, :] >= -length[:, None]
+
+
+def query_feeds(feeds: Feeds, states: dict[str, np.ndarray]) -> Feeds:
+    """The query graph's feeds of named feeds, given each stream's states (B, K, S)."""
+    out = {
+        "cur_cat": stacked(feeds, "cur", F.CATEGORICAL, np.int64),
+        "cur_num": stacked(feeds, "cur", F.NUMERIC, np.float32),
+    }
+    for s in STREAMS:
+        out[f"{s}_state"] = states[s]
+        out[f"{s}_rel"] = stacked(feeds, s, F.RELATIVE, np.float32)
+        out[f"{s}_length"] = feeds[f"{s}_length"]
+    out["decline_response_code"] = feeds["decline_response_code"]
+    out["decline_advice_code"] = feeds["decline_advice_code"]
+    return out
+
+
+def chained(event_session: Any, query_session: Any, feeds: Feeds) -> dict[str, np.ndarray]:
+    """What the scorer computes: every real history event through the event graph (padding
+    slots zero), then the query graph. Named feeds in, p_approve and p_retry out."""
+    states = {}
+    for s in STREAMS:
+        cat = stacked(feeds, s, F.CATEGORICAL, np.int64)
+        num = stacked(feeds, s, F.NUMERIC, np.float32)
+        b, k = cat.shape[:2]
+        real = real_slots(feeds[f"{s}_length"], k)
+        size = event_session.get_outputs()[0].shape[-1]
+        out = np.zeros((b, k, size), np.float32)
+        if real.any():
+            (out[real],) = event_session.run(
+                ["state"], {"event_cat": cat[real], "event_num": num[real]}
+            )
+        states[s] = out
+    values = query_session.run(list(OUTPUTS), query_feeds(feeds, states))
+    return dict(zip(OUTPUTS, values, strict=True))
+
+
+# -- export ---------------------------------------------------------------------------------
+def _export(
+    module: nn.Module,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    example: tuple[Tensor, ...],
+    path: Path,
+    opset: int,
+) -> onnx.ModelProto:
+    dims = {name: Dim(name, min=1) for name in (BATCH, EVENTS, *HISTORY_DIMS.values())}
+    shapes = tuple(
+        {axis: dims[d] for axis, d in enumerate(s.shape) if isinstance(d, str)} for s in inputs
+    )
+    with torch.no_grad(), quiet_libraries(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*The axis name")
+        warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+        torch.onnx.export(
+            module.eval(),
+            example,
+            str(path),
+            input_names=[s.name for s in inputs],
+            output_names=[s.name for s in outputs],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=(shapes,),  # one entry: the wrapper's *inputs
+            external_data=False,
+            verbose=False,
+        )
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    check_signature(model, inputs, outputs)
+    return model
+
+
+@dataclass
+class FactoredGraphs:
+    event: onnx.ModelProto
+    query: onnx.ModelProto
+    event_specs: tuple[list[TensorSpec], list[TensorSpec]]
+    query_specs: tuple[list[TensorSpec], list[TensorSpec]]
+
+
+def export_factored(
+    net: IssuerSeqNet, example: Feeds, out: Path, n_delays: int, opset: int
+) -> FactoredGraphs:
+    """Write event_encoder.onnx and query.onnx to `out` from named example feeds (>= 2
+    rows, K >= 2 per stream: torch.export specializes dims of size 0 or 1)."""
+    if not all(net.use.values()):
+        raise IssuerSeqError(
+            "the factored graphs need every stream; an ablated network (use_card or "
+            "use_issuer false) is for comparisons, not serving"
+        )
+    size = net.state_size()
+    ev_specs, q_specs = event_specs(size), query_specs(size, n_delays)
+    cat = stacked(example, "card", F.CATEGORICAL, np.int64).reshape(-1, N_CAT)
+    num = stacked(example, "card", F.NUMERIC, np.float32).reshape(-1, N_NUM)
+    event = _export(
+        EventGraph(net),
+        *ev_specs,
+        (torch.from_numpy(cat), torch.from_numpy(num)),
+        out / EVENT_FILE,
+        opset,
+    )
+    with torch.no_grad():
+        states = {
+            s: net.state(
+                torch.from_numpy(stacked(example, s, F.CATEGORICAL, np.int64)),
+                torch.from_numpy(stacked(example, s, F.NUMERIC, np.float32)),
+            ).numpy()
+            for s in STREAMS
+        }
+    feeds = query_feeds(example, states)
+    query = _export(
+        QueryGraph(net),
+        *q_specs,
+        tuple(torch.from_numpy(feeds[s.name]) for s in q_specs[0]),
+        out / QUERY_FILE,
+        opset,
+    )
+    return FactoredGraphs(event, query, ev_specs, q_specs)
+
+
+def manifest_entry(
+    net: IssuerSeqNet, graphs: FactoredGraphs, parity: dict[str, Any]
+) -> dict[str, Any]:
+    size = net.state_size()
+    return {
+        "event": {
+            "file": EVENT_FILE,
+            "inputs": [s.to_json() for s in graphs.event_specs[0]],
+            "outputs": [s.to_json() for s in graphs.event_specs[1]],
+        },
+        "query": {
+            "file": QUERY_FILE,
+            "inputs": [s.to_json() for s in graphs.query_specs[0]],
+            "outputs": [s.to_json() for s in graphs.query_specs[1]],
+        },
+        "state": {
+            "size": size,
+            "dtype": "float32",
+            "bytes_per_event": 4 * size,
+            "layout": {k: list(v) for k, v in net.state_layout().items()},
+        },
+        "parity": parity,
+    }
+
+
+class ChainedSession:
+    """The two graphs as one session (`run(outputs, named feeds)`), chained as the scorer
+    chains them, so that parity.check_parity checks them together on its cases."""
+
+    def __init__(self, event_session: Any, query_session: Any) -> None:
+        self.event = event_session
+        self.query = query_session
+
+    def run(self, outputs: list[str], feeds: Feeds) -> list[np.ndarray]:
+        values = chained(self.event, self.query, feeds)
+        return [values[name] for name in outputs]
+
+
+@torch.no_grad()
+def check_event_parity(
+    net: IssuerSeqNet, session: Any, feeds: Feeds, rtol: float, atol: float
+) -> dict[str, Any]:
+    """The event graph alone against PyTorch's `state`, on the real history events of
+    `feeds` and on 1 and 7 of them. Raises IssuerSeqError beyond the tolerance."""
+    cats, nums = [], []
+    for s in STREAMS:
+        real = real_slots(feeds[f"{s}_length"], feeds[f"{s}_cause"].shape[1])
+        cats.append(stacked(feeds, s, F.CATEGORICAL, np.int64)[real])
+        nums.append(stacked(feeds, s, F.NUMERIC, np.float32)[real])
+    cat, num = np.concatenate(cats), np.concatenate(nums)
+    report: dict[str, Any] = {}
+    for name, n in (("events_1", 1), ("events_7", 7), ("events_all", len(cat))):
+        if n > len(cat):
+            continue
+        ref = net.state(torch.from_numpy(cat[:n]), torch.from_numpy(num[:n])).numpy()
+        (got,) = session.run(["state"], {"event_cat": cat[:n], "event_num": num[:n]})
+        ratio = np.abs(got - ref) / (atol + rtol * np.abs(ref))
+        worst = float(np.max(ratio)) if np.isfinite(got).all() else float("inf")
+        report[name] = {"events": n, "max_ratio": worst}
+        if worst > 1.0:
+            raise IssuerSeqError(
+                f"the event graph disagrees with PyTorch on {name}: {worst:.3g}x the "
+                f"tolerance (rtol={rtol}, atol={atol})"
+            )
+    return report
