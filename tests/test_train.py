@@ -180,9 +180,9 @@ def test_payment_so_far_reads_the_latest_earlier_attempt_of_the_payment() -> Non
     def read(same, minutes, response, days, today):
         table = torch.arange(31, dtype=torch.float32)
         day, now = day_onehot(days, table), day_onehot(today, table)
-        return payment(
-            same, minutes, response, torch.full_like(response, 2), day, now, codes, advice
-        )
+        # each event's code embeddings, summed, as the cached state carries them
+        vectors = codes(response) + advice(torch.full_like(response, 2))
+        return payment(same, minutes, vectors, day, now)
 
     out = read(same, minutes, response, days, today)
     assert torch.equal(out[1], torch.zeros(8))  # a first attempt: nothing
