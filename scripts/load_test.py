@@ -141,12 +141,14 @@ def markdown(result: Mapping[str, Any]) -> str:
         )
     lines.append("")
     for n, best in result["held"].items():
+        processes = f"{n} process" + ("es" if n != "1" else "")
         if best is None:
-            lines.append(f"- {n} process(es): no step held p99 < {p99:g} ms")
+            lines.append(f"- {processes}: no step held p99 < {p99:g} ms")
         else:
+            users = f"{best['users']} user" + ("s" if best["users"] != 1 else "")
             lines.append(
-                f"- {n} process(es): {best['rate_per_s']:.0f} requests/s held at p99 < {p99:g} ms "
-                f"({best['users']} users: p50 {best['p50_ms']:.2f} ms, p99 {best['p99_ms']:.2f} ms)"
+                f"- {processes}: {best['rate_per_s']:.0f} requests/s held at p99 < {p99:g} ms "
+                f"({users}: p50 {best['p50_ms']:.2f} ms, p99 {best['p99_ms']:.2f} ms)"
             )
     return "\n".join(lines) + "\n"
 
