@@ -97,6 +97,15 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
     }
     assert client_gc["heap_objects_frozen"] > 1000
     assert 0 <= client_gc["pause_ms_max"] <= client_gc["pause_ms_total"] + 1e-9
+    # one request at a time beside the same scorer in process: the same requests timed in
+    # each (300 requests, the first 5 untimed, then blocks of 100 less their first 5)
+    overhead = http["overhead"]
+    assert overhead["errors"] == 0 and overhead["sent"] == 300
+    for side in ("http", "in_process"):
+        s = overhead[side]
+        assert s["n"] == 280 and 0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"]
+    p99_over = overhead["http"]["p99_ms"] - overhead["in_process"]["p99_ms"]
+    assert overhead["p99_over_in_process_ms"] == pytest.approx(p99_over, abs=1e-3)
     # the data pipeline: the whole log, the run's history lengths, the configured steps
     seq = bench["pipeline"]["sequences"]
     spec = json.loads((bundle / "manifest.json").read_text())["history"]
@@ -133,6 +142,11 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
             "at_most": 1.0,
             "met": observe_ratio <= 1.0,
         },
+        "http_p99_over_inprocess_ms": {
+            "measured": overhead["p99_over_in_process_ms"],
+            "at_most": 1.0,
+            "met": overhead["p99_over_in_process_ms"] <= 1.0,
+        },
         "sequence_build_speedup": {
             "measured": seq["speedup"],
             "at_least": 20.0,
@@ -146,6 +160,7 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
     }
     assert bench["machine"]["threads"] == 1
     assert "p50 ms" in out.stdout and "transformer p99 / LightGBM p99" in out.stdout
+    assert "HTTP one request at a time" in out.stdout
     assert all(f"target {name}" in out.stdout for name in MEASURED)
 
 
@@ -169,6 +184,7 @@ def test_bench_fits_the_lightgbm_model_once_then_reuses_it(
 TARGETS = {
     "scorer_p99_vs_lightgbm": {"at_most": 1.0, "ceiling": 1.5},
     "observe_p99_vs_score_p99": {"at_most": 1.0},
+    "http_p99_over_inprocess_ms": {"at_most": 1.0},
     "sequence_build_speedup": {"at_least": 20.0},
     "training_input_ratio": {"at_least": 0.9},
 }
@@ -188,8 +204,9 @@ def test_targets_are_read_from_the_config() -> None:
 def test_a_missed_target_is_reported_missed() -> None:
     """Fake measurements against the configured targets: one met, one missed, one not taken."""
     scorers = {"vs_lightgbm": {"best": 2.6}}
+    http = {"overhead": {"p99_over_in_process_ms": 0.8}}
     pipeline = {"sequences": {"speedup": 31.0}, "training_input": {"ratio": 0.95}}
-    measured = measurements(scorers, pipeline)
+    measured = measurements(scorers, http, pipeline)
     assert tuple(measured) == MEASURED
     checked = check_targets(TARGETS, measured)
     assert checked["scorer_p99_vs_lightgbm"] == {
@@ -199,19 +216,30 @@ def test_a_missed_target_is_reported_missed() -> None:
         "ceiling": 1.5,
         "within_ceiling": False,
     }
+    assert checked["http_p99_over_inprocess_ms"] == {"measured": 0.8, "at_most": 1.0, "met": True}
     assert checked["sequence_build_speedup"] == {"measured": 31.0, "at_least": 20.0, "met": True}
     assert checked["training_input_ratio"]["met"] is True
-    # the LightGBM arm disabled: its target is neither met nor missed
-    unmeasured = check_targets(TARGETS, measurements({}, pipeline))["scorer_p99_vs_lightgbm"]
-    assert unmeasured == {
+    # the LightGBM arm and HTTP disabled: their targets are neither met nor missed
+    not_run = {"note": "not measured (http.enabled=false)"}
+    unmeasured = check_targets(TARGETS, measurements({}, not_run, pipeline))
+    assert unmeasured["scorer_p99_vs_lightgbm"] == {
         "measured": None,
         "at_most": 1.0,
         "met": None,
         "ceiling": 1.5,
         "within_ceiling": None,
     }
+    assert unmeasured["http_p99_over_inprocess_ms"] == {
+        "measured": None,
+        "at_most": 1.0,
+        "met": None,
+    }
+    slow = check_targets(
+        TARGETS, measurements(scorers, {"overhead": {"p99_over_in_process_ms": 3.2}}, pipeline)
+    )
+    assert slow["http_p99_over_inprocess_ms"]["met"] is False
     # missing the goal but within the hard ceiling is told apart from breaking the ceiling
-    near = check_targets(TARGETS, measurements({"vs_lightgbm": {"best": 1.2}}, pipeline))
+    near = check_targets(TARGETS, measurements({"vs_lightgbm": {"best": 1.2}}, http, pipeline))
     assert near["scorer_p99_vs_lightgbm"]["met"] is False
     assert near["scorer_p99_vs_lightgbm"]["within_ceiling"] is True
     # a bound exactly reached is met; a stricter config turns the same figure into a miss
@@ -223,17 +251,19 @@ def test_a_missed_target_is_reported_missed() -> None:
 
 def test_the_summary_prints_every_target_met_or_missed() -> None:
     pipeline = {"sequences": {"speedup": 12.5}, "training_input": {"ratio": 0.93}}
+    http = {"note": "not measured (http.enabled=false)"}
     result = {
         "scorers": {"arms": {}},
-        "http": {"note": "not measured (http.enabled=false)"},
+        "http": http,
         "pipeline": pipeline,
-        "targets": check_targets(TARGETS, measurements({}, pipeline)),
+        "targets": check_targets(TARGETS, measurements({}, http, pipeline)),
     }
     lines = summary(result)
     assert "target sequence_build_speedup: 12.5 (at least 20): missed" in lines
     assert "target training_input_ratio: 0.93 (at least 0.9): met" in lines
     assert "target scorer_p99_vs_lightgbm (at most 1, never above 1.5): not measured" in lines
-    near = check_targets(TARGETS, measurements({"vs_lightgbm": {"best": 1.2}}, pipeline))
+    assert "target http_p99_over_inprocess_ms (at most 1): not measured" in lines
+    near = check_targets(TARGETS, measurements({"vs_lightgbm": {"best": 1.2}}, http, pipeline))
     assert (
         "target scorer_p99_vs_lightgbm: 1.2 (at most 1, never above 1.5): "
         "missed, within the ceiling"

@@ -49,6 +49,20 @@ def test_lightgbm_latency_joins_its_accuracy_row(tmp_path: Path) -> None:
     assert "at most 1x is not met (above the ceiling of 1.5x)" in serving_notes(bench)[0]
 
 
+def test_the_http_overhead_is_told_against_its_target() -> None:
+    overhead = {
+        "http": {"p50_ms": 1.9, "p99_ms": 3.4},
+        "in_process": {"p50_ms": 0.8, "p99_ms": 1.5},
+        "p50_over_in_process_ms": 1.1,
+        "p99_over_in_process_ms": 1.9,
+    }
+    target = {"measured": 1.9, "at_most": 1.0, "met": False}
+    bench = {"http": {"overhead": overhead}, "targets": {"http_p99_over_inprocess_ms": target}}
+    (note,) = serving_notes(bench)
+    assert "HTTP p50 1.90 ms and p99 3.40 ms against 0.80 ms and 1.50 ms in process" in note
+    assert "adds 1.90 ms at p99; the design target of at most 1 ms is not met" in note
+
+
 def test_size_variants_get_their_own_row_and_point(tmp_path: Path) -> None:
     metrics = {"auroc": 0.7, "ap_decline": 0.4, "logloss": 0.33, "brier": 0.1, "ece": 0.01}
     evaluation = {
@@ -128,6 +142,7 @@ def test_report_runs_what_is_missing_and_writes_everything(
     assert models["lightgbm"]["p99_ms"] > 0 and models["lightgbm"]["logloss"] is None
     assert any("LightGBM scorer's p99" in n for n in summary["serving"])
     assert any("Over HTTP on loopback" in n for n in summary["serving"])
+    assert any("One request at a time over keep-alive" in n for n in summary["serving"])
     assert {p["policy"] for p in summary["retry_policies"]} >= {
         "transformer",
         "oracle",

@@ -739,6 +739,15 @@ def test_the_serving_process_never_loads_torch(server: Server) -> None:
     assert "onnxruntime" in text and "libtorch" not in text
 
 
+def test_the_server_runs_uvloop_and_httptools_on_a_frozen_start_up_heap(server: Server) -> None:
+    """uvicorn's standard extras (pyproject.toml) are what `loop=auto http=auto` picks, and
+    the start-up's objects are kept out of the garbage collector's full collections."""
+    text = server.log.read_text(errors="replace")
+    assert "event loop uvloop.Loop, HTTP protocol HttpToolsProtocol" in text, text[-2000:]
+    frozen = re.search(r"(\d+) objects of the start-up frozen out of garbage collection", text)
+    assert frozen is not None and int(frozen.group(1)) > 10_000, text[-2000:]
+
+
 def test_request_enums_are_the_contracts() -> None:
     assert set(S.Network.__args__) == set(log_schema.NETWORKS)  # type: ignore[attr-defined]
     assert set(S.CardType.__args__) == set(log_schema.CARD_TYPES)  # type: ignore[attr-defined]

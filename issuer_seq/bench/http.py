@@ -1,19 +1,29 @@
-"""HTTP latency of the real service at a fixed request rate on loopback.
+"""HTTP latency of the real service on loopback: its overhead, and a fixed request rate.
 
 `issuer-seq serve` is started as a subprocess on 127.0.0.1 (a free port), waited for until
-ready, warmed with the histories the requests read (`POST /v1/outcomes`), and then sent the
-bench's replayed requests (`POST /v1/score`, one attempt each) on an open-loop schedule:
-request i leaves at `start + i / rate` whether or not earlier ones have been answered, so a
-slow server shows as latency rather than as a lower request rate. Latency is measured from
-the scheduled send time (queueing in the client counts). Errors are non-2xx answers and
-failed requests; answers from the fail-open fallback are 200s, counted apart. The server is
-stopped with SIGTERM (its graceful drain) at the end.
+ready, and warmed with the histories the requests read (`POST /v1/outcomes`). Then two
+measurements on the bench's replayed requests (`POST /v1/score`, one attempt each):
+
+- *Overhead* (closed loop): one request at a time over one keep-alive connection, beside the
+  same bundle's scorer in this process, warmed with the same histories. The two take turns
+  in blocks of requests (`single_request_latency` of bench/scorers.py), each observing every
+  request after scoring it, so both score the same requests against the same state; the
+  difference of their percentiles is what HTTP adds: the client's encoding, loopback, the
+  server's parsing, validation, routing and serialization.
+- *Fixed rate* (open loop): request i leaves at `start + i / rate` whether or not earlier
+  ones have been answered, so a slow server shows as latency rather than as a lower request
+  rate. Latency is measured from the scheduled send time (queueing in the client counts).
+
+Errors are non-2xx answers and failed requests; answers from the fail-open fallback are
+200s, counted apart. The server is stopped with SIGTERM (its graceful drain) at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import http.client
+import json
 import logging
 import math
 import signal
@@ -26,12 +36,15 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 
+from issuer_seq.bench.scorers import ArmScorer, single_request_latency
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.serve.inputs import stream_key
+from issuer_seq.serve.scorer import Scorer
 
 #: the fields of the service's `Attempt` / `Outcome` (serve/schemas.py)
 ATTEMPT_FIELDS = (
@@ -233,6 +246,113 @@ def client_gc_watch() -> Iterator[dict[str, float]]:
             stats[key] = round(stats[key], 3)
 
 
+class ServiceArm:
+    """The service as a bench arm (bench/scorers.py `ArmScorer`), over one keep-alive
+    connection: `score` is one round trip, the body encoded, sent, answered and decoded, as a
+    caller sees it; `observe` appends the outcome (`POST /v1/outcomes`, not timed).
+
+    The client is the standard library's `http.client`: httpx's own work per request costs
+    about 1 ms more on 2 shared cores (docs/serving.md), which is the client's, not the
+    service's."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.timeout_s = timeout_s
+        self.connection = self._connect()
+        self.sent = 0
+        self.errors = 0
+        self.fallbacks = 0
+        self.reconnects = 0
+
+    def _connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+
+    def post(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:
+        """(status, body); a connection found closed (an idle keep-alive the server ended)
+        is opened anew once."""
+        data = json.dumps(body).encode()
+        try:
+            return self._round_trip(path, data)
+        except (OSError, http.client.HTTPException):
+            self.connection.close()
+            self.connection = self._connect()
+            self.reconnects += 1
+            return self._round_trip(path, data)
+
+    def _round_trip(self, path: str, data: bytes) -> tuple[int, bytes]:
+        self.connection.request("POST", path, data, {"content-type": "application/json"})
+        answer = self.connection.getresponse()
+        return answer.status, answer.read()
+
+    def score_batch(self, attempts: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self._score({"attempts": [as_json(a) for a in attempts]}, len(attempts))
+
+    def score(self, attempt: Mapping[str, Any]) -> float:
+        return float(self._score({"attempt": as_json(attempt)}, 1)[0])
+
+    def _score(self, body: Mapping[str, Any], n: int) -> np.ndarray:
+        self.sent += 1
+        try:
+            status, data = self.post("/v1/score", body)
+        except (OSError, http.client.HTTPException):
+            status, data = 0, b""
+        if status != 200:
+            self.errors += 1
+            return np.full(n, np.nan)
+        answer = json.loads(data)
+        self.fallbacks += bool(answer["fallback"])
+        return np.asarray(answer["p_approve"], dtype=np.float64)
+
+    def observe(self, outcome: Mapping[str, Any]) -> None:
+        status, data = self.post("/v1/outcomes", {"outcomes": [as_json(outcome, OUTCOME_FIELDS)]})
+        if status != 200:
+            raise IssuerSeqError(f"/v1/outcomes answered {status}: {data[:500]!r}")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def http_overhead(
+    url: str,
+    bundle: Path,
+    requests: Sequence[Mapping[str, Any]],
+    warm: Sequence[Mapping[str, Any]],
+    warmup: int,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """Closed loop: the service, one request at a time over keep-alive, beside the bundle's
+    scorer in this process (one thread, warmed with the same `warm` histories as the
+    service); both score, then observe, the same requests in turns of blocks of 100."""
+    scorer = Scorer(bundle, threads=1)
+    for rec in warm:
+        scorer.observe(rec)
+    service = ServiceArm(url, timeout_s)
+    arms: dict[str, ArmScorer] = {"in_process": scorer, "http": service}
+    try:
+        with client_gc_watch() as client_gc:
+            latency = single_request_latency(arms, requests, warmup)
+    finally:
+        service.close()
+    http, in_process = latency["http"], latency["in_process"]
+    return {
+        "endpoint": "POST /v1/score (one attempt per request)",
+        "client": "http.client, one keep-alive connection, one request at a time; latency "
+        "from encoding the body to decoding the answer",
+        "order": "the service and the scorer in process take turns in blocks of 100 requests "
+        "(rotating), the first 5 of each block untimed; both observe every request",
+        "http": http,
+        "in_process": in_process,
+        "p50_over_in_process_ms": round(http["p50_ms"] - in_process["p50_ms"], 4),
+        "p99_over_in_process_ms": round(http["p99_ms"] - in_process["p99_ms"], 4),
+        "sent": service.sent,
+        "errors": service.errors,
+        "fallbacks": service.fallbacks,
+        "reconnects": service.reconnects,
+        "client_gc": {k: v if k.startswith("pause") else int(v) for k, v in client_gc.items()},
+    }
+
+
 def bench_http(
     bundle: Path,
     requests: Sequence[Mapping[str, Any]],
@@ -242,16 +362,20 @@ def bench_http(
     rate_per_s: float = 50.0,
     seconds: float = 10.0,
     warmup: int = 20,
+    overhead_requests: int = 1000,
     overrides: Sequence[str] = (),
     timeout_s: float = 5.0,
 ) -> dict[str, Any]:
-    """Loopback HTTP latency of `issuer-seq serve` at a fixed request rate."""
+    """Loopback HTTP latency of `issuer-seq serve`: at a fixed request rate (open loop), then
+    one request at a time beside the scorer in process (closed loop, `overhead_requests` of
+    `requests`; 0: not measured)."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     n = max(1, int(round(rate_per_s * seconds)))
     queries = [requests[i % len(requests)] for i in range(warmup + n)]
     bodies = [{"attempt": as_json(q)} for q in queries]
+    closed = list(requests[: min(overhead_requests, len(requests))])
     with running_server(bundle, log_path, overrides) as url:
-        warm = warm_histories(earlier, queries, ks)
+        warm = warm_histories(earlier, [*queries, *closed], ks)
         observed = post_outcomes(url, warm)
         # A short warm-up at the same rate (connections, first calls), not counted.
         asyncio.run(_open_loop(url, bodies[:warmup], rate_per_s, timeout_s))
@@ -261,6 +385,12 @@ def bench_http(
                 _open_loop(url, bodies[warmup:], rate_per_s, timeout_s)
             )
             elapsed = time.perf_counter() - started
+        # Last: it appends the requests to the histories, which the open loop only reads.
+        overhead = (
+            http_overhead(url, bundle, closed, warm, min(warmup, len(closed)), timeout_s)
+            if closed
+            else {"note": "not measured (http.overhead_requests=0)"}
+        )
     ms = np.asarray(latencies) * 1e3
     errors = sum(not 200 <= s < 300 for s in statuses)
     return {
@@ -282,4 +412,5 @@ def bench_http(
         "server": ["host=127.0.0.1", "shutdown_delay_s=0", *overrides],
         "client": "httpx.AsyncClient, open loop, latency from the scheduled send time",
         "client_gc": {k: v if k.startswith("pause") else int(v) for k, v in client_gc.items()},
+        "overhead": overhead,
     }

@@ -1,7 +1,8 @@
 """`issuer-seq bench`: latency, throughput and data-pipeline ratios -> <out_dir>/bench.json.
 
 Stages, in order: the LightGBM baseline's model (saved or fitted), every scorer arm on the
-same requests, the service over HTTP, the data pipeline (sequence building, training input),
+same requests, the service over HTTP (at a fixed rate, and one request at a time beside the
+scorer in process), the data pipeline (sequence building, training input),
 then the design targets (conf/bench.yaml `targets`) checked against those measurements.
 """
 
@@ -101,13 +102,15 @@ def scorer_arms(
 def http_latency(
     cfg: DictConfig, bundle: Path, records: Sequence[Mapping[str, Any]], out_dir: Path
 ) -> dict[str, Any]:
-    """The service on loopback at a fixed rate, on the scorers' requests (bench/http.py)."""
+    """The service on loopback, on the scorers' requests (bench/http.py): at a fixed rate, then
+    one request at a time beside the same scorer in process."""
     if not cfg.http.enabled:
         return {"note": "not measured (http.enabled=false)"}
     log.info(
-        "HTTP: issuer-seq serve on loopback, %s req/s for %s s",
+        "HTTP: issuer-seq serve on loopback, %s req/s for %s s, then %s requests one at a time",
         cfg.http.rate_per_s,
         cfg.http.seconds,
+        cfg.http.overhead_requests,
     )
     n = min(int(cfg.requests), len(records))
     manifest = read_manifest(bundle)
@@ -120,6 +123,7 @@ def http_latency(
         rate_per_s=float(cfg.http.rate_per_s),
         seconds=float(cfg.http.seconds),
         warmup=int(cfg.http.warmup),
+        overhead_requests=int(cfg.http.overhead_requests),
         overrides=[str(o) for o in cfg.http.serve_overrides],
     )
 
@@ -144,6 +148,7 @@ def data_pipeline(cfg: DictConfig, vlog: ValidatedLog, run_dir: Path) -> dict[st
 MEASURED = (
     "scorer_p99_vs_lightgbm",
     "observe_p99_vs_score_p99",
+    "http_p99_over_inprocess_ms",
     "sequence_build_speedup",
     "training_input_ratio",
 )
@@ -157,13 +162,17 @@ def _observe_over_score(scorers: Mapping[str, Any]) -> float | None:
     return round(observe["p99_ms"] / score["single_request"]["p99_ms"], 3)
 
 
-def measurements(scorers: Mapping[str, Any], pipeline: Mapping[str, Any]) -> dict[str, Any]:
+def measurements(
+    scorers: Mapping[str, Any], http: Mapping[str, Any], pipeline: Mapping[str, Any]
+) -> dict[str, Any]:
     """What the targets bound, by the names of `MEASURED` (None: not measured in this run)."""
     return {
         # the best shipped ONNX runtime (the run's model or a size variant) over LightGBM
         "scorer_p99_vs_lightgbm": scorers.get("vs_lightgbm", {}).get("best"),
         # observe (the event graph, per outcome) over score, both p99, the same arm
         "observe_p99_vs_score_p99": _observe_over_score(scorers),
+        # what HTTP adds to the same scorer's p99, one request at a time over keep-alive
+        "http_p99_over_inprocess_ms": http.get("overhead", {}).get("p99_over_in_process_ms"),
         "sequence_build_speedup": pipeline["sequences"]["speedup"],
         "training_input_ratio": pipeline["training_input"]["ratio"],
     }
@@ -203,6 +212,15 @@ def summary(result: Mapping[str, Any]) -> list[str]:
             f"{http['p50_ms']:.2f} ms, p95 {http['p95_ms']:.2f} ms, p99 {http['p99_ms']:.2f} ms, "
             f"error rate {http['error_rate']:.3f} ({http['fallbacks']} fallback answers)"
         )
+    overhead = http.get("overhead", {})
+    if "http" in overhead:
+        web, inproc = overhead["http"], overhead["in_process"]
+        lines.append(
+            f"HTTP one request at a time: p50 {web['p50_ms']:.2f} ms, p99 {web['p99_ms']:.2f} ms;"
+            f" in process p50 {inproc['p50_ms']:.2f} ms, p99 {inproc['p99_ms']:.2f} ms (HTTP adds"
+            f" {overhead['p50_over_in_process_ms']:.2f} ms at p50, "
+            f"{overhead['p99_over_in_process_ms']:.2f} ms at p99)"
+        )
     sequences, training = result["pipeline"]["sequences"], result["pipeline"]["training_input"]
     lines.append(
         f"sequence build {sequences['speedup']:.1f}x pandas; training input pipeline "
@@ -230,7 +248,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "http": http,
         "lightgbm": lightgbm_info,
         "pipeline": pipeline,
-        "targets": check_targets(targets, measurements(scorers, pipeline)),
+        "targets": check_targets(targets, measurements(scorers, http, pipeline)),
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2))

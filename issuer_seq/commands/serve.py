@@ -39,6 +39,8 @@ def settings(cfg: DictConfig) -> ServeSettings:
         drain_timeout_s=float(cfg.drain_timeout_s),
         access_log=bool(cfg.access_log),
         log_level=str(cfg.log_level),
+        loop=str(cfg.loop),
+        http=str(cfg.http),
         debug_model_delay_ms=float(cfg.debug.model_delay_ms),
     )
 

@@ -138,6 +138,18 @@ def serving_notes(bench: Mapping[str, Any] | None) -> list[str]:
             f" p50 {http['p50_ms']:.1f} ms, p95 {http['p95_ms']:.1f} ms, p99 {http['p99_ms']:.1f}"
             f" ms, error rate {http['error_rate']:.1%} ({http['fallbacks']} fallback answers)."
         )
+    overhead = http.get("overhead", {})
+    target = bench.get("targets", {}).get("http_p99_over_inprocess_ms")
+    if "http" in overhead and target:
+        verdict = "met" if target["met"] else "not met"
+        notes.append(
+            f"One request at a time over keep-alive, HTTP p50 {overhead['http']['p50_ms']:.2f} ms"
+            f" and p99 {overhead['http']['p99_ms']:.2f} ms against "
+            f"{overhead['in_process']['p50_ms']:.2f} ms and "
+            f"{overhead['in_process']['p99_ms']:.2f} ms in process: HTTP adds "
+            f"{overhead['p99_over_in_process_ms']:.2f} ms at p99; the design target of at most "
+            f"{target['at_most']:g} ms is {verdict}."
+        )
     return notes
 
 

@@ -5,12 +5,18 @@ On SIGTERM (what Kubernetes, Docker and systemd send) the service first stops be
 polling readiness stop routing to it, then stops accepting connections and lets in-flight
 requests finish (at most `drain_timeout_s`), and the process exits with status 0. A second
 signal skips the delay; a second SIGINT (Ctrl-C twice) also skips the drain.
+
+The event loop and the HTTP parser are uvicorn's `auto` choices by default: uvloop and
+httptools, which `uvicorn[standard]` installs (0.3 to 0.5 ms less per request than asyncio and
+h11, docs/serving.md); the log says which ones run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+import socket
 import threading
 from types import FrameType
 
@@ -54,6 +60,16 @@ class DrainingServer(uvicorn.Server):
     def _exit(self) -> None:
         self.should_exit = True
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = type(asyncio.get_running_loop())
+        log.info(
+            "event loop %s.%s, HTTP protocol %s",
+            loop.__module__,
+            loop.__qualname__,
+            self.config.http_protocol_class.__name__,
+        )
+        await super().startup(sockets)
+
 
 def serve(settings: ServeSettings) -> None:
     """Serve until a signal; raises IssuerSeqError if the bundle could not be loaded."""
@@ -75,6 +91,8 @@ def serve(settings: ServeSettings) -> None:
         # Keep the logging that the command line set up (Hydra's, to stdout).
         log_config=None,
         lifespan="on",
+        loop=settings.loop,
+        http=settings.http,
     )
     server = DrainingServer(config, service, settings.shutdown_delay_s)
     log.info(

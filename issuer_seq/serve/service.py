@@ -16,6 +16,7 @@ that, and back to false first thing on shutdown.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -84,6 +85,8 @@ class ServeSettings:
     drain_timeout_s: float = 20.0
     access_log: bool = False
     log_level: str = "info"
+    loop: str = "auto"
+    http: str = "auto"
     debug_model_delay_ms: float = 0.0
 
 
@@ -131,6 +134,20 @@ def warmup_attempt() -> dict[str, Any]:
         "three_ds": False,
         "attempt": 1,
     }
+
+
+def freeze_heap() -> int:
+    """Move every object alive now (the modules, the app, the model's session: those of the
+    start-up) out of reach of the garbage collector's full collections; returns how many.
+
+    A full collection walks every tracked object with the GIL held: on the service's start-up
+    heap (about 100,000 objects) that is 50 to 80 ms on 2 shared cores, every request waiting,
+    and enough to send the one it hits to the fallback (`deadline`). Frozen, the objects are
+    never collected (none of them is garbage), and later collections walk only what the
+    requests and outcomes left."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 class Service:
@@ -190,6 +207,7 @@ class Service:
                 model_file=s.model_file,
             )
             self._warm_up(scorer)
+            frozen = freeze_heap()
             providers = scorer.session.get_providers()
             self.metrics.model.info({**self._model_info, "providers": ",".join(providers)})
             self.scorer = scorer
@@ -197,12 +215,14 @@ class Service:
                 self.ready = True
                 self.metrics.ready.set(1)
             log.info(
-                "ready: %s v%s from %s on %s (verified, loaded and warmed up in %.1f s)",
+                "ready: %s v%s from %s on %s (verified, loaded and warmed up in %.1f s; "
+                "%d objects of the start-up frozen out of garbage collection)",
                 self.model_name,
                 self.model_version,
                 s.artifact_dir,
                 providers,
                 time.perf_counter() - started,
+                frozen,
             )
         except Exception as exc:  # any failure to load means this server must not serve
             self.load_error = f"{type(exc).__name__}: {exc}"
