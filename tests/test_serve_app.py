@@ -557,7 +557,8 @@ def test_failing_model_falls_back_to_the_rules(
         def broken(inputs: Any) -> Any:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-        monkeypatch.setattr(shared_scorer, "run", broken)
+        monkeypatch.setattr(shared_scorer, "run", broken)  # the query graph
+        monkeypatch.setattr(shared_scorer, "run_whole", broken)  # the whole network (V2)
         score = c.post("/v1/score", json={"attempts": [attempt(), attempt()]}).json()
         assert score["fallback_reason"] == "model_error" and len(score["p_approve"]) == 2
 
