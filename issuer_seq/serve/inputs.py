@@ -251,6 +251,26 @@ def encode_event(vocab: F.Vocab, attempt: Mapping[str, Any]) -> Event:
     )
 
 
+def relative(event: Event, window: Window, n: int) -> np.ndarray:
+    """(n, 3) features.RELATIVE of the window's last n events as seen from `event`."""
+    dt = event.t - window.t[-n:]
+    same_merchant = window.merchant[-n:] == event.merchant
+    # an attempt without a payment id is a payment of its own
+    same_payment = (
+        window.payment[-n:] == event.payment if event.payment is not None else np.zeros(n, bool)
+    )
+    return F.relative_features(np, dt, same_merchant, True, same_payment, True)
+
+
+def decline_ids(declines: Sequence[Event] | None, b: int) -> dict[str, np.ndarray]:
+    """`decline_response_code`, `decline_advice_code` (B,): the declines' ids, or NONE."""
+    out = {}
+    for f in ("response_code", "advice_code"):
+        ids = [F.NONE if d is None else d.cat[_CAT_INDEX[f]] for d in (declines or [None] * b)]
+        out[f"decline_{f}"] = np.array(ids, dtype=np.int64)
+    return out
+
+
 def build_inputs(
     current: Sequence[Event],
     histories: Mapping[str, Sequence[Window | Sequence[Event]]],
@@ -290,17 +310,7 @@ def build_inputs(
                 continue
             cat[:, row, k - n :] = window.cat[:, -n:]
             num[:, row, k - n :] = window.num[:, -n:]
-            dt = event.t - window.t[-n:]
-            same_merchant = window.merchant[-n:] == event.merchant
-            # an attempt without a payment id is a payment of its own
-            same_payment = (
-                window.payment[-n:] == event.payment
-                if event.payment is not None
-                else np.zeros(n, bool)
-            )
-            rel[:, row, k - n :] = F.relative_features(
-                np, dt, same_merchant, True, same_payment, True
-            ).T
+            rel[:, row, k - n :] = relative(event, window, n).T
         cat_names, num_names, rel_names, length_name = _NAMES[s]
         for i, name in enumerate(cat_names):
             out[name] = cat[i]
@@ -309,10 +319,7 @@ def build_inputs(
         for i, name in enumerate(rel_names):
             out[name] = rel[i]
         out[length_name] = length
-    for f in ("response_code", "advice_code"):
-        ids = [F.NONE if d is None else d.cat[_CAT_INDEX[f]] for d in (declines or [None] * b)]
-        out[f"decline_{f}"] = np.array(ids, dtype=np.int64)
-    return out
+    return out | decline_ids(declines, b)
 
 
 #: computes cached states: cat (n, C) int64, num (n, F) float32 -> (n, S) float32
@@ -367,15 +374,7 @@ def build_query_inputs(
                     else:
                         i = len(window) - n + j
                         stale.append((states, row, slot, window.cat[:, i], window.num[:, i]))
-            dt = event.t - window.t[-n:]
-            same_merchant = window.merchant[-n:] == event.merchant
-            # an attempt without a payment id is a payment of its own
-            same_payment = (
-                window.payment[-n:] == event.payment
-                if event.payment is not None
-                else np.zeros(n, bool)
-            )
-            rel[row, k - n :] = F.relative_features(np, dt, same_merchant, True, same_payment, True)
+            rel[row, k - n :] = relative(event, window, n)
         out[f"{s}_state"] = states
         out[f"{s}_rel"] = rel
         out[f"{s}_length"] = length
@@ -386,7 +385,4 @@ def build_query_inputs(
         )
         for (states, row, slot, _, _), value in zip(stale, computed, strict=True):
             states[row, slot] = value
-    for f in ("response_code", "advice_code"):
-        ids = [F.NONE if d is None else d.cat[_CAT_INDEX[f]] for d in (declines or [None] * b)]
-        out[f"decline_{f}"] = np.array(ids, dtype=np.int64)
-    return out
+    return out | decline_ids(declines, b)
