@@ -353,7 +353,8 @@ def success_rate_policy(
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = (succ + a * config.prior_rate) / (vol + a)
     default = np.nan if config.default_success_rate is None else config.default_success_rate
-    score = np.where(vol < max(config.min_volume, 1), default, rate)
+    short = (vol < config.min_volume) | (vol + a == 0)  # no volume and no prior: no rate
+    score = np.where(short, default, rate)
     # no default: a route short of volume loses to every scored one (scores lie in [0, 1])
     best = best_by_priority(np.where(np.isnan(score), -1.0, score), prio)
     probs = exploring(best, cand, config.epsilon)
