@@ -23,14 +23,17 @@ take the 2.5% and 97.5% quantiles of the resampled ratios (the percentile interv
 
 Estimates are means per attempt; multiply by n for totals comparable to `value.py`'s sums.
 
-Why not a library. Open Bandit Pipeline (`obp`) implements these estimators, but its last
-release (0.5.7, 2023) declares Python < 3.11 (this project runs 3.11) and pins torch 1.12,
-scikit-learn 1.1.3, pandas 1.5.2 and numpy 1.23.5 in its own project file, and pulls seaborn,
-pingouin and pyieoe; the versions pip accepts on 3.11 (0.4.1) are older still. Against our pins
-(torch 2.13, numpy 2, pandas 2) it cannot be installed cleanly, so the three estimators, which
-are a few lines each, are written here and tested on synthetic bandits whose value is known.
-The definitions follow obp's (`InverseProbabilityWeighting`, `SelfNormalizedInverseProbability
-Weighting`, `DoublyRobust`).
+Why not a library. Open Bandit Pipeline (`obp`) implements these estimators. Its last release
+(0.5.7, 2023) declares Python < 3.11 (this project runs 3.11) and its project file pins torch
+1.12, scikit-learn 1.1.3, pandas 1.5.2 and numpy 1.23.5, so pip picks the older 0.4.1 on 3.11.
+That one's loose lower bounds do fit our pins and it runs on numpy 2, but it is unmaintained,
+would add seaborn and mypy-extensions for three short formulas, bootstraps rows only (no
+cluster bootstrap for dependent attempts), and bootstraps SNIPS's per-row terms after dividing
+by the whole sample's mean weight, so its SNIPS interval leaves out the normaliser's variance.
+So the estimators are written here, following obp's definitions
+(`InverseProbabilityWeighting`, `SelfNormalizedInverseProbabilityWeighting`, `DoublyRobust`),
+tested on synthetic bandits whose value is known, and checked against obp's point estimates
+where obp is installed (tests/test_routing_ope.py).
 """
 
 from __future__ import annotations
