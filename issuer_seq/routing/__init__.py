@@ -3,9 +3,10 @@ off-policy estimates from logged routes and propensities, and the reaction to is
 
 See docs/routing.md. `routes` holds the route table, `policies` the policies (static,
 success-rate, expected value), `value` the truth valuation, `ope` the off-policy estimators,
-`reaction` the episode-reaction metric.
+`compare` the estimates beside the truth, `reaction` the episode-reaction metric.
 """
 
+from issuer_seq.routing.compare import ope_against_truth
 from issuer_seq.routing.ope import Estimate, estimate, estimate_all, logged_rewards
 from issuer_seq.routing.policies import (
     RouteChoice,
@@ -19,7 +20,7 @@ from issuer_seq.routing.policies import (
 )
 from issuer_seq.routing.reaction import episode_reactions, median_reaction_hours
 from issuer_seq.routing.routes import NOT_HELD, RouteTable
-from issuer_seq.routing.value import expected_outcomes, value_policies
+from issuer_seq.routing.value import expected_outcomes, truth_matrix, value_policies
 
 __all__ = [
     "NOT_HELD",
@@ -35,9 +36,11 @@ __all__ = [
     "expected_outcomes",
     "logged_rewards",
     "median_reaction_hours",
+    "ope_against_truth",
     "route_values",
     "sample_routes",
     "static_policy",
     "success_rate_policy",
+    "truth_matrix",
     "value_policies",
 ]

@@ -18,7 +18,7 @@ followed; the valuation, like the off-policy estimates (`ope.py`), takes the att
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ from issuer_seq.routing.routes import NOT_HELD
 
 STATIC = "static"
 ORACLE = "oracle"
+TRUTH_PREFIX = "p_approve_route_"
 
 
 def check_truth(p_true: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -61,6 +62,36 @@ def expected_outcomes(
     return (probs * p).sum(axis=1), (probs * v).sum(axis=1)
 
 
+def truth_matrix(truth: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """(N, R) true p_approve per route from a truth frame's `p_approve_route_<name>` columns,
+    in the route table's order (rows as the frame's)."""
+    cols = [f"{TRUTH_PREFIX}{name}" for name in names]
+    missing = [c for c in cols if c not in truth.columns]
+    if missing:
+        raise IssuerSeqError(f"the truth has no columns {missing}: is the log routed?")
+    return truth[cols].to_numpy(dtype=np.float64)
+
+
+def with_references(
+    policies: Mapping[str, np.ndarray],
+    p_true: np.ndarray,
+    priority: np.ndarray,
+    amount: np.ndarray,
+    fees: np.ndarray,
+    econ: RetryEconomics = DEFAULT_ECONOMICS,
+) -> dict[str, np.ndarray]:
+    """Checked policies in the order they are reported: static, `policies`, the oracle."""
+    prio = np.asarray(priority)
+    cand = prio != NOT_HELD
+    truth = check_truth(p_true, cand)
+    clash = {STATIC, ORACLE} & set(policies)
+    if clash:
+        raise IssuerSeqError(f"policy names {sorted(clash)} are reserved (added by the valuation)")
+    oracle = choose_route(truth, prio, amount, fees, econ).probs
+    named = {STATIC: static_policy(prio), **policies, ORACLE: oracle}
+    return {name: check_probs(p, cand, name=f"policy {name}") for name, p in named.items()}
+
+
 def value_policies(
     policies: Mapping[str, np.ndarray],
     p_true: np.ndarray,
@@ -78,14 +109,8 @@ def value_policies(
     prio = np.asarray(priority)
     cand = prio != NOT_HELD
     truth = check_truth(p_true, cand)
-    clash = {STATIC, ORACLE} & set(policies)
-    if clash:
-        raise IssuerSeqError(f"policy names {sorted(clash)} are reserved (added by the valuation)")
-    oracle = choose_route(truth, prio, amount, fees, econ).probs
     rows: list[dict[str, float | str | int]] = []
-    named = {STATIC: static_policy(prio), **policies, ORACLE: oracle}
-    for name, probs in named.items():
-        p = check_probs(probs, cand, name=f"policy {name}")
+    for name, p in with_references(policies, truth, prio, amount, fees, econ).items():
         approvals, value = expected_outcomes(p, truth, amount, fees, econ)
         rows.append(
             {
