@@ -111,8 +111,8 @@ H = 3600.0
 
 
 def one_issuer(shares_before: list[float], shares_during: list[float]) -> dict:
-    """Hourly attempts of issuer A, all at merchants holding both routes; the episode on r0
-    starts at the first `during` attempt and lasts a week."""
+    """Hourly attempts of issuer A, all at merchants with r0 first and r1 second; the episode
+    on r0 starts at the first `during` attempt and lasts a week."""
     share = np.array(shares_before + shares_during)
     n = len(share)
     start = len(shares_before) * H
@@ -123,7 +123,7 @@ def one_issuer(shares_before: list[float], shares_during: list[float]) -> dict:
         "issuer_ids": np.array(["A"] * n),
         "ts": np.arange(n) * H,
         "probs": np.stack([share, 1 - share], axis=1),
-        "candidates": np.ones((n, 2), dtype=bool),
+        "priority": np.tile([0, 1], (n, 1)),
         "route_names": ROUTES,
     }
 
@@ -167,28 +167,47 @@ def test_reaction_statuses_and_the_median() -> None:
     assert np.isnan(median_reaction_hours(table[table["status"] == NOT_EXPOSED]))
 
 
-def test_reaction_counts_only_the_issuers_attempts_at_merchants_holding_the_route() -> None:
+def test_reaction_counts_only_the_issuers_attempts_at_merchants_sending_there() -> None:
     args = one_issuer([1.0] * 30, [1.0] * 30)
     n = len(args["ts"])
-    # another issuer's attempts, and A's at merchants without r0, all off r0: they must not count
+    # all off r0: another issuer's attempts, A's at merchants without r0, and A's at merchants
+    # with r0 second (which count only in the "held" scope)
     extra_ts = np.arange(n) * H + 0.5 * H
-    args["issuer_ids"] = np.concatenate([args["issuer_ids"], ["B"] * n, ["A"] * n])
-    ts = np.concatenate([args["ts"], extra_ts, extra_ts + 0.1 * H])
+    issuer = np.concatenate([args["issuer_ids"], ["B"] * n, ["A"] * n, ["A"] * n])
+    ts = np.concatenate([args["ts"], extra_ts, extra_ts + 0.1 * H, extra_ts + 0.2 * H])
+    probs = np.concatenate([args["probs"], np.tile([0.0, 1.0], (3 * n, 1))])
+    prio = np.concatenate(
+        [
+            args["priority"],
+            np.tile([0, 1], (n, 1)),
+            np.tile([NOT_HELD, 0], (n, 1)),
+            np.tile([1, 0], (n, 1)),
+        ]
+    )
     order = np.argsort(ts, kind="stable")
-    off = np.tile([0.0, 1.0], (2 * n, 1))
-    probs = np.concatenate([args["probs"], off])
-    cand = np.concatenate(
-        [args["candidates"], np.ones((n, 2), bool), np.tile([False, True], (n, 1))]
+    args.update(issuer_ids=issuer[order], ts=ts[order], probs=probs[order], priority=prio[order])
+    first = episode_reactions(**args).iloc[0]
+    assert first["status"] == NEVER and first["pre_share"] == 1.0 and first["n_during"] == 30
+    held = episode_reactions(**args, scope="held").iloc[0]
+    assert held["pre_share"] == pytest.approx(0.5) and held["n_during"] == 60
+    # held: every other eligible attempt is off r0, never n_hold in a row
+    assert held["status"] == NEVER
+
+
+def test_the_static_policy_never_reacts_whatever_the_merchant_mix() -> None:
+    rng = np.random.default_rng(3)
+    n = 2000
+    prio = np.where(rng.random(n) < 0.3, 0, 1)[:, None] * np.array([[1, -1]]) + np.array([[0, 1]])
+    ts = np.arange(n) * 600.0
+    episodes = pd.DataFrame(
+        {"issuer_id": ["A"], "route": ["r0"], "start": [ts[1000]], "end": [ts[-1]]}
     )
-    args.update(
-        issuer_ids=args["issuer_ids"][order],
-        ts=ts[order],
-        probs=probs[order],
-        candidates=cand[order],
-    )
-    got = episode_reactions(**args)
-    assert got["status"].iloc[0] == NEVER and got["pre_share"].iloc[0] == 1.0
-    assert got["n_during"].iloc[0] == 30
+    common = {"issuer_ids": ["A"] * n, "ts": ts, "priority": prio, "route_names": ROUTES}
+    static = static_policy(prio)
+    assert episode_reactions(episodes, probs=static, **common)["status"].iloc[0] == NEVER
+    # with every holding merchant counted, runs of merchants that prefer r1 look like a move
+    held = episode_reactions(episodes, probs=static, **common, scope="held").iloc[0]
+    assert held["status"] == REACTED
 
 
 def test_reaction_rejects_bad_input() -> None:
@@ -219,12 +238,7 @@ def test_the_oracle_reacts_at_once_and_success_rate_routing_within_its_window() 
         np.zeros(n), ts, route, approved, prio, SuccessRateConfig(window=30, min_volume=10)
     ).probs
     episodes = pd.DataFrame({"issuer_id": ["0.0"], "route": ["r0"], "start": [start], "end": [end]})
-    common = {
-        "issuer_ids": np.zeros(n),
-        "ts": ts,
-        "candidates": prio != NOT_HELD,
-        "route_names": ROUTES,
-    }
+    common = {"issuer_ids": np.zeros(n), "ts": ts, "priority": prio, "route_names": ROUTES}
     fast = episode_reactions(episodes, probs=oracle, **common).iloc[0]
     slow = episode_reactions(episodes, probs=sr, **common).iloc[0]
     assert fast["status"] == REACTED and fast["reaction_hours"] == 0.0

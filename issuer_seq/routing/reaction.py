@@ -2,9 +2,12 @@
 declining through it (an issuer-by-route episode of the simulator).
 
 Definition. For an episode (issuer, route, start, end), the eligible attempts are the issuer's
-attempts whose merchant holds the route, in time order; a policy's share of one attempt is the
-probability it gives the route, pi(route | i) (1 or 0 for a deterministic policy: using the
-probability rather than a draw keeps the metric free of sampling noise).
+attempts, in time order, at merchants whose first-priority route it is (`scope="first"`, the
+default: the attempts a static router sends there, so a change in the mix of merchants cannot
+move the share, and the static policy never reacts) or at every merchant holding the route
+(`scope="held"`); a policy's share of one attempt is the probability it gives the route,
+pi(route | i) (1 or 0 for a deterministic policy: using the probability rather than a draw
+keeps the metric free of sampling noise).
 
 - pre-episode share s0: the mean share over the last `n_pre` eligible attempts before start;
 - the policy has reacted at the first eligible attempt k with start <= ts_k < end from which
@@ -17,6 +20,10 @@ episode's length); `not_exposed` (s0 = 0: the policy was not using the route, th
 nothing to move away from); or `no_history` (no eligible attempt before start). The median
 reaction counts `never` as longer than any reaction (infinite), over the reacted and never
 episodes, so a policy that never moves off half its episodes has an infinite median.
+
+An episode raises an issuer's declines through a route; it need not make another route
+better (the rise may be small, the others may cost more). Compare policies on the episodes
+the oracle reacts to: there, moving away is right and the oracle's reaction is the floor.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ import pandas as pd
 
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.routing.policies import as_seconds
+from issuer_seq.routing.routes import NOT_HELD
 
 REACTED, NEVER, NOT_EXPOSED, NO_HISTORY = "reacted", "never", "not_exposed", "no_history"
 EPISODE_COLUMNS = ("issuer_id", "route", "start", "end")
+SCOPES = ("first", "held")
 
 
 def _first_run(below: np.ndarray, n_hold: int) -> int:
@@ -48,17 +57,19 @@ def episode_reactions(
     issuer_ids: Any,
     ts: Any,
     probs: np.ndarray,
-    candidates: np.ndarray,
+    priority: np.ndarray,
     route_names: Sequence[str],
     n_pre: int = 50,
     n_hold: int = 10,
     drop: float = 0.5,
+    scope: str = "first",
 ) -> pd.DataFrame:
     """One row per episode: its columns, then pre_share, n_during (eligible attempts in the
     episode), status, reaction_hours (NaN unless reacted) and episode_hours.
 
     issuer_ids, ts: (N,) the attempts in time order; probs: (N, R) the policy's distribution
-    over the route table's columns (`route_names`); candidates: (N, R) the merchants' routes.
+    over the route table's columns (`route_names`); priority: (N, R) the merchants' route
+    ranks (`RouteTable.priority`); scope: "first" or "held" (module docstring).
     """
     missing = [c for c in EPISODE_COLUMNS if c not in episodes.columns]
     if missing:
@@ -67,11 +78,14 @@ def episode_reactions(
         raise IssuerSeqError("n_pre and n_hold must be >= 1 and drop in (0, 1]")
     t = as_seconds(ts)
     pi = np.asarray(probs, dtype=np.float64)
-    cand = np.asarray(candidates, dtype=bool)
-    if pi.shape != cand.shape or pi.shape != (len(t), len(route_names)):
+    prio = np.asarray(priority)
+    if pi.shape != prio.shape or pi.shape != (len(t), len(route_names)):
         raise IssuerSeqError(
-            f"probs {pi.shape} and candidates {cand.shape} must be ({len(t)}, {len(route_names)})"
+            f"probs {pi.shape} and priority {prio.shape} must be ({len(t)}, {len(route_names)})"
         )
+    if scope not in SCOPES:
+        raise IssuerSeqError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
+    eligible = prio == 0 if scope == "first" else prio != NOT_HELD
     if np.any(np.diff(t) < 0):
         raise IssuerSeqError("attempts must be in time order (sort by ts first)")
     issuer = np.asarray(issuer_ids, dtype=object).astype(str)
@@ -95,7 +109,7 @@ def episode_reactions(
     ):
         r = column[route]
         idx = by_issuer.get(iss, empty)
-        idx = idx[cand[idx, r]]
+        idx = idx[eligible[idx, r]]
         share, when = pi[idx, r], t[idx]
         before = share[when < start[j]][-n_pre:]
         during = (when >= start[j]) & (when < end[j])
