@@ -383,6 +383,7 @@ def test_triton_config_parses_and_matches_the_manifest(
     assert config.max_batch_size == 256
     triton_type = {"int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32}
     sizes = {f"k_{s}": m["history"][f"k_{s}"] for s in F.STREAMS}
+    sizes["k"] = max(sizes.values())  # the query graph's windows: right-aligned to the longest
     described = m["schema"] if graph is None else m["factored"][graph]
     for tensors, specs in (
         (config.input, described["inputs"]),

@@ -11,7 +11,7 @@ from issuer_seq import features as F
 from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.store import TRAIN, EventStore, StoreConfig, build_store
 from issuer_seq.features import STREAMS
-from issuer_seq.model.network import IssuerSeqNet, packed
+from issuer_seq.model.network import IssuerSeqNet, packed, stack_streams
 from issuer_seq.schema import load_log
 
 
@@ -38,9 +38,9 @@ def _query_from_states(
     return net.query(
         packed(x, "cur", F.CATEGORICAL),
         packed(x, "cur", F.NUMERIC),
-        states,
-        {s: packed(x, s, F.RELATIVE) for s in STREAMS},
-        {s: x[f"{s}_length"] for s in STREAMS},
+        stack_streams([states[s] for s in STREAMS]),
+        stack_streams([packed(x, s, F.RELATIVE) for s in STREAMS]),
+        torch.stack([x[f"{s}_length"] for s in STREAMS]),
         x["decline_response_code"],
         x["decline_advice_code"],
     )
@@ -112,3 +112,51 @@ def test_query_attention_is_multihead_attentions() -> None:
     y = q[:, None] + a
     want = (y + block.ff(block.norm2(y)))[:, 0]
     torch.testing.assert_close(block(q, memory, pad), want, rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_every_stream_at_once_is_each_streams_own_modules() -> None:
+    """The network runs the three streams as one computation (parameters stacked, windows
+    right-aligned to the longest): each stream's result is what its own modules give on its
+    own window, whatever the windows' lengths."""
+    from issuer_seq.model.network import (
+        HistoryCounts,
+        HistoryStats,
+        StreamQuery,
+        linear_n,
+        stream_queries_n,
+    )
+
+    torch.manual_seed(0)
+    d, b, ks = 16, 5, (7, 4, 1)
+    queries = [StreamQuery(d, 2, 2, 32, 0.0).eval() for _ in ks]
+    current = torch.randn(b, d)
+    states = [torch.randn(b, k, d) for k in ks]
+    pairs = [torch.randn(b, k, 8) for k in ks]
+    lengths = [torch.randint(0, k + 1, (b,)) for k in ks]
+    got = stream_queries_n(
+        queries, current, stack_streams(states), stack_streams(pairs), torch.stack(lengths), False
+    )
+    for i, query in enumerate(queries):
+        torch.testing.assert_close(
+            got[i], query(current, states[i], pairs[i], lengths[i]), rtol=1e-5, atol=1e-5
+        )
+
+    n_causes = 6
+    counts = [HistoryCounts(n_causes, d) for _ in ks]
+    stats = [HistoryStats(n_causes, d) for _ in ks]
+    onehot = [torch.eye(n_causes)[torch.randint(0, n_causes, (b, k)), 1:] for k in ks]
+    minutes = [torch.rand(b, k) * 10 for k in ks]
+    flags = [torch.randint(0, 2, (b, k)).float() for k in ks]
+    stacked_onehot, stacked_minutes = stack_streams(onehot), stack_streams(minutes)
+    count_table = torch.log1p(
+        counts[0].table(stacked_onehot, stacked_minutes, stack_streams(flags))
+    )
+    stat_table = stats[0].table(stacked_onehot, stacked_minutes, stack_streams(flags))
+    got_counts = linear_n(count_table.flatten(-2), [c.proj for c in counts])
+    got_stats = linear_n(stat_table.flatten(-2), [s.proj for s in stats])
+    for i in range(len(ks)):
+        want_counts = counts[i](onehot[i], minutes[i], flags[i])
+        want_stats = stats[i](onehot[i], minutes[i], flags[i])
+        torch.testing.assert_close(got_counts[i], want_counts, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got_stats[i], want_stats, rtol=1e-5, atol=1e-5)

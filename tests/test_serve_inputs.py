@@ -66,3 +66,29 @@ def test_inputs_module_never_imports_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_one_events_numeric_features_are_the_vectorized_ones() -> None:
+    """A request encodes its attempt with `numeric_one` (the standard library), training
+    with `numeric` (numpy): rounded to float32 they are the same, bit for bit, across
+    decades of timestamps, every UTC offset, tiny to huge amounts and attempt numbers."""
+    from issuer_seq import features as F
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    ts = rng.integers(0, 4_000_000_000, n)
+    ts[:4] = [0, 86_399, 951_782_400, 4_102_444_799]  # epoch, a day's last second, 29 Feb
+    offset = rng.choice(np.arange(-24, 29) * 1_800, n)  # half hours, -12 h to +14 h
+    amount = np.round(rng.lognormal(3.0, 2.0, n), 2)
+    amount[:3] = [0.0, 0.01, 1e9]
+    attempt = rng.integers(1, 30, n)
+    want = np.stack(list(F.numeric(amount, attempt, ts, offset).values()), axis=1)
+    got = np.array(
+        [
+            F.numeric_one(float(a), int(k), int(t), int(o))
+            for a, k, t, o in zip(amount, attempt, ts, offset, strict=True)
+        ],
+        dtype=np.float32,
+    )
+    assert list(F.numeric(amount[:1], attempt[:1], ts[:1], offset[:1])) == list(F.NUMERIC)
+    np.testing.assert_array_equal(got, want)

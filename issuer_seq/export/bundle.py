@@ -31,6 +31,7 @@ from issuer_seq.export.cases import EDGE_ROWS, edge_cases
 from issuer_seq.export.factored import (
     EVENT_FILE,
     QUERY_FILE,
+    QUERY_K,
     ChainedSession,
     check_event_parity,
     export_factored,
@@ -41,7 +42,7 @@ from issuer_seq.export.manifest import MANIFEST, feature_schema, versions, write
 from issuer_seq.export.onnx_export import DEFAULT_OPSET, example_feeds, export_onnx
 from issuer_seq.export.parity import PROVIDER, check_parity, onnx_session, write_sample
 from issuer_seq.export.quantize import INT8_FILE, Int8Criteria, int8_variant
-from issuer_seq.export.signature import input_specs, output_specs
+from issuer_seq.export.signature import HISTORY_DIMS, input_specs, output_specs
 from issuer_seq.export.triton import (
     EVENT_MODEL_NAME,
     MODEL_NAME,
@@ -155,6 +156,7 @@ def _build(run: TrainedRun, data: ValidationData, out: Path, s: ExportSettings) 
     write_repository(
         out / TRITON_DIR, model_path, s.model_version, inputs, outputs, run.history, s.triton
     )
+    longest = {QUERY_K: max(run.history[dim] for dim in HISTORY_DIMS.values())}
     for name, file, (g_inputs, g_outputs) in (
         (EVENT_MODEL_NAME, EVENT_FILE, graphs.event_specs),
         (QUERY_MODEL_NAME, QUERY_FILE, graphs.query_specs),
@@ -165,7 +167,7 @@ def _build(run: TrainedRun, data: ValidationData, out: Path, s: ExportSettings) 
             s.model_version,
             g_inputs,
             g_outputs,
-            run.history,
+            run.history | longest,
             s.triton,
             name,
         )

@@ -3,9 +3,11 @@ graph (the attempt and each stream's cached states -> p_approve, p_retry).
 
     event_encoder.onnx   event_cat (events, C) int64, event_num (events, F) float32
                          -> state (events, S) float32
-    query.onnx           cur_cat (batch, C) int64, cur_num (batch, F) float32,
-                         per stream s: <s>_state (batch, k_s, S), <s>_rel (batch, k_s, 3)
-                         float32 and <s>_length (batch,) int64; decline_response_code,
+    query.onnx           cur_cat (batch, C) int64, cur_num (batch, F) float32; the
+                         streams of features.STREAMS (card, issuer, card_merchant) stacked
+                         on the axis after the batch, each right-aligned to the longest
+                         window k: states (batch, 3, k, S), rel (batch, 3, k, 3) float32,
+                         length (batch, 3) int64; decline_response_code,
                          decline_advice_code (batch,) int64 -> p_approve, p_retry
 
 `observe` runs the event graph once per event and stores the state beside the event's raw
@@ -41,6 +43,7 @@ from issuer_seq.model.network import IssuerSeqNet
 EVENT_FILE = "event_encoder.onnx"
 QUERY_FILE = "query.onnx"
 EVENTS = "events"  # the event graph's symbolic dim
+QUERY_K = "k"  # the query graph's: the longest stream's window
 N_CAT, N_NUM, N_REL = len(F.CATEGORICAL), len(F.NUMERIC), len(F.RELATIVE)
 
 
@@ -57,14 +60,11 @@ def query_specs(state_size: int, n_delays: int) -> tuple[list[TensorSpec], list[
         TensorSpec("cur_cat", "int64", (BATCH, N_CAT)),
         TensorSpec("cur_num", "float32", (BATCH, N_NUM)),
     ]
-    for s in STREAMS:
-        k = HISTORY_DIMS[s]
-        inputs += [
-            TensorSpec(f"{s}_state", "float32", (BATCH, k, state_size)),
-            TensorSpec(f"{s}_rel", "float32", (BATCH, k, N_REL)),
-            TensorSpec(f"{s}_length", "int64", (BATCH,)),
-        ]
+    n = len(STREAMS)
     inputs += [
+        TensorSpec("states", "float32", (BATCH, n, QUERY_K, state_size)),
+        TensorSpec("rel", "float32", (BATCH, n, QUERY_K, N_REL)),
+        TensorSpec("length", "int64", (BATCH, n)),
         TensorSpec("decline_response_code", "int64", (BATCH,)),
         TensorSpec("decline_advice_code", "int64", (BATCH,)),
     ]
@@ -93,19 +93,13 @@ class QueryGraph(nn.Module):
         self.net = net
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
-        cur_cat, cur_num, *rest = inputs
-        per_stream = {s: rest[3 * i : 3 * i + 3] for i, s in enumerate(STREAMS)}
-        decline_code, decline_advice = rest[3 * len(STREAMS) :]
-        approval, retry = self.net.query(
-            cur_cat,
-            cur_num,
-            {s: v[0] for s, v in per_stream.items()},
-            {s: v[1] for s, v in per_stream.items()},
-            {s: v[2] for s, v in per_stream.items()},
-            decline_code,
-            decline_advice,
+        cur_cat, cur_num, states, rel, length, code, advice = inputs
+        # batch first in the inputs (Triton batches on the first dim), streams first in the
+        # network
+        logits = self.net.query(
+            cur_cat, cur_num, states.transpose(0, 1), rel.transpose(0, 1), length.T, code, advice
         )
-        return self.net.calibrated(approval, retry)
+        return self.net.calibrated(*logits)
 
 
 # -- named feeds (data/batches.py) -> the two graphs' feeds --------------------------------
@@ -118,16 +112,25 @@ def real_slots(length: np.ndarray, k: int) -> np.ndarray:
     return np.arange(-k, 0)[None, :] >= -length[:, None]
 
 
+def stream_stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """(B, K_s, ...) per stream -> (B, N, K, ...), K the longest, each right-aligned with
+    zeros on the left: the network's `stack_streams`, batch first."""
+    k = max(a.shape[1] for a in arrays)
+    out = np.zeros((arrays[0].shape[0], len(arrays), k, *arrays[0].shape[2:]), arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[:, i, k - a.shape[1] :] = a
+    return out
+
+
 def query_feeds(feeds: Feeds, states: dict[str, np.ndarray]) -> Feeds:
     """The query graph's feeds of named feeds, given each stream's states (B, K, S)."""
     out = {
         "cur_cat": stacked(feeds, "cur", F.CATEGORICAL, np.int64),
         "cur_num": stacked(feeds, "cur", F.NUMERIC, np.float32),
+        "states": stream_stack([states[s] for s in STREAMS]),
+        "rel": stream_stack([stacked(feeds, s, F.RELATIVE, np.float32) for s in STREAMS]),
+        "length": np.stack([feeds[f"{s}_length"] for s in STREAMS], axis=1),
     }
-    for s in STREAMS:
-        out[f"{s}_state"] = states[s]
-        out[f"{s}_rel"] = stacked(feeds, s, F.RELATIVE, np.float32)
-        out[f"{s}_length"] = feeds[f"{s}_length"]
     out["decline_response_code"] = feeds["decline_response_code"]
     out["decline_advice_code"] = feeds["decline_advice_code"]
     return out
@@ -162,7 +165,7 @@ def _export(
     path: Path,
     opset: int,
 ) -> onnx.ModelProto:
-    dims = {name: Dim(name, min=1) for name in (BATCH, EVENTS, *HISTORY_DIMS.values())}
+    dims = {name: Dim(name, min=1) for name in (BATCH, EVENTS, QUERY_K, *HISTORY_DIMS.values())}
     shapes = tuple(
         {axis: dims[d] for axis, d in enumerate(s.shape) if isinstance(d, str)} for s in inputs
     )

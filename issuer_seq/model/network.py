@@ -108,11 +108,50 @@ _LOG_AMOUNT = F.NUMERIC.index("log_amount")
 _CAUSE = F.CATEGORICAL.index("cause")
 _RESPONSE_CODE = F.CATEGORICAL.index("response_code")
 _ADVICE_CODE = F.CATEGORICAL.index("advice_code")
+_CARD_MERCHANT = STREAMS.index("card_merchant")  # the stream the payment so far reads
 
 
 def packed(x: Mapping[str, Tensor], prefix: str, names: tuple[str, ...]) -> Tensor:
     """Named inputs `<prefix>_<name>` stacked on a last axis, in `names` order."""
     return torch.stack([x[f"{prefix}_{n}"] for n in names], dim=-1)
+
+
+# -- every stream at once ------------------------------------------------------------------
+# Each stream's modules own its parameters and define, one stream at a time, what it
+# computes (`StreamQuery`, `HistoryCounts`, `HistoryStats`). The network runs the three
+# streams as one computation: their parameters stacked on a leading stream axis N, their
+# inputs right-aligned to a common K (`stack_streams`). A served query is then one graph
+# node per step instead of three (ONNX Runtime's cost per node is most of a single
+# request's time), and training launches a third as many kernels. tests/test_network.py
+# holds the two equal.
+def stacked_param(modules: list[nn.Module], name: str, ndim: int) -> Tensor:
+    """The parameter `name` of each module, stacked on a leading stream axis (N, ...) and
+    shaped to broadcast against (N, ..., last) inputs of `ndim` dims."""
+    w = torch.stack([getattr(m, name) for m in modules])
+    return w.reshape(w.shape[0], *(1,) * (ndim - w.dim()), *w.shape[1:])
+
+
+def linear_n(x: Tensor, layers: list[nn.Module]) -> Tensor:
+    """Each stream's own nn.Linear on its slice of x (N, ..., in) -> (N, ..., out)."""
+    weight = torch.stack([layer.weight for layer in layers]).transpose(1, 2)  # (N, in, out)
+    weight = weight.reshape(weight.shape[0], *(1,) * (x.dim() - 3), *weight.shape[1:])
+    return x @ weight + stacked_param(layers, "bias", x.dim())
+
+
+def layer_norm_n(x: Tensor, norms: list[nn.Module]) -> Tensor:
+    """Each stream's own nn.LayerNorm on its slice of x (N, ..., D)."""
+    normed = nn.functional.layer_norm(x, x.shape[-1:], eps=norms[0].eps)
+    return normed * stacked_param(norms, "weight", x.dim()) + stacked_param(norms, "bias", x.dim())
+
+
+def stack_streams(tensors: list[Tensor]) -> Tensor:
+    """(B, K_s, ...) per stream -> (N, B, K, ...), K the longest, each left-padded with zeros
+    (the windows are right-aligned; the padding is masked or counts as no event)."""
+    k = tensors[0].shape[1]
+    for t in tensors[1:]:
+        k = torch.sym_max(k, t.shape[1])  # no guard on the dims' order: they stay dynamic
+    pad = [(0, 0) * (t.dim() - 2) + (k - t.shape[1], 0) for t in tensors]
+    return torch.stack([nn.functional.pad(t, p) for t, p in zip(tensors, pad, strict=True)])
 
 
 #: log1p(minutes) bounds of the pair's recency steps: 10 min, 1 h, 1 day, 7 days
@@ -226,15 +265,16 @@ class HistoryCounts(nn.Module):
         return self.proj(torch.log1p(self.table(onehot, log_minutes, same_merchant)).flatten(1))
 
     def table(self, onehot: Tensor, log_minutes: Tensor, same_merchant: Tensor) -> Tensor:
-        """(B, W+1, C-1) counts: rows the windows then same-merchant, columns cause ids 1..C-1.
+        """(..., W+1, C-1) counts: rows the windows then same-merchant, columns cause ids
+        1..C-1.
 
-        onehot (B, K, C-1) from `cause_onehot`; log_minutes, same_merchant (B, K) float, as
+        onehot (..., K, C-1) from `cause_onehot`; log_minutes, same_merchant (..., K) float, as
         the inputs carry them.
         """
         # 1.0 where log_minutes <= bound, else 0.0, in float arithmetic (no casts)
         within = (torch.sign(self.log_bounds - log_minutes[..., None]) + 1).clamp(max=1)
         within = torch.cat([within, same_merchant[..., None]], dim=-1)  # (B, K, W+1)
-        return torch.einsum("bkw,bkc->bwc", within, onehot)
+        return torch.einsum("...kw,...kc->...wc", within, onehot)
 
 
 class HistoryStats(nn.Module):
@@ -256,18 +296,65 @@ class HistoryStats(nn.Module):
         return self.proj(self.table(onehot, log_minutes, log_amount).flatten(1))
 
     def table(self, onehot: Tensor, log_minutes: Tensor, log_amount: Tensor) -> Tensor:
-        """(B, 3, C-1): rows recency / NEVER, largest and mean log amount; columns cause ids.
+        """(..., 3, C-1): rows recency / NEVER, largest and mean log amount; columns cause ids.
 
-        onehot (B, K, C-1) from `cause_onehot`; log_minutes, log_amount (B, K) float.
+        onehot (..., K, C-1) from `cause_onehot`; log_minutes, log_amount (..., K) float.
         """
         # minimum and maximum over K as TopK: ONNX Runtime's shape inference (int8
         # quantization) does not know ReduceMin / ReduceMax of opset 18
         minutes = log_minutes[..., None] * onehot + self.NEVER * (1 - onehot)
-        recency = minutes.topk(1, dim=1, largest=False).values[:, 0]
+        recency = minutes.topk(1, dim=-2, largest=False).values[..., 0, :]
         amount = log_amount[..., None] * onehot
-        largest = amount.topk(1, dim=1).values[:, 0]
-        mean = amount.sum(dim=1) / onehot.sum(dim=1).clamp(min=1)
-        return torch.stack([recency / self.NEVER, largest, mean], dim=1)
+        largest = amount.topk(1, dim=-2).values[..., 0, :]
+        mean = amount.sum(dim=-2) / onehot.sum(dim=-2).clamp(min=1)
+        return torch.stack([recency / self.NEVER, largest, mean], dim=-2)
+
+
+def query_blocks_n(
+    blocks: list[QueryBlock], q: Tensor, memory: Tensor, pad: Tensor, training: bool
+) -> Tensor:
+    """`QueryBlock.forward` of each stream's block at once: q (N, B, D), memory (N, B, K, D),
+    pad (N, B, 1 + K) -> (N, B, D)."""
+    first = blocks[0]
+    d, p = q.shape[-1], first.drop.p
+    w = torch.stack([b.attn.in_proj_weight for b in blocks]).transpose(1, 2)  # (N, D, 3D)
+    bias = torch.stack([b.attn.in_proj_bias for b in blocks])  # (N, 3D)
+    h = layer_norm_n(q, [b.norm_q for b in blocks])
+    tokens = torch.cat([h[:, :, None, :], layer_norm_n(memory, [b.norm_m for b in blocks])], 2)
+    query = (h @ w[..., :d] + bias[:, None, :d]) * first.scale  # (N, B, D)
+    key = tokens @ w[:, None, :, d : 2 * d] + bias[:, None, None, d : 2 * d]  # (N, B, T, D)
+    value = tokens @ w[:, None, :, 2 * d :] + bias[:, None, None, 2 * d :]
+    scores = (query[:, :, None, :] * key) @ first.heads  # (N, B, T, H)
+    scores = scores.masked_fill(pad[..., None], float("-inf"))
+    weights = torch.softmax(scores, dim=2) @ first.heads.T  # (N, B, T, D)
+    a = linear_n((weights * value).sum(dim=2), [b.attn.out_proj for b in blocks])
+    q = q + nn.functional.dropout(a, p, training)
+    hidden = nn.functional.gelu(
+        linear_n(layer_norm_n(q, [b.norm2 for b in blocks]), [b.ff[0] for b in blocks])
+    )
+    hidden = nn.functional.dropout(hidden, first.ff[2].p, training)
+    return q + nn.functional.dropout(linear_n(hidden, [b.ff[3] for b in blocks]), p, training)
+
+
+def stream_queries_n(
+    queries: list[StreamQuery],
+    current: Tensor,
+    states: Tensor,
+    pair: Tensor,
+    length: Tensor,
+    training: bool,
+) -> Tensor:
+    """`StreamQuery.forward` of each stream at once: current (B, D), states (N, B, K, D)
+    right-aligned, pair (N, B, K, N_PAIR), length (N, B) -> (N, B, D)."""
+    k = states.shape[2]
+    memory = states + linear_n(pair, [q.pair for q in queries])
+    offsets = torch.arange(-k, 0, device=states.device)
+    pad = offsets < -length[..., None]  # (N, B, K) True where padding
+    pad = torch.cat([torch.zeros_like(pad[..., :1]), pad], dim=-1)  # the current token is real
+    q = current.expand(len(queries), *current.shape)
+    for blocks in zip(*(query.layers for query in queries), strict=True):
+        q = query_blocks_n(list(blocks), q, memory, pad, training)
+    return layer_norm_n(q, [query.norm for query in queries])
 
 
 class PaymentSoFar(nn.Module):
@@ -358,6 +445,8 @@ class IssuerSeqNet(nn.Module):
             {s: HistoryStats(vocab_sizes["cause"], d_model) for s in STREAMS}
         )
         self.register_buffer("causes", cause_table(vocab_sizes["cause"]), persistent=False)
+        used = torch.tensor([float(self.use[s]) for s in STREAMS])
+        self.register_buffer("used", used, persistent=False)
         self.register_buffer(
             "days", torch.arange(DAYS_IN_MONTH, dtype=torch.float32), persistent=False
         )
@@ -419,10 +508,10 @@ class IssuerSeqNet(nn.Module):
         return states[..., start:stop]
 
     def pair(self, rel: Tensor, day: Tensor, today: Tensor) -> Tensor:
-        """(B, K, N_PAIR): how each history event stands to the current attempt.
+        """(..., B, K, N_PAIR): how each history event stands to the current attempt.
 
-        rel (B, K, 3) the relative features (features.RELATIVE); day (B, K, 31) the events'
-        `day_onehot`, today (B, 31) the current attempt's. Float arithmetic only (no casts:
+        rel (..., B, K, 3) the relative features (features.RELATIVE); day (..., B, K, 31) the
+        events' `day_onehot`, today (B, 31) the current attempt's. Float arithmetic only (no casts:
         the fp16 export keeps its types).
         """
         minutes = rel[..., 0]
@@ -436,46 +525,48 @@ class IssuerSeqNet(nn.Module):
         self,
         cur_cat: Tensor,
         cur_num: Tensor,
-        states: Mapping[str, Tensor],
-        rel: Mapping[str, Tensor],
-        length: Mapping[str, Tensor],
+        states: Tensor,
+        rel: Tensor,
+        length: Tensor,
         decline_response_code: Tensor,
         decline_advice_code: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """Uncalibrated (approval (B,), retry (B, G)) logits of the current attempts.
 
-        cur_cat (B, C), cur_num (B, F): the attempt (its outcome features NONE); per stream
-        s: states[s] (B, K, S) the cached states of its last K events, right-aligned,
-        padding slots zeros (or the state of a padding event, ids and values 0: the same);
-        rel[s] (B, K, 3) features.RELATIVE (padding zeros); length[s] (B,).
+        cur_cat (B, C), cur_num (B, F): the attempt (its outcome features NONE). The streams
+        of features.STREAMS, stacked on a first axis N and right-aligned to one K (`stack_streams`):
+        states (N, B, K, S) the cached states of each stream's last events, padding slots
+        zeros (or the state of a padding event, ids and values 0: the same); rel
+        (N, B, K, 3) features.RELATIVE (padding zeros); length (N, B).
         """
         current = self.state(cur_cat, cur_num)
         cur = self.part(current, "hidden")
         today = self.part(current, "day")
-        parts = []
-        for s in STREAMS:
-            if not self.use[s]:
-                parts.append(torch.zeros_like(cur))
-                continue
-            st, r = states[s], rel[s]
-            day = self.part(st, "day")
-            encoded = self.queries[s](
-                cur, self.part(st, "hidden"), self.pair(r, day, today), length[s]
-            )
-            onehot = self.part(st, "cause")
-            minutes = r[..., 0]
-            counts = self.counts[s](onehot, minutes, r[..., 1])
-            stats = self.stats[s](onehot, minutes, self.part(st, "log_amount")[..., 0])
-            parts.append(encoded + counts + stats)
+        minutes, onehot = rel[..., 0], self.part(states, "cause")
+        encoded = stream_queries_n(
+            [self.queries[s] for s in STREAMS],
+            cur,
+            self.part(states, "hidden"),
+            self.pair(rel, self.part(states, "day"), today),
+            length,
+            self.training,
+        )
+        counts, stats = self.counts[STREAMS[0]], self.stats[STREAMS[0]]  # same for every stream
+        count_table = torch.log1p(counts.table(onehot, minutes, rel[..., 1]))
+        stat_table = stats.table(onehot, minutes, self.part(states, "log_amount")[..., 0])
+        streams = (
+            encoded
+            + linear_n(count_table.flatten(-2), [self.counts[s].proj for s in STREAMS])
+            + linear_n(stat_table.flatten(-2), [self.stats[s].proj for s in STREAMS])
+        ) * self.used[:, None, None]  # (N, B, D); an ablated stream's vector is zeros
         if self.use["card_merchant"]:
-            s = "card_merchant"
-            st, r = states[s], rel[s]
+            at, near = states[_CARD_MERCHANT], rel[_CARD_MERCHANT]
             payment = self.payment(
-                r[..., 2], r[..., 0], self.part(st, "codes"), self.part(st, "day"), today
+                near[..., 2], near[..., 0], self.part(at, "codes"), self.part(at, "day"), today
             )
         else:
             payment = torch.zeros_like(cur)
-        z = torch.cat([*parts, cur, payment], dim=-1)
+        z = torch.cat([streams.transpose(0, 1).flatten(1), cur, payment], dim=-1)
         approval = self.approval_head(z).squeeze(-1)
         decline = self.decline_code(decline_response_code) + self.decline_advice(
             decline_advice_code
@@ -488,12 +579,11 @@ class IssuerSeqNet(nn.Module):
         data/batches.py: every event's state, then the query. What training optimizes."""
         cat = packed(x, "cur", F.CATEGORICAL)
         num = packed(x, "cur", F.NUMERIC)
-        states, rel, length = {}, {}, {}
-        for s in STREAMS:
-            if self.use[s]:
-                states[s] = self.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC))
-                rel[s] = packed(x, s, F.RELATIVE)
-                length[s] = x[f"{s}_length"]
+        states = stack_streams(
+            [self.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC)) for s in STREAMS]
+        )
+        rel = stack_streams([packed(x, s, F.RELATIVE) for s in STREAMS])
+        length = torch.stack([x[f"{s}_length"] for s in STREAMS])
         return self.query(
             cat, num, states, rel, length, x["decline_response_code"], x["decline_advice_code"]
         )

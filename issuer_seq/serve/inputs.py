@@ -45,7 +45,7 @@ _NAMES = {
 }
 _CUR_CAT = [f"cur_{f}" for f in F.CATEGORICAL]
 _CUR_NUM = [f"cur_{f}" for f in F.NUMERIC]
-_UTC_OFFSET: dict[str, np.ndarray] = {}  # issuer country -> features.utc_offset_s, (1,)
+_UTC_OFFSET: dict[str, int] = {}  # issuer country -> features.utc_offset_s
 
 
 class Raw(NamedTuple):
@@ -126,7 +126,8 @@ class Window:
     payment: np.ndarray  # (n,) object (None: unknown)
     cat: np.ndarray  # (C, n) integer ids in features.CATEGORICAL order
     num: np.ndarray  # (F, n) float32 in features.NUMERIC order
-    state: np.ndarray  # (n,) object: each event's cached state (S,) float32, or None
+    # (n, S) float32: each event's cached state, where `encoder` names who computed it
+    state: np.ndarray
     encoder: np.ndarray  # (n,) object: the id of the encoder that computed it, or None
 
     def __len__(self) -> int:
@@ -165,7 +166,7 @@ def window_of(events: Sequence[Event], cutoff: int, k: int) -> Window:
             np.zeros(0, object),
             np.zeros((n_cat, 0), np.int64),
             np.zeros((n_num, 0), np.float32),
-            np.zeros(0, object),
+            np.zeros((0, 0), np.float32),
             np.zeros(0, object),
         )
 
@@ -175,23 +176,31 @@ def window_of(events: Sequence[Event], cutoff: int, k: int) -> Window:
             out[i] = v
         return out
 
+    # states sized as the latest event's; one of another size (another bundle's) is left
+    # out, as none: recomputed when read, never read as another network's
+    size = next((len(e.state) for e in reversed(kept) if e.state is not None), 0)
+    state = np.zeros((len(kept), size), np.float32)
+    encoder = np.empty(len(kept), object)
+    for i, e in enumerate(kept):
+        if e.state is not None and len(e.state) == size:
+            state[i], encoder[i] = e.state, e.encoder
     return Window(
         np.array([e.t for e in kept], dtype=np.int64),
         column([e.merchant for e in kept]),
         column([e.payment for e in kept]),
         np.array([e.cat for e in kept], dtype=np.int64).T,
         np.array([e.num for e in kept], dtype=np.float32).T,
-        column([e.state for e in kept]),
-        column([e.encoder for e in kept]),
+        state,
+        encoder,
     )
 
 
-def _utc_offset(country: object) -> np.ndarray:
-    """features.utc_offset_s of one country, computed once per country. (1,) int64"""
+def _utc_offset(country: object) -> int:
+    """features.utc_offset_s of one country, computed once per country."""
     key = str(country)
     offset = _UTC_OFFSET.get(key)
     if offset is None:
-        offset = _UTC_OFFSET[key] = F.utc_offset_s([key])
+        offset = _UTC_OFFSET[key] = int(F.utc_offset_s([key])[0])
     return offset
 
 
@@ -232,11 +241,8 @@ def encode_event(vocab: F.Vocab, attempt: Mapping[str, Any]) -> Event:
     # features.encode's lookup, one value at a time (no array per feature)
     cat = tuple([_lookup(maps[f], _text(values[f])) for f in F.CATEGORICAL])
     t = epoch_seconds(attempt["ts"])
-    num = F.numeric(
-        np.array([attempt["amount"]]),
-        np.array([attempt["attempt"]]),
-        np.array([t]),
-        _utc_offset(attempt["issuer_country"]),
+    num = F.numeric_one(
+        attempt["amount"], attempt["attempt"], t, _utc_offset(attempt["issuer_country"])
     )
     payment = attempt.get("payment_id")
     if payment is None and attempt["attempt"] > 1:
@@ -246,7 +252,7 @@ def encode_event(vocab: F.Vocab, attempt: Mapping[str, Any]) -> Event:
         merchant=str(attempt["merchant_id"]),
         payment=None if payment is None else str(payment),
         cat=cat,
-        num=tuple([float(num[f][0]) for f in F.NUMERIC]),
+        num=tuple(np.array(num, np.float32).tolist()),  # rounded to float32, as in training
         raw=Raw.of(attempt),
     )
 
@@ -339,50 +345,54 @@ def build_query_inputs(
 ) -> dict[str, np.ndarray]:
     """The query graph's inputs (export/factored.py) for a batch of B current attempts.
 
-    Histories as for `build_inputs`. Each history event's cached state is used when the
-    encoder `encoder` computed it; any other (none kept, or another bundle's) is recomputed
-    from its encoded features by `encode`, all of them in one call. Padding slots are zeros.
+    Histories as for `build_inputs`. The streams are stacked on the axis after the batch,
+    each window right-aligned to the longest K: `states` (B, N, K, S), `rel` (B, N, K, 3),
+    `length` (B, N). Each history event's cached state is used when the encoder `encoder`
+    computed it; any other (none kept, or another bundle's) is recomputed from its encoded
+    features by `encode`, all of them in one call. Padding slots are zeros.
     """
     b = len(current)
     n_cat, n_num = len(F.CATEGORICAL), len(F.NUMERIC)
     cur_cat = np.array([e.cat for e in current], dtype=np.int64).reshape(b, n_cat)
     cur_cat[:, _OUTCOME_INDEX] = F.NONE
-    out: dict[str, np.ndarray] = {
-        "cur_cat": cur_cat,
-        "cur_num": np.array([e.num for e in current], dtype=np.float32).reshape(b, n_num),
-    }
-    stale: list[tuple[np.ndarray, int, int, np.ndarray, np.ndarray]] = []
-    for s in STREAMS:
-        k = ks[s]
-        states = np.zeros((b, k, state_size), dtype=np.float32)
-        rel = np.zeros((b, k, len(F.RELATIVE)), dtype=np.float32)
-        length = np.zeros(b, dtype=np.int64)
+    k = max(ks.values())
+    states = np.zeros((b, len(STREAMS), k, state_size), dtype=np.float32)
+    rel = np.zeros((b, len(STREAMS), k, len(F.RELATIVE)), dtype=np.float32)
+    length = np.zeros((b, len(STREAMS)), dtype=np.int64)
+    stale: list[tuple[int, int, int, np.ndarray, np.ndarray]] = []  # row, stream, slot, cat, num
+    for i, s in enumerate(STREAMS):
         for row, (event, known) in enumerate(zip(current, histories[s], strict=True)):
-            window = known if isinstance(known, Window) else window_of(known, event.t - lag_s, k)
-            n = min(len(window), k)
-            length[row] = n
+            window = (
+                known if isinstance(known, Window) else window_of(known, event.t - lag_s, ks[s])
+            )
+            n = min(len(window), ks[s])
+            length[row, i] = n
             if n == 0:
                 continue
-            fresh = window.encoder[-n:] == encoder
+            first = len(window) - n
+            fresh = window.encoder[first:] == encoder
             if fresh.all():
-                states[row, k - n :] = np.stack(window.state[-n:])
+                states[row, i, k - n :] = window.state[first:]
             else:
                 for j in range(n):
-                    slot = k - n + j
                     if fresh[j]:
-                        states[row, slot] = window.state[len(window) - n + j]
+                        states[row, i, k - n + j] = window.state[first + j]
                     else:
-                        i = len(window) - n + j
-                        stale.append((states, row, slot, window.cat[:, i], window.num[:, i]))
-            rel[row, k - n :] = relative(event, window, n)
-        out[f"{s}_state"] = states
-        out[f"{s}_rel"] = rel
-        out[f"{s}_length"] = length
+                        cat, num = window.cat[:, first + j], window.num[:, first + j]
+                        stale.append((row, i, k - n + j, cat, num))
+            rel[row, i, k - n :] = relative(event, window, n)
     if stale:
         computed = encode(
             np.array([x[3] for x in stale], dtype=np.int64),
             np.array([x[4] for x in stale], dtype=np.float32),
         )
-        for (states, row, slot, _, _), value in zip(stale, computed, strict=True):
-            states[row, slot] = value
+        for (row, i, slot, _, _), value in zip(stale, computed, strict=True):
+            states[row, i, slot] = value
+    out = {
+        "cur_cat": cur_cat,
+        "cur_num": np.array([e.num for e in current], dtype=np.float32).reshape(b, n_num),
+        "states": states,
+        "rel": rel,
+        "length": length,
+    }
     return out | decline_ids(declines, b)

@@ -72,8 +72,11 @@ class History:
         # ids fit int32 (vocabularies are small); the inputs are int64, copied exactly
         self.cat = np.zeros((len(first.cat), cap), np.int32)  # (C, cap)
         self.num = np.zeros((len(first.num), cap), np.float32)  # (F, cap)
-        self.state = np.empty(cap, object)  # each event's cached state, or None
-        self.encoder = np.empty(cap, object)  # the id of the encoder that computed it
+        # each event's cached state (S, cap), sized by the first state appended (an event
+        # without one, or with one of another size: zeros and no encoder, recomputed when
+        # read), and the id of the encoder that computed it
+        self.state = np.zeros((0, cap), np.float32)
+        self.encoder = np.empty(cap, object)
         self.events: list[Event] = []  # the same rows, oldest first
 
     def __len__(self) -> int:
@@ -116,8 +119,14 @@ class History:
         self.payment[i] = event.payment
         self.cat[:, i] = event.cat
         self.num[:, i] = event.num
-        self.state[i] = event.state
-        self.encoder[i] = event.encoder
+        if event.state is not None and len(self.state) == 0:  # the first state: its size
+            self.state = np.zeros((len(event.state), len(self.t)), np.float32)
+        if event.state is not None and len(event.state) == len(self.state):
+            self.state[:, i] = event.state
+            self.encoder[i] = event.encoder
+        else:
+            self.state[:, i] = 0.0
+            self.encoder[i] = None
         self.events.insert(i - lo, event)
         self.hi += 1
         if len(self) > self.keep:  # drop the oldest: row lo, the first in time order
@@ -135,7 +144,7 @@ class History:
             self.payment[start:end].copy(),
             self.cat[:, start:end].copy(),
             self.num[:, start:end].copy(),
-            self.state[start:end].copy(),
+            self.state[:, start:end].T.copy(),
             self.encoder[start:end].copy(),
         )
 
