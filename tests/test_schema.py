@@ -452,4 +452,3 @@ def test_load_log_takes_the_declared_routes_from_meta_json(tmp_path: Path) -> No
     assert fail.returncode == 2
     assert "outside the declared routes ['global_a']: ['eu_domestic']" in fail.stdout + fail.stderr
     assert subprocess.run(exe, capture_output=True, text=True).returncode == 0
-
