@@ -265,9 +265,13 @@ def test_retry_truth_is_what_the_retries_were_drawn_from(big_sim_dir: Path) -> N
     ts = df["ts"].dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype(np.int64)
     grid = grid_seconds(DEFAULT_GRID)
     bucket = np.searchsorted(grid, ts[retry] - ts[parent], side="right") - 1  # + jitter < 1 min
-    # immediate retries with 3-D Secure added are not on the grid
+    # immediate retries with 3-D Secure added are not on the grid; p_retry is the truth of a
+    # retry through the declined attempt's route (a cascade's is its p_approve_route_*)
     three_ds = df["three_ds"].to_numpy()
-    on_grid = (bucket >= 0) & (three_ds[retry] == three_ds[parent])
+    route = df["route"].to_numpy()
+    same_route = route[retry] == route[parent]
+    assert 0.05 < 1 - same_route.mean() < 0.5  # retries may switch route
+    on_grid = (bucket >= 0) & (three_ds[retry] == three_ds[parent]) & same_route
     retry, parent, bucket = retry[on_grid], parent[on_grid], bucket[on_grid]
     truth = np.stack([df[truth_column(g)].to_numpy() for g in DEFAULT_GRID], axis=1)
     expected = truth[parent, bucket]
