@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from issuer_seq.schema import load_log
 from issuer_seq.simulate import SimConfig, WorldParams, simulate
-from issuer_seq.simulate.generate import route_truth_column
+from issuer_seq.simulate.generate import build_sim_world, first_attempts, route_truth_column
+from issuer_seq.simulate.outcomes import hazards, through_route
 from issuer_seq.simulate.routes import (
     DEFAULT_ACQUIRERS,
     RouteParams,
@@ -25,7 +26,7 @@ from issuer_seq.simulate.routes import (
     policy_probabilities,
     retry_rule,
 )
-from issuer_seq.simulate.world import COUNTRY_CODES, COUNTRY_REGION, MCC_RISKY
+from issuer_seq.simulate.world import COUNTRY_CODES, COUNTRY_REGION, MCC_RISKY, build_cards
 
 PROPERTY = settings(max_examples=60, deadline=None)
 NAMES = [a.name for a in DEFAULT_ACQUIRERS]
@@ -134,6 +135,27 @@ def test_a_cascade_moves_to_the_next_route_by_priority_after_a_technical_decline
     nxt = retry_rule(r, merchant, prev, np.ones(6, bool))
     assert (nxt == r.priority[merchant, np.tile([1, 2, 0], 2)]).all()
     assert (retry_rule(r, merchant, prev, np.zeros(6, bool)) == prev).all()
+
+
+def test_the_truth_through_another_route_is_the_attempt_sent_there() -> None:
+    """`through_route` (what the per-route truth uses) recomputes only the route's checks:
+    it must equal the hazards of the attempt sent through that route from the start."""
+    cfg = SimConfig(world=WorldParams(n_cards=300, n_issuers=8, n_merchants=40, days=20))
+    world = build_sim_world(cfg)
+    assert world.routes is not None
+    rng = np.random.default_rng(3)
+    cards = build_cards(world, 300, rng)
+    a = first_attempts(world, cards, rng)
+    n = len(a)
+    a.route = rng.integers(0, 4, n)
+    t = a.t + rng.integers(0, 10 * 86400, n)  # moments spread over outages and episodes
+    velocity, u = rng.integers(0, 3, n), rng.random(n)
+    h, _, latent = hazards(world, cards, a, t, velocity, u)
+    for r in range(4):
+        other = np.full(n, r)
+        direct, _, _ = hazards(world, cards, a, t, velocity, u, route=other)
+        assert np.array_equal(through_route(world, cards, a, t, h, latent, other), direct)
+    assert (latent.route_outage > 0).any() and (latent.route_episode > 0).any()
 
 
 # --------------------------------------------------------------------------------------------

@@ -273,22 +273,26 @@ def simulate_chunk(
         previous attempt and that attempt's time."""
         velocity = outcomes.velocity_counts(first_card, first_t, a.card, a.t)
         u_code = rng.random(len(a))
-        h, codes, latent = outcomes.hazards(world, cards, a, a.t, velocity, u_code)
+        fresh, codes, latent = outcomes.hazards(world, cards, a, a.t, velocity, u_code)
+
         if carried is not None:
             prev_check, prev_t = carried
             still = outcomes.persistence(world, cards, a.card, prev_check, prev_t, a.t)
-            h = outcomes.carry_over(h, prev_check, still)
+
+        def carry(h: np.ndarray) -> np.ndarray:
+            return h if carried is None else outcomes.carry_over(h, prev_check, still)
+
+        h = carry(fresh)
         response, check = outcomes.draw(h, codes, rng)
         # The truth through every route: the same moment, draws and carried cause.
         route_p = np.full((len(a), n_routes), np.nan)
         for r in range(n_routes):
             assert has_route is not None
-            h_r, _, _ = outcomes.hazards(
-                world, cards, a, a.t, velocity, u_code, route=np.full(len(a), r)
+            through = outcomes.through_route(
+                world, cards, a, a.t, fresh, latent, np.full(len(a), r)
             )
-            if carried is not None:
-                h_r = outcomes.carry_over(h_r, carried[0], still)
-            route_p[:, r] = np.where(has_route[a.merchant, r], outcomes.p_approve(h_r), np.nan)
+            p_r = outcomes.p_approve(carry(through))
+            route_p[:, r] = np.where(has_route[a.merchant, r], p_r, np.nan)
         return {
             "response": response,
             "check": check,

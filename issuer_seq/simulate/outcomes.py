@@ -78,6 +78,7 @@ class Latent:
     outage: np.ndarray  # P(technical decline) from an ongoing issuer outage, 0 if none
     route_outage: np.ndarray  # P(acquirer-side decline) from the route's outage, 0 if none
     route_episode: np.ndarray  # logit raise of an issuer-by-route episode, 0 if none
+    risk_logit: np.ndarray  # the risk-rule logit before the route's terms
     tight: np.ndarray  # strength of an ongoing risk-rule regime, 0 if none
     to_payday: np.ndarray  # seconds until the next payday
 
@@ -183,19 +184,40 @@ def hazards(
         + 0.3 * (card_type == 2)
         - 0.6 * a.three_ds
         + tight * (0.7 + 2.3 * flagged)
-        + route_logit
     )
-    h[:, _K["generic"]] = _sigmoid(generic_logit)
+    h[:, _K["generic"]] = _sigmoid(generic_logit + route_logit)
     codes[:, _K["generic"]] = np.where(cross_border & (u_code < 0.1), "62", "05")
 
     latent = Latent(
         outage=outage,
         route_outage=route_outage,
         route_episode=episode,
+        risk_logit=generic_logit,
         tight=tight,
         to_payday=to_payday,
     )
     return h, codes, latent
+
+
+def through_route(
+    world: World,
+    cards: Cards,
+    a: Attempts,
+    t: np.ndarray,
+    h: np.ndarray,
+    latent: Latent,
+    route: np.ndarray,
+) -> np.ndarray:
+    """Hazards (N, K) of the attempts of `hazards(...) -> h, _, latent` at the same moments
+    `t`, sent through `route` (N,) instead: only the acquirer and risk-rule checks depend on
+    the route, so the rest is reused."""
+    issuer = cards.issuer[a.card]
+    mcc = world.merchants.mcc[a.merchant]
+    outage, _, logit = _route_terms(world, issuer, cards.card_type[a.card], mcc, route, t)
+    out = h.copy()
+    out[:, _K["acquirer"]] = outage
+    out[:, _K["generic"]] = _sigmoid(latent.risk_logit + logit)
+    return out
 
 
 def _route_terms(
