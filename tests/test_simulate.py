@@ -175,6 +175,7 @@ def test_marginals_are_realistic(big_sim_dir: Path) -> None:
 
 def test_latent_states_are_predictable_from_histories(big_sim_dir: Path) -> None:
     signal = history_signal(big_sim_dir)
+    assert {"route_outage", "issuer_route_episode"} <= set(signal)  # the routes' states too
     for state, row in signal.items():
         assert row["history_auroc"] > row["static_auroc"] + 0.03, (state, row)
         assert row["history_auroc"] > 0.7, (state, row)

@@ -73,5 +73,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     summary = {k: meta[k] for k in ("rows", "approval_rate", "mit_share", "retry_share")}
     summary["top_decline_codes"] = dict(list(meta["decline_code_mix"].items())[:8])
+    if meta.get("routes"):
+        summary["route_share"] = meta["route_share"]
+        summary["route_approval_rate"] = meta["route_approval_rate"]
     log.info(json.dumps(summary, indent=2))
     return meta
