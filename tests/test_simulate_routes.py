@@ -310,8 +310,13 @@ def test_cli_routes_config(tmp_path: Path) -> None:
     assert two.returncode == 0, two.stderr
     routes = pd.read_parquet(tmp_path / "two" / "transactions.parquet")["route"]
     assert set(routes) == {"eu_domestic", "us_domestic"}
-    bad = subprocess.run(
-        [*exe, f"data_dir={tmp_path / 'bad'}", "routes.n_routes=7"], capture_output=True, text=True
-    )
-    assert bad.returncode == 2
-    assert "routes.n_routes must be between 1 and 4" in bad.stdout + bad.stderr
+    for override, message in [
+        ("routes.n_routes=7", "routes.n_routes must be between 1 and 4"),
+        ("routes.acquirers.0.region=EEA", "route regions must be among ['AU', 'BR',"),
+        ("routes.static_share=1.5", "routes.static_share must be in [0, 1], got 1.5"),
+    ]:
+        bad = subprocess.run(
+            [*exe, f"data_dir={tmp_path / 'bad'}", override], capture_output=True, text=True
+        )
+        assert bad.returncode == 2, override
+        assert message in bad.stdout + bad.stderr

@@ -56,8 +56,10 @@ def route_params(routes: DictConfig | None) -> RouteParams | None:
             for a in routes.get("acquirers", [])
         )
         rest = {k: v for k, v in routes.items() if k != "acquirers"}
-        typed = {k: int(v) if k in _INT_ROUTE_KEYS else float(v) for k, v in rest.items()}
-        return RouteParams(acquirers=acquirers, **typed)  # type: ignore[arg-type]
+        typed: dict[str, Any] = {
+            k: int(v) if k in _INT_ROUTE_KEYS else float(v) for k, v in rest.items()
+        }
+        return RouteParams(acquirers=acquirers, **typed)
     except (KeyError, TypeError, ValueError) as exc:
         raise IssuerSeqError(f"bad routes config: {exc}") from exc
 

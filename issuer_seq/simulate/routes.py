@@ -73,6 +73,9 @@ class RouteParams:
         names = tuple(a.name for a in used)
         if len(set(names)) != len(names) or any(not n.strip() for n in names):
             raise ValueError(f"route names must be unique and non-empty, got {list(names)}")
+        regions = sorted({*map(str, COUNTRY_REGION), GLOBAL})
+        if unknown := [a.region for a in used if a.region not in regions]:
+            raise ValueError(f"route regions must be among {regions}, got {unknown}")
         if any(a.fee < 0 for a in used):
             raise ValueError("route fees must be >= 0")
         if not 1 <= self.min_per_merchant <= self.max_per_merchant:
