@@ -12,8 +12,9 @@ function that returns its messages; they run, and report, in the table's order.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -59,9 +60,18 @@ COLUMNS: dict[str, tuple[str, bool, str]] = {
     "advice_code": (STR, True, "string or null (Mastercard merchant advice code)"),
 }
 REQUIRED_COLUMNS = tuple(COLUMNS)
-#: Optional columns kept when present: the logging policy's probability of the retry delay it
-#: chose (written by the simulator; a user's log may carry its own), on retry rows.
-OPTIONAL_COLUMNS = ("policy_propensity",)
+#: Optional columns kept when present: name -> (kind, description shown in errors).
+#: `policy_propensity`: the logging policy's probability of the retry delay it chose (written
+#: by the simulator; a user's log may carry its own), on retry rows. `route`: the acquirer
+#: connection the attempt went through (a log without it is one route); `route_propensity`:
+#: the probability with which the logging policy chose that route, on every row.
+OPTIONAL: dict[str, tuple[str, str]] = {
+    "policy_propensity": (FLOAT, "float in (0, 1], on retry rows"),
+    "route": (STR, "string: the acquirer connection (route)"),
+    "route_propensity": (FLOAT, "float in (0, 1]: P(the logging policy chose this route)"),
+}
+OPTIONAL_COLUMNS = tuple(OPTIONAL)
+_PROPENSITY_COLUMNS = ("policy_propensity", "route_propensity")
 _STRING_COLUMNS = [c for c, (kind, _, _) in COLUMNS.items() if kind == STR]
 
 #: value formats: column -> (regex, what it should look like)
@@ -125,10 +135,34 @@ def read_log(path: str | Path) -> pd.DataFrame:
         raise IssuerSeqError(f"{p}: not a readable {kind} file ({exc})") from exc
 
 
-def load_log(path: str | Path) -> ValidatedLog:
-    """Read and validate: what every command uses to take in a log."""
+def load_log(path: str | Path, routes: Sequence[str] | None = None) -> ValidatedLog:
+    """Read and validate: what every command uses to take in a log.
+
+    `routes`: the route names the log may use; by default those a `meta.json` beside the log
+    declares (the simulator writes one), else any."""
     p = resolve_log_path(path)
-    return validate(read_log(p), source=str(p))
+    if routes is None:
+        routes = declared_routes(p.parent / "meta.json")
+    return validate(read_log(p), source=str(p), routes=routes)
+
+
+def declared_routes(meta_path: str | Path) -> list[str] | None:
+    """Route names a meta.json declares (`routes`: a list of {name, ...}), or None."""
+    p = Path(meta_path)
+    if not p.is_file():
+        return None
+    try:
+        declared = json.loads(p.read_text()).get("routes")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise IssuerSeqError(f"{p}: not a readable JSON object ({exc})") from exc
+    if declared is None:
+        return None
+    try:
+        return [str(r["name"]) for r in declared]
+    except (TypeError, KeyError) as exc:
+        raise IssuerSeqError(
+            f"{p}: 'routes' must be a list of objects with a 'name' ({exc!r})"
+        ) from exc
 
 
 def _examples(frame: pd.DataFrame, mask: np.ndarray | pd.Series, column: str, n: int = 3) -> str:
@@ -191,10 +225,12 @@ def _normalise(given: pd.DataFrame) -> pd.DataFrame:
     df = given.copy(deep=False)  # copy-on-write: `given` keeps its values for the messages
     df["ts"] = _to_utc(given["ts"])
     df["amount"] = given["amount"].astype("float64")
-    if "policy_propensity" in df.columns:
-        # Text that is not a number becomes NaN, which `_propensity` reports.
-        prop = pd.to_numeric(given["policy_propensity"], errors="coerce")
-        df["policy_propensity"] = prop.astype("float64")
+    for c in _PROPENSITY_COLUMNS:
+        if c in df.columns:
+            # Text that is not a number becomes NaN, which `_propensity` reports.
+            df[c] = pd.to_numeric(given[c], errors="coerce").astype("float64")
+    if "route" in df.columns:
+        df["route"] = _to_str(given["route"])
     # Nulls (reported by `_nulls`) stay missing in nullable dtypes, so that every other check
     # still runs and the log's problems are reported at once.
     df["attempt"] = given["attempt"].astype("Int64" if given["attempt"].hasnans else "int64")
@@ -213,8 +249,9 @@ class _Log:
     first use, so no check relies on the columns' types before the column checks pass.
     """
 
-    def __init__(self, frame: pd.DataFrame) -> None:
+    def __init__(self, frame: pd.DataFrame, routes: Sequence[str] | None = None) -> None:
         self.frame = frame
+        self.routes = None if routes is None else [str(r) for r in routes]
 
     @cached_property
     def given(self) -> pd.DataFrame:
@@ -271,7 +308,11 @@ def _missing_columns(log: _Log) -> list[str]:
 
 def _column_types(log: _Log) -> list[str]:
     present = [c for c in REQUIRED_COLUMNS if c in log.frame.columns]
-    found = (_check_type(c, COLUMNS[c][0], log.frame[c]) for c in present)
+    found = [_check_type(c, COLUMNS[c][0], log.frame[c]) for c in present]
+    if "route" in log.frame.columns:
+        route = log.frame["route"]
+        if not (_is_string_like(route) or route.isna().all()):
+            found.append(f"column 'route' has type {route.dtype}, expected {OPTIONAL['route'][1]}")
     return [msg for msg in found if msg]
 
 
@@ -326,14 +367,46 @@ def _blank_ids(log: _Log) -> list[str]:
 
 
 def _propensity(log: _Log) -> list[str]:
-    if "policy_propensity" not in log.given.columns:
+    out = []
+    for c in (c for c in _PROPENSITY_COLUMNS if c in log.given.columns):
+        prop = log.df[c]
+        outside = prop.notna() & ~prop.between(0, 1, inclusive="right")
+        not_a_number = prop.isna() & log.given[c].notna()
+        out += _flagged(log.given, outside | not_a_number, c, "value(s) outside (0, 1]")
+    return out
+
+
+def _routes(log: _Log) -> list[str]:
+    """Every attempt of a log with routes names its route, and a propensity where the log has
+    them; routes are among those declared (meta.json or the caller), when declared."""
+    cols = log.given.columns
+    if "route" not in cols:
+        if "route_propensity" in cols:
+            return [
+                "column 'route_propensity' is present without column 'route' (a propensity "
+                "is the probability of the route the attempt went through)"
+            ]
         return []
-    prop = log.df["policy_propensity"]
-    outside = prop.notna() & ~prop.between(0, 1, inclusive="right")
-    not_a_number = prop.isna() & log.given["policy_propensity"].notna()
-    return _flagged(
-        log.given, outside | not_a_number, "policy_propensity", "value(s) outside (0, 1]"
+    out = []
+    route = log.df["route"]
+    for c in ("route", "route_propensity"):
+        if c in cols and (nulls := log.given[c].isna()).any():
+            out.append(
+                f"column '{c}' has {int(nulls.sum())} null value(s) (e.g. rows "
+                f"{_first_rows(nulls)}): in a log with routes every attempt has one"
+            )
+    out += _flagged(
+        log.given, route.notna() & (route.str.strip() == ""), "route", "empty route name(s)"
     )
+    if log.routes is not None:
+        unknown = route.notna() & (route.str.strip() != "") & ~route.isin(log.routes)
+        if unknown.any():
+            shown = sorted(map(str, route[unknown].unique()))[:5]
+            out.append(
+                f"column 'route' has {int(unknown.sum())} value(s) outside the declared "
+                f"routes {log.routes}: {shown}; " + _examples(log.given, unknown, "route")
+            )
+    return out
 
 
 def _attempt_below_1(log: _Log) -> list[str]:
@@ -416,6 +489,16 @@ def _ignored_columns(log: _Log) -> list[str]:
     if not extra:
         return []
     return [f"{len(extra)} extra column(s) ignored: {', '.join(map(str, extra[:10]))}"]
+
+
+def _route_without_propensity(log: _Log) -> list[str]:
+    cols = log.given.columns
+    if "route" not in cols or "route_propensity" in cols:
+        return []
+    return [
+        "column 'route' without 'route_propensity': off-policy estimates of routing policies "
+        "need the logging policy's probability of each chosen route"
+    ]
 
 
 def _naive_ts(log: _Log) -> list[str]:
@@ -518,7 +601,16 @@ PROBLEM_STAGES: tuple[tuple[Check, ...], ...] = (
         Check("negative_amounts", "amounts are >= 0", _negative_amounts),
         Check("huge_amounts", "amounts are at most MAX_AMOUNT", _huge_amounts),
         Check("blank_ids", "text ids are not blank", _blank_ids),
-        Check("propensity", "policy_propensity, where present, is in (0, 1]", _propensity),
+        Check(
+            "propensity",
+            "policy_propensity and route_propensity, where present, are in (0, 1]",
+            _propensity,
+        ),
+        Check(
+            "routes",
+            "route has no nulls or blanks, only declared names; route_propensity needs route",
+            _routes,
+        ),
         Check("attempt_below_1", "attempt numbers start at 1", _attempt_below_1),
         Check("domains", "network, card_type and initiator are in their sets", _domains),
         Check("formats", "countries, MCCs, currencies and codes are well formed", _formats),
@@ -549,6 +641,11 @@ PROBLEM_STAGES: tuple[tuple[Check, ...], ...] = (
 #: What a log may legitimately hold but its user should know; run, in order, on a valid log.
 WARNING_CHECKS: tuple[Check, ...] = (
     Check("ignored_columns", "columns outside the contract are ignored", _ignored_columns),
+    Check(
+        "route_without_propensity",
+        "a log with routes but no route_propensity",
+        _route_without_propensity,
+    ),
     Check("naive_ts", "timestamps without a time zone are read as UTC", _naive_ts),
     Check("unknown_codes", "response codes outside rules.CODES are cause 'other'", _unknown_codes),
     Check("unknown_advice_codes", "advice codes outside MAC_MEANINGS", _unknown_advice_codes),
@@ -574,9 +671,13 @@ WARNING_CHECKS: tuple[Check, ...] = (
 )
 
 
-def validate(frame: pd.DataFrame, source: str = "<frame>") -> ValidatedLog:
-    """Check `frame` against the contract; raise LogValidationError listing every problem."""
-    checked = _Log(frame)
+def validate(
+    frame: pd.DataFrame, source: str = "<frame>", routes: Sequence[str] | None = None
+) -> ValidatedLog:
+    """Check `frame` against the contract; raise LogValidationError listing every problem.
+
+    `routes`: the route names the log may use (None: any)."""
+    checked = _Log(frame, routes)
     for stage in PROBLEM_STAGES:
         problems = [msg for check in stage for msg in check.find(checked)]
         if problems:
@@ -613,6 +714,7 @@ def summarize(vlog: ValidatedLog) -> dict[str, object]:
         "network_mix": _shares(df["network"]),
         "decline_codes": _shares(declines["response_code"], top=12),
         "decline_causes": _shares(cause),
+        **({"route_mix": _shares(df["route"])} if "route" in df.columns else {}),
         "warnings": list(vlog.warnings),
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from issuer_seq.errors import IssuerSeqError
 from issuer_seq.schema import (
     PROBLEM_STAGES,
     WARNING_CHECKS,
@@ -202,6 +204,10 @@ BREAKS: dict[str, tuple[Callable[[pd.DataFrame], pd.DataFrame], str]] = {
         lambda df: df.assign(policy_propensity=[1.0, 0.0, 0.5, 0.5, 0.5, 0.5]),
         "'policy_propensity' has 1 value(s) outside (0, 1]: row 1: 0.0",
     ),
+    "routes": (
+        lambda df: df.assign(route=["a", "b", None, "a", "a", "a"], route_propensity=1.0),
+        "column 'route' has 1 null value(s) (e.g. rows 2)",
+    ),
     "attempt_below_1": (_at("t1", "attempt", 0), "'attempt' has 1 value(s) below 1"),
     "domains": (_at("t1", "initiator", "cit"), "outside ['CIT', 'MIT']: ['cit']"),
     "formats": (_at("t1", "currency", "eur"), "not three upper-case letters"),
@@ -214,6 +220,10 @@ BREAKS: dict[str, tuple[Callable[[pd.DataFrame], pd.DataFrame], str]] = {
         "1 retries are timed before the previous attempt",
     ),
     "ignored_columns": (lambda df: df.assign(note="x"), "1 extra column(s) ignored: note"),
+    "route_without_propensity": (
+        lambda df: df.assign(route="a"),
+        "column 'route' without 'route_propensity'",
+    ),
     "naive_ts": (lambda df: df.assign(ts=df["ts"].dt.tz_localize(None)), "no time zone"),
     "unknown_codes": (_at("t2", "response_code", "Z9"), "response codes this project does not"),
     "unknown_advice_codes": (_at("t2", "advice_code", "99"), "unknown merchant advice code"),
@@ -350,3 +360,95 @@ def test_nulls_in_nullable_integer_and_boolean_columns_are_reported_with_the_res
         "column 'three_ds' has 1 null value(s) (e.g. rows 1)",
         "column 'amount' has 1 negative value(s): row 0: -1.0",
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# Routes: the optional `route` and `route_propensity` columns
+# --------------------------------------------------------------------------------------------
+
+
+def routed_rows() -> pd.DataFrame:
+    """The clean log sent through two routes, with the logging policy's propensities."""
+    df = clean_rows()
+    df["route"] = ["eu_domestic", "global_a", "global_a", "eu_domestic", "eu_domestic", "global_a"]
+    df["route_propensity"] = [0.9, 0.1, 0.6, 0.9, 0.9, 0.1]
+    return df
+
+
+def test_a_log_with_routes_passes_and_keeps_them() -> None:
+    vlog = validate(routed_rows(), routes=["eu_domestic", "global_a", "global_b"])
+    assert vlog.warnings == []
+    assert list(vlog.frame["route"]) == list(routed_rows()["route"])
+    assert vlog.frame["route_propensity"].dtype == np.float64
+    assert summarize(vlog)["route_mix"] == {"eu_domestic": 0.5, "global_a": 0.5}
+    # with no declared list any names go; without the columns the log is one route
+    assert validate(routed_rows().assign(route="x")).warnings == []
+    assert "route_mix" not in summarize(validate(clean_rows()))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"route": [1, 2, 1, 1, 1, 2]},
+            "column 'route' has type int64, expected string: the acquirer connection (route)",
+        ),
+        (
+            {"route_propensity": [0.9, 0.0, 0.6, 0.9, 1.2, 0.1]},
+            "column 'route_propensity' has 2 value(s) outside (0, 1]: row 1: 0.0; row 4: 1.2",
+        ),
+        (
+            {"route_propensity": [0.9, None, 0.6, 0.9, 0.9, 0.1]},
+            "column 'route_propensity' has 1 null value(s) (e.g. rows 1): in a log with routes "
+            "every attempt has one",
+        ),
+        (
+            {"route_propensity": [0.9, "high", 0.6, 0.9, 0.9, 0.1]},
+            "column 'route_propensity' has 1 value(s) outside (0, 1]: row 1: 'high'",
+        ),
+        (
+            {"route": ["eu_domestic", " ", "global_a", "eu_domestic", "eu_domestic", "global_a"]},
+            "column 'route' has 1 empty route name(s): row 1: ' '",
+        ),
+        (
+            {"route": ["eu_domestic", "acq_x", "acq_x", "eu_domestic", "acq_y", "global_a"]},
+            "column 'route' has 3 value(s) outside the declared routes ['eu_domestic', "
+            "'global_a']: ['acq_x', 'acq_y']; row 1: 'acq_x'; row 2: 'acq_x'; row 4: 'acq_y'",
+        ),
+    ],
+)
+def test_route_problems_name_the_column_and_rows(change: dict[str, list], message: str) -> None:
+    df = routed_rows().assign(**change)
+    with pytest.raises(LogValidationError) as info:
+        validate(df, routes=["eu_domestic", "global_a"])
+    assert info.value.problems == [message]
+
+
+def test_a_route_propensity_needs_a_route() -> None:
+    df = clean_rows().assign(route_propensity=0.5)
+    with pytest.raises(LogValidationError) as info:
+        validate(df)
+    assert info.value.problems == [
+        "column 'route_propensity' is present without column 'route' (a propensity is the "
+        "probability of the route the attempt went through)"
+    ]
+
+
+def test_load_log_takes_the_declared_routes_from_meta_json(tmp_path: Path) -> None:
+    routed_rows().to_parquet(tmp_path / "transactions.parquet")
+    meta = {"routes": [{"name": "eu_domestic", "region": "EU", "fee": 0.04}]}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(LogValidationError, match="outside the declared routes"):
+        load_log(tmp_path)
+    assert len(load_log(tmp_path, routes=["eu_domestic", "global_a"]).frame) == 6
+    (tmp_path / "meta.json").write_text(json.dumps({"routes": None}))
+    assert len(load_log(tmp_path).frame) == 6
+    (tmp_path / "meta.json").write_text(json.dumps({"routes": ["eu_domestic"]}))
+    with pytest.raises(IssuerSeqError, match="'routes' must be a list of objects with a 'name'"):
+        load_log(tmp_path)
+    exe = [sys.executable, "-m", "issuer_seq.cli", "validate", f"data_dir={tmp_path}"]
+    (tmp_path / "meta.json").unlink()
+    fail = subprocess.run([*exe, "routes=[global_a]"], capture_output=True, text=True)
+    assert fail.returncode == 2
+    assert "outside the declared routes ['global_a']: ['eu_domestic']" in fail.stdout + fail.stderr
+    assert subprocess.run(exe, capture_output=True, text=True).returncode == 0

@@ -175,6 +175,7 @@ def test_marginals_are_realistic(big_sim_dir: Path) -> None:
 
 def test_latent_states_are_predictable_from_histories(big_sim_dir: Path) -> None:
     signal = history_signal(big_sim_dir)
+    assert {"route_outage", "issuer_route_episode"} <= set(signal)  # the routes' states too
     for state, row in signal.items():
         assert row["history_auroc"] > row["static_auroc"] + 0.03, (state, row)
         assert row["history_auroc"] > 0.7, (state, row)
@@ -265,9 +266,13 @@ def test_retry_truth_is_what_the_retries_were_drawn_from(big_sim_dir: Path) -> N
     ts = df["ts"].dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype(np.int64)
     grid = grid_seconds(DEFAULT_GRID)
     bucket = np.searchsorted(grid, ts[retry] - ts[parent], side="right") - 1  # + jitter < 1 min
-    # immediate retries with 3-D Secure added are not on the grid
+    # immediate retries with 3-D Secure added are not on the grid; p_retry is the truth of a
+    # retry through the declined attempt's route (a cascade's is its p_approve_route_*)
     three_ds = df["three_ds"].to_numpy()
-    on_grid = (bucket >= 0) & (three_ds[retry] == three_ds[parent])
+    route = df["route"].to_numpy()
+    same_route = route[retry] == route[parent]
+    assert 0.05 < 1 - same_route.mean() < 0.5  # retries may switch route
+    on_grid = (bucket >= 0) & (three_ds[retry] == three_ds[parent]) & same_route
     retry, parent, bucket = retry[on_grid], parent[on_grid], bucket[on_grid]
     truth = np.stack([df[truth_column(g)].to_numpy() for g in DEFAULT_GRID], axis=1)
     expected = truth[parent, bucket]

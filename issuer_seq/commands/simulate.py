@@ -13,6 +13,7 @@ from issuer_seq.delays import grid_seconds
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.rules import NetworkRules
 from issuer_seq.simulate import SimConfig, WorldParams, simulate
+from issuer_seq.simulate.routes import Acquirer, RouteParams
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,29 @@ def sim_config(cfg: DictConfig) -> SimConfig:
         chunk_cards=int(cfg.chunk_cards),
         delay_grid=grid,
         rules=NetworkRules(**{k: int(v) for k, v in cfg.rules.items()}),
+        routes=route_params(cfg.get("routes")),
     )
+
+
+_INT_ROUTE_KEYS = ("n_routes", "min_per_merchant", "max_per_merchant")
+
+
+def route_params(routes: DictConfig | None) -> RouteParams | None:
+    """The `routes:` block as RouteParams; None (one route) for `routes: null`."""
+    if routes is None:
+        return None
+    try:
+        acquirers = tuple(
+            Acquirer(name=str(a["name"]), region=str(a["region"]), fee=float(a["fee"]))
+            for a in routes.get("acquirers", [])
+        )
+        rest = {k: v for k, v in routes.items() if k != "acquirers"}
+        typed: dict[str, Any] = {
+            k: int(v) if k in _INT_ROUTE_KEYS else float(v) for k, v in rest.items()
+        }
+        return RouteParams(acquirers=acquirers, **typed)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IssuerSeqError(f"bad routes config: {exc}") from exc
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -52,5 +75,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     summary = {k: meta[k] for k in ("rows", "approval_rate", "mit_share", "retry_share")}
     summary["top_decline_codes"] = dict(list(meta["decline_code_mix"].items())[:8])
+    if meta.get("routes"):
+        summary["route_share"] = meta["route_share"]
+        summary["route_approval_rate"] = meta["route_approval_rate"]
     log.info(json.dumps(summary, indent=2))
     return meta

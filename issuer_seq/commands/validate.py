@@ -14,7 +14,11 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    vlog = load_log(cfg.path if cfg.get("path") else cfg.data_dir)
+    routes = cfg.get("routes")
+    vlog = load_log(
+        cfg.path if cfg.get("path") else cfg.data_dir,
+        routes=None if routes is None else [str(r) for r in routes],
+    )
     summary = summarize(vlog)
     log.info(json.dumps(summary, indent=2))
     log.info("OK: %s meets the transaction-log contract (%d rows)", vlog.source, summary["rows"])

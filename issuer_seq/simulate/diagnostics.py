@@ -7,8 +7,11 @@ compare how well it is ranked (AUROC) by
 - a *static* feature: the long-run rate over the whole log of the issuer (for issuer
   states) or of the issuer x card type (for card states; per-card rates are themselves
   history), a generous stand-in for what a static model knows, since it peeks at the future.
-If histories carry the signal, the history feature wins. `scripts/check_signal.py` prints
-the table; a test holds it.
+If histories carry the signal, the history feature wins. A log with routes adds two rows:
+an acquirer's outage (the route's recent technical declines vs the route's long-run rate)
+and an issuer-by-route episode (the issuer's recent risk-rule declines through that route vs
+the issuer x route long-run rate). `scripts/check_signal.py` prints the table; a test holds
+it.
 """
 
 from __future__ import annotations
@@ -90,5 +93,21 @@ def history_signal(data_dir: str | Path) -> dict[str, dict[str, float]]:
         "history_auroc": auroc(rate(card, funds, 30 * 86400), low_funds),
         "static_auroc": auroc(static(issuer * 3 + card_type, funds), low_funds),
         "positive_share": float(low_funds.mean()),
+    }
+    if "route" not in df.columns or "latent_route_outage" not in df.columns:
+        return out
+    route = pd.factorize(df["route"])[0]
+    down = df["latent_route_outage"].to_numpy() > 0
+    out["route_outage"] = {
+        "history_auroc": auroc(rate(route, technical, 1800), down),
+        "static_auroc": auroc(static(route, technical), down),
+        "positive_share": float(down.mean()),
+    }
+    issuer_route = issuer * (route.max() + 1) + route
+    episode = df["latent_route_episode"].to_numpy() > 0
+    out["issuer_route_episode"] = {
+        "history_auroc": auroc(rate(issuer_route, generic, 86400), episode),
+        "static_auroc": auroc(static(issuer_route, generic), episode),
+        "positive_share": float(episode.mean()),
     }
     return out

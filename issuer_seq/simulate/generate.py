@@ -23,10 +23,25 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from issuer_seq.delays import DEFAULT_GRID, grid_seconds, truth_column
-from issuer_seq.rules import AttemptColumns, NetworkRules, causes, check_retries, mac_delay_seconds
+from issuer_seq.rules import (
+    AttemptColumns,
+    Cause,
+    NetworkRules,
+    causes,
+    check_retries,
+    mac_delay_seconds,
+)
 from issuer_seq.simulate import outcomes
 from issuer_seq.simulate.outcomes import Attempts
 from issuer_seq.simulate.policy import plan_retries
+from issuer_seq.simulate.routes import (
+    RouteParams,
+    build_routes,
+    draw_routes,
+    first_rule,
+    policy_probabilities,
+    retry_rule,
+)
 from issuer_seq.simulate.world import (
     CARD_TYPES,
     COUNTRY_CODES,
@@ -36,6 +51,7 @@ from issuer_seq.simulate.world import (
     HOUR,
     MCC_CODES,
     MCC_MEDIAN_AMOUNT,
+    MCC_RISKY,
     MCC_SUBSCRIPTION,
     NETWORKS,
     NEVER,
@@ -63,6 +79,28 @@ class SimConfig:
     chunk_cards: int = 10_000
     delay_grid: tuple[str, ...] = DEFAULT_GRID
     rules: NetworkRules = field(default_factory=NetworkRules)
+    #: None (or n_routes 1): one route, a log without `route` columns, no route effects.
+    routes: RouteParams | None = field(default_factory=RouteParams)
+
+
+def route_truth_column(name: str) -> str:
+    """The truth column of the approval probability through route `name`."""
+    return f"p_approve_route_{name}"
+
+
+def build_sim_world(cfg: SimConfig) -> World:
+    """The world of a config: issuers, merchants and, unless one route, the routes."""
+    world = build_world(cfg.world, cfg.seed, cfg.start)
+    if cfg.routes is not None and cfg.routes.n_routes > 1:
+        world.routes = build_routes(
+            cfg.routes,
+            world.issuers.country,
+            world.merchants.country,
+            MCC_RISKY,
+            (cfg.world.days + 8) * DAY,  # as the issuers' processes: retry truth past the end
+            np.random.default_rng([cfg.seed, 2]),
+        )
+    return world
 
 
 def _pick(rng: np.random.Generator, pools: list[np.ndarray], group: np.ndarray) -> np.ndarray:
@@ -181,6 +219,7 @@ def first_attempts(world: World, cards: Cards, rng: np.random.Generator) -> Atte
         three_ds=np.concatenate([c_3ds[keep], np.zeros(len(sub_rows), bool)]),
         attempt=np.ones(n_c + len(sub_rows), dtype=np.int64),
         cancelled_at=np.concatenate([np.full(n_c, NEVER), sub_cancel[sub_rows]]),
+        route=np.full(n_c + len(sub_rows), -1, dtype=np.int64),
     )
     order = np.lexsort((a.t, a.card))
     return _take(a, order)
@@ -208,7 +247,11 @@ class _Rows:
     u_code: np.ndarray
     bucket: np.ndarray
     propensity: np.ndarray
+    route_propensity: np.ndarray  # P(the logged policy chose this route), NaN: one route
+    route_p: np.ndarray  # (N, R) p_approve through each route, NaN off the merchant's routes
     outage: np.ndarray
+    route_outage: np.ndarray
+    route_episode: np.ndarray
     tight: np.ndarray
     funds: np.ndarray
 
@@ -221,36 +264,63 @@ def simulate_chunk(
     first = first_attempts(world, cards, rng)
     first_card, first_t = first.card, first.t
     network_of_card = NETWORKS[world.issuers.network[cards.issuer]]
+    routes = world.routes
+    n_routes = 0 if routes is None else len(routes.name)
+    has_route = None if routes is None else routes.has
 
     def answer(a: Attempts, carried: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
         """Outcomes of attempts; `carried`: for retries, the check that declined the
         previous attempt and that attempt's time."""
         velocity = outcomes.velocity_counts(first_card, first_t, a.card, a.t)
         u_code = rng.random(len(a))
-        h, codes, latent = outcomes.hazards(world, cards, a, a.t, velocity, u_code)
+        fresh, codes, latent = outcomes.hazards(world, cards, a, a.t, velocity, u_code)
+
         if carried is not None:
             prev_check, prev_t = carried
             still = outcomes.persistence(world, cards, a.card, prev_check, prev_t, a.t)
-            h = outcomes.carry_over(h, prev_check, still)
+
+        def carry(h: np.ndarray) -> np.ndarray:
+            return h if carried is None else outcomes.carry_over(h, prev_check, still)
+
+        h = carry(fresh)
         response, check = outcomes.draw(h, codes, rng)
+        # The truth through every route: the same moment, draws and carried cause.
+        route_p = np.full((len(a), n_routes), np.nan)
+        for r in range(n_routes):
+            assert has_route is not None
+            through = outcomes.through_route(
+                world, cards, a, a.t, fresh, latent, np.full(len(a), r)
+            )
+            p_r = outcomes.p_approve(carry(through))
+            route_p[:, r] = np.where(has_route[a.merchant, r], p_r, np.nan)
         return {
             "response": response,
             "check": check,
-            "advice": outcomes.advice_codes(world, cards, a, response, latent.to_payday, rng),
+            "advice": outcomes.advice_codes(
+                world, cards, a, response, latent.to_payday, rng, check
+            ),
             "p_approve": outcomes.p_approve(h),
             "u_code": u_code,
+            "route_p": route_p,
             "outage": latent.outage,
+            "route_outage": latent.route_outage,
+            "route_episode": latent.route_episode,
             "tight": latent.tight,
             "funds": h[:, outcomes.CHECKS.index("funds")],  # with a retry's carry-over
         }
 
     n0 = len(first)
+    first_route_prop = np.full(n0, np.nan)
+    if routes is not None:
+        probs = policy_probabilities(routes, first.merchant, first_rule(routes, first.merchant))
+        first.route, first_route_prop = draw_routes(rng, probs)
     rows = _Rows(
         a=first,
         payment=np.arange(n0),
         parent=np.full(n0, -1),
         bucket=np.full(n0, -2),
         propensity=np.full(n0, np.nan),
+        route_propensity=first_route_prop,
         **answer(first, None),
     )
     last = np.arange(n0)
@@ -281,6 +351,13 @@ def simulate_chunk(
         new.t = retry_at[send]
         new.attempt = new.attempt + 1
         new.three_ds = plan.three_ds[send]
+        new_route_prop = np.full(len(src), np.nan)
+        if routes is not None:
+            technical = cause[send] == Cause.TECHNICAL.value
+            rule = retry_rule(routes, new.merchant, new.route, technical)
+            new.route, new_route_prop = draw_routes(
+                rng, policy_probabilities(routes, new.merchant, rule)
+            )
         out = answer(new, (rows.check[src], rows.a.t[src]))
         start = len(rows.a.t)
         rows = _Rows(
@@ -289,6 +366,7 @@ def simulate_chunk(
             parent=np.concatenate([rows.parent, src]),
             bucket=np.concatenate([rows.bucket, plan.bucket[send]]),
             propensity=np.concatenate([rows.propensity, plan.propensity[send]]),
+            route_propensity=np.concatenate([rows.route_propensity, new_route_prop]),
             **{k: np.concatenate([getattr(rows, k), v]) for k, v in out.items()},
         )
         last = np.arange(start, len(rows.a.t))
@@ -416,18 +494,33 @@ def _frames(
             "three_ds": a.three_ds,
             "response_code": rows.response.astype(str),
             "advice_code": pd.array(rows.advice, dtype="string"),
-            # Logged-policy bookkeeping (extra columns; the contract ignores them).
+            # Logged-policy bookkeeping (the contract keeps it; training weights retries by it).
             "policy_propensity": rows.propensity,
         }
     )
+    routes = world.routes
+    per_route: dict[str, np.ndarray] = {}
+    latent_route: dict[str, np.ndarray] = {}
+    if routes is not None:
+        tx["route"] = routes.name[a.route]
+        tx["route_propensity"] = rows.route_propensity
+        per_route = {
+            route_truth_column(str(name)): rows.route_p[:, r] for r, name in enumerate(routes.name)
+        }
+        latent_route = {
+            "latent_route_outage": rows.route_outage,
+            "latent_route_episode": rows.route_episode,
+        }
     th = pd.DataFrame(
         {
             "txn_id": tx["txn_id"],
             "p_approve": rows.p_approve,
             **truth,
+            **per_route,
             "latent_outage": rows.outage,
             "latent_risk_regime": rows.tight,
             "latent_funds_hazard": rows.funds,
+            **latent_route,
         }
     )
     order = np.argsort(a.t, kind="stable")
@@ -440,7 +533,7 @@ def simulate(cfg: SimConfig, data_dir: str | Path, progress: bool = True) -> dic
     """Write transactions.parquet, truth.parquet and meta.json under `data_dir`."""
     out = Path(data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    world = build_world(cfg.world, cfg.seed, cfg.start)
+    world = build_sim_world(cfg)
     n_cards = cfg.world.n_cards
     chunks = list(range(0, n_cards, cfg.chunk_cards))
     unsorted = out / "transactions.unsorted.parquet"
@@ -481,7 +574,11 @@ def simulate(cfg: SimConfig, data_dir: str | Path, progress: bool = True) -> dic
         "config": _jsonable(asdict(cfg)),
         "start": cfg.start,
         "delay_grid": list(cfg.delay_grid),
-        "truth_columns": ["p_approve", *[truth_column(g) for g in cfg.delay_grid]],
+        "truth_columns": [
+            "p_approve",
+            *[truth_column(g) for g in cfg.delay_grid],
+            *([] if world.routes is None else map(route_truth_column, world.routes.name)),
+        ],
         "logged_policy": {
             "description": (
                 "After soft declines (funds, generic, technical, limit) MIT payments are retried "
@@ -493,10 +590,74 @@ def simulate(cfg: SimConfig, data_dir: str | Path, progress: bool = True) -> dic
             ),
             "propensity_column": "policy_propensity",
         },
+        **_route_meta(world),
         **stats.summary(),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
+
+
+def _route_meta(world: World) -> dict[str, Any]:
+    """meta.json's routes: the list, each merchant's in static priority order, the logged
+    routing policy, and the acquirer outages and issuer-by-route episodes inside the log's
+    days (times ISO 8601 UTC), so that evaluation can measure reactions to them."""
+    routes = world.routes
+    if routes is None:
+        return {"routes": None, "merchant_routes": None}
+    names = [str(n) for n in routes.name]
+
+    def iso(t: np.ndarray) -> list[str]:
+        stamps = world.start + np.asarray(t, dtype=np.int64).astype("timedelta64[s]")
+        return [f"{s}Z" for s in stamps.astype("datetime64[s]")]
+
+    def inside(iv: Any) -> np.ndarray:
+        return np.flatnonzero((iv.end > 0) & (iv.start < world.params.days * DAY))
+
+    n_r = len(names)
+    ep = routes.episodes
+    keep = inside(ep)
+    out = routes.outages
+    keep_o = inside(out)
+    return {
+        "routes": [
+            {"name": n, "region": str(routes.region[r]), "fee": float(routes.fee[r])}
+            for r, n in enumerate(names)
+        ],
+        "merchant_routes": {
+            str(m): [names[r] for r in routes.priority[m, : routes.count[m]]]
+            for m in range(len(routes.count))
+        },
+        "routing_policy": {
+            "description": (
+                f"First attempts: with probability {routes.static_share:g} the merchant's first "
+                "route by static priority, else one of its routes uniformly. Retries: with "
+                f"probability {routes.static_share:g} the cascade rule (after a technical "
+                "decline, 91/96, the next route in the merchant's priority; else the same "
+                "route), else one of the merchant's routes uniformly."
+            ),
+            "static_share": routes.static_share,
+            "propensity_column": "route_propensity",
+        },
+        "route_outages": [
+            {
+                "route": names[int(out.owner[i])],
+                "start": s,
+                "end": e,
+                "p_decline": round(float(out.value[i]), 4),
+            }
+            for i, s, e in zip(keep_o, iso(out.start[keep_o]), iso(out.end[keep_o]), strict=True)
+        ],
+        "route_episodes": [
+            {
+                "issuer_id": int(ep.owner[i] // n_r),
+                "route": names[int(ep.owner[i] % n_r)],
+                "start": s,
+                "end": e,
+                "logit": round(float(ep.value[i]), 4),
+            }
+            for i, s, e in zip(keep, iso(ep.start[keep]), iso(ep.end[keep]), strict=True)
+        ],
+    }
 
 
 def _sort_by_time(src: Path, dst: Path, batch_rows: int = 1 << 17) -> None:
@@ -540,8 +701,15 @@ class _Stats:
         self.mit = 0
         self.retries = 0
         self.codes: dict[str, int] = {}
+        self.route_rows: dict[str, int] = {}
+        self.route_approved: dict[str, int] = {}
 
     def add(self, tx: pd.DataFrame) -> None:
+        if "route" in tx.columns:
+            approved = (tx["response_code"] == "00").groupby(tx["route"]).agg(["size", "sum"])
+            for route, (n, ok) in approved.iterrows():
+                self.route_rows[str(route)] = self.route_rows.get(str(route), 0) + int(n)
+                self.route_approved[str(route)] = self.route_approved.get(str(route), 0) + int(ok)
         self.rows += len(tx)
         self.approved += int((tx["response_code"] == "00").sum())
         self.mit += int((tx["initiator"] == "MIT").sum())
@@ -562,4 +730,16 @@ class _Stats:
             "mit_share": round(self.mit / max(self.rows, 1), 4),
             "retry_share": round(self.retries / max(self.rows, 1), 4),
             "decline_code_mix": mix,
+            **(
+                {
+                    "route_share": {
+                        r: round(n / max(self.rows, 1), 4) for r, n in self.route_rows.items()
+                    },
+                    "route_approval_rate": {
+                        r: round(self.route_approved[r] / n, 4) for r, n in self.route_rows.items()
+                    },
+                }
+                if self.route_rows
+                else {}
+            ),
         }

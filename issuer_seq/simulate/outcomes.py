@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from issuer_seq.simulate.routes import CARD_SENSITIVITY
 from issuer_seq.simulate.world import (
+    COUNTRY_REGION,
     COUNTRY_SCA,
     COUNTRY_UTC_OFFSET,
     DAY,
@@ -33,7 +35,10 @@ from issuer_seq.simulate.world import (
     payday_phase,
 )
 
-CHECKS = ("hard", "technical", "sca", "data", "limit", "velocity", "funds", "generic")
+#: The checks in the order an attempt meets them. The acquirer's comes first: while the
+#: route is down the request never reaches the issuer.
+CHECKS = ("acquirer", "hard", "technical", "sca", "data", "limit", "velocity", "funds", "generic")
+_K = {name: k for k, name in enumerate(CHECKS)}
 VELOCITY_WINDOW = 600  # seconds: attempts on the same card in the last 10 minutes
 #: How long the cause of a decline outlasts it, by check (seconds; see `persistence`).
 PERSIST_S = {"funds": 2 * DAY, "generic": 2 * HOUR, "limit": DAY}
@@ -56,6 +61,7 @@ class Attempts:
     three_ds: np.ndarray  # bool
     attempt: np.ndarray  # int64, 1 = first try
     cancelled_at: np.ndarray  # int64: when the cardholder stopped this subscription (or never)
+    route: np.ndarray  # int64 index into world.routes, -1 where the world has one route
 
     def __len__(self) -> int:
         return len(self.t)
@@ -69,7 +75,10 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class Latent:
     """Latent state at each attempt's moment, kept for ground-truth diagnostics. (N,)"""
 
-    outage: np.ndarray  # P(technical decline) from an ongoing outage, 0 if none
+    outage: np.ndarray  # P(technical decline) from an ongoing issuer outage, 0 if none
+    route_outage: np.ndarray  # P(acquirer-side decline) from the route's outage, 0 if none
+    route_episode: np.ndarray  # logit raise of an issuer-by-route episode, 0 if none
+    risk_logit: np.ndarray  # the risk-rule logit before the route's terms
     tight: np.ndarray  # strength of an ongoing risk-rule regime, 0 if none
     to_payday: np.ndarray  # seconds until the next payday
 
@@ -81,12 +90,14 @@ def hazards(
     t: np.ndarray,
     velocity: np.ndarray,
     u_code: np.ndarray,
+    route: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Latent]:
     """Hazards (N, K) in CHECKS order, the code each check would answer (N, K), latent state.
 
     `t` may differ from `a.t` (a hypothetical retry later); `velocity` is the number of the
     card's first attempts in the 10 minutes before `t`; `u_code` (N,) picks among a check's
-    codes so that the same draw gives the same code at every `t`.
+    codes so that the same draw gives the same code at every `t`; `route` (N,), default
+    `a.route`, is the route the attempt goes through (the truth asks for every route).
     """
     iss, mer = world.issuers, world.merchants
     issuer = cards.issuer[a.card]
@@ -105,9 +116,16 @@ def hazards(
     expired = t >= cards.expires_at[a.card]
     cancelled = a.recurring & (t >= a.cancelled_at)
     not_permitted = (card_type == 2) & (mcc == GAMBLING)
-    h[:, 0] = np.where(lost | closed | expired | cancelled, 1.0, np.where(not_permitted, 0.5, 0.0))
+    route = a.route if route is None else route
+    route_outage, episode, route_logit = _route_terms(world, issuer, card_type, mcc, route, t)
+    h[:, _K["acquirer"]] = route_outage
+    codes[:, _K["acquirer"]] = np.where(u_code < 0.55, "91", "96")
+
+    h[:, _K["hard"]] = np.where(
+        lost | closed | expired | cancelled, 1.0, np.where(not_permitted, 0.5, 0.0)
+    )
     stop_code = np.where(visa, np.where(u_code < 0.5, "R0", "R1"), "R1")
-    codes[:, 0] = np.select(
+    codes[:, _K["hard"]] = np.select(
         [lost, closed & a.recurring, closed, expired, cancelled],
         [cards.lost_code[a.card], "R1", "14", "54", stop_code],
         "57",
@@ -117,24 +135,24 @@ def hazards(
     local_hour = np.mod(t // HOUR + COUNTRY_UTC_OFFSET[i_country], 24)
     outage = iss.outages.lookup(issuer, t)
     peak = (local_hour >= 11) & (local_hour <= 20)
-    h[:, 1] = np.maximum(outage, 0.0012 + 0.0015 * peak)
-    codes[:, 1] = np.where(u_code < 0.55, "91", "96")
+    h[:, _K["technical"]] = np.maximum(outage, 0.0012 + 0.0015 * peak)
+    codes[:, _K["technical"]] = np.where(u_code < 0.55, "91", "96")
 
     # Strong customer authentication: EEA/UK issuer and merchant, customer-initiated, no 3DS,
     # above the low-value exemption.
     sca = COUNTRY_SCA[i_country] & COUNTRY_SCA[m_country] & ~a.mit & ~a.three_ds & (a.amount > 30)
-    h[:, 2] = np.where(sca, iss.sca_strictness[issuer], 0.0)
-    codes[:, 2] = np.where(visa, "1A", "65")
+    h[:, _K["sca"]] = np.where(sca, iss.sca_strictness[issuer], 0.0)
+    codes[:, _K["sca"]] = np.where(visa, "1A", "65")
 
     # Data errors on keyed-in customer payments (stored credentials of MIT are clean).
-    h[:, 3] = np.where(a.mit, 0.0, 0.0035)
-    codes[:, 3] = np.where(u_code < 0.85, "N7", "14")
+    h[:, _K["data"]] = np.where(a.mit, 0.0, 0.0035)
+    codes[:, _K["data"]] = np.where(u_code < 0.85, "N7", "14")
 
-    h[:, 4] = np.where(a.amount > cards.amount_limit[a.card], 0.7, 0.0)
-    codes[:, 4] = "61"
+    h[:, _K["limit"]] = np.where(a.amount > cards.amount_limit[a.card], 0.7, 0.0)
+    codes[:, _K["limit"]] = "61"
 
-    h[:, 5] = np.where(velocity > 0, _sigmoid(-5.5 + 1.3 * velocity), 0.0)
-    codes[:, 5] = np.where(visa, "65", "05")
+    h[:, _K["velocity"]] = np.where(velocity > 0, _sigmoid(-5.5 + 1.3 * velocity), 0.0)
+    codes[:, _K["velocity"]] = np.where(visa, "65", "05")
 
     phase, to_payday = payday_phase(world, cards, a.card, t)
     typical = MCC_MEDIAN_AMOUNT[mcc] * cards.spend_scale[a.card]
@@ -145,8 +163,8 @@ def hazards(
         + 0.8 * np.log(a.amount / typical + 1e-3)
         + 0.5 * (card_type == 2)
     )
-    h[:, 6] = _sigmoid(funds_logit)
-    codes[:, 6] = "51"
+    h[:, _K["funds"]] = _sigmoid(funds_logit)
+    codes[:, _K["funds"]] = "51"
 
     # Risk rules: cross-border, risky categories and large amounts, much more so while the
     # issuer's rules are tightened; stricter at night, local time.
@@ -167,11 +185,66 @@ def hazards(
         - 0.6 * a.three_ds
         + tight * (0.7 + 2.3 * flagged)
     )
-    h[:, 7] = _sigmoid(generic_logit)
-    codes[:, 7] = np.where(cross_border & (u_code < 0.1), "62", "05")
+    h[:, _K["generic"]] = _sigmoid(generic_logit + route_logit)
+    codes[:, _K["generic"]] = np.where(cross_border & (u_code < 0.1), "62", "05")
 
-    latent = Latent(outage=outage, tight=tight, to_payday=to_payday)
+    latent = Latent(
+        outage=outage,
+        route_outage=route_outage,
+        route_episode=episode,
+        risk_logit=generic_logit,
+        tight=tight,
+        to_payday=to_payday,
+    )
     return h, codes, latent
+
+
+def through_route(
+    world: World,
+    cards: Cards,
+    a: Attempts,
+    t: np.ndarray,
+    h: np.ndarray,
+    latent: Latent,
+    route: np.ndarray,
+) -> np.ndarray:
+    """Hazards (N, K) of the attempts of `hazards(...) -> h, _, latent` at the same moments
+    `t`, sent through `route` (N,) instead: only the acquirer and risk-rule checks depend on
+    the route, so the rest is reused."""
+    issuer = cards.issuer[a.card]
+    mcc = world.merchants.mcc[a.merchant]
+    outage, _, logit = _route_terms(world, issuer, cards.card_type[a.card], mcc, route, t)
+    out = h.copy()
+    out[:, _K["acquirer"]] = outage
+    out[:, _K["generic"]] = _sigmoid(latent.risk_logit + logit)
+    return out
+
+
+def _route_terms(
+    world: World,
+    issuer: np.ndarray,
+    card_type: np.ndarray,
+    mcc: np.ndarray,
+    route: np.ndarray,
+    t: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the route does: (acquirer-side decline hazard, episode strength, risk-rule logit
+    term), all (N,) and all 0 in a one-route world.
+
+    The logit term: minus the issuer's cross-border sensitivity (scaled by card type) through
+    a domestic route, plus the route's risk filter at the MCC, plus an ongoing issuer-by-route
+    episode."""
+    r = world.routes
+    zero = np.zeros(len(t))
+    if r is None:
+        return zero, zero, zero
+    n_r = len(r.name)
+    outage = r.outages.lookup(route, t)
+    episode = r.episodes.lookup(issuer.astype(np.int64) * n_r + route, t)
+    domestic = r.region[route] == COUNTRY_REGION[world.issuers.country[issuer]]
+    sensitivity = r.sensitivity[issuer] * CARD_SENSITIVITY[card_type]
+    logit = -sensitivity * domestic + r.mcc_filter[route, mcc] + episode
+    return outage, episode, logit
 
 
 def p_approve(h: np.ndarray) -> np.ndarray:
@@ -204,9 +277,10 @@ def persistence(
     A cardholder short of funds stays short until money arrives: the next payday ends it,
     other deposits end it at rate 1 / PERSIST_S["funds"]. An issuer's risk rule keeps
     declining the same payment for a while, and an amount limit holds until its period
-    rolls over (e-folding times PERSIST_S["generic"], PERSIST_S["limit"]). Other causes
-    carry nothing over: an outage, the SCA rule and velocity are functions of the moment
-    already. `check` is an index in CHECKS, -1 for none.
+    rolls over (e-folding times PERSIST_S["generic"], PERSIST_S["limit"]); these are the
+    issuer's and the cardholder's, so they hold whatever route the retry takes. Other causes
+    carry nothing over: an issuer's or an acquirer's outage, the SCA rule and velocity are
+    functions of the moment already. `check` is an index in CHECKS, -1 for none.
     """
     s = np.zeros(len(t))
     dt = (t - t0).astype(np.float64)
@@ -238,9 +312,13 @@ def advice_codes(
     response: np.ndarray,
     to_payday: np.ndarray,
     rng: np.random.Generator,
+    check: np.ndarray,
 ) -> np.ndarray:
-    """Mastercard merchant advice codes for the declines; None elsewhere. (N,) object."""
-    mc = world.issuers.network[cards.issuer[a.card]] == 1
+    """Mastercard merchant advice codes for the declines; None elsewhere. (N,) object.
+
+    `check` (N,) is the declining check's index in CHECKS: an acquirer-side decline never
+    reached the issuer, so it carries no advice."""
+    mc = (world.issuers.network[cards.issuer[a.card]] == 1) & (check != _K["acquirer"])
     u = rng.random(len(response))
     mac = np.full(len(response), None, dtype=object)
     hard = np.isin(response, ["41", "43", "14", "57", "04", "07"])

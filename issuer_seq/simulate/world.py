@@ -11,8 +11,12 @@ Times are int64 seconds since the world's start (midnight UTC of `start`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from issuer_seq.simulate.routes import Routes
 
 DAY = 86_400
 HOUR = 3_600
@@ -41,6 +45,10 @@ COUNTRY_CODES = np.array([c[0] for c in COUNTRIES])
 COUNTRY_CURRENCY = np.array([c[1] for c in COUNTRIES])
 COUNTRY_UTC_OFFSET = np.array([c[2] for c in COUNTRIES], dtype=np.int64)
 COUNTRY_SCA = np.array([c[3] for c in COUNTRIES])
+#: Acquiring region of each country: a route is domestic for an issuer of its region.
+COUNTRY_REGION = np.array(
+    ["EU" if sca else "US" if code == "US" else code for code, _, _, sca in COUNTRIES]
+)
 
 # Merchant categories: (mcc, weight, median amount, risky for issuers' risk rules, subscription)
 MCCS: list[tuple[str, float, float, bool, bool]] = [
@@ -109,7 +117,7 @@ class Intervals:
         return np.where(hit, self.value[pos_c], 0.0)
 
 
-def _renewal_intervals(
+def renewal_intervals(
     rng: np.random.Generator,
     n_owners: int,
     horizon: int,
@@ -182,6 +190,7 @@ class World:
     start: np.datetime64
     issuers: Issuers
     merchants: Merchants
+    routes: Routes | None = None  # None: one route, no route effects
 
     @property
     def horizon(self) -> int:
@@ -205,10 +214,10 @@ def build_world(params: WorldParams, seed: int, start: str = "2026-01-05") -> Wo
         size=size,
         quality=rng.normal(0.0, 0.45, n_i),
         sca_strictness=np.where(COUNTRY_SCA[country], rng.beta(2, 6, n_i), 0.0),
-        outages=_renewal_intervals(
+        outages=renewal_intervals(
             rng, n_i, horizon, outage_rate, params.outage_median_minutes * MINUTE, 1.0, (0.45, 0.97)
         ),
-        tight=_renewal_intervals(
+        tight=renewal_intervals(
             rng, n_i, horizon, tight_rate, params.tight_regime_median_hours * HOUR, 0.7, (0.6, 1.0)
         ),
     )
