@@ -147,7 +147,7 @@ def test_cli_writes_the_bundle(exported: Exported) -> None:
 
 def test_manifest_describes_model_schema_and_checks(exported: Exported, run: TrainedRun) -> None:
     m = exported.manifest
-    assert m["format_version"] == 4
+    assert m["format_version"] == 5
     assert m["model"]["name"] == "issuer_seq" and m["model"]["version"] == 1
     assert (
         m["model"]["weights_sha256"]

@@ -256,6 +256,61 @@ def test_retry_advice_respects_the_network_rules(client: httpx.Client) -> None:
     assert approved.status_code == 422 and "approval" in approved.json()["error"]
 
 
+ROUTES = [
+    {"route": "eu_domestic", "fee": 0.04},
+    {"route": "global_a", "fee": 0.08},
+    {"route": "global_b", "fee": 0.01},
+]
+
+
+def test_route_ranks_the_candidates_by_expected_value(client: httpx.Client, bundle: Path) -> None:
+    from issuer_seq.retry_policy import DEFAULT_ECONOMICS
+
+    query = attempt(card_id="route-1", issuer_id="route", amount=40.0)
+    answer = client.post("/v1/route", json={"attempt": query, "routes": ROUTES})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["fallback"] is False and body["rule"] == "expected_value"
+    assert body["propensity"] == 1.0  # no exploration by default
+    by_name = {r["route"]: r for r in body["routes"]}
+    assert sorted(by_name) == sorted(r["route"] for r in ROUTES)
+    expected = Scorer(bundle).score_routes(query, [r["route"] for r in ROUTES])
+    for candidate, p in zip(ROUTES, expected, strict=True):
+        got = by_name[candidate["route"]]
+        assert got["p_approve"] == pytest.approx(float(p), abs=1e-6)
+        value = got["p_approve"] * 40.0 * DEFAULT_ECONOMICS.margin - candidate["fee"]
+        assert got["expected_value"] == pytest.approx(value, abs=1e-9)
+    values = [r["expected_value"] for r in body["routes"]]
+    assert values == sorted(values, reverse=True) and body["choice"] == body["routes"][0]["route"]
+
+
+@pytest.mark.parametrize(
+    "routes",
+    [
+        [],
+        [ROUTES[0], ROUTES[0]],
+        [{"route": "a", "fee": -1.0}],
+        [{"route": "a b", "fee": 0.0}],
+        [{"route": "a", "fee": 0.0, "priority": 1}],
+    ],
+    ids=["none", "twice", "negative_fee", "bad_name", "unknown_field"],
+)
+def test_bad_route_requests_are_4xx(client: httpx.Client, routes: list[dict[str, Any]]) -> None:
+    answer = client.post("/v1/route", json={"attempt": attempt(), "routes": routes})
+    assert answer.status_code == 422 and "routes" in answer.text
+
+
+def test_retry_advice_names_a_candidate_route(client: httpx.Client) -> None:
+    technical = outcome("91", card_id="route-retry", route="global_a")
+    with_routes = client.post("/v1/retry", json={"decline": technical, "routes": ROUTES}).json()
+    assert with_routes["action"] != "no_retry", with_routes  # technical: retried at once
+    assert with_routes["route"] in {r["route"] for r in ROUTES}
+    alone = client.post("/v1/retry", json={"decline": technical}).json()
+    assert alone["route"] == "global_a"  # no candidates: the decline's own route
+    hard = client.post("/v1/retry", json={"decline": outcome("41", card_id=3009)}).json()
+    assert hard["action"] == "no_retry" and hard["route"] is None
+
+
 def _v2_request(bundle: Path, rows: slice) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     manifest = json.loads((bundle / "manifest.json").read_text())
     sample = np.load(bundle / "parity_sample.npz")
@@ -400,6 +455,7 @@ def test_metrics_count_requests_latency_and_fallbacks(client: httpx.Client) -> N
 # -- schemathesis: generated requests against the OpenAPI schema ------------------------------
 OPERATIONS = [
     ("POST", "/v1/score"),
+    ("POST", "/v1/route"),
     ("POST", "/v1/retry"),
     ("POST", "/v1/outcomes"),
     ("GET", "/v2/health/live"),
@@ -588,6 +644,12 @@ def test_failing_model_falls_back_to_the_rules(
             body = advise(hard)
             assert body["action"] == "no_retry" and body["expected_value"] == 0.0
             assert not any(body["allowed"].values()) and body["rule"] != "ok"
+        route = c.post("/v1/route", json={"attempt": attempt(), "routes": ROUTES}).json()
+        assert route["fallback_reason"] == "model_error" and route["rule"] == "static_priority"
+        assert route["choice"] == ROUTES[0]["route"] and route["propensity"] == 1.0
+        retry = {"decline": outcome("91", route="gone"), "routes": ROUTES}
+        cascade = c.post("/v1/retry", json=retry).json()
+        assert cascade["fallback"] is True and cascade["route"] == ROUTES[0]["route"]
         request, _ = _v2_request(bundle, slice(0, 2))
         v2 = c.post("/v2/models/issuer_seq/infer", json=request).json()
         assert v2["parameters"] == {"fallback": True, "fallback_reason": "model_error"}

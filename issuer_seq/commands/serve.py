@@ -35,6 +35,7 @@ def settings(cfg: DictConfig) -> ServeSettings:
         max_body_bytes=int(cfg.max_body_bytes),
         warmup_runs=int(cfg.warmup_runs),
         fallback_prior_weight=float(cfg.fallback_prior_weight),
+        route_epsilon=float(cfg.route_epsilon),
         shutdown_delay_s=float(cfg.shutdown_delay_s),
         drain_timeout_s=float(cfg.drain_timeout_s),
         access_log=bool(cfg.access_log),

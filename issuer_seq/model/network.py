@@ -539,9 +539,9 @@ class IssuerSeqNet(nn.Module):
         zeros (or the state of a padding event, ids and values 0: the same); rel
         (N, B, K, 3) features.RELATIVE (padding zeros); length (N, B).
         """
-        current = self.state(cur_cat, cur_num)
-        cur = self.part(current, "hidden")
-        today = self.part(current, "day")
+        # of the attempt's own state, what the query reads: its vector and its day
+        cur = self.events(cur_cat, cur_num)
+        today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
         minutes, onehot = rel[..., 0], self.part(states, "cause")
         encoded = stream_queries_n(
             [self.queries[s] for s in STREAMS],

@@ -37,6 +37,7 @@ class RetryAdvice:
     expected_value: float
     rule: str  # the network rule or policy reason that decided
     allowed: dict[str, bool] = field(default_factory=dict)
+    route: str | None = None  # the route to retry on (None: no retry, or one route)
 
 
 def rule_columns(

@@ -1,4 +1,4 @@
-"""The domain routes: /v1/score, /v1/retry, /v1/outcomes (docs/serving.md).
+"""The domain routes: /v1/score, /v1/route, /v1/retry, /v1/outcomes (docs/serving.md).
 
 Scores and retry advice come from the model within the deadline, else from the fallback
 rules, flagged `fallback: true` with the reason; each route leaves its fallback answer on
@@ -65,6 +65,45 @@ def router(models: S.RequestModels) -> APIRouter:
             return await answer(reason)
         return {"p_approve": p.tolist(), **served(service, "")}
 
+    @api.post("/v1/route", response_model=S.RouteResponse)
+    async def route(request: Request, body: S.RouteRequest, service: ServiceDep) -> Any:
+        """The attempt's candidate routes ranked by expected value (p_approve x amount x
+        margin - fee), and the route to send it through."""
+        attempt = body.attempt.as_mapping()
+        names = [r.route for r in body.routes]
+        fees = np.array([r.fee for r in body.routes])
+        service.metrics.batch_size.labels("route").observe(len(names))
+
+        def response(p: np.ndarray, static: bool, reason: str) -> dict[str, Any]:
+            choice, rule = service.choose_route(p, float(attempt["amount"]), fees, static)
+            value = choice.value[0]
+            order = sorted(range(len(names)), key=lambda i: (-value[i], i))
+            chosen = int(choice.route[0])
+            return {
+                "routes": [
+                    {"route": names[i], "p_approve": float(p[i]), "expected_value": value[i]}
+                    for i in order
+                ],
+                "choice": names[chosen],
+                "propensity": float(choice.propensity[0]),
+                "rule": rule,
+                **served(service, reason),
+            }
+
+        async def answer(reason: str = "unhandled_error") -> Response:
+            service.count_fallback("route", reason)
+            (p,) = await service.fallback_scores([attempt])
+            body = S.RouteResponse(**response(np.full(len(names), p), True, reason))
+            return JSONResponse(body.model_dump(mode="json"))
+
+        request.state.fallback_answer = answer
+        p, reason = await service.call_model(
+            "route", lambda s: probabilities(s.score_routes(attempt, names))
+        )
+        if p is None:
+            return await answer(reason)
+        return response(p, False, "")
+
     @api.post("/v1/retry", response_model=S.RetryResponse)
     async def retry(request: Request, body: S.RetryRequest, service: ServiceDep) -> Any:
         """When to retry a declined attempt, if at all, within the network rules."""
@@ -82,17 +121,23 @@ def router(models: S.RequestModels) -> APIRouter:
                 "rule": advice.rule,
                 "curve": advice.curve,
                 "allowed": advice.allowed,
+                "route": advice.route,
                 **served(service, reason),
             }
 
         async def answer(reason: str = "unhandled_error") -> Response:
             service.count_fallback("retry", reason)
             advice = await service.fallback_retry(decline)
+            if advice.action.delay_s is not None:  # the decline's route, if still a candidate
+                names = [r.route for r in body.routes or []]
+                own = decline.get("route")
+                advice.route = own if not names or own in names else names[0]
             return JSONResponse(S.RetryResponse(**response(advice, reason)).model_dump(mode="json"))
 
         request.state.fallback_answer = answer
+        routes = [(r.route, r.fee) for r in body.routes] if body.routes else None
         advice, reason = await service.call_model(
-            "retry", lambda s: checked_advice(s.advise_retry(decline))
+            "retry", lambda s: checked_advice(s.advise_retry(decline, routes))
         )
         if advice is None:
             return await answer(reason)

@@ -52,6 +52,13 @@ Amount = Annotated[
 ]
 ResponseCode = Annotated[str, Field(pattern=r"^[0-9A-Z]{2}$", description="ISO 8583 field 39")]
 AdviceCode = Annotated[str, Field(pattern=r"^[0-9]{2}$", description="Mastercard MAC")]
+RouteName = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="an acquirer connection (the log's `route`)",
+    ),
+]
 
 
 class Strict(BaseModel):
@@ -79,8 +86,11 @@ class Attempt(Strict):
     # The payment this attempt belongs to: the model marks the payment's earlier attempts in
     # the histories, so a retry (attempt > 1) must carry it.
     payment_id: Id | None = None
-    # Accepted so that log rows can be sent as they are; the scorer does not use it.
+    # The acquirer connection the attempt is sent through (none: the log has one route).
+    route: RouteName | None = None
+    # Accepted so that log rows can be sent as they are; the scorer does not use them.
     txn_id: Id | None = None
+    route_propensity: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
     def _retry_has_payment(self) -> "Attempt":
@@ -89,7 +99,7 @@ class Attempt(Strict):
         return self
 
     def as_mapping(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"txn_id"})
+        return self.model_dump(exclude={"txn_id", "route_propensity"})
 
 
 class Outcome(Attempt):
@@ -113,8 +123,48 @@ class Decline(Outcome):
         return self
 
 
+class RouteCandidate(Strict):
+    route: RouteName
+    fee: Annotated[float, Field(ge=0, le=1_000, allow_inf_nan=False)] = Field(
+        default=0.0, description="what sending one authorization through it costs"
+    )
+
+
+#: a merchant's candidate routes, in its static priority order (the fallback's choice first)
+Candidates = Annotated[list[RouteCandidate], Field(min_length=1, max_length=16)]
+
+
+def _distinct(routes: list[RouteCandidate] | None) -> None:
+    names = [r.route for r in routes or []]
+    if len(set(names)) < len(names):
+        raise ValueError(f"routes must be distinct, got {names}")
+
+
 class RetryRequest(Strict):
     decline: Decline
+    routes: Candidates | None = Field(
+        default=None,
+        description="the routes a retry may take, in priority order; the answer names the "
+        "one to retry on (none given: the decline's own route)",
+    )
+
+    @model_validator(mode="after")
+    def _routes_distinct(self) -> "RetryRequest":
+        _distinct(self.routes)
+        return self
+
+
+class RouteRequest(Strict):
+    """An attempt about to be sent and the routes it may take, in the merchant's static
+    priority order. The attempt's own `route`, if any, is ignored: each candidate is scored."""
+
+    attempt: Attempt
+    routes: Candidates
+
+    @model_validator(mode="after")
+    def _routes_distinct(self) -> "RouteRequest":
+        _distinct(self.routes)
+        return self
 
 
 # -- responses ------------------------------------------------------------------------------
@@ -148,6 +198,25 @@ class RetryResponse(Served):
     rule: str = Field(description="the network rule or policy reason that decided")
     curve: dict[str, Probability] = Field(description="delay -> P(retry approved)")
     allowed: dict[str, bool] = Field(description="delay -> allowed by the network rules")
+    route: str | None = Field(
+        default=None, description="the route to retry on (null: no retry, or one route)"
+    )
+
+
+class RankedRoute(BaseModel):
+    route: str
+    p_approve: Probability
+    expected_value: float = Field(description="p_approve x amount x margin - fee")
+
+
+class RouteResponse(Served):
+    routes: list[RankedRoute] = Field(description="best expected value first")
+    choice: str = Field(description="the route to send the attempt through")
+    propensity: Probability = Field(description="the probability the policy chose `choice`")
+    rule: Literal["expected_value", "exploration", "static_priority"] = Field(
+        description="expected_value: the best route; exploration: drawn at random "
+        "(route_epsilon > 0); static_priority: the first candidate (the fallback)"
+    )
 
 
 class OutcomesResponse(BaseModel):

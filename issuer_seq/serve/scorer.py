@@ -40,6 +40,7 @@ from issuer_seq.retry_policy import (
     RetryEconomics,
     choose_retry,
 )
+from issuer_seq.routing.policies import choose_route
 from issuer_seq.rules import DEFAULT_RULES, Cause, NetworkRules, cause_of
 from issuer_seq.serve.advice import (
     RULES_STREAM,
@@ -232,6 +233,22 @@ class Scorer:
     def score(self, attempt: Mapping[str, Any]) -> float:
         return float(self.score_batch([attempt])[0])
 
+    def score_routes(
+        self,
+        attempt: Mapping[str, Any],
+        routes: Sequence[str],
+        histories: Mapping[str, Sequence[Window | Sequence[Event]]] | None = None,
+    ) -> np.ndarray:
+        """P(approved) of the attempt sent through each of `routes` (R,): one batch of R
+        queries over the same histories, read (and their states gathered) once.
+        `histories`: each stream's history of the attempt (default: read from the store)."""
+        blank = {**attempt, "response_code": None, "advice_code": None}
+        current = [encode_event(self.vocab, {**blank, "route": r}) for r in routes]
+        if histories is None:
+            histories = self.windows([attempt], current[:1])
+        shared = {s: list(h) * len(routes) for s, h in histories.items()}
+        return self.run(self.inputs(current, shared))[0]
+
     # -- retries --------------------------------------------------------------------------
     def retry_curve(self, declines: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """P(a retry after each grid delay is approved), for declined attempts. (B, G)"""
@@ -240,8 +257,12 @@ class Scorer:
         windows = self.windows(declines, current)
         return self.run(self.inputs(current, windows, outcome))[1]
 
-    def advise_retry(self, decline: Mapping[str, Any]) -> RetryAdvice:
-        """The retry curve, the best allowed delay (or none) and the rule that decided."""
+    def advise_retry(
+        self, decline: Mapping[str, Any], routes: Sequence[tuple[str, float]] | None = None
+    ) -> RetryAdvice:
+        """The retry curve, the best allowed delay (or none), the rule that decided and the
+        route to retry on: among `routes` ((name, fee) in priority order), the one of best
+        expected value for the retry the advice names; none given: the decline's own."""
         code = str(decline["response_code"])
         network = str(decline["network"])
         if cause_of(code, network) == Cause.APPROVED:
@@ -277,13 +298,65 @@ class Scorer:
             rule = str(choice.reason[0])
         else:
             rule = blocking[0] if blocking else "ok"
+        route = None
+        if action.delay_s is not None:
+            route = decline.get("route")
+            if routes:
+                route = self.retry_route(decline, event, action, routes)
         return RetryAdvice(
             curve={label: float(p) for label, p in zip(self.grid, curve, strict=True)},
             action=action,
             expected_value=float(choice.value[0]),
             rule=rule,
             allowed={label: bool(a) for label, a in zip(self.grid, allowed, strict=True)},
+            route=route,
         )
+
+    def retry_attempt(
+        self, decline: Mapping[str, Any], event: Event, delay_s: int, three_ds: bool
+    ) -> tuple[dict[str, Any], dict[str, list[Sequence[Event]]]]:
+        """The retry of a declined payment `delay_s` later, as the attempt it would be (the
+        payment's next attempt), and its histories: the decline in them (added here when its
+        outcome has not been observed yet)."""
+        assert event.raw is not None
+        retry = {
+            **decline,
+            "ts": event.t + delay_s,
+            "attempt": event.raw.attempt + 1,
+            "three_ds": three_ds,
+            "response_code": None,
+            "advice_code": None,
+        }
+        histories: dict[str, list[Sequence[Event]]] = {}
+        for stream in self.ks:
+            known = self.recent(stream, stream_key(stream, decline))
+            if not any(e.t == event.t and e.payment == event.payment for e in known):
+                known = sorted([*known, event], key=lambda e: e.t)
+            histories[stream] = [known]
+        return retry, histories
+
+    def retry_route(
+        self,
+        decline: Mapping[str, Any],
+        event: Event,
+        action: Action,
+        routes: Sequence[tuple[str, float]],
+    ) -> str:
+        """The route of best expected value for the retry `action` names (its time, 3-D
+        Secure for RETRY_NOW_WITH_3DS), scored through each candidate; ties: priority."""
+        assert action.delay_s is not None
+        three_ds = action == RETRY_NOW_WITH_3DS or bool(decline["three_ds"])
+        retry, histories = self.retry_attempt(decline, event, action.delay_s, three_ds)
+        names = [name for name, _ in routes]
+        p = self.score_routes(retry, names, histories)
+        choice = choose_route(
+            p[None, :],
+            np.arange(len(names))[None, :],
+            np.array([float(decline["amount"])]),
+            np.array([fee for _, fee in routes]),
+            self.economics,
+        )
+        return names[int(choice.best[0])]
 
     def now_with_3ds(
         self, decline: Mapping[str, Any], event: Event, rules_history: Sequence[Event]
@@ -302,20 +375,7 @@ class Scorer:
             event.t, event.merchant, event.raw, rules_history, initiator, three_ds, self.rules
         ):
             return 0.0, False
-        retry = {
-            **decline,
-            "ts": event.t + NOW_3DS_DELAY_S,
-            "attempt": event.raw.attempt + 1,
-            "three_ds": True,
-            "response_code": None,
-            "advice_code": None,
-        }
-        histories: dict[str, list[Sequence[Event]]] = {}
-        for stream in self.ks:
-            known = self.recent(stream, stream_key(stream, decline))
-            if not any(e.t == event.t and e.payment == event.payment for e in known):
-                known = sorted([*known, event], key=lambda e: e.t)
-            histories[stream] = [known]
+        retry, histories = self.retry_attempt(decline, event, NOW_3DS_DELAY_S, True)
         inputs = self.inputs([encode_event(self.vocab, retry)], histories)
         return float(self.run(inputs)[0][0]), True
 

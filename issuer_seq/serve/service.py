@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from issuer_seq.errors import IssuerSeqError
+from issuer_seq.retry_policy import DEFAULT_ECONOMICS
+from issuer_seq.routing.policies import RouteChoice, choose_route, route_values
 from issuer_seq.serve.advice import RULES_STREAM, RetryAdvice
 from issuer_seq.serve.bundle import read_manifest
 from issuer_seq.serve.fallback import FallbackPolicy
@@ -81,6 +83,7 @@ class ServeSettings:
     max_body_bytes: int = 16 * 1024 * 1024
     warmup_runs: int = 3
     fallback_prior_weight: float = 5.0
+    route_epsilon: float = 0.0
     shutdown_delay_s: float = 3.0
     drain_timeout_s: float = 20.0
     access_log: bool = False
@@ -187,6 +190,11 @@ class Service:
         self._pending = 0
         self._lock = threading.Lock()
         self._last_warning: dict[str, float] = {}
+        if not 0.0 <= settings.route_epsilon <= 1.0:
+            raise IssuerSeqError(f"route_epsilon must lie in [0, 1], got {settings.route_epsilon}")
+        # /v1/route's exploration draws (route_epsilon > 0), one generator for the process
+        self.route_rng = np.random.default_rng()
+        self._route_lock = threading.Lock()
         self._loader: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -359,6 +367,33 @@ class Service:
             self.fallback.approval(events.get(str(a["issuer_id"]), []), to_epoch(a["ts"]))
             for a in attempts
         ]
+
+    def choose_route(
+        self, p_approve: np.ndarray, amount: float, fees: np.ndarray, static: bool = False
+    ) -> tuple[RouteChoice, str]:
+        """Among candidates in priority order: the route of best expected value (explored
+        with probability `route_epsilon`), or with `static` the first (the fallback's rule).
+        Returns the choice and the rule that decided."""
+        econ = self.scorer.economics if self.scorer is not None else DEFAULT_ECONOMICS
+        priority = np.arange(len(fees))[None, :]
+        if static:  # the first candidate, whatever the values
+            first = np.zeros(1, dtype=np.int64)
+            value = route_values(p_approve[None, :], np.array([amount]), fees, econ)
+            probs = np.eye(len(fees))[first]
+            return RouteChoice(first, first, np.ones(1), probs, value), "static_priority"
+        epsilon = self.settings.route_epsilon
+        with self._route_lock:  # numpy generators are not thread-safe
+            choice = choose_route(
+                p_approve[None, :],
+                priority,
+                np.array([amount]),
+                fees,
+                econ,
+                epsilon=epsilon,
+                rng=self.route_rng if epsilon > 0 else None,
+            )
+        explored = int(choice.route[0]) != int(choice.best[0])
+        return choice, "exploration" if explored else "expected_value"
 
     async def fallback_retry(self, decline: Mapping[str, Any]) -> RetryAdvice:
         key = stream_key(RULES_STREAM, decline)
