@@ -16,7 +16,7 @@ the route, as every routing array (docs/routing.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -141,8 +141,3 @@ def lightgbm_route_matrix(
                 x[column] = values[rows[take], r]
         out[take, r] = model.predict_proba(x)
     return out
-
-
-def route_names_of(routes: Sequence[object]) -> list[str]:
-    """Route names as text (a meta.json's names may be read as any JSON scalar)."""
-    return [str(r) for r in routes]
