@@ -1,7 +1,8 @@
 """The LightGBM baseline served online: `sql_features`' row for one attempt, from memory.
 
-`OnlineFeatures` keeps the events of every card and issuer in growable numpy buffers with
-running sums of the outcome indicators, and per card x merchant a short sorted list. Only
+`OnlineFeatures` keeps the events of every card, issuer and issuer x route in growable numpy
+buffers with running sums of the outcome indicators, and per card x merchant a short sorted
+list. Only
 the longest window (30 d) + lag + `slack_s` of events is kept in the buffers; anything older
 is folded into a small summary, which is all that the unbounded aggregates (recency, the
 card's last response, card x merchant counts) need. `row(attempt)` computes every column of

@@ -1,7 +1,8 @@
 """Point-in-time aggregate features in SQL (DuckDB here; the SQL is portable).
 
 What a team running gradient-boosted trees builds by hand, done carefully: per card and per
-issuer, counts, approval rates and decline causes over trailing windows, recency of
+issuer, counts, approval rates and decline causes over trailing windows, the issuer's volume
+and approval rate through the attempt's route, recency of
 approvals and declines, the last response code, amount statistics, and the current
 attempt's own (static) features. See docs/baselines.md for the list.
 
