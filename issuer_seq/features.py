@@ -47,6 +47,7 @@ CATEGORICAL: tuple[str, ...] = (
     "three_ds",
     "cross_border",
     "issuer",  # issuer_id, the most frequent ones (others share the OOV id)
+    "route",  # the acquirer connection; NONE in a log without routes (one route)
 )
 #: categorical features hidden on the current attempt (they are outcomes)
 OUTCOME_FEATURES: frozenset[str] = frozenset({"response_code", "cause", "advice_code"})
@@ -153,6 +154,9 @@ def raw_categorical(frame: pd.DataFrame) -> dict[str, pd.Series]:
         "three_ds": frame["three_ds"].astype(bool),
         "cross_border": frame["issuer_country"] != frame["merchant_country"],
         "issuer": frame["issuer_id"],
+        "route": frame["route"]
+        if "route" in frame.columns
+        else pd.Series(None, index=frame.index, dtype=object),
     }
 
 

@@ -53,6 +53,12 @@ def reference_features(
     amount = frame["amount"].to_numpy(dtype=float)
     code = frame["response_code"].to_numpy(dtype=str)
     advice = frame["advice_code"].astype(object).to_numpy()
+    # a log without routes is one route: every attempt's route is None
+    route = (
+        frame["route"].astype(object).where(frame["route"].notna(), None).to_numpy()
+        if "route" in frame.columns
+        else np.full(n, None, dtype=object)
+    )
     cause = causes(code, frame["network"].to_numpy(dtype=str))
     ok = code == "00"
     longest = max(windows, key=lambda w: windows[w])
@@ -87,6 +93,7 @@ def reference_features(
             "day_of_week": ts.day_of_week,
             "day_of_month": ts.day,
             "issuer_id": str(issuer[i]),
+            "route": route[i],
         }
         for c in ("mcc", "issuer_country", "merchant_country", "currency", "network"):
             r[c] = frame[c].iloc[i]
@@ -95,6 +102,7 @@ def reference_features(
         before = t < t[i] - lag_s
         card_hist = np.flatnonzero(before & (card == card[i]))
         issuer_hist = np.flatnonzero(before & (issuer == issuer[i]))
+        issuer_route_hist = issuer_hist[route[issuer_hist] == route[i]]
         for label, w in windows.items():
             m = card_hist[t[card_hist] >= t[i] - lag_s - w]
             r[f"card_n_{label}"] = len(m)
@@ -109,6 +117,9 @@ def reference_features(
             r[f"issuer_approval_rate_{label}"] = mean(ok[m])
             for c in CAUSES:
                 r[f"issuer_{c}_share_{label}"] = mean(cause[m] == c)
+            m = issuer_route_hist[t[issuer_route_hist] >= t[i] - lag_s - w]
+            r[f"issuer_route_n_{label}"] = len(m)
+            r[f"issuer_route_approval_rate_{label}"] = mean(ok[m])
         cm = card_hist[merchant[card_hist] == merchant[i]]
         r["cm_n_all"] = len(cm)
         r["cm_approval_rate_all"] = mean(ok[cm])
@@ -201,6 +212,7 @@ def log_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
 @st.composite
 def small_logs(draw: st.DrawFn) -> pd.DataFrame:
     n = draw(st.integers(1, 24))
+    routed = draw(st.booleans())  # a log with a `route` column, or one route
     seconds = T0 + np.cumsum(draw(st.lists(st.sampled_from(GAPS), min_size=n, max_size=n)))
     # sub-second times: attempts within one second are still "the same moment"; the running
     # max keeps the log in time order (a retry never precedes its payment's previous attempt)
@@ -235,6 +247,8 @@ def small_logs(draw: st.DrawFn) -> pd.DataFrame:
                 "attempt": 1,
                 "merchant_id": draw(st.sampled_from(("m0", "m1"))),
             }
+        if routed:
+            row["route"] = draw(st.sampled_from(("acq_a", "acq_b")))
         latest[card] = row
         rows.append(row)
     return log_frame(rows)

@@ -23,7 +23,7 @@ from issuer_seq.cli import conf_dir
 from issuer_seq.commands.train import train
 from issuer_seq.data.store import TEST
 from issuer_seq.delays import grid_seconds
-from issuer_seq.evaluate.metrics import approval_metrics, ece, oracle_share
+from issuer_seq.evaluate.metrics import approval_metrics, calibration_by_route, ece, oracle_share
 from issuer_seq.evaluate.retry import compare_policies
 from issuer_seq.evaluate.run import logged_3ds_retries, rule_view
 from issuer_seq.schema import load_log
@@ -56,6 +56,26 @@ def test_metrics_match_scikit_learn_and_the_training_metrics() -> None:
     for key in ("auroc", "ap_decline", "logloss", "brier", "ece"):
         assert got[key] == pytest.approx(m[key], abs=2e-4), key
     assert oracle_share(0.35, 0.40, 0.30) == pytest.approx(0.5)
+
+
+def test_calibration_by_route_is_each_routes_own_ece() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.05, 0.95, 400)
+    y = (rng.uniform(size=400) < p).astype(float)
+    route = np.array(["a", "b", None, "b"] * 100, dtype=object)
+    shifted = np.where(route == "b", p * 0.5, p)  # miscalibrated on route b alone
+    out = calibration_by_route({"good": p, "bad": shifted}, y, route)
+    assert set(out["good"]) == {"a", "b"}  # a row without a route counts for none
+    for name, values in (("good", p), ("bad", shifted)):
+        for r in ("a", "b"):
+            m = route == r
+            assert out[name][r]["n"] == int(m.sum()) == 100 * (1 + (r == "b"))
+            assert out[name][r]["ece"] == pytest.approx(ece(values[m], y[m]))
+            assert out[name][r]["observed"] == pytest.approx(y[m].mean())
+    assert out["bad"]["a"] == out["good"]["a"]
+    assert out["bad"]["b"]["ece"] > out["good"]["b"]["ece"] + 0.1
+    with pytest.raises(ValueError, match="probabilities"):
+        calibration_by_route({"short": p[:10]}, y, route)
 
 
 @settings(max_examples=100, deadline=None)
@@ -176,6 +196,14 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     for m in approval.values():
         assert {"auroc", "ap_decline", "logloss", "brier", "ece", "oracle_share"} <= set(m)
     assert approval["oracle"]["oracle_share"] == pytest.approx(1.0)
+    # calibration per logged route: every approval model, the routes' rows adding up
+    by_route = result["calibration_by_route"]
+    assert {"transformer", "lightgbm", "logistic", "oracle"} <= set(by_route)
+    routes = set(load_log(data).frame["route"].unique())
+    for per_route in by_route.values():
+        assert set(per_route) == routes
+        assert sum(r["n"] for r in per_route.values()) == result["split"]["test_examples"]
+        assert all(0 <= r["ece"] <= 1 for r in per_route.values())
     policies = result["retry"]["policies"]
     assert {"transformer", "oracle", "fixed_5m", "fixed_1d", "fixed_4d", "code_rules"} <= set(
         policies

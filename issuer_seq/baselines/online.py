@@ -1,7 +1,8 @@
 """The LightGBM baseline served online: `sql_features`' row for one attempt, from memory.
 
-`OnlineFeatures` keeps the events of every card and issuer in growable numpy buffers with
-running sums of the outcome indicators, and per card x merchant a short sorted list. Only
+`OnlineFeatures` keeps the events of every card, issuer and issuer x route in growable numpy
+buffers with running sums of the outcome indicators, and per card x merchant a short sorted
+list. Only
 the longest window (30 d) + lag + `slack_s` of events is kept in the buffers; anything older
 is folded into a small summary, which is all that the unbounded aggregates (recency, the
 card's last response, card x merchant counts) need. `row(attempt)` computes every column of
@@ -79,6 +80,7 @@ ISSUER_WINDOW = (
     "issuer_approval_rate",
     *(f"issuer_{c}_share" for c in CAUSES),
 )
+ISSUER_ROUTE_WINDOW = ("issuer_route_n", "issuer_route_approval_rate")
 RECENCY = (
     "card_secs_since_last",
     "card_secs_since_approval",
@@ -107,6 +109,7 @@ def feature_columns(windows: Mapping[str, int] = WINDOWS) -> list[str]:
         *CURRENT_CATEGORICAL,
         *(f"{name}_{w}" for w in windows for name in CARD_WINDOW),
         *(f"{name}_{w}" for w in windows for name in ISSUER_WINDOW),
+        *(f"{name}_{w}" for w in windows for name in ISSUER_ROUTE_WINDOW),
         "cm_n_all",
         "cm_approval_rate_all",
         f"amount_rel_card_mean_{longest}",
@@ -315,6 +318,8 @@ class OnlineFeatures:
         nw = len(self.windows)
         self._card = slice(pos[f"card_n_{first}"], pos[f"card_n_{first}"] + 12 * nw)
         self._issuer = slice(pos[f"issuer_n_{first}"], pos[f"issuer_n_{first}"] + 9 * nw)
+        at = pos[f"issuer_route_n_{first}"]
+        self._issuer_route = slice(at, at + len(ISSUER_ROUTE_WINDOW) * nw)
         self._mean = pos[f"card_amount_mean_{longest}"]
         self._top_ok = pos[f"card_max_approved_amount_{longest}"]
         self._cm = pos["cm_n_all"]
@@ -324,6 +329,8 @@ class OnlineFeatures:
         self._prev_secs = pos["secs_since_prev_attempt"]
         self.cards: dict[Any, _Stream] = {}
         self.issuers: dict[Any, _Stream] = {}
+        # (issuer id, route or None): a log without routes is one route per issuer
+        self.issuer_routes: dict[tuple[Any, str | None], _Stream] = {}
         self._causes: dict[tuple[str, str], str] = {}
 
     # -- state ----------------------------------------------------------------------------
@@ -355,6 +362,10 @@ class OnlineFeatures:
         issuer = self.issuers.get(outcome["issuer_id"])
         if issuer is None:
             issuer = self.issuers[outcome["issuer_id"]] = _Stream(detail=False)
+        key = (outcome["issuer_id"], _text(outcome.get("route")))
+        issuer_route = self.issuer_routes.get(key)
+        if issuer_route is None:
+            issuer_route = self.issuer_routes[key] = _Stream(detail=False)
         merchant = outcome["merchant_id"]
         detail = (
             code,
@@ -364,7 +375,7 @@ class OnlineFeatures:
             outcome.get("payment_id"),
             int(outcome.get("attempt", 1)),
         )
-        for stream in (card, issuer):
+        for stream in (card, issuer, issuer_route):
             if t < stream.old_t:  # older than events already folded away: fold it too
                 stream.fold_late(t, flags)
             else:
@@ -404,6 +415,7 @@ class OnlineFeatures:
             str(attempt["card_type"]),
             str(attempt["initiator"]),
             str(attempt["issuer_id"]),
+            _text(attempt.get("route")),
         ]
         r = self._recency
         issuer = self.issuers.get(attempt["issuer_id"])
@@ -422,6 +434,11 @@ class OnlineFeatures:
                 x[r + 5 : r + 8] = t - issuer.last[_ISSUER_LAST, hi - 1]
             else:
                 x[r + 5 : r + 8] = t - issuer.old_flag_t[_ISSUER_LAST]
+        self._issuer_route_windows(
+            x[self._issuer_route].reshape(-1, len(ISSUER_ROUTE_WINDOW)),
+            self.issuer_routes.get((attempt["issuer_id"], cats[-1])),
+            cutoff,
+        )
         card = self.cards.get(attempt["card_id"])
         if card is None:
             cw = x[self._card].reshape(-1, 12)
@@ -457,6 +474,18 @@ class OnlineFeatures:
         """(W + 1,) buffer indices: each window's first event, then the cutoff's."""
         s = stream.start
         return stream.t[s : stream.n].searchsorted(cutoff - self._offsets) + s
+
+    def _issuer_route_windows(self, out: np.ndarray, stream: _Stream | None, cutoff: int) -> None:
+        """Fill `out` (W, 2): count and approval rate of the issuer through the route."""
+        if stream is None:
+            out[:, 0] = 0.0
+            return
+        idx = self._bounds(stream, cutoff)
+        count = (idx[-1] - idx[:-1]).astype(np.float64)
+        out[:, 0] = count
+        count[count == 0] = NAN
+        ok = stream.sums[_OK, idx]
+        out[:, 1] = (ok[-1] - ok[:-1]) / count
 
     def _card_windows(self, out: np.ndarray, card: _Stream, cutoff: int) -> int:
         """Fill `out` (W, 12): count, approval rate, cause counts, amount mean, max, max

@@ -1,7 +1,8 @@
 """Point-in-time aggregate features in SQL (DuckDB here; the SQL is portable).
 
 What a team running gradient-boosted trees builds by hand, done carefully: per card and per
-issuer, counts, approval rates and decline causes over trailing windows, recency of
+issuer, counts, approval rates and decline causes over trailing windows, the issuer's volume
+and approval rate through the attempt's route, recency of
 approvals and declines, the last response code, amount statistics, and the current
 attempt's own (static) features. See docs/baselines.md for the list.
 
@@ -41,6 +42,7 @@ CURRENT_CATEGORICAL: tuple[str, ...] = (
     "card_type",
     "initiator",
     "issuer_id",
+    "route",
 )
 
 #: output columns that are categorical (pandas `category`); every other column is numeric
@@ -96,20 +98,23 @@ def render_sql(windows: Mapping[str, int] = WINDOWS, lag_s: int = 0) -> str:
     lag_end = lag_s + 1  # `t' <= t - lag - 1` is `t' < t - lag` in whole seconds
     card = "\n".join(_sql("card_window.sql").substitute(label=w) for w in windows)
     issuer = "\n".join(_sql("issuer_window.sql").substitute(label=w) for w in windows)
+    issuer_route = "\n".join(_sql("issuer_route_window.sql").substitute(label=w) for w in windows)
+    partitions = {"card": "card_id", "issuer": "issuer_id", "issuer_route": "issuer_id, route"}
     definitions = ",\n".join(
         _sql("window.sql").substitute(
             name=f"{entity}_{label}",
-            partition=f"{entity}_id",
+            partition=partition,
             start=lag_s + int(seconds),
             lag_end=lag_end,
         )
-        for entity in ("card", "issuer")
+        for entity, partition in partitions.items()
         for label, seconds in windows.items()
     )
     longest = max(windows, key=lambda w: windows[w])
     return _sql("features.sql").substitute(
         card_columns=card.rstrip("\n"),
         issuer_columns=issuer.rstrip("\n"),
+        issuer_route_columns=issuer_route.rstrip("\n"),
         window_definitions=definitions,
         lag=lag_s,
         lag_end=lag_end,
@@ -118,7 +123,8 @@ def render_sql(windows: Mapping[str, int] = WINDOWS, lag_s: int = 0) -> str:
 
 
 def events_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The `events` input of features.sql: the log's columns plus `_rn`, `t`, `ts`, `cause`."""
+    """The `events` input of features.sql: the log's columns plus `_rn`, `t`, `ts`, `cause`,
+    and `route` (None everywhere in a log without routes: one route)."""
     missing = [c for c in (*_INPUT_COLUMNS, "ts") if c not in frame.columns]
     if missing:
         raise IssuerSeqError(f"sql_features needs a validated log; missing columns {missing}")
@@ -139,6 +145,11 @@ def events_table(frame: pd.DataFrame) -> pd.DataFrame:
     events["advice_code"] = (
         events["advice_code"].astype(object).where(events["advice_code"].notna(), None)
     )
+    if "route" in frame.columns:
+        route = frame["route"].reset_index(drop=True).astype(object)
+        events["route"] = route.where(route.notna(), None).to_numpy()
+    else:
+        events["route"] = np.full(len(events), None, dtype=object)
     return events
 
 

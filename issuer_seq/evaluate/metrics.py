@@ -1,15 +1,17 @@
 """Approval metrics of the evaluation protocol (docs/targets.md), on numpy arrays.
 
 AUROC, average precision of the *decline* class, log loss, Brier, ECE (15 equal-width bins)
-and the calibration curve; the share of the oracle's log-loss improvement captured
-(scikit-learn underneath).
+and the calibration curve; ECE per logged route (`calibration_by_route`); the share of the
+oracle's log-loss improvement captured (scikit-learn underneath).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -75,6 +77,39 @@ def pr_curve(p: np.ndarray, y: np.ndarray, points: int = 100) -> dict[str, list[
         "precision": np.round(precision[keep], 5).tolist(),
         "recall": np.round(recall[keep], 5).tolist(),
     }
+
+
+def calibration_by_route(
+    p: Mapping[str, np.ndarray], y: np.ndarray, route: np.ndarray
+) -> dict[str, dict[str, dict[str, float | int]]]:
+    """Per model and per logged route: ECE, the mean predicted and the observed approval
+    rate, and the count. p: model -> (N,) approval probabilities; y (N,) outcomes; route (N,)
+    route names (rows without one are left out). A model calibrated overall can still be off
+    on one route (an acquirer's outages, an issuer declining through it), and the routing
+    policies compare p across routes."""
+    keys = pd.Series(np.asarray(route, dtype=object)).astype("string")
+    y = np.asarray(y, dtype=np.float64)
+    if len(keys) != len(y):
+        raise ValueError(f"{len(keys)} routes for {len(y)} outcomes")
+    masks = {
+        str(r): (keys == r).fillna(False).to_numpy(bool) for r in sorted(keys.dropna().unique())
+    }
+    out: dict[str, dict[str, dict[str, float | int]]] = {}
+    for model, values in p.items():
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != y.shape:
+            raise ValueError(f"{model}: {values.shape} probabilities for {y.shape} outcomes")
+        out[model] = {
+            r: {
+                "ece": ece(values[m], y[m]),
+                "mean_predicted": float(values[m].mean()),
+                "observed": float(y[m].mean()),
+                "n": int(m.sum()),
+            }
+            for r, m in masks.items()
+            if m.any()
+        }
+    return out
 
 
 def oracle_share(logloss_model: float, logloss_base: float, logloss_oracle: float) -> float:

@@ -2,8 +2,9 @@
 
 Approval: the transformer (the run's calibrated network), the baselines (issuer x MCC base
 rate, and the tree and linear models of baselines/ when enabled) and, when the log has
-truth, the oracle. Retry: the policies of evaluate/retry.py on the declined test attempts,
-valued with the truth. Model-size variants (`transformer_<name>`) and ablation runs
+truth, the oracle; for a log with routes, their calibration per logged route. Retry: the
+policies of evaluate/retry.py on the declined test attempts, valued with the truth.
+Model-size variants (`transformer_<name>`) and ablation runs
 (`ablation_<name>`), trained on the same log, are evaluated alongside when their run dirs
 exist.
 """
@@ -26,7 +27,7 @@ from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.store import TEST, TRAIN, EventStore
 from issuer_seq.delays import grid_seconds, truth_column
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
+from issuer_seq.evaluate.metrics import approval_metrics, calibration_by_route, oracle_share
 from issuer_seq.evaluate.retry import compare_policies
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.progress import stage
@@ -190,9 +191,11 @@ def evaluate(
         approval["base_rate"] = approval_metrics(base_rate(store, store.rows(TRAIN))[test], y)
     retry_curves: dict[str, np.ndarray] = {"transformer": curves_model}
     p_test = {"transformer": p_model}  # approval p of the test rows, of the retry policies
+    p_approval = {"transformer": p_model}  # of every approval model: calibration by route
     if baselines is not None:
         for name, (p_all, curves) in baselines(vlog.frame, store.split, grid).items():
             approval[name] = approval_metrics(p_all[test], y)
+            p_approval[name] = p_all[test]
             if curves is not None:
                 retry_curves[name] = curves[test]
                 p_test[name] = p_all[test]
@@ -215,6 +218,14 @@ def evaluate(
         "approval": approval,
     }
     frame = vlog.frame
+    if "route" in frame.columns:
+        if truth is not None:
+            p_approval["oracle"] = truth["p_approve"].to_numpy()[test]
+        result["calibration_by_route"] = calibration_by_route(
+            p_approval, y, frame["route"].to_numpy(object)[test]
+        )
+    else:
+        result["calibration_by_route"] = {"note": "the log has no route column: one route"}
     declined = test[store.approved[test] == 0]
     pos = np.searchsorted(test, declined)
     if truth is None:

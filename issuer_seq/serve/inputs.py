@@ -223,6 +223,7 @@ def raw_values(attempt: Mapping[str, Any]) -> dict[str, object]:
         "three_ds": bool(attempt["three_ds"]),
         "cross_border": attempt["issuer_country"] != attempt["merchant_country"],
         "issuer": attempt["issuer_id"],
+        "route": attempt.get("route"),
     }
 
 

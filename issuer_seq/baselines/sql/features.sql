@@ -14,14 +14,14 @@
 -- the transformer's rule (whole seconds, docs/data.md).
 --
 -- Placeholders (dollar-brace names) are filled by sql_features.render_sql: one block of
--- card_window.sql / issuer_window.sql per trailing window, their WINDOW definitions, the
+-- card_window.sql / issuer_window.sql / issuer_route_window.sql per trailing window, their WINDOW definitions, the
 -- lag, and the longest window's label. Helper columns start with `_` and are dropped.
 
 WITH base AS (
     SELECT
         _rn, t, ts, card_id, issuer_id, merchant_id, payment_id, attempt, amount, mcc,
         issuer_country, merchant_country, currency, network, card_type, initiator,
-        is_recurring, three_ds, response_code, advice_code, cause,
+        is_recurring, three_ds, response_code, advice_code, cause, route,
         -- approval is the label's definition (code 00), not the cause `approved`
         CASE WHEN response_code = '00' THEN 1 ELSE 0 END AS is_ok,
         CASE WHEN cause = 'funds' THEN 1 ELSE 0 END AS is_funds,
@@ -47,6 +47,7 @@ hist AS (
         _rn,
 ${card_columns}
 ${issuer_columns}
+${issuer_route_columns}
         -- whole history before the lag: recency of events, and which row came last
         MAX(_seq) OVER card_all AS _card_prev_seq,
         MAX(t) OVER card_all AS _card_last_t,
@@ -99,6 +100,8 @@ SELECT
     o.card_type,
     o.initiator,
     CAST(o.issuer_id AS VARCHAR) AS issuer_id,
+    -- the acquirer connection (NULL in a log without routes: one route)
+    CAST(o.route AS VARCHAR) AS route,
     -- trailing windows and helper columns
     h.*,
     o.amount / NULLIF(h.card_amount_mean_${longest}, 0) AS amount_rel_card_mean_${longest},

@@ -1,0 +1,143 @@
+"""p_approve of each attempt through each of its merchant's routes: (N, R) matrices that the
+routing policies (issuer_seq/routing/) choose from.
+
+Both models score an attempt once per candidate route with only the current attempt's route
+changed; everything read from the histories stays as logged (what the attempt's histories
+were when it was sent). Columns follow a `RouteTable`'s order, NaN where the merchant lacks
+the route, as every routing array (docs/routing.md).
+
+- `transformer_route_matrix`: each history event's state is computed once per batch and shared
+  by the R queries (`IssuerSeqNet.state` once, `IssuerSeqNet.query` R times), so R routes
+  cost one encoding of the histories and R passes of the query.
+- `lightgbm_route_matrix`: the SQL feature rows with the `route` column and the issuer x route
+  aggregates replaced by the candidate's (baselines/route_rates.py computes the aggregates of
+  every route at once; the others do not depend on the current attempt's route).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from issuer_seq import features as F
+from issuer_seq.baselines.route_rates import issuer_route_rates
+from issuer_seq.baselines.sql_features import WINDOWS
+from issuer_seq.baselines.trees import LightGBMModel
+from issuer_seq.data.batches import DeviceStore
+from issuer_seq.data.store import EventStore
+from issuer_seq.errors import IssuerSeqError
+from issuer_seq.features import STREAMS
+from issuer_seq.model.network import IssuerSeqNet, packed, stack_streams
+from issuer_seq.progress import bar
+from issuer_seq.routing.routes import RouteTable
+
+_ROUTE = F.CATEGORICAL.index("route")
+
+
+def _held(table: RouteTable, merchant_id: np.ndarray, n: int) -> np.ndarray:
+    merchant_id = np.asarray(merchant_id, dtype=object)
+    if merchant_id.shape != (n,):
+        raise IssuerSeqError(
+            f"merchant_id has shape {merchant_id.shape}, expected ({n},): one per scored row"
+        )
+    return table.candidates(merchant_id)  # (N, R)
+
+
+@torch.no_grad()
+def transformer_route_matrix(
+    net: IssuerSeqNet,
+    store: EventStore,
+    rows: np.ndarray,
+    table: RouteTable,
+    merchant_id: np.ndarray,
+    batch_size: int = 4096,
+    progress: str | None = None,
+) -> np.ndarray:
+    """(N, R) calibrated p_approve of the store's `rows` (N,) through each route of `table`.
+
+    merchant_id (N,): each row's merchant, as the log holds it (it selects the held routes;
+    the rest are NaN). The column of a row's logged route is `evaluate.run.predict`'s
+    p_approve of that row (the same batches, the same operations). A route the run's vocabulary
+    never saw is fed as out-of-vocabulary, as the scorer would feed it.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    held = _held(table, merchant_id, len(rows))
+    ids = torch.from_numpy(F.encode(store.vocab, "route", list(table.names)))  # (R,)
+    device = DeviceStore(store)
+    was_training = net.training
+    net.eval()
+    out = np.full((len(rows), table.n_routes), np.nan)
+    starts = range(0, len(rows), batch_size)
+    try:
+        for start in starts if progress is None else bar(starts, progress):
+            x = device.gather(torch.from_numpy(rows[start : start + batch_size]))
+            cat = packed(x, "cur", F.CATEGORICAL)  # (B, C)
+            num = packed(x, "cur", F.NUMERIC)  # (B, F)
+            states = stack_streams(
+                [net.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC)) for s in STREAMS]
+            )  # (N_streams, B, K, S): once, shared by every route
+            rel = stack_streams([packed(x, s, F.RELATIVE) for s in STREAMS])
+            length = torch.stack([x[f"{s}_length"] for s in STREAMS])
+            for r in range(table.n_routes):
+                cat_r = cat.clone()
+                cat_r[:, _ROUTE] = ids[r]
+                approval, _ = net.query(
+                    cat_r,
+                    num,
+                    states,
+                    rel,
+                    length,
+                    x["decline_response_code"],
+                    x["decline_advice_code"],
+                )
+                p = torch.sigmoid(approval / net.approval_temperature)
+                out[start : start + len(cat), r] = p.float().cpu().numpy()
+    finally:
+        net.train(was_training)
+    out[~held] = np.nan
+    return out
+
+
+def lightgbm_route_matrix(
+    model: LightGBMModel,
+    features: pd.DataFrame,
+    log_frame: pd.DataFrame,
+    rows: np.ndarray,
+    table: RouteTable,
+    windows: Mapping[str, int] = WINDOWS,
+    lag_s: int = 0,
+    rates: Mapping[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """(N, R) p_approve of the log's `rows` (N,) through each route of `table`, by the LightGBM
+    approval model.
+
+    features: `sql_features(log_frame, windows, lag_s)` (every row of the log); log_frame: the
+    validated log it was computed from (its merchants select the held routes; NaN elsewhere).
+    rates: `issuer_route_rates(log_frame, table.names, windows, lag_s)` when already computed.
+    The column of a row's logged route is `model.predict_proba` of its feature row.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(features) != len(log_frame):
+        raise IssuerSeqError(
+            f"features has {len(features)} rows but the log {len(log_frame)}: compute them "
+            "from the same log"
+        )
+    held = _held(table, log_frame["merchant_id"].to_numpy(object)[rows], len(rows))
+    if rates is None:
+        rates = issuer_route_rates(log_frame, table.names, windows, lag_s)
+    base = features.iloc[rows].reset_index(drop=True)
+    out = np.full((len(rows), table.n_routes), np.nan)
+    for r, name in enumerate(table.names):
+        take = np.flatnonzero(held[:, r])
+        if len(take) == 0:
+            continue
+        x = base.iloc[take].copy()
+        x["route"] = pd.Categorical([name] * len(take))
+        for column, values in rates.items():
+            if column in x.columns:
+                x[column] = values[rows[take], r]
+        out[take, r] = model.predict_proba(x)
+    return out
