@@ -74,7 +74,7 @@ LEDGER_RANGES: dict[str, Range] = {
     "outage_mean_minutes": Range(15.0, 90.0, log=True),
     "rule_changes_per_issuer_day": Range(0.02, 0.15, log=True),
     "rule_spell_mean_hours": Range(8.0, 72.0, log=True),
-    "savings_median": Range(60.0, 400.0, log=True),
+    "savings_median": Range(40.0, 250.0, log=True),
     "weekly_pay_share": Range(0.0, 0.4),
     "biweekly_pay_share": Range(0.0, 0.4),
     "sca_soft_decline": Range(0.1, 0.6),
