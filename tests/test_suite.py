@@ -66,22 +66,18 @@ def test_reduced_sizes_replace_the_drawn_ones_and_bad_input_is_named() -> None:
         draw_suite([{"name": "a", "generator": "ledger"}] * 2, 1)
 
 
-def test_new_simulator_knobs_move_their_phenomena() -> None:
+def test_new_simulator_knobs_move_their_phenomena(tmp_path: Path) -> None:
     base = {"n_cards": 800, "n_issuers": 30, "n_merchants": 200, "days": 30}
 
-    def code_share(tmp: Path, code: str, **world: float) -> float:
-        simulate(SimConfig(WorldParams(**base, **world), seed=3), tmp, progress=False)
-        tx = pd.read_parquet(tmp / "transactions.parquet", columns=["response_code"])
+    def code_share(name: str, code: str, **world: float) -> float:
+        simulate(SimConfig(WorldParams(**base, **world), seed=3), tmp_path / name, progress=False)
+        tx = pd.read_parquet(tmp_path / name / "transactions.parquet", columns=["response_code"])
         return float((tx["response_code"] == code).mean())
 
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d)
-        funds = code_share(p / "a", "51")
-        assert code_share(p / "b", "51", funds_tightness_shift=1.0) > 1.5 * funds
-        sca = code_share(p / "c", "1A")
-        assert code_share(p / "d", "1A", sca_strictness_scale=2.0) > 1.3 * sca
+    funds = code_share("a", "51")
+    assert code_share("b", "51", funds_tightness_shift=1.0) > 1.5 * funds
+    sca = code_share("c", "1A")
+    assert code_share("d", "1A", sca_strictness_scale=2.0) > 1.3 * sca
 
 
 @pytest.fixture(scope="module")
