@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "serve": "HTTP scorer over an exported bundle (domain API, Open Inference Protocol V2)",
     "bench": "latency and throughput of the scorers, data-pipeline ratios (bench.json)",
     "report": "latency-vs-accuracy comparison report (report.html, report.json, PNG figures)",
+    "suite": "the default recipe vs LightGBM and the oracle on a suite of worlds (suite.json/md)",
     "demo": "the main job end to end on the embedded default (simulate ... report)",
 }
 

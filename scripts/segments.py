@@ -24,15 +24,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import bootstrap
-from sklearn.metrics import roc_auc_score
 
 from issuer_seq.baselines.dataset import approval_frame
 from issuer_seq.baselines.saved_lightgbm import LIGHTGBM_DIR
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.data.store import TEST
-from issuer_seq.evaluate.metrics import EPS
+from issuer_seq.evaluate.paired import differences, log_loss
 from issuer_seq.evaluate.run import predict
 from issuer_seq.schema import APPROVED_CODE, load_log
 from issuer_seq.train.trained_run import TrainedRun
@@ -45,46 +43,6 @@ DELAYS = (
     ("1 d to 3 d", 86_400, 3 * 86_400),
     ("3 d and more", 3 * 86_400, np.inf),
 )
-
-
-def log_loss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per row, clipped as evaluate's metrics clip (their mean is evaluate's log loss)."""
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
-
-
-#: whole-split metrics compared by `differences`: name -> metric(y, p)
-METRICS = {"logloss": lambda y, p: log_loss(p, y).mean(), "auroc": roc_auc_score}
-
-
-def differences(
-    y: np.ndarray, p_transformer: np.ndarray, p_lightgbm: np.ndarray, resamples: int
-) -> dict[str, dict[str, Any]]:
-    """Both models' log loss and AUROC on the whole split and transformer - LightGBM, with a
-    95% interval from a paired bootstrap of its rows (`resamples` 0: no interval)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, metric in METRICS.items():
-
-        def gap(y, a, b, metric=metric):  # type: ignore[no-untyped-def]
-            return metric(y, a) - metric(y, b)
-
-        out[name] = {
-            "transformer": round(float(metric(y, p_transformer)), 5),
-            "lightgbm": round(float(metric(y, p_lightgbm)), 5),
-            "difference": round(float(gap(y, p_transformer, p_lightgbm)), 5),
-        }
-        if resamples:
-            ci = bootstrap(
-                (y, p_transformer, p_lightgbm),
-                gap,
-                paired=True,
-                vectorized=False,
-                n_resamples=resamples,
-                method="percentile",
-                random_state=0,
-            ).confidence_interval
-            out[name]["ci95"] = [round(float(ci.low), 5), round(float(ci.high), 5)]
-    return out
 
 
 def segments(

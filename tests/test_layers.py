@@ -30,6 +30,7 @@ RANKS: dict[str, int] = {
     "model": 3,
     "baselines": 4,  # beside serve/: the trees' online scorer shares nothing with the transformer's
     "serve": 4,
+    "suite": 4,  # the suite's worlds: the simulator's and its own ledger generator
     "train": 5,
     "evaluate": 6,
     "export": 6,

@@ -93,6 +93,12 @@ class WorldParams:
     expiry_share: float = 0.02
     closure_share: float = 0.006
     cancel_subscription_share: float = 0.05
+    # Added to every card's funds-tightness logit (positive: more insufficient-funds declines).
+    funds_tightness_shift: float = 0.0
+    # Share of cards paid every two weeks (the rest monthly).
+    biweekly_pay_share: float = 0.3
+    # Multiplies the EEA/UK issuers' P(SCA soft decline | SCA applies, no 3-D Secure), capped at 1.
+    sca_strictness_scale: float = 1.0
 
 
 @dataclass
@@ -213,7 +219,11 @@ def build_world(params: WorldParams, seed: int, start: str = "2026-01-05") -> Wo
         network=(rng.random(n_i) < 0.42).astype(np.int64),
         size=size,
         quality=rng.normal(0.0, 0.45, n_i),
-        sca_strictness=np.where(COUNTRY_SCA[country], rng.beta(2, 6, n_i), 0.0),
+        sca_strictness=np.where(
+            COUNTRY_SCA[country],
+            np.minimum(rng.beta(2, 6, n_i) * params.sca_strictness_scale, 1.0),
+            0.0,
+        ),
         outages=renewal_intervals(
             rng, n_i, horizon, outage_rate, params.outage_median_minutes * MINUTE, 1.0, (0.45, 0.97)
         ),
@@ -239,7 +249,7 @@ def build_cards(world: World, n: int, rng: np.random.Generator) -> Cards:
     issuer = rng.choice(p.n_issuers, n, p=world.issuers.size)
     card_type = rng.choice(3, n, p=[0.5, 0.38, 0.12])
     is_credit = card_type == 1
-    biweekly = rng.random(n) < 0.3
+    biweekly = rng.random(n) < p.biweekly_pay_share
     lifetime = rng.uniform(0, horizon, (3, n)).astype(np.int64)
     lost = rng.random(n) < p.lost_stolen_share
     expires = rng.random(n) < p.expiry_share
@@ -249,7 +259,11 @@ def build_cards(world: World, n: int, rng: np.random.Generator) -> Cards:
         card_type=card_type,
         session_rate=rng.gamma(1.6, p.cit_sessions_per_day / 1.6, n),
         spend_scale=rng.lognormal(0.0, 0.45, n),
-        funds_tightness=np.where(is_credit, rng.normal(-1.6, 0.8, n), rng.normal(-0.3, 1.1, n)),
+        funds_tightness=np.where(
+            is_credit,
+            rng.normal(-1.6 + p.funds_tightness_shift, 0.8, n),
+            rng.normal(-0.3 + p.funds_tightness_shift, 1.1, n),
+        ),
         payday_kind=biweekly.astype(np.int64),
         payday_day=np.where(biweekly, rng.integers(0, 14, n), rng.choice([1, 15, 25, 28], n)),
         amount_limit=np.where(

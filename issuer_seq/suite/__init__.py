@@ -1,0 +1,1 @@
+"""The suite of worlds: world definitions, a second generator (ledger) and the runner."""

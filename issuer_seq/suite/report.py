@@ -1,0 +1,89 @@
+"""The suite's results as one JSON document and a Markdown table per part of the suite.
+
+Held-back worlds are reported in their own table (and their own key of suite.json), never
+mixed into the figures of the worlds the recipe is developed on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: models of evaluation.json whose metrics the suite keeps
+MODELS = ("transformer", "lightgbm", "oracle", "base_rate")
+#: metrics kept per model
+METRICS = ("logloss", "auroc", "ece", "oracle_share")
+
+
+def world_metrics(evaluation: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """{model: {metric: value}} of the suite's models from an evaluation.json document."""
+    approval = evaluation["approval"]
+    missing = [m for m in MODELS if m not in approval]
+    if missing:
+        raise KeyError(f"evaluation has no {missing}: the suite needs {list(MODELS)}")
+    return {m: {k: approval[m].get(k) for k in METRICS} for m in MODELS}
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _diff(d: dict[str, Any]) -> str:
+    ci = d.get("ci95")
+    text = f"{d['difference']:+.4f}"
+    return text + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+
+
+def _table(worlds: dict[str, dict[str, Any]]) -> list[str]:
+    head = (
+        "| world | generator | cards | days | attempts | approval | log loss: transformer / "
+        "LightGBM / oracle | transformer - LightGBM log loss [95%] | AUROC: transformer / "
+        "LightGBM | transformer - LightGBM AUROC [95%] | ECE: transformer / LightGBM | oracle "
+        "share: transformer / LightGBM | wall s: data / train / evaluate / bootstrap |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, w in worlds.items():
+        m, p, d, s = w["metrics"], w["params"], w["transformer_minus_lightgbm"], w["seconds"]
+        tr, lg, orc = m["transformer"], m["lightgbm"], m["oracle"]
+        lines.append(
+            f"| {name} | {w['generator']} | {p['n_cards']:,} | {p['days']} | {w['data']['rows']:,} "
+            f"| {_pct(w['data']['approval_rate'])} "
+            f"| {_num(tr['logloss'])} / {_num(lg['logloss'])} / {_num(orc['logloss'])} "
+            f"| {_diff(d['logloss'])} "
+            f"| {_num(tr['auroc'])} / {_num(lg['auroc'])} | {_diff(d['auroc'])} "
+            f"| {_num(tr['ece'])} / {_num(lg['ece'])} "
+            f"| {_pct(tr['oracle_share'])} / {_pct(lg['oracle_share'])} "
+            f"| {s.get('generate', 0):.0f} / {s.get('train', 0):.0f} / "
+            f"{s.get('evaluate', 0):.0f} / {s.get('bootstrap', 0):.0f} |"
+        )
+    return lines
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """suite.md: one table for the worlds, one for the held-back worlds when they ran."""
+    lines = [
+        f"# Suite `{result['suite']}`",
+        "",
+        f"Train overrides: `{result['train_overrides']}`; evaluate overrides: "
+        f"`{result['evaluate_overrides']}`; {result['bootstrap_resamples']} paired-bootstrap "
+        "resamples of the test attempts per world. Differences are transformer minus LightGBM: "
+        "negative log loss and positive AUROC favour the transformer.",
+        "",
+        "## Worlds",
+        "",
+        *_table(result["worlds"]),
+        "",
+    ]
+    if result["held_back_worlds"]:
+        lines += ["## Held-back worlds", "", *_table(result["held_back_worlds"]), ""]
+    else:
+        lines += [
+            f"Held-back worlds ({', '.join(result['held_back_names']) or 'none'}) did not run "
+            "(`include_held_back=true` runs them).",
+            "",
+        ]
+    lines.append(f"Total wall time: {result['seconds']:.0f} s.")
+    return "\n".join(lines) + "\n"
