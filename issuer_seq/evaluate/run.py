@@ -3,13 +3,15 @@
 Approval: the transformer (the run's calibrated network), the baselines (issuer x MCC base
 rate, and the tree and linear models of baselines/ when enabled) and, when the log has
 truth, the oracle. Retry: the policies of evaluate/retry.py on the declined test attempts,
-valued with the truth. Model-size variants (`transformer_<name>`) and ablation runs
-(`ablation_<name>`), trained on the same log, are evaluated alongside when their run dirs
-exist.
+valued with the truth. Routing: the routing policies of evaluate/routing.py on the test
+attempts (a log with routes and truth; else a "not applicable" entry). Model-size variants
+(`transformer_<name>`) and ablation runs (`ablation_<name>`), trained on the same log, are
+evaluated alongside when their run dirs exist.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -28,11 +30,13 @@ from issuer_seq.delays import grid_seconds, truth_column
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
 from issuer_seq.evaluate.retry import compare_policies
+from issuer_seq.evaluate.routing import evaluate_routing, not_applicable
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.progress import stage
 from issuer_seq.retry_policy import within_session
+from issuer_seq.routing import RouteTable
 from issuer_seq.rules import AttemptColumns, Cause, causes, check_retries
-from issuer_seq.schema import ValidatedLog, load_log
+from issuer_seq.schema import ValidatedLog, load_log, resolve_log_path
 from issuer_seq.train.infer import infer
 from issuer_seq.train.trained_run import TrainedRun
 
@@ -160,6 +164,54 @@ def side_runs(
     return out
 
 
+def route_predictors(
+    run: TrainedRun,
+    store: EventStore,
+    frame: pd.DataFrame,
+    rows: np.ndarray,
+    table: RouteTable,
+) -> dict[str, np.ndarray]:
+    """The models' per-route approval: name -> (len(rows), R) p_approve of each row through
+    each route of `table` (its column order), NaN where the row's merchant lacks the route.
+    Each entry becomes an expected-value routing policy and that policy's DR reward model.
+
+    The hook where the transformer's and LightGBM's route matrices plug in; none of the models
+    takes the route as a feature yet, so it gives none and routing compares static,
+    success-rate and the oracle."""
+    return {}
+
+
+def routing_section(
+    vlog: ValidatedLog,
+    data_dir: Path,
+    run: TrainedRun,
+    store: EventStore,
+    test: np.ndarray,
+    truth: pd.DataFrame | None,
+) -> dict[str, Any]:
+    """evaluation.json's `routing`: evaluate/routing.py on the test rows, success-rate routing
+    warmed up on the log before the test split."""
+    frame = vlog.frame
+    meta_path = resolve_log_path(data_dir).parent / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if "route" not in frame.columns or not meta.get("routes"):
+        return evaluate_routing(frame.iloc[test], None, meta, {})
+    if truth is None:
+        return not_applicable(
+            "no truth.parquet: routing policies are valued with the simulator's per-route truth"
+        )
+    ts = frame["ts"].to_numpy()
+    history = frame.iloc[np.flatnonzero(ts < ts[test].min())] if len(test) else frame.iloc[:0]
+    predictors = route_predictors(run, store, frame, test, RouteTable.from_meta(meta))
+    return evaluate_routing(
+        frame.iloc[test].reset_index(drop=True),
+        truth.iloc[test].reset_index(),
+        meta,
+        predictors,
+        history=history,
+    )
+
+
 def evaluate(
     data_dir: Path,
     run_dir: Path,
@@ -254,5 +306,7 @@ def evaluate(
             "now_with_3ds_declines": int(possible.sum()),
             "policies": policies,
         }
+    with stage(log, f"routing policies on {len(test):,} test attempts"):
+        result["routing"] = routing_section(vlog, Path(data_dir), trained, store, test, truth)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
