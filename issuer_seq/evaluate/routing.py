@@ -396,6 +396,32 @@ def reactions(
     return out
 
 
+def warmed_success_rate(
+    history: pd.DataFrame,
+    frame: pd.DataFrame,
+    table: RouteTable,
+    config: SuccessRateConfig = DEFAULT_SUCCESS_RATE,
+) -> np.ndarray:
+    """(len(frame), R) success-rate routing of `frame`'s attempts (rows in its order), the
+    router replaying `history` and then `frame` in time order: each attempt sees the logged
+    outcomes strictly before its time, the history's included."""
+    cols = ["ts", "issuer_id", "merchant_id", "route", "response_code"]
+    both = pd.concat([history[cols], frame[cols]], ignore_index=True)
+    order = np.argsort(as_seconds(both["ts"]), kind="stable")
+    ordered = both.iloc[order]
+    probs = success_rate_policy(
+        ordered["issuer_id"],
+        ordered["ts"],
+        table.index(ordered["route"].to_numpy()),
+        (ordered["response_code"].astype(str) == "00").to_numpy(),
+        table.priority(ordered["merchant_id"].to_numpy()),
+        config,
+    ).probs
+    out = np.empty_like(probs)
+    out[order] = probs
+    return out[len(history) :]
+
+
 def evaluate_routing(
     test_frame: pd.DataFrame,
     truth: pd.DataFrame | None,
@@ -445,24 +471,7 @@ def evaluate_routing(
     if len(hist) and "route" not in hist.columns:
         raise IssuerSeqError("the history has no route column, the test attempts have one")
 
-    # success-rate routing replays the whole log in time order and keeps the test rows
-    both = pd.concat(
-        [hist[["ts", "issuer_id", "merchant_id", "route", "response_code"]], frame],
-        ignore_index=True,
-    )
-    t_order = np.argsort(as_seconds(both["ts"]), kind="stable")
-    ordered = both.iloc[t_order]
-    sr = success_rate_policy(
-        ordered["issuer_id"],
-        ordered["ts"],
-        table.index(ordered["route"].to_numpy()),
-        (ordered["response_code"].astype(str) == "00").to_numpy(),
-        table.priority(ordered["merchant_id"].to_numpy()),
-        success_rate,
-    ).probs
-    sr_all = np.empty_like(sr)
-    sr_all[t_order] = sr
-    sr_test = sr_all[len(hist) :]
+    sr_test = warmed_success_rate(hist, frame, table, success_rate)
 
     keep = np.ones(len(frame), bool) if attempts == "all" else frame["attempt"].to_numpy() == 1
     frame = frame[keep].reset_index(drop=True)
@@ -477,10 +486,15 @@ def evaluate_routing(
     p_true = truth_matrix(tr, table.names)
     fees = table.fees
 
-    mats = {
-        name: _check_predictor(name, np.asarray(p)[order][keep], cand)
-        for name, p in predictors.items()
-    }
+    mats: dict[str, np.ndarray] = {}
+    for name, p in predictors.items():
+        arr = np.asarray(p)
+        if arr.ndim != 2 or len(arr) != len(order):
+            raise IssuerSeqError(
+                f"predictor {name!r} has shape {arr.shape}, the test attempts' routes "
+                f"{(len(order), table.n_routes)}"
+            )
+        mats[name] = _check_predictor(name, arr[order][keep], cand)
     given = {SUCCESS_RATE: sr_test[keep]} | {
         name: choose_route(m, prio, amount, fees, econ).probs for name, m in mats.items()
     }
