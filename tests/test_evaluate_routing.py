@@ -16,6 +16,7 @@ from issuer_seq.report.report import routing_rows, write_report
 from issuer_seq.routing import (
     RouteTable,
     choose_route,
+    estimate_all,
     success_rate_policy,
     truth_matrix,
     value_policies,
@@ -125,6 +126,25 @@ def test_off_policy_estimates_sit_beside_the_truth(world: World, section: dict[s
         assert row["low"] <= row["estimate"] <= row["high"]
         assert row["covers"] == (row["low"] <= row["truth"] <= row["high"])
         assert isinstance(row.get("why"), str) != bool(row["covers"])
+    # the estimates are routing/ope.py's (all intervals share one set of payment resamples)
+    prio = world.table.priority(world.test["merchant_id"])
+    amount = world.test["amount"].to_numpy()
+    ev = choose_route(world.noisy, prio, amount, world.table.fees).probs
+    ok = (world.test["response_code"] == "00").to_numpy(float)
+    ref = estimate_all(
+        ev,
+        world.table.index(world.test["route"].to_numpy()),
+        world.test["route_propensity"].to_numpy(),
+        ok,
+        world.noisy,
+        groups=world.test["payment_id"],
+        n_bootstrap=N_BOOT,
+    )
+    mine = ope[(ope["policy"] == "noisy") & (ope["reward"] == "approval")].set_index("estimator")
+    for name, est in ref.items():
+        assert mine.loc[name, "estimate"] == pytest.approx(est.value, rel=1e-9)
+        width = est.high - est.low
+        assert mine.loc[name, "high"] - mine.loc[name, "low"] == pytest.approx(width, rel=0.3)
     assert section["dr_covers"]["checks"] == len(dr)
     assert section["dr_covers"]["covered"] == int(dr["covers"].sum())
     # on this world the logged routes and propensities recover most policies' values

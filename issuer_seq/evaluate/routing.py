@@ -37,7 +37,7 @@ import pandas as pd
 
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.retry_policy import DEFAULT_ECONOMICS, RetryEconomics
-from issuer_seq.routing.ope import estimate_all, logged_rewards
+from issuer_seq.routing.ope import ESTIMATORS, estimate_terms, logged_rewards
 from issuer_seq.routing.policies import (
     SuccessRateConfig,
     as_seconds,
@@ -281,12 +281,17 @@ def off_policy(
 ) -> list[dict[str, Any]]:
     """One row per policy x reward (approval, value) x estimator (ips, snips, dr): truth,
     estimate, low, high (per attempt), covers, error, reward_model and, for a DR row that
-    misses the truth, why. `reward_models`: policy -> (name, (N, R) p_approve)."""
+    misses the truth, why. `reward_models`: policy -> (name, (N, R) p_approve).
+
+    The estimators of routing/ope.py; every estimate's percentile interval comes from one set
+    of payment resamples (each estimate is a ratio of sums, so the resampled sums of all of
+    them are one matrix product), which makes the section's cost one bootstrap's."""
     rewards = {
         "approval": approved.astype(np.float64),
         "value": logged_rewards(approved, amount, logged_route, fees, econ),
     }
     rows: list[dict[str, Any]] = []
+    nums, dens = [], []
     rows_idx = np.arange(len(logged_route))
     for name, probs in policies.items():
         model_name, q = reward_models[name]
@@ -296,38 +301,39 @@ def off_policy(
         w = probs[rows_idx, logged_route] / propensity
         ess = float(w.sum() ** 2 / max((w**2).sum(), 1e-300))
         for reward, r in rewards.items():
-            estimates = estimate_all(
-                probs,
-                logged_route,
-                propensity,
-                r,
-                models[reward],
-                groups=groups,
-                n_bootstrap=n_bootstrap,
-                level=level,
-                seed=seed,
-            )
-            dm = float(np.nansum(np.where(probs > 0, probs * models[reward], 0.0), axis=1).mean())
-            for est in estimates.values():
+            dm = float(np.where(probs > 0, probs * models[reward], 0.0).sum(axis=1).mean())
+            for est in ESTIMATORS:
+                num, den = estimate_terms(est, probs, logged_route, propensity, r, models[reward])
+                nums.append(num)
+                dens.append(den)
                 rows.append(
                     {
                         "policy": name,
                         "reward": reward,
-                        "estimator": est.estimator,
-                        "reward_model": model_name if est.estimator == "dr" else None,
+                        "estimator": est,
+                        "reward_model": model_name if est == "dr" else None,
                         "truth": truths[reward],
-                        "estimate": est.value,
-                        "low": est.low,
-                        "high": est.high,
-                        "covers": bool(est.covers(truths[reward])),
-                        "error": est.value - truths[reward],
+                        "estimate": float(num.sum() / den.sum()),
                         "effective_sample_size": ess,
-                        "direct_method": dm if est.estimator == "dr" else None,
+                        "direct_method": dm if est == "dr" else None,
                     }
                 )
+    m = len(rows)
+    boot = _bootstrap_totals(
+        groups,
+        np.stack([*nums, *dens], axis=1),
+        n_bootstrap,
+        np.random.default_rng(seed),
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = boot[:, :m] / boot[:, m:]
     n_checks = sum(1 for r in rows if r["estimator"] == "dr")
-    for row in rows:
-        if row["estimator"] == "dr" and not row["covers"]:
+    for j, row in enumerate(rows):
+        iv = _interval(row["estimate"], ratios[:, j], level)
+        row["low"], row["high"] = iv["low"], iv["high"]
+        row["covers"] = bool(iv["low"] is not None and iv["low"] <= row["truth"] <= iv["high"])
+        row["error"] = row["estimate"] - row["truth"]
+        if row["estimator"] == "dr" and not row["covers"] and iv["low"] is not None:
             row["why"] = _why_not_covered(
                 row,
                 row["effective_sample_size"],

@@ -203,9 +203,12 @@ def routing_section(
     ts = frame["ts"].to_numpy()
     history = frame.iloc[np.flatnonzero(ts < ts[test].min())] if len(test) else frame.iloc[:0]
     predictors = route_predictors(run, store, frame, test, RouteTable.from_meta(meta))
+    # the truth is aligned to the store's rows: their txn_id lets routing check the frame's
+    test_truth = truth.iloc[test].reset_index(drop=True)
+    test_truth["txn_id"] = np.asarray(store.txn_id)[test]
     return evaluate_routing(
         frame.iloc[test].reset_index(drop=True),
-        truth.iloc[test].reset_index(),
+        test_truth,
         meta,
         predictors,
         history=history,
