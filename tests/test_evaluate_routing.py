@@ -9,11 +9,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.evaluate.routing import evaluate_routing, warmed_success_rate
+from issuer_seq.evaluate.routing import (
+    evaluate_routing,
+    value_with_intervals,
+    warmed_success_rate,
+)
 from issuer_seq.report.report import routing_rows, write_report
 from issuer_seq.routing import (
+    NOT_HELD,
     RouteTable,
     choose_route,
     estimate_all,
@@ -21,6 +28,7 @@ from issuer_seq.routing import (
     truth_matrix,
     value_policies,
 )
+from issuer_seq.routing.value import with_references
 from issuer_seq.schema import load_log
 
 N_BOOT = 200
@@ -259,3 +267,35 @@ def test_the_report_renders_the_routing_section(section: dict[str, Any], tmp_pat
     assert summary["routing_policies"] == [] and summary["figures"]["routing_ope"] is None
     assert "Not applicable: one route: none" in (tmp_path / "plain" / "report.html").read_text()
     assert routing_rows({"approval": {}}) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), n_routes=st.integers(1, 4), seed=st.integers(0, 2**31 - 1))
+def test_intervals_hold_routing_values_points(n: int, n_routes: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    held = rng.random((n, n_routes)) < 0.6
+    held[np.arange(n), rng.integers(0, n_routes, n)] = True  # every merchant holds one
+    rank = np.where(held, rng.random((n, n_routes)), np.inf).argsort(axis=1).argsort(axis=1)
+    prio = np.where(held, rank, NOT_HELD)
+    p_true = np.where(held, rng.random((n, n_routes)), np.nan)
+    amount = rng.uniform(1, 500, n)
+    fees = rng.uniform(0, 0.2, n_routes)
+    other = np.where(held, rng.random((n, n_routes)), 0.0)
+    other /= other.sum(axis=1, keepdims=True)
+    policies = with_references({"other": other}, p_true, prio, amount, fees)
+    groups = rng.integers(0, max(1, n // 2), n).astype(str)
+    out = value_with_intervals(policies, p_true, amount, fees, groups, n_bootstrap=50, seed=seed)
+    ref = value_policies({"other": other}, p_true, prio, amount, fees).set_index("policy")
+    assert list(out) == ["static", "other", "oracle"]
+    for name, row in out.items():
+        assert row["value"]["value"] == pytest.approx(ref.loc[name, "value"], rel=1e-9, abs=1e-9)
+        for key in ("approvals", "value", "uplift_value", "uplift_approvals"):
+            assert row[key]["low"] <= row[key]["high"], key
+    assert out["static"]["uplift_value"]["value"] == 0.0
+    # per attempt the oracle's value is the most any policy reaches, so in every resample of
+    # the payments too: its quantiles dominate, and no share passes 1
+    assert out["oracle"]["uplift_value"]["low"] >= -1e-9
+    assert out["other"]["value"]["low"] <= out["oracle"]["value"]["low"] + 1e-9
+    assert out["other"]["value"]["high"] <= out["oracle"]["value"]["high"] + 1e-9
+    share = out["other"]["share_of_oracle_uplift"]["high"]
+    assert share is None or share <= 1 + 1e-9
