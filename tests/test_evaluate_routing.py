@@ -223,6 +223,8 @@ def test_a_one_route_log_is_not_applicable(world: World) -> None:
     assert out["applicable"] is False
     out = evaluate_routing(world.test, None, world.meta, {})
     assert out["applicable"] is False and "truth" in out["note"]
+    out = evaluate_routing(world.test.iloc[:0], world.truth.iloc[:0], world.meta, {})
+    assert out == {"applicable": False, "note": "no test attempts"}
 
 
 def test_bad_input_is_named(world: World) -> None:
@@ -234,6 +236,8 @@ def test_bad_input_is_named(world: World) -> None:
         world.run(predictors={"holes": missing})
     with pytest.raises(IssuerSeqError, match="reserved"):
         world.run(predictors={"oracle": world.noisy})
+    with pytest.raises(IssuerSeqError, match=r"history .* lacks \['route'\]"):
+        world.run(history=world.history.drop(columns=["route"]))
     with pytest.raises(IssuerSeqError, match="txn_id differs"):
         evaluate_routing(world.test, world.truth.iloc[::-1], world.meta, {})
 

@@ -67,6 +67,8 @@ SHARE_KEYS = {
     "approvals": ("uplift_approvals", "share_of_oracle_approval_uplift"),
     "value": ("uplift_value", "share_of_oracle_uplift"),
 }
+#: what success-rate routing and the default reward model read of the history
+HISTORY_COLUMNS = ("ts", "issuer_id", "merchant_id", "route", "response_code")
 NEEDED = (
     "ts",
     "issuer_id",
@@ -411,7 +413,7 @@ def warmed_success_rate(
     """(len(frame), R) success-rate routing of `frame`'s attempts (rows in its order), the
     router replaying `history` and then `frame` in time order: each attempt sees the logged
     outcomes strictly before its time, the history's included."""
-    cols = ["ts", "issuer_id", "merchant_id", "route", "response_code"]
+    cols = list(HISTORY_COLUMNS)
     both = pd.concat([history[cols], frame[cols]], ignore_index=True)
     order = np.argsort(as_seconds(both["ts"]), kind="stable")
     ordered = both.iloc[order]
@@ -461,6 +463,8 @@ def evaluate_routing(
         return not_applicable(
             "no truth.parquet: routing policies are valued with the simulator's per-route truth"
         )
+    if not len(test_frame):
+        return not_applicable("no test attempts")
     missing = [c for c in NEEDED if c not in test_frame.columns]
     if missing:
         raise IssuerSeqError(f"the test attempts lack columns {missing} for routing")
@@ -474,8 +478,9 @@ def evaluate_routing(
     frame = test_frame.iloc[order].reset_index(drop=True)
     tr = truth.iloc[order].reset_index(drop=True)
     hist = history if history is not None else test_frame.iloc[:0]
-    if len(hist) and "route" not in hist.columns:
-        raise IssuerSeqError("the history has no route column, the test attempts have one")
+    lacking = [c for c in HISTORY_COLUMNS if c not in hist.columns]
+    if lacking:
+        raise IssuerSeqError(f"the history (the log before the test split) lacks {lacking}")
 
     sr_test = warmed_success_rate(hist, frame, table, success_rate)
 
