@@ -30,7 +30,7 @@ from issuer_seq.delays import grid_seconds, truth_column
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
 from issuer_seq.evaluate.retry import compare_policies
-from issuer_seq.evaluate.routing import evaluate_routing, not_applicable
+from issuer_seq.evaluate.routing import HISTORY_COLUMNS, evaluate_routing, not_applicable
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.progress import stage
 from issuer_seq.retry_policy import within_session
@@ -201,7 +201,8 @@ def routing_section(
             "no truth.parquet: routing policies are valued with the simulator's per-route truth"
         )
     ts = frame["ts"].to_numpy()
-    history = frame.iloc[np.flatnonzero(ts < ts[test].min())] if len(test) else frame.iloc[:0]
+    before = ts < ts[test].min() if len(test) else np.zeros(len(frame), bool)
+    history = frame.loc[before, list(HISTORY_COLUMNS)]  # only what routing reads of it
     predictors = route_predictors(run, store, frame, test, RouteTable.from_meta(meta))
     # the truth is aligned to the store's rows: their txn_id lets routing check the frame's
     test_truth = truth.iloc[test].reset_index(drop=True)
