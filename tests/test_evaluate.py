@@ -216,6 +216,13 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
         == (result["retry"]["now_with_3ds_declines"])
     )
     assert policies["fixed_1d"]["chosen_delays"]["now_with_3ds"] == 0
+    # routing: no model gives per-route approval yet, so static, success-rate and the oracle
+    routing = result["routing"]
+    assert routing["applicable"] and routing["n_attempts"] == result["split"]["test_examples"]
+    assert list(routing["policies"]) == ["static", "success_rate", "oracle"]
+    assert routing["policies"]["oracle"]["share_of_oracle_uplift"]["value"] == pytest.approx(1.0)
+    assert routing["dr_covers"]["checks"] == 3 * 2
+    assert "routing policy" in out.stdout
     assert "model" in out.stdout and "retry policy" in out.stdout
     # every stage logs its time; each search trial its result
     for stage in (
@@ -226,6 +233,7 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
         "logistic: search and scoring: ",
         "lightgbm retry model: search and curves: ",
         "retry policies: network rules",
+        "routing policies on ",
     ):
         assert stage in out.stdout, stage
     # the LightGBM model the search chose is saved (bench serves it) and scores as evaluated

@@ -26,6 +26,7 @@ RANKS: dict[str, int] = {
     "features": 2,
     "retry_policy": 2,
     "simulate": 3,
+    "routing": 3,  # route tables, routing policies and their valuation: numpy and pandas
     "data": 3,
     "model": 3,
     "baselines": 4,  # beside serve/: the trees' online scorer shares nothing with the transformer's

@@ -123,14 +123,23 @@ def test_report_runs_what_is_missing_and_writes_everything(
         "calibration.png",
         "precision_recall.png",
         "retry_policies.png",
+        "routing_ope.png",  # the tiny world is routed
     ):
         assert (tmp_path / name).exists(), name
     for png in tmp_path.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tmp_path / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
-    assert not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing loaded from elsewhere
     summary = json.loads((tmp_path / "report.json").read_text())
+    # every figure drawn is embedded: the four above, the routing estimates, and the episode
+    # reactions where the oracle reacted to an episode of this short log
+    drawn = [name for name, png in summary["figures"].items() if png is not None]
+    assert len(drawn) >= 5 and page.count("data:image/png;base64,") == len(drawn)
+    assert "<h2>Routing</h2>" in page and {r["policy"] for r in summary["routing_policies"]} >= {
+        "static",
+        "success_rate",
+        "oracle",
+    }
+    assert not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing loaded from elsewhere
     models = {row["model"]: row for row in summary["models"]}
     assert {
         "transformer (onnx_fp32)",

@@ -54,6 +54,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 f"{name:<22} {r['value']:>10.2f} {r['expected_recovered_amount']:>11.2f} "
                 f"{r['recovery_rate'] or 0:>6.3f} {r['violations']:>6d}"
             )
+    routing = result.get("routing", {})
+    if routing.get("applicable"):
+        lines.append(f"{'routing policy':<22} {'value':>10} {'approvals':>10} {'oracle%':>8}")
+        for name, r in routing["policies"].items():
+            share = r["share_of_oracle_uplift"]["value"]
+            lines.append(
+                f"{name:<22} {r['value']['value']:>10.1f} {r['approvals']['value']:>10.1f} "
+                f"{'' if share is None else f'{100 * share:>7.1f}%':>8}"
+            )
+    elif routing:
+        lines.append(f"routing: {routing['note']}")
     log.info("\n".join(lines))
     log.info("wrote %s", run_dir / "evaluation.json")
     return result

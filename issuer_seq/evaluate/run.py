@@ -4,13 +4,15 @@ Approval: the transformer (the run's calibrated network), the baselines (issuer 
 rate, and the tree and linear models of baselines/ when enabled) and, when the log has
 truth, the oracle; for a log with routes, their calibration per logged route. Retry: the
 policies of evaluate/retry.py on the declined test attempts, valued with the truth.
-Model-size variants (`transformer_<name>`) and ablation runs
-(`ablation_<name>`), trained on the same log, are evaluated alongside when their run dirs
-exist.
+Routing: the routing policies of evaluate/routing.py on the test attempts (a log with routes
+and truth; else a "not applicable" entry). Model-size variants (`transformer_<name>`) and
+ablation runs (`ablation_<name>`), trained on the same log, are evaluated alongside when
+their run dirs exist.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -23,17 +25,23 @@ import torch
 
 from issuer_seq.baselines.base_rate import base_rate
 from issuer_seq.baselines.dataset import next_attempt
+from issuer_seq.baselines.saved_lightgbm import LIGHTGBM_DIR, SAVED
+from issuer_seq.baselines.sql_features import sql_features
+from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.store import TEST, TRAIN, EventStore
 from issuer_seq.delays import grid_seconds, truth_column
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.metrics import approval_metrics, calibration_by_route, oracle_share
 from issuer_seq.evaluate.retry import compare_policies
+from issuer_seq.evaluate.routing import HISTORY_COLUMNS, evaluate_routing, not_applicable
+from issuer_seq.evaluate.routing_scores import lightgbm_route_matrix, transformer_route_matrix
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.progress import stage
 from issuer_seq.retry_policy import within_session
+from issuer_seq.routing import RouteTable
 from issuer_seq.rules import AttemptColumns, Cause, causes, check_retries
-from issuer_seq.schema import ValidatedLog, load_log
+from issuer_seq.schema import ValidatedLog, load_log, resolve_log_path
 from issuer_seq.train.infer import infer
 from issuer_seq.train.trained_run import TrainedRun
 
@@ -161,6 +169,72 @@ def side_runs(
     return out
 
 
+def route_predictors(
+    run: TrainedRun,
+    store: EventStore,
+    frame: pd.DataFrame,
+    rows: np.ndarray,
+    table: RouteTable,
+) -> dict[str, np.ndarray]:
+    """The models' per-route approval: name -> (len(rows), R) p_approve of each row through
+    each route of `table` (its column order), NaN where the row's merchant lacks the route.
+    Each entry becomes an expected-value routing policy and that policy's DR reward model.
+
+    The transformer: the run's network, the history states computed once and one query per
+    route (evaluate/routing_scores.py). LightGBM: the model `issuer-seq evaluate` saved in
+    the run (`baselines/lightgbm`), on the SQL features recomputed for the log, each
+    candidate's route and issuer x route figures swapped in; absent when none was saved."""
+    merchants = frame["merchant_id"].to_numpy(object)[rows]
+    out = {
+        "transformer": transformer_route_matrix(
+            run.net, store, rows, table, merchants, progress="transformer per route"
+        )
+    }
+    saved = run.path / LIGHTGBM_DIR
+    if (saved / SAVED).exists():
+        with stage(log, "lightgbm per route: SQL features of the log"):
+            features = sql_features(frame)
+            out["lightgbm"] = lightgbm_route_matrix(
+                LightGBMModel.load(saved), features, frame, rows, table
+            )
+    return out
+
+
+def routing_section(
+    vlog: ValidatedLog,
+    data_dir: Path,
+    run: TrainedRun,
+    store: EventStore,
+    test: np.ndarray,
+    truth: pd.DataFrame | None,
+) -> dict[str, Any]:
+    """evaluation.json's `routing`: evaluate/routing.py on the test rows, success-rate routing
+    warmed up on the log before the test split."""
+    frame = vlog.frame
+    meta_path = resolve_log_path(data_dir).parent / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if "route" not in frame.columns or not meta.get("routes"):
+        return evaluate_routing(frame.iloc[test], None, meta, {})
+    if truth is None:
+        return not_applicable(
+            "no truth.parquet: routing policies are valued with the simulator's per-route truth"
+        )
+    ts = frame["ts"].to_numpy()
+    before = ts < ts[test].min() if len(test) else np.zeros(len(frame), bool)
+    history = frame.loc[before, list(HISTORY_COLUMNS)]  # only what routing reads of it
+    predictors = route_predictors(run, store, frame, test, RouteTable.from_meta(meta))
+    # the truth is aligned to the store's rows: their txn_id lets routing check the frame's
+    test_truth = truth.iloc[test].reset_index(drop=True)
+    test_truth["txn_id"] = np.asarray(store.txn_id)[test]
+    return evaluate_routing(
+        frame.iloc[test].reset_index(drop=True),
+        test_truth,
+        meta,
+        predictors,
+        history=history,
+    )
+
+
 def evaluate(
     data_dir: Path,
     run_dir: Path,
@@ -265,5 +339,7 @@ def evaluate(
             "now_with_3ds_declines": int(possible.sum()),
             "policies": policies,
         }
+    with stage(log, f"routing policies on {len(test):,} test attempts"):
+        result["routing"] = routing_section(vlog, Path(data_dir), trained, store, test, truth)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result

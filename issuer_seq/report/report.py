@@ -4,7 +4,9 @@ Reads what evaluate and bench measured (evaluation.json, bench.json) and writes 
 payments ML team needs to choose a model: every model's accuracy and calibration, its
 latency and throughput where measured, the latency-vs-accuracy chart with the Pareto front,
 reliability and precision-recall curves, the retry-policy comparison by decline cause, the
-ablations, and the data, configuration and machine the numbers come from.
+routing policies (their value with intervals, the off-policy estimates against the truth,
+the reaction to issuer-by-route episodes), the ablations, and the data, configuration and
+machine the numbers come from.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import matplotlib
 import matplotlib.ticker
+import numpy as np
 from matplotlib.transforms import Bbox
 
 matplotlib.use("Agg")
@@ -293,6 +296,165 @@ def retry_chart(evaluation: Mapping[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+ESTIMATOR_COLORS = {"ips": "#d4a72c", "snips": "#bf3989", "dr": "#1f6feb"}
+ROUTING_COLORS = {"static": "#8c959f", "success_rate": "#cf222e", "oracle": "#2da44e"}
+
+
+def _with_interval(cell: Mapping[str, Any] | None, digits: int = 1, pct: bool = False) -> str:
+    """'value [low, high]' of an evaluation {value, low, high}."""
+    if not cell or cell.get("value") is None:
+        return "-"
+    scale, unit = (100.0, "%") if pct else (1.0, "")
+
+    def f(x: Any) -> str:
+        return "?" if x is None else f"{scale * x:,.{digits}f}{unit}"
+
+    if cell.get("low") is None or cell["low"] == cell["high"]:
+        return f(cell["value"])
+    return f"{f(cell['value'])} [{f(cell['low'])}, {f(cell['high'])}]"
+
+
+def routing_rows(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per routing policy, each figure with its bootstrap interval (as text)."""
+    routing = evaluation.get("routing") or {}
+    if not routing.get("applicable"):
+        return []
+    react = routing.get("reaction", {}).get("policies", {})
+    rows = []
+    for name, p in routing["policies"].items():
+        rx = react.get(name, {})
+        if rx.get("median_is_never"):
+            median = "never"
+        elif rx.get("median_hours") is None:
+            median = "-"
+        else:
+            median = f"{rx['median_hours']:.1f} h"
+        rows.append(
+            {
+                "policy": name,
+                "kind": p["kind"],
+                "approvals": _with_interval(p["approvals"]),
+                "approval_rate": p.get("approval_rate"),
+                "value": _with_interval(p["value"]),
+                "uplift_value": _with_interval(p["uplift_value"]),
+                "share_of_oracle_uplift": _with_interval(p["share_of_oracle_uplift"], pct=True),
+                "share_of_oracle_approval_uplift": _with_interval(
+                    p["share_of_oracle_approval_uplift"], pct=True
+                ),
+                "median_reaction": median,
+            }
+        )
+    return rows
+
+
+def routing_ope_chart(evaluation: Mapping[str, Any], path: Path) -> Path | None:
+    """Per reward, each policy's IPS / SNIPS / DR estimate with its interval beside the
+    truth-valued figure (a black bar); an interval that misses the truth is drawn hollow."""
+    routing = evaluation.get("routing") or {}
+    rows = routing.get("ope") if routing.get("applicable") else None
+    if not rows:
+        return None
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    estimators = list(dict.fromkeys(r["estimator"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, reward, label in zip(
+        axes,
+        ("approval", "value"),
+        ("approval rate per attempt", "value per attempt (currency units)"),
+        strict=True,
+    ):
+        width = 0.8 / max(len(estimators), 1)
+        for k, est in enumerate(estimators):
+            for i, pol in enumerate(policies):
+                r = next(
+                    (
+                        x
+                        for x in rows
+                        if x["policy"] == pol and x["reward"] == reward and x["estimator"] == est
+                    ),
+                    None,
+                )
+                if r is None or r["estimate"] is None:
+                    continue
+                x = i - 0.4 + width * (k + 0.5)
+                lo = r["estimate"] - (r["low"] if r["low"] is not None else r["estimate"])
+                hi = (r["high"] if r["high"] is not None else r["estimate"]) - r["estimate"]
+                color = ESTIMATOR_COLORS.get(est, "#57606a")
+                ax.errorbar(
+                    x,
+                    r["estimate"],
+                    yerr=[[lo], [hi]],
+                    fmt="o",
+                    ms=5,
+                    capsize=3,
+                    color=color,
+                    mfc=color if r["covers"] else "white",
+                    label=est.upper() if i == 0 else None,
+                )
+        for i, pol in enumerate(policies):
+            truth = next(x["truth"] for x in rows if x["policy"] == pol and x["reward"] == reward)
+            ax.hlines(
+                truth, i - 0.45, i + 0.45, color="black", lw=2, label="truth" if i == 0 else None
+            )
+        ax.set_xticks(range(len(policies)), policies, rotation=20)
+        ax.set_ylabel(label)
+        ax.set_title(f"reward: {reward}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    level = routing.get("level", 0.95)
+    fig.suptitle(
+        f"Off-policy estimates with {level:.0%} bootstrap intervals vs the truth "
+        "(hollow: the interval misses it)",
+        fontsize=10,
+    )
+    return _save(fig, path)
+
+
+def routing_reaction_chart(evaluation: Mapping[str, Any], path: Path) -> Path | None:
+    """Per policy, the hours until it moved off the route of each episode the oracle reacts
+    to (x at the right: never, within the episode), and its median (a bar)."""
+    routing = evaluation.get("routing") or {}
+    react = routing.get("reaction", {}) if routing.get("applicable") else {}
+    if not react.get("compared_on"):
+        return None
+    policies = list(react["policies"])
+    lengths = [e["episode_hours"] or 0.0 for e in react["episodes"]]
+    reacted = [h for p in react["policies"].values() for h in p["hours"] if h is not None]
+    never_x = max([*reacted, 1.0]) * 1.15
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 * len(policies) + 1.6))
+    for i, name in enumerate(policies):
+        p = react["policies"][name]
+        color = ROUTING_COLORS.get(name, COLORS.get(name, "#1f6feb"))
+        jitter = (np.arange(len(p["hours"])) % 5 - 2) * 0.06
+        hours = np.array([np.nan if h is None else h for h in p["hours"]], dtype=float)
+        ax.scatter(hours, i + jitter, color=color, s=22, alpha=0.8)
+        never = np.isnan(hours)
+        ax.scatter(np.full(never.sum(), never_x), i + jitter[never], marker="x", color=color, s=30)
+        if p["median_hours"] is not None:
+            ax.vlines(p["median_hours"], i - 0.3, i + 0.3, color=color, lw=3)
+        median = "never" if p["median_is_never"] else f"{p['median_hours']:.1f} h"
+        ax.annotate(
+            f"median {median} ({p['reacted']}/{len(p['hours'])} reacted)",
+            (never_x, i),
+            xytext=(12, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
+    ax.axvline(never_x * 0.97, color="#d0d7de", ls=":")
+    ax.set_yticks(range(len(policies)), policies)
+    ax.set_xlim(-0.02 * never_x, never_x * 1.9)
+    ax.set_xlabel("hours after the episode starts until the policy moves off the route (x: never)")
+    ax.set_title(
+        f"Reaction to issuer-by-route episodes ({react['compared_on']} the oracle reacts to; "
+        f"median length {np.median(lengths):.0f} h)",
+        fontsize=10,
+    )
+    ax.grid(axis="x", alpha=0.3)
+    ax.invert_yaxis()
+    return _save(fig, path)
+
+
 def _fmt(v: Any, digits: int = 4) -> str:
     if v is None:
         return "-"
@@ -336,6 +498,68 @@ CSS = "\n".join(
 )
 
 
+def routing_html(
+    routing: Mapping[str, Any],
+    rows: list[dict[str, Any]],
+    columns: list[tuple[str, str]],
+    figures: Mapping[str, Path | None],
+) -> list[str]:
+    """The routing section: its note when it does not apply, else the policy table, the
+    off-policy chart with DR's coverage (and why where it misses) and the reaction chart."""
+    if not routing:
+        return ["<p class='note'>not evaluated (evaluation.json has no routing section)</p>"]
+    if not routing.get("applicable"):
+        return [f"<p class='note'>Not applicable: {html.escape(routing['note'])}</p>"]
+    level = routing["level"]
+    explain = (
+        f"Test attempts ({routing['attempts']}: {routing['n_attempts']:,} attempts of "
+        f"{routing['n_payments']:,} payments), valued with the truth's approval probability "
+        f"through every route: value = p_approve x amount x margin ({routing['margin']:g}) - "
+        f"the route's fee. Brackets: {level:.0%} percentile bootstrap over payments "
+        f"({routing['n_bootstrap']} resamples). Share of oracle's uplift: (policy - static) / "
+        "(oracle - static). Median reaction: hours until the policy moves an issuer's attempts "
+        "off a route after an issuer-by-route episode starts, over the episodes the oracle "
+        "reacts to (never: more than half never moved)."
+    )
+    dr = routing["dr_covers"]
+    misses = [r for r in routing["ope"] if r["estimator"] == "dr" and not r["covers"]]
+    ope_note = (
+        f"Doubly robust: the {level:.0%} interval covers the truth in {dr['covered']} of "
+        f"{dr['checks']} checks (policy x reward). Reward model: the predictor's own per-route "
+        "p_approve for its policy; for the others, each issuer x route's approval rate on the "
+        "log before the test split."
+    )
+    parts = [
+        _table(rows, columns),
+        f"<p class='note'>{html.escape(explain)}</p>",
+        "<h3>Off-policy estimates against the truth</h3>",
+        _img(figures.get("routing_ope")),
+        f"<p>{html.escape(ope_note)}</p>",
+    ]
+    if misses:
+        items = "".join(
+            f"<li>{html.escape(r['policy'])}, {html.escape(r['reward'])}: "
+            f"{html.escape(r.get('why', ''))}</li>"
+            for r in misses
+        )
+        parts.append(f"<p>Where DR's interval misses the truth:</p><ul>{items}</ul>")
+    react = routing.get("reaction", {})
+    parts += [
+        "<h3>Reaction to issuer-by-route episodes</h3>",
+        _img(figures.get("routing_reaction")),
+        "<p class='note'>"
+        + html.escape(
+            f"{react.get('episodes_in_test', 0)} episodes overlap the test split; the oracle "
+            f"reacts to {react.get('compared_on', 0)} (its statuses: "
+            f"{react.get('oracle_status', {})}). An episode that starts before the test split "
+            "has no pre-episode share in it (no_history); where the oracle stays, staying is "
+            "right (not_exposed, never)."
+        )
+        + "</p>",
+    ]
+    return parts
+
+
 def write_report(
     evaluation: Mapping[str, Any],
     bench: Mapping[str, Any] | None,
@@ -350,7 +574,11 @@ def write_report(
         "calibration": calibration_chart(evaluation, out_dir / "calibration.png"),
         "precision_recall": pr_chart(evaluation, out_dir / "precision_recall.png"),
         "retry_policies": retry_chart(evaluation, out_dir / "retry_policies.png"),
+        "routing_ope": routing_ope_chart(evaluation, out_dir / "routing_ope.png"),
+        "routing_reaction": routing_reaction_chart(evaluation, out_dir / "routing_reaction.png"),
     }
+    routing = evaluation.get("routing") or {}
+    route_rows = routing_rows(evaluation)
     policies = evaluation.get("retry", {}).get("policies", {})
     policy_rows = [
         {"policy": n, **{k: v for k, v in p.items() if not isinstance(v, dict)}}
@@ -366,6 +594,7 @@ def write_report(
         "models": rows,
         "serving": serving_notes(bench),
         "retry_policies": policy_rows,
+        "routing_policies": route_rows,
         "figures": {k: (v.name if v else None) for k, v in figures.items()},
         "context": dict(context),
     }
@@ -404,6 +633,17 @@ def write_report(
         ("retries", "retries"),
         ("violations", "violations"),
     ]
+    route_cols = [
+        ("policy", "policy"),
+        ("kind", "kind"),
+        ("approvals", "expected approvals"),
+        ("approval_rate", "approval rate"),
+        ("value", "expected value"),
+        ("uplift_value", "uplift over static"),
+        ("share_of_oracle_uplift", "share of oracle's uplift"),
+        ("share_of_oracle_approval_uplift", "share of oracle's approval uplift"),
+        ("median_reaction", "median reaction"),
+    ]
     missing = [k for k in ("lightgbm", "xgboost", "logistic") if k not in evaluation["approval"]]
     notes = []
     if missing:
@@ -441,6 +681,8 @@ def write_report(
         f"<h2>Retry policies</h2>{_table(policy_rows, policy_cols)}",
         _img(figures["retry_policies"]),
         f"<h3>By decline cause</h3>{_table(cause_rows, cause_cols)}",
+        "<h2>Routing</h2>",
+        *routing_html(routing, route_rows, route_cols, figures),
         "<h2>Data, configuration, machine</h2>",
         f"<pre>{html.escape(json.dumps(context, indent=2, default=str))}</pre>",
         "</body></html>",

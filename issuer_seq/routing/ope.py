@@ -143,6 +143,20 @@ def _terms(
     raise IssuerSeqError(f"unknown estimator {estimator!r} (known: {list(ESTIMATORS)})")
 
 
+def estimate_terms(
+    estimator: str,
+    probs: np.ndarray,
+    logged_route: np.ndarray,
+    propensity: np.ndarray,
+    reward: np.ndarray,
+    reward_model: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per attempt (num, den), checked, with the estimate sum(num) / sum(den): what `estimate`
+    bootstraps, for callers that bootstrap many estimates on one set of resamples."""
+    pi, a, p0, r, q = _check(probs, logged_route, propensity, reward, reward_model)
+    return _terms(estimator, pi, a, p0, r, q)
+
+
 def _group_sums(
     num: np.ndarray, den: np.ndarray, groups: Any | None
 ) -> tuple[np.ndarray, np.ndarray]:
