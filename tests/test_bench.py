@@ -128,6 +128,14 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
     assert state["state_bytes"] == manifest["factored"]["state"]["bytes_per_event"]
     assert state["redis_member_bytes"] > state["redis_member_bytes_without_state"]
     assert state["recompute_events_per_s"] > 0
+    # /v1/route in process: each arm scores 2, 4 and 6 candidate routes and chooses
+    route = bench["scorers"]["route"]
+    assert set(route["arms"]) == {"onnx_fp32", "lightgbm"}
+    for counts in route["arms"].values():
+        assert set(counts) == {"score", "2", "4", "6"}  # beside a single score, same requests
+        assert all(0 < c["p50_ms"] <= c["p99_ms"] for c in counts.values())
+    timed = route["arms"]["onnx_fp32"]
+    route_ratio = round(timed["4"]["p99_ms"] / timed["score"]["p99_ms"], 3)
     # every target of conf/bench.yaml, its measurement and its verdict
     assert bench["targets"] == {
         "scorer_p99_vs_lightgbm": {
@@ -141,6 +149,11 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
             "measured": observe_ratio,
             "at_most": 1.0,
             "met": observe_ratio <= 1.0,
+        },
+        "route_p99_vs_score_p99": {
+            "measured": route_ratio,
+            "at_most": 1.5,
+            "met": route_ratio <= 1.5,
         },
         "http_p99_over_inprocess_ms": {
             "measured": overhead["p99_over_in_process_ms"],
@@ -184,6 +197,7 @@ def test_bench_fits_the_lightgbm_model_once_then_reuses_it(
 TARGETS = {
     "scorer_p99_vs_lightgbm": {"at_most": 1.0, "ceiling": 1.5},
     "observe_p99_vs_score_p99": {"at_most": 1.0},
+    "route_p99_vs_score_p99": {"at_most": 1.5},
     "http_p99_over_inprocess_ms": {"at_most": 1.0},
     "sequence_build_speedup": {"at_least": 20.0},
     "training_input_ratio": {"at_least": 0.9},

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from issuer_seq.baselines.online import LightGBMScorer, OnlineFeatures
 from issuer_seq.baselines.trees import LightGBMModel
+from issuer_seq.routing.policies import choose_route
 from issuer_seq.serve.inputs import encode_event
 from issuer_seq.serve.scorer import Scorer
 from issuer_seq.timestamps import epoch_seconds
@@ -115,6 +116,52 @@ def single_request_latency(
                     times[name].append(elapsed)
                 scorer.observe(rec)
     return {name: percentiles(t) for name, t in times.items()}
+
+
+def route_scores(
+    scorer: ArmScorer, attempt: Mapping[str, Any], routes: Sequence[str]
+) -> np.ndarray:
+    """P(approved) of the attempt through each route: the transformer's `score_routes` (one
+    query batch over the histories read once), else the candidates as a batch."""
+    score_routes = getattr(scorer, "score_routes", None)
+    if score_routes is not None:
+        return np.asarray(score_routes(attempt, routes))
+    return np.asarray(scorer.score_batch([{**attempt, "route": r} for r in routes]))
+
+
+def route_latency(
+    scorers: Mapping[str, ArmScorer],
+    requests: Sequence[Mapping[str, Any]],
+    routes: Sequence[str],
+    counts: Sequence[int] = (2, 4, 6),
+    warmup: int = 20,
+) -> dict[str, Any]:
+    """What /v1/route runs in process, per arm and number of candidate routes: the attempt
+    scored through each candidate, then the choice by expected value (routing/policies.py);
+    beside it, in the same loop on the same requests, a single score (`score`). Candidates
+    are the first n of `routes` (repeated when the log has fewer routes: the cost is the
+    same). Each arm in turn, its state as the replay left it."""
+    fees = np.linspace(0.02, 0.1, max(counts))
+    out: dict[str, Any] = {"routes": list(routes), "arms": {}}
+    for name, scorer in scorers.items():
+        times: dict[str, list[float]] = {"score": [], **{str(n): [] for n in counts}}
+        for i, rec in enumerate(requests):
+            query = _query(rec)
+            start = time.perf_counter()
+            scorer.score(query)
+            elapsed = {"score": time.perf_counter() - start}
+            for n in counts:
+                names = [routes[j % len(routes)] for j in range(n)]
+                start = time.perf_counter()
+                p = route_scores(scorer, query, names)
+                amount = np.array([float(rec["amount"])])
+                choose_route(p[None, :], np.arange(n)[None, :], amount, fees[:n])
+                elapsed[str(n)] = time.perf_counter() - start
+            if i >= warmup:
+                for key, dt in elapsed.items():
+                    times[key].append(dt)
+        out["arms"][name] = {key: percentiles(t) for key, t in times.items()}
+    return out
 
 
 def batch_throughput(
@@ -426,6 +473,8 @@ def bench_scorers(
     else:
         observing = {"onnx_fp32": transformers["onnx_fp32"]}
     out["observe"] = observe_latency(observing, requests)
+    routes = sorted({str(r["route"]) for r in records if r.get("route") is not None}) or ["route"]
+    out["route"] = route_latency(observing, timed[:500], routes)
     out["state"] = state_costs(transformers["onnx_fp32"], warm)
     if lgb_scorer is not None:
         stages["lightgbm"] = lightgbm_stages(lgb_scorer, timed)

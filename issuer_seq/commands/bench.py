@@ -148,6 +148,7 @@ def data_pipeline(cfg: DictConfig, vlog: ValidatedLog, run_dir: Path) -> dict[st
 MEASURED = (
     "scorer_p99_vs_lightgbm",
     "observe_p99_vs_score_p99",
+    "route_p99_vs_score_p99",
     "http_p99_over_inprocess_ms",
     "sequence_build_speedup",
     "training_input_ratio",
@@ -162,6 +163,13 @@ def _observe_over_score(scorers: Mapping[str, Any]) -> float | None:
     return round(observe["p99_ms"] / score["single_request"]["p99_ms"], 3)
 
 
+def _route_over_score(scorers: Mapping[str, Any], candidates: str = "4") -> float | None:
+    arm = scorers.get("route", {}).get("arms", {}).get("onnx_fp32", {})
+    if candidates not in arm:
+        return None
+    return round(arm[candidates]["p99_ms"] / arm["score"]["p99_ms"], 3)
+
+
 def measurements(
     scorers: Mapping[str, Any], http: Mapping[str, Any], pipeline: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -171,6 +179,8 @@ def measurements(
         "scorer_p99_vs_lightgbm": scorers.get("vs_lightgbm", {}).get("best"),
         # observe (the event graph, per outcome) over score, both p99, the same arm
         "observe_p99_vs_score_p99": _observe_over_score(scorers),
+        # /v1/route in process with 4 candidate routes over a single score, both p99
+        "route_p99_vs_score_p99": _route_over_score(scorers),
         # what HTTP adds to the same scorer's p99, one request at a time over keep-alive
         "http_p99_over_inprocess_ms": http.get("overhead", {}).get("p99_over_in_process_ms"),
         "sequence_build_speedup": pipeline["sequences"]["speedup"],
@@ -199,6 +209,11 @@ def summary(result: Mapping[str, Any]) -> list[str]:
         lines.append(
             "observe p50/p99 ms: "
             + ", ".join(f"{k} {v['p50_ms']:.3f}/{v['p99_ms']:.3f}" for k, v in observe.items())
+        )
+    for arm, counts in scorers.get("route", {}).get("arms", {}).items():
+        lines.append(
+            f"route ({arm}) p50/p99 ms by candidates: "
+            + ", ".join(f"{n}: {v['p50_ms']:.3f}/{v['p99_ms']:.3f}" for n, v in counts.items())
         )
     if "state_bytes" in state:
         lines.append(
