@@ -162,6 +162,27 @@ def test_the_whole_graph_variant_scores_like_the_factored_pair(
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+def test_each_route_is_scored_as_the_attempt_sent_through_it(
+    bundle: tuple[Path, Path, Path],
+) -> None:
+    """`score_routes` builds the attempt's inputs once and changes only its route: each
+    route's probability is the attempt's own score with that route (an unknown route: OOV),
+    on the factored pair and on the whole network alike."""
+    data, _, out = bundle
+    frame = load_log(data).frame
+    records = frame.head(260).to_dict("records")
+    routes = [*sorted(frame["route"].unique()), "not_a_route"]
+    assert len(routes) > 2
+    for scorer in (Scorer(out), Scorer(out, model_file="model.onnx")):
+        for rec in records[:200]:
+            scorer.observe(rec)
+        for rec in records[200:]:
+            got = scorer.score_routes(rec, routes)
+            want = [scorer.score({**rec, "route": r}) for r in routes]
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+            assert np.ptp(got) > 0  # the route is read
+
+
 ATTEMPT = {
     "ts": "2026-02-01T10:00:00Z",
     "card_id": 1,

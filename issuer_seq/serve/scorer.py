@@ -63,6 +63,7 @@ from issuer_seq.serve.state import MemoryStore, StateStore, StateUnavailable, ke
 log = logging.getLogger(__name__)
 
 OUTPUTS = ["p_approve", "p_retry"]
+_ROUTE = F.CATEGORICAL.index("route")
 
 
 def make_session(model: Path, providers: Sequence[str], threads: int, allow_fallback: bool) -> Any:
@@ -239,15 +240,23 @@ class Scorer:
         routes: Sequence[str],
         histories: Mapping[str, Sequence[Window | Sequence[Event]]] | None = None,
     ) -> np.ndarray:
-        """P(approved) of the attempt sent through each of `routes` (R,): one batch of R
-        queries over the same histories, read (and their states gathered) once.
-        `histories`: each stream's history of the attempt (default: read from the store)."""
-        blank = {**attempt, "response_code": None, "advice_code": None}
-        current = [encode_event(self.vocab, {**blank, "route": r}) for r in routes]
+        """P(approved) of the attempt sent through each of `routes` (R,): its inputs built
+        once (the histories read, their states gathered), repeated R times with only the
+        current attempt's route changed, one batch of R queries. `histories`: each stream's
+        history of the attempt (default: read from the store)."""
+        current = encode_event(self.vocab, {**attempt, "response_code": None, "advice_code": None})
         if histories is None:
-            histories = self.windows([attempt], current[:1])
-        shared = {s: list(h) * len(routes) for s, h in histories.items()}
-        return self.run(self.inputs(current, shared))[0]
+            histories = self.windows([attempt], [current])
+        feeds = {
+            k: np.repeat(v, len(routes), axis=0)
+            for k, v in self.inputs([current], histories).items()
+        }
+        ids = [F._lookup(self.vocab.maps["route"], F._text(r)) for r in routes]
+        if "cur_cat" in feeds:  # the query graph: the attempt's ids in one (B, C) input
+            feeds["cur_cat"][:, _ROUTE] = ids
+        else:  # the whole network: one input per feature
+            feeds["cur_route"][:] = ids
+        return self.run(feeds)[0]
 
     # -- retries --------------------------------------------------------------------------
     def retry_curve(self, declines: Sequence[Mapping[str, Any]]) -> np.ndarray:
