@@ -216,12 +216,18 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
         == (result["retry"]["now_with_3ds_declines"])
     )
     assert policies["fixed_1d"]["chosen_delays"]["now_with_3ds"] == 0
-    # routing: no model gives per-route approval yet, so static, success-rate and the oracle
+    # routing: static, success-rate, an expected-value policy per model that scores each
+    # route (the transformer, the LightGBM model evaluate saved) and the oracle
     routing = result["routing"]
     assert routing["applicable"] and routing["n_attempts"] == result["split"]["test_examples"]
-    assert list(routing["policies"]) == ["static", "success_rate", "oracle"]
+    policies = ["static", "success_rate", "transformer", "lightgbm", "oracle"]
+    assert list(routing["policies"]) == policies
     assert routing["policies"]["oracle"]["share_of_oracle_uplift"]["value"] == pytest.approx(1.0)
-    assert routing["dr_covers"]["checks"] == 3 * 2
+    for model in ("transformer", "lightgbm"):  # never above the oracle's value
+        value = routing["policies"][model]["share_of_oracle_uplift"]["value"]
+        assert value <= 1.0 + 1e-9
+    assert routing["dr_covers"]["checks"] == len(policies) * 2
+    assert "lightgbm per route: SQL features of the log" in out.stdout
     assert "routing policy" in out.stdout
     assert "model" in out.stdout and "retry policy" in out.stdout
     # every stage logs its time; each search trial its result
