@@ -14,6 +14,7 @@ state stores lock (or are Redis).
 
     scorer = Scorer.load("export/default")
     p = scorer.score(attempt)                 # approval probability of the attempt
+    ps = scorer.score_routes(attempt, routes) # ... through each candidate route
     advice = scorer.advise_retry(decline)     # retry curve, recommended delay, deciding rule
     scorer.observe(outcome)                   # append the attempt with its outcome
 """
