@@ -238,7 +238,73 @@ def test_train_writes_metrics_checkpoints_and_config(tiny_dir: Path, tmp_path: P
     assert json.loads((tmp_path / "metrics.json").read_text())["training"]["best_checkpoint"] == (
         "best.ckpt"
     )
+    check = json.loads((tmp_path / "metrics.json").read_text())["versus_base_rate"]
+    assert check["beats_base_rate"] is (check["logloss"] < check["base_rate_logloss"])
     _check_trained_run(tmp_path, tiny_dir)
+
+
+def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """No epoch can improve validation log loss by 10 nats, so patience 1 stops the run after
+    its second epoch of four; model.pt holds the best checkpoint's weights, not the last's."""
+    overrides = [o for o in FAST if not o.startswith("trainer.max_epochs")]
+    cfg = _compose(
+        "train",
+        [
+            f"data_dir={tiny_dir}",
+            f"run_dir={tmp_path}",
+            *overrides,
+            "trainer.max_epochs=4",
+            "trainer.max_time=00:00:30:00",
+            "early_stopping.patience=1",
+            "early_stopping.min_delta=10.0",
+        ],
+    )
+    train(cfg)
+    training = json.loads((tmp_path / "metrics.json").read_text())["training"]
+    assert training["early_stopped_epoch"] == 1 and training["steps"] == 2 * 3
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
+    assert training["best_epoch"] == best["epoch"]
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    weights = {k[len("net.") :]: v for k, v in best["state_dict"].items() if k.startswith("net.")}
+    compared = [k for k in weights if "temperature" not in k]
+    assert compared and all(torch.equal(saved[k], weights[k]) for k in compared)
+    with pytest.raises(IssuerSeqError, match="patience"):
+        train(
+            _compose(
+                "train",
+                [f"data_dir={tiny_dir}", f"run_dir={tmp_path}", *FAST, "early_stopping.patience=0"],
+            )
+        )
+
+
+def test_train_warns_when_the_model_does_not_beat_the_base_rate(
+    tiny_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A network that cannot learn (learning rate 0, two steps) ends below the issuer x MCC
+    base rate on validation: a warning names both figures and metrics.json records it."""
+    cfg = _compose(
+        "train",
+        [
+            f"data_dir={tiny_dir}",
+            f"run_dir={tmp_path}",
+            *FAST,
+            "trainer.limit_train_batches=2",
+            "optimizer.lr=0.0",
+        ],
+    )
+    with caplog.at_level("WARNING", logger="issuer_seq.train.run"):
+        train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    check = metrics["versus_base_rate"]
+    assert check["logloss"] == metrics["approval"]["val"]["logloss"]
+    assert check["base_rate_logloss"] == metrics["base_rate"]["val"]["logloss"]
+    assert check["beats_base_rate"] is (check["logloss"] < check["base_rate_logloss"])
+    assert check["beats_base_rate"] is False
+    (warning,) = [r.getMessage() for r in caplog.records if "base rate" in r.getMessage()]
+    assert f"{check['logloss']:.4f}" in warning and f"{check['base_rate_logloss']:.4f}" in warning
+    assert "prefer the base rate or the trees" in warning
 
 
 def _check_trained_run(run_dir: Path, data_dir: Path) -> None:

@@ -11,10 +11,29 @@ from typing import Any
 from omegaconf import DictConfig
 
 from issuer_seq.baselines.saved_lightgbm import LIGHTGBM_DIR
+from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.baselines import fit_baselines
 from issuer_seq.evaluate.run import evaluate
 
 log = logging.getLogger(__name__)
+
+
+def _bench(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The bench.json the recommendation cites: cfg.bench_json, else <run_dir>/bench.json when
+    it exists (None: latency not measured)."""
+    given = cfg.get("bench_json")
+    path = Path(given) if given else run_dir / "bench.json"
+    if not path.exists():
+        if given:
+            raise IssuerSeqError(f"bench_json={given} does not exist")
+        return None
+    try:
+        out = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise IssuerSeqError(f"{path} is not JSON: {e}") from e
+    if not isinstance(out, dict):
+        raise IssuerSeqError(f"{path} holds no JSON object")
+    return out
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -35,6 +54,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         else None,
         ablations={str(k): Path(v) for k, v in (cfg.get("ablations") or {}).items()},
         variants={str(k): Path(v) for k, v in (cfg.get("variants") or {}).items()},
+        bench=_bench(cfg, run_dir),
     )
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
     lines = [f"{'model':<22} {'AUROC':>7} {'AP(dec)':>8} {'logloss':>8} {'ECE':>7} {'oracle%':>8}"]
@@ -65,6 +85,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
     elif routing:
         lines.append(f"routing: {routing['note']}")
+    lines.append(f"recommendation: {result['recommendation']['text']}")
     log.info("\n".join(lines))
     log.info("wrote %s", run_dir / "evaluation.json")
     return result

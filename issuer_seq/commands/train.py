@@ -68,6 +68,7 @@ def train(cfg: DictConfig, store: EventStore | None = None) -> float:
         trainer_options=_plain(cfg.trainer),
         logger=logger,
         resume=bool(cfg.resume),
+        early_stopping=None if cfg.early_stopping is None else _plain(cfg.early_stopping),
     )
 
 

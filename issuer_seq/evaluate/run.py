@@ -33,6 +33,7 @@ from issuer_seq.data.store import TEST, TRAIN, EventStore
 from issuer_seq.delays import grid_seconds, truth_column
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.metrics import approval_metrics, calibration_by_route, oracle_share
+from issuer_seq.evaluate.recommend import recommend
 from issuer_seq.evaluate.retry import compare_policies
 from issuer_seq.evaluate.routing import HISTORY_COLUMNS, evaluate_routing, not_applicable
 from issuer_seq.evaluate.routing_scores import lightgbm_route_matrix, transformer_route_matrix
@@ -241,9 +242,11 @@ def evaluate(
     baselines: BaselinesFn | None = None,
     ablations: Mapping[str, Path] | None = None,
     variants: Mapping[str, Path] | None = None,
+    bench: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`variants`: name -> run dir of the same network at another size (rows
-    `transformer_<name>`); `ablations`: name -> run dir of an ablation (`ablation_<name>`).
+    `transformer_<name>`); `ablations`: name -> run dir of an ablation (`ablation_<name>`);
+    `bench`: a bench.json whose latencies the recommendation cites (None: not measured).
     Each stage logs its time."""
     started = time.perf_counter()
     with stage(log, "log, run and point-in-time store"):
@@ -262,7 +265,8 @@ def evaluate(
         "transformer": approval_metrics(p_model, y) | {"params": n_params(trained.net)}
     }
     with stage(log, "base rate"):
-        approval["base_rate"] = approval_metrics(base_rate(store, store.rows(TRAIN))[test], y)
+        p_base = base_rate(store, store.rows(TRAIN))[test]
+        approval["base_rate"] = approval_metrics(p_base, y)
     retry_curves: dict[str, np.ndarray] = {"transformer": curves_model}
     p_test = {"transformer": p_model}  # approval p of the test rows, of the retry policies
     p_approval = {"transformer": p_model}  # of every approval model: calibration by route
@@ -291,6 +295,11 @@ def evaluate(
         "split": {"test_start": store.split_bounds[1], "test_examples": int(len(test))},
         "approval": approval,
     }
+    with stage(log, "recommendation"):
+        candidates = {"base_rate": p_base} | {
+            k: v for k, v in p_approval.items() if k in ("transformer", "lightgbm")
+        }
+        result["recommendation"] = recommend(y, candidates, bench)
     frame = vlog.frame
     if "route" in frame.columns:
         if truth is not None:

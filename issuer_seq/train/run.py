@@ -91,6 +91,26 @@ def _quiet_lightning() -> Iterator[None]:
         rank_zero.log.removeFilter(tip)
 
 
+def _early_stopping(options: Mapping[str, Any]) -> pl.callbacks.EarlyStopping:
+    unknown = set(options) - {"patience", "min_delta"}
+    if unknown:
+        raise IssuerSeqError(f"early_stopping takes patience and min_delta, not {sorted(unknown)}")
+    patience = int(options.get("patience", 2))
+    min_delta = float(options.get("min_delta", 0.0))
+    if patience < 1 or min_delta < 0:
+        raise IssuerSeqError(
+            f"early_stopping needs patience >= 1 and min_delta >= 0, got {patience}, {min_delta}"
+        )
+    # check_finite: a NaN validation loss stops the run rather than training on.
+    return pl.callbacks.EarlyStopping(
+        monitor="val/logloss",
+        mode="min",
+        patience=patience,
+        min_delta=min_delta,
+        check_finite=True,
+    )
+
+
 @dataclass
 class Fitted:
     trainer: pl.Trainer
@@ -106,20 +126,26 @@ def fit(
     trainer_options: Mapping[str, Any],
     logger: Logger | None = None,
     resume: bool = False,
+    early_stopping: Mapping[str, Any] | None = None,
 ) -> Fitted:
     """Lightning's fit, checkpointing the best (validation log loss) and the last epoch into
     `run_dir/checkpoints`; `resume` continues from the last. `trainer_options`: keyword
-    arguments of `pl.Trainer` (conf/trainer/)."""
+    arguments of `pl.Trainer` (conf/trainer/, `max_time` the wall-time cap included);
+    `early_stopping`: `patience` and `min_delta` of a stop on validation log loss (None: run
+    every epoch)."""
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = pl.callbacks.ModelCheckpoint(
         dirpath=ckpt_dir, filename="best", monitor="val/logloss", mode="min", save_last=True
     )
     throughput = Throughput()
+    callbacks: list[pl.Callback] = [checkpoint, throughput]
+    if early_stopping is not None:
+        callbacks.append(_early_stopping(early_stopping))
     with _quiet_lightning():
         trainer = pl.Trainer(
             **trainer_options,
             logger=logger if logger is not None else False,
-            callbacks=[checkpoint, throughput],
+            callbacks=callbacks,
             default_root_dir=str(run_dir),
             use_distributed_sampler=False,
         )
@@ -194,6 +220,7 @@ def finalize(
     net.load_state_dict(
         {k[len("net.") :]: v for k, v in state["state_dict"].items() if k.startswith("net.")}
     )
+    best_epoch = int(state["epoch"])
     device = fitted.trainer.strategy.root_device
     net.to(device).eval()
     store.to(device)
@@ -205,6 +232,7 @@ def finalize(
     net.cpu()
     store.to("cpu")
     trainer = fitted.trainer
+    stopper = trainer.early_stopping_callback
     return {
         "approval": {"val": val["approval"], "test": test["approval"]},
         "base_rate": base_rate_metrics(datamodule.store, datamodule),
@@ -212,7 +240,14 @@ def finalize(
         "calibration": temperatures,
         "training": {
             "best_checkpoint": fitted.best_checkpoint.name,
+            "best_epoch": best_epoch,  # 0-based, the epoch whose weights are model.pt's
             "epochs": int(trainer.current_epoch),
+            # 0-based epoch at which validation stopped the run; None: it ran to its limit
+            "early_stopped_epoch": (
+                int(stopper.stopped_epoch)
+                if stopper is not None and stopper.stopped_epoch
+                else None
+            ),
             "steps": int(trainer.global_step),
             "fit_seconds": round(fitted.seconds, 1),
             "train_samples_per_s": round(fitted.samples_per_s, 1),
@@ -230,6 +265,7 @@ def train(
     trainer_options: Mapping[str, Any],
     logger: Logger | None = None,
     resume: bool = False,
+    early_stopping: Mapping[str, Any] | None = None,
 ) -> float:
     """Fit `module` on `datamodule`'s splits, finalize and save the run into `run_dir`; the
     calibrated validation log loss. `net_kwargs`: the network's constructor arguments but the
@@ -243,12 +279,13 @@ def train(
     if len(store.rows(VAL)) == 0 or len(store.rows(TEST)) == 0:
         raise IssuerSeqError("the log is too short for a train/val/test split by time")
 
-    fitted = fit(module, datamodule, run_dir, trainer_options, logger, resume)
+    fitted = fit(module, datamodule, run_dir, trainer_options, logger, resume, early_stopping)
     if not fitted.trainer.is_global_zero:
         return float("nan")
     net = module.net
     metrics = finalize(net, module.store, datamodule, fitted)
     metrics["dataset"] = summary
+    metrics["versus_base_rate"] = versus_base_rate(metrics)
     spec = {
         "net": dict(net_kwargs) | {"n_delays": len(store.config.delay_grid)},
         "vocab": store.vocab.to_json(),
@@ -259,6 +296,29 @@ def train(
     TrainedRun(path=run_dir, net=net, spec=spec, metrics=metrics, config=config).save()
     _print_summary(metrics, run_dir, time.perf_counter() - started)
     return float(metrics["approval"]["val"]["logloss"])
+
+
+def versus_base_rate(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The calibrated model against the issuer x MCC base rate on the same validation rows;
+    logs a warning when the model does not beat it (a log too small or too plain to learn
+    from), so no run ends in a silently worse-than-base-rate model."""
+    model = float(metrics["approval"]["val"]["logloss"])
+    base = float(metrics["base_rate"]["val"]["logloss"])
+    beats = model < base
+    if not beats:
+        log.warning(
+            "the model does not beat the issuer x MCC base rate on validation: log loss "
+            "%.4f against the base rate's %.4f. For this log prefer the base rate or the trees "
+            "(issuer-seq evaluate compares all three on test and recommends one).",
+            model,
+            base,
+        )
+    return {
+        "split": "val",
+        "logloss": model,
+        "base_rate_logloss": base,
+        "beats_base_rate": beats,
+    }
 
 
 def _print_summary(metrics: dict[str, Any], run_dir: Path, seconds: float) -> None:
