@@ -24,7 +24,6 @@ from issuer_seq.commands.train import train
 from issuer_seq.data.store import TEST
 from issuer_seq.delays import grid_seconds
 from issuer_seq.evaluate.metrics import approval_metrics, calibration_by_route, ece, oracle_share
-from issuer_seq.evaluate.recommend import recommend
 from issuer_seq.evaluate.retry import compare_policies
 from issuer_seq.evaluate.run import logged_3ds_retries, rule_view
 from issuer_seq.schema import load_log
@@ -187,6 +186,7 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
             f"run_dir={run}",
             "baselines.models=[lightgbm,logistic]",
             "baselines.trials=1",
+            "latency_budget_ms=1",
         ],
         capture_output=True,
         text=True,
@@ -209,6 +209,9 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     assert rec["model"] in rec["logloss"]
     assert rec["latency_p99_ms"] == {"base_rate": None, "transformer": 1.25, "lightgbm": None}
     assert "transformer 1.250 ms" in rec["text"] and "lightgbm not measured" in rec["text"]
+    # the budget of 1 ms: the transformer's 1.25 ms leaves it out, LightGBM's is unchecked
+    assert rec["latency_budget_ms"] == 1.0 and rec["over_budget"] == ["transformer"]
+    assert rec["latency_unchecked"] == ["lightgbm"] and rec["model"] != "transformer"
     worse = approval["transformer"]["logloss"] >= approval["base_rate"]["logloss"]
     assert rec["transformer_worse_than_base_rate"] is worse
     assert ("worse than the issuer x MCC base rate" in rec["text"]) is worse
@@ -307,50 +310,6 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
         lo, hi = d["ci95"]
         assert lo <= d["difference"] <= hi, name
     assert diff["logloss"]["difference"] == pytest.approx(whole["gap_contribution"], abs=2e-5)
-
-
-def _recommend_inputs(
-    transformer_noise: float, n: int = 20_000
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The truth's p, LightGBM's as the truth plus small noise, the base rate as a constant
-    and the transformer as the truth plus `transformer_noise` on the logit."""
-    rng = np.random.default_rng(1)
-    logit = rng.normal(1.5, 1.2, n)
-    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-
-    def noisy(scale: float) -> np.ndarray:
-        return 1 / (1 + np.exp(-(logit + rng.normal(0, scale, n))))
-
-    p = {"base_rate": np.full(n, y.mean()), "lightgbm": noisy(0.3)}
-    p["transformer"] = noisy(transformer_noise)
-    return y, p
-
-
-def test_recommendation_prefers_the_faster_model_unless_significantly_worse() -> None:
-    # the transformer exactly the truth: significantly better than LightGBM's noisy p
-    y, p = _recommend_inputs(0.0)
-    rec = recommend(y, p, resamples=200)
-    assert rec["model"] == "transformer" and rec["best_logloss_model"] == "transformer"
-    gap = rec["comparisons"]["transformer_minus_lightgbm"]
-    assert gap["significant"] and gap["ci95"][1] < 0 < -gap["logloss_difference"]
-    assert "latency was not measured" in rec["text"] and rec["latency_p99_ms"] is None
-    # the transformer as LightGBM up to a tie: LightGBM, the faster, is recommended
-    y, p = _recommend_inputs(0.3)
-    p["transformer"] = np.clip(p["lightgbm"] * (1 + 1e-6), 0, 1)
-    rec = recommend(y, p, resamples=200)
-    if rec["best_logloss_model"] == "transformer":
-        assert not rec["comparisons"]["transformer_minus_lightgbm"]["significant"]
-    assert rec["model"] == "lightgbm"
-    # without LightGBM, a transformer worse than the base rate: said plainly, base rate chosen
-    y, p = _recommend_inputs(0.0)
-    del p["lightgbm"]
-    p["transformer"] = 1 - p["transformer"]
-    rec = recommend(y, p, resamples=200)
-    assert rec["model"] == "base_rate" and rec["transformer_worse_than_base_rate"]
-    assert "worse than the issuer x MCC base rate" in rec["text"]
-    assert "do not deploy it" in rec["text"]
-    with pytest.raises(ValueError, match="base_rate"):
-        recommend(y, {"transformer": p["transformer"]})
 
 
 def test_side_runs_of_another_log_or_unusable_are_skipped(

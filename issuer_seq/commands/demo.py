@@ -89,7 +89,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     bundles = _mapping_overrides("variants", {k: v["artifact_dir"] for k, v in variants.items()})
 
     log.info("[5/%d] evaluate: models and retry policies on the test split", steps)
-    evaluate_command.run(_stage("evaluate", cfg, [*cfg.evaluate_overrides, *runs]))
+    evaluate_cfg = _stage("evaluate", cfg, [*cfg.evaluate_overrides, *runs])
+    evaluate_command.run(evaluate_cfg)
 
     log.info("[6/%d] export: ONNX bundle -> %s", steps, cfg.artifact_dir)
     export_cfg = _stage("export", cfg, list(cfg.export_overrides))
@@ -101,6 +102,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     log.info("[7/%d] bench: latency, throughput, pipeline ratios -> %s", steps, cfg.out_dir)
     bench_command.run(_stage("bench", cfg, [*cfg.bench_overrides, *bundles]))
+    # evaluate ran before there was a bench: its recommendation weighs this one's latency now
+    recommendation = evaluate_command.redecide(
+        Path(cfg.run_dir) / "evaluation.json",
+        Path(cfg.out_dir) / "bench.json",
+        evaluate_command.latency_budget(evaluate_cfg),
+    )
+    log.info("recommendation with the measured latency: %s", recommendation["text"])
 
     log.info("[8/%d] report", steps)
     report_command.run(_stage("report", cfg, [*cfg.bench_overrides, *bundles]))

@@ -13,9 +13,21 @@ from omegaconf import DictConfig
 from issuer_seq.baselines.saved_lightgbm import LIGHTGBM_DIR
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.baselines import fit_baselines
+from issuer_seq.evaluate.recommend import decide
 from issuer_seq.evaluate.run import evaluate
 
 log = logging.getLogger(__name__)
+
+
+def read_bench(path: Path) -> dict[str, Any]:
+    """A bench.json (issuer-seq bench's) as a dict."""
+    try:
+        out = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise IssuerSeqError(f"{path} is not JSON: {e}") from e
+    if not isinstance(out, dict):
+        raise IssuerSeqError(f"{path} holds no JSON object")
+    return out
 
 
 def _bench(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -27,13 +39,30 @@ def _bench(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         if given:
             raise IssuerSeqError(f"bench_json={given} does not exist")
         return None
-    try:
-        out = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise IssuerSeqError(f"{path} is not JSON: {e}") from e
-    if not isinstance(out, dict):
-        raise IssuerSeqError(f"{path} holds no JSON object")
-    return out
+    return read_bench(path)
+
+
+def latency_budget(cfg: DictConfig) -> float | None:
+    """cfg.latency_budget_ms: the single-request p99 (ms) above which a model is not
+    recommended (None: no budget)."""
+    budget = cfg.get("latency_budget_ms")
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0:
+        raise IssuerSeqError(
+            f"latency_budget_ms={budget!r}: give a positive number of milliseconds, or null"
+        )
+    return float(budget)
+
+
+def redecide(evaluation_path: Path, bench_path: Path, budget_ms: float | None) -> dict[str, Any]:
+    """Decide evaluation.json's recommendation again from the accuracy part it stores and a
+    bench.json measured after it (as the demo's), and rewrite the file. Returns the new one."""
+    evaluation = json.loads(evaluation_path.read_text())
+    recommendation = decide(evaluation["recommendation"], read_bench(bench_path), budget_ms)
+    evaluation["recommendation"] = recommendation
+    evaluation_path.write_text(json.dumps(evaluation, indent=2))
+    return recommendation
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -55,6 +84,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ablations={str(k): Path(v) for k, v in (cfg.get("ablations") or {}).items()},
         variants={str(k): Path(v) for k, v in (cfg.get("variants") or {}).items()},
         bench=_bench(cfg, run_dir),
+        latency_budget_ms=latency_budget(cfg),
     )
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
     lines = [f"{'model':<22} {'AUROC':>7} {'AP(dec)':>8} {'logloss':>8} {'ECE':>7} {'oracle%':>8}"]

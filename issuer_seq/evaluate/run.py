@@ -243,10 +243,12 @@ def evaluate(
     ablations: Mapping[str, Path] | None = None,
     variants: Mapping[str, Path] | None = None,
     bench: Mapping[str, Any] | None = None,
+    latency_budget_ms: float | None = None,
 ) -> dict[str, Any]:
     """`variants`: name -> run dir of the same network at another size (rows
     `transformer_<name>`); `ablations`: name -> run dir of an ablation (`ablation_<name>`);
-    `bench`: a bench.json whose latencies the recommendation cites (None: not measured).
+    `bench`: a bench.json whose latencies the recommendation cites and holds against
+    `latency_budget_ms` (None: not measured; no budget).
     Each stage logs its time."""
     started = time.perf_counter()
     with stage(log, "log, run and point-in-time store"):
@@ -299,7 +301,7 @@ def evaluate(
         candidates = {"base_rate": p_base} | {
             k: v for k, v in p_approval.items() if k in ("transformer", "lightgbm")
         }
-        result["recommendation"] = recommend(y, candidates, bench)
+        result["recommendation"] = recommend(y, candidates, bench, latency_budget_ms)
     frame = vlog.frame
     if "route" in frame.columns:
         if truth is not None:
