@@ -40,6 +40,7 @@ from schemathesis.specs.openapi.checks import (
 from issuer_seq import schema as log_schema
 from issuer_seq.cli import conf_dir
 from issuer_seq.commands.train import train
+from issuer_seq.errors import IssuerSeqError
 from issuer_seq.export import ExportSettings, export_bundle
 from issuer_seq.serve import schemas as S
 from issuer_seq.serve.app import create_app
@@ -654,6 +655,26 @@ def test_failing_model_falls_back_to_the_rules(
         v2 = c.post("/v2/models/issuer_seq/infer", json=request).json()
         assert v2["parameters"] == {"fallback": True, "fallback_reason": "model_error"}
         assert [o["shape"] for o in v2["outputs"]] == [[2], [2, 8]]
+
+
+def test_workers_0_answers_on_the_event_loop_late_rather_than_from_the_fallback(
+    bundle: Path, shared_scorer: Scorer
+) -> None:
+    # No pool: the call runs where the request is handled, so it cannot be cut at the deadline;
+    # a slow one is still the model's answer, counted as late.
+    with _in_process(bundle, shared_scorer, workers=0, debug_model_delay_ms=150.0) as c:
+        _wait_ready(c)
+        service = c.app.state.service  # type: ignore[attr-defined]
+        assert service.model_pool is None
+        t0 = time.perf_counter()
+        answer = c.post("/v1/score", json={"attempt": attempt()}).json()
+        assert time.perf_counter() - t0 >= 0.15
+        assert answer["fallback"] is False
+        late = service.metrics.late_answers.labels("score")._value.get()
+        assert late == 1
+        assert "issuer_seq_late_answers_total" in c.get("/metrics").text
+    with pytest.raises(IssuerSeqError, match="workers must be >= 0"):
+        _in_process(bundle, shared_scorer, workers=-1)
 
 
 def test_the_fallback_reads_the_histories_the_service_keeps(bundle: Path) -> None:

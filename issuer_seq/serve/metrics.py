@@ -62,7 +62,7 @@ class Metrics:
         )
         self.model_latency = Histogram(
             "issuer_seq_model_duration_seconds",
-            "Time of a model call in its worker thread (histories, features, ONNX, decision)",
+            "Time of a model call (histories, features, ONNX, decision)",
             ["operation"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -71,6 +71,13 @@ class Metrics:
             "issuer_seq_fallbacks",
             "Answers given by the rule-based fallback instead of the model",
             ["operation", "reason"],
+            registry=r,
+        )
+        self.late_answers = Counter(
+            "issuer_seq_late_answers",
+            "Model answers given after the deadline (workers=0: calls on the event loop cannot "
+            "be cut short)",
+            ["operation"],
             registry=r,
         )
         self.batch_size = Histogram(

@@ -93,6 +93,10 @@ class ServeSettings:
     debug_model_delay_ms: float = 0.0
 
 
+class Overloaded(Exception):
+    """`max_pending` model calls are already queued or running."""
+
+
 class InvalidOutput(Exception):
     """The model answered, but not with probabilities (NaN, out of range)."""
 
@@ -183,7 +187,16 @@ class Service:
         self.ready = False
         self.stopping = False
         self.load_error: str | None = None
-        self.model_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="model")
+        if settings.workers < 0:
+            raise IssuerSeqError(
+                f"workers must be >= 0 (0: on the event loop), got {settings.workers}"
+            )
+        # workers=0: model calls run on the event loop itself (no pool, no thread hop)
+        self.model_pool = (
+            ThreadPoolExecutor(settings.workers, thread_name_prefix="model")
+            if settings.workers
+            else None
+        )
         # Store reads of the fallback and outcome writes: apart from the model's workers, so
         # that a slow model cannot hold up the answer that replaces it.
         self.io_pool = ThreadPoolExecutor(2, thread_name_prefix="store")
@@ -264,7 +277,8 @@ class Service:
             # a signal during start-up must still end with status 0.
             self._loader.join(timeout=60)
         # Requests have drained by now; a hung model call must not hold the exit.
-        self.model_pool.shutdown(wait=False, cancel_futures=True)
+        if self.model_pool is not None:
+            self.model_pool.shutdown(wait=False, cancel_futures=True)
         self.io_pool.shutdown(wait=False, cancel_futures=True)
 
     def not_ready_reason(self) -> str | None:
@@ -291,36 +305,18 @@ class Service:
         self.metrics.pending.dec()
 
     async def call_model(self, operation: str, fn: Callable[[Scorer], T]) -> tuple[T | None, str]:
-        """fn(scorer) in a worker within the deadline: (result, "") or (None, fallback reason),
-        the reason naming what failed: the deadline, the state store or the model."""
+        """fn(scorer) within the deadline: (result, "") or (None, fallback reason), the reason
+        naming what failed: the deadline, the state store or the model.
+
+        In a worker of the pool; with `workers=0` on the event loop itself, where a call cannot
+        be cut short: one over the deadline is answered late and counted (`late_answers`)."""
         scorer = self.scorer
         if scorer is None:
             return None, "not_ready"
-        with self._lock:
-            if self._pending >= self.settings.max_pending:
-                return None, "overloaded"
-            self._pending += 1
-        self.metrics.pending.inc()
-        delay = self.settings.debug_model_delay_ms / 1000.0
-
-        def job() -> T:
-            started = time.perf_counter()
-            try:
-                if delay:
-                    time.sleep(delay)
-                return fn(scorer)
-            finally:
-                elapsed = time.perf_counter() - started
-                self.metrics.model_latency.labels(operation).observe(elapsed)
-
-        future = self.model_pool.submit(job)
-        # Runs when the job ends, or at once if it is cancelled while still queued.
-        future.add_done_callback(self._release)
         try:
-            result = await asyncio.wait_for(
-                asyncio.wrap_future(future), self.settings.deadline_ms / 1000.0
-            )
-            return result, ""
+            if self.model_pool is None:
+                return self._inline(operation, fn, scorer), ""
+            return await self._pooled(operation, fn, scorer), ""
         except TimeoutError:
             self.warn(
                 f"{operation}:deadline",
@@ -329,6 +325,8 @@ class Service:
                 self.settings.deadline_ms,
             )
             return None, "deadline"
+        except Overloaded:
+            return None, "overloaded"
         except StateUnavailable as exc:
             self.metrics.store_errors.labels("read").inc()
             self.warn(f"{operation}:store", "%s: the state store failed: %s", operation, exc)
@@ -339,6 +337,47 @@ class Service:
         except Exception:
             self.warn(f"{operation}:error", "%s: the model call failed", operation, exc_info=True)
             return None, "model_error"
+
+    def _timed(self, operation: str, fn: Callable[[Scorer], T], scorer: Scorer) -> T:
+        started = time.perf_counter()
+        try:
+            if self.settings.debug_model_delay_ms:
+                time.sleep(self.settings.debug_model_delay_ms / 1000.0)
+            return fn(scorer)
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.model_latency.labels(operation).observe(elapsed)
+            if self.model_pool is None and elapsed * 1000.0 > self.settings.deadline_ms:
+                self.metrics.late_answers.labels(operation).inc()
+                self.warn(
+                    f"{operation}:late",
+                    "%s: answered in %.0f ms, over the deadline (%.0f ms; workers=0 runs model "
+                    "calls on the event loop, where they cannot be cut short)",
+                    operation,
+                    elapsed * 1000.0,
+                    self.settings.deadline_ms,
+                )
+
+    def _inline(self, operation: str, fn: Callable[[Scorer], T], scorer: Scorer) -> T:
+        self.metrics.pending.inc()
+        try:
+            return self._timed(operation, fn, scorer)
+        finally:
+            self.metrics.pending.dec()
+
+    async def _pooled(self, operation: str, fn: Callable[[Scorer], T], scorer: Scorer) -> T:
+        assert self.model_pool is not None
+        with self._lock:
+            if self._pending >= self.settings.max_pending:
+                raise Overloaded
+            self._pending += 1
+        self.metrics.pending.inc()
+        future = self.model_pool.submit(self._timed, operation, fn, scorer)
+        # Runs when the job ends, or at once if it is cancelled while still queued.
+        future.add_done_callback(self._release)
+        return await asyncio.wait_for(
+            asyncio.wrap_future(future), self.settings.deadline_ms / 1000.0
+        )
 
     async def in_store_pool(self, fn: Callable[[], T], timeout_ms: float) -> T:
         future = self.io_pool.submit(fn)
