@@ -172,9 +172,11 @@ def resolve_routes(
     route = np.concatenate([history["route"].to_numpy(object), test["route"].to_numpy(object)])
     before = np.arange(len(merchant)) < len(history)
     listed = np.isin(merchant.astype(str), list(given))
-    unknown = sorted(set(route.astype(str)) - set(names))
+    unknown = sorted({str(r) for r in route} - set(names))
     if unknown:
-        raise IssuerSeqError(f"{source}: the log's routes {unknown[:5]} are not in it ({names})")
+        raise IssuerSeqError(
+            f"{source}: the log's routes {unknown[:5]} are not in it ({list(names)})"
+        )
     inferred = infer_merchant_routes(merchant[~listed], route[~listed], before[~listed])
     if inferred:
         notes.append(
