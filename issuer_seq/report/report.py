@@ -424,13 +424,21 @@ def routing_ope_chart(evaluation: Mapping[str, Any], path: Path) -> Path | None:
                     label=est.upper() if i == 0 else None,
                 )
         if no_truth:
-            logged = routing["logged"][reward]
-            ax.axhline(logged["value"], color="black", ls="--", lw=1, label="logged policy")
-        for i, pol in enumerate(policies if not no_truth else []):
-            truth = next(x["truth"] for x in rows if x["policy"] == pol and x["reward"] == reward)
-            ax.hlines(
-                truth, i - 0.45, i + 0.45, color="black", lw=2, label="truth" if i == 0 else None
-            )
+            logged = routing["logged"][reward]["value"]
+            ax.axhline(logged, color="black", ls="--", lw=1, label="logging policy")
+        else:
+            for i, pol in enumerate(policies):
+                truth = next(
+                    x["truth"] for x in rows if x["policy"] == pol and x["reward"] == reward
+                )
+                ax.hlines(
+                    truth,
+                    i - 0.45,
+                    i + 0.45,
+                    color="black",
+                    lw=2,
+                    label="truth" if i == 0 else None,
+                )
         ax.set_xticks(range(len(policies)), policies, rotation=20)
         ax.set_ylabel(label)
         ax.set_title(f"reward: {reward}")
