@@ -52,7 +52,12 @@ from issuer_seq.routing.policies import (
     success_rate_policy,
 )
 from issuer_seq.routing.reaction import REACTED, episode_reactions, median_reaction_hours
-from issuer_seq.routing.route_source import ResolvedRoutes, check_logged_routes, resolve_routes
+from issuer_seq.routing.route_source import (
+    META_SOURCE,
+    ResolvedRoutes,
+    check_logged_routes,
+    resolve_routes,
+)
 from issuer_seq.routing.routes import NOT_HELD, RouteTable
 from issuer_seq.routing.value import (
     ORACLE,
@@ -550,7 +555,7 @@ def evaluate_routing(
     p_true = None
     if truth is not None:
         p_true = truth_matrix(truth.iloc[order].reset_index(drop=True)[keep], table.names)
-        if routes.source != "meta.json":  # the truth's routes beyond the table are not choices
+        if routes.source != META_SOURCE:  # the truth's routes beyond the table are no choice
             p_true = np.where(cand, p_true, np.nan)
 
     mats: dict[str, np.ndarray] = {}

@@ -35,6 +35,8 @@ from issuer_seq.errors import IssuerSeqError
 from issuer_seq.routing.routes import NOT_HELD, RouteTable
 
 FILE_KEYS = ("routes", "merchant_routes")
+#: `ResolvedRoutes.source` of a table read from the simulator's meta.json
+META_SOURCE = "meta.json"
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ def resolve_routes(
     `history` (the log before the test split) and `test` carrying `merchant_id` and `route`."""
     meta = meta or {}
     if routes_file is None and meta.get("routes"):
-        return ResolvedRoutes(RouteTable.from_meta(meta), "meta.json", ())
+        return ResolvedRoutes(RouteTable.from_meta(meta), META_SOURCE, ())
     notes: list[str] = []
     if routes_file is not None:
         spec = read_routes_file(routes_file)
@@ -168,7 +170,9 @@ def resolve_routes(
             "p_approve x amount x margin; give evaluate a routes_file to count fees"
         )
         given = {}
-    merchant = np.concatenate([history["merchant_id"].to_numpy(object), test["merchant_id"]])
+    merchant = np.concatenate(
+        [history["merchant_id"].to_numpy(object), test["merchant_id"].to_numpy(object)]
+    )
     route = np.concatenate([history["route"].to_numpy(object), test["route"].to_numpy(object)])
     before = np.arange(len(merchant)) < len(history)
     listed = np.isin(merchant.astype(str), list(given))
