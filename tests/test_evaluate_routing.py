@@ -215,14 +215,13 @@ def test_first_attempts_only(world: World) -> None:
         world.run(attempts="retries")
 
 
-def test_a_one_route_log_is_not_applicable(world: World) -> None:
+def test_a_log_without_routes_or_propensities_is_not_applicable(world: World) -> None:
     plain = world.test.drop(columns=["route", "route_propensity"])
     out = evaluate_routing(plain, world.truth, world.meta, {})
     assert out["applicable"] is False and "one route" in out["note"]
-    out = evaluate_routing(world.test, world.truth, {"routes": None}, {})
-    assert out["applicable"] is False
-    out = evaluate_routing(world.test, None, world.meta, {})
-    assert out["applicable"] is False and "truth" in out["note"]
+    # routes without the logging policy's propensities: nothing to weight the estimates by
+    out = evaluate_routing(world.test.drop(columns=["route_propensity"]), None, world.meta, {})
+    assert out["applicable"] is False and out["note"].startswith("no route_propensity")
     out = evaluate_routing(world.test.iloc[:0], world.truth.iloc[:0], world.meta, {})
     assert out == {"applicable": False, "note": "no test attempts"}
 

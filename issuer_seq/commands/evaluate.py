@@ -65,6 +65,11 @@ def redecide(evaluation_path: Path, bench_path: Path, budget_ms: float | None) -
     return recommendation
 
 
+def _num(x: float | None) -> float:
+    """evaluation.json's null (no finite estimate) as NaN for printing."""
+    return float("nan") if x is None else x
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     b = cfg.baselines
@@ -85,6 +90,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         variants={str(k): Path(v) for k, v in (cfg.get("variants") or {}).items()},
         bench=_bench(cfg, run_dir),
         latency_budget_ms=latency_budget(cfg),
+        routes_file=Path(cfg.routes_file) if cfg.get("routes_file") else None,
     )
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
     lines = [f"{'model':<22} {'AUROC':>7} {'AP(dec)':>8} {'logloss':>8} {'ECE':>7} {'oracle%':>8}"]
@@ -105,7 +111,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 f"{r['recovery_rate'] or 0:>6.3f} {r['violations']:>6d}"
             )
     routing = result.get("routing", {})
-    if routing.get("applicable"):
+    if routing.get("mode") == "off_policy_only":
+        lines.append(f"{'routing (off-policy)':<22} {'SNIPS value':>12} {'DR value':>10}")
+        value = {
+            (r["policy"], r["estimator"]): r["estimate"]
+            for r in routing["ope"]
+            if r["reward"] == "value"
+        }
+        for name in routing["policies"]:
+            snips, dr = (value[(name, e)] for e in ("snips", "dr"))
+            lines.append(f"{name:<22} {_num(snips):>12.4f} {_num(dr):>10.4f}")
+        lines.append(f"routing: {routing['note']} (value per attempt)")
+    elif routing.get("applicable"):
         lines.append(f"{'routing policy':<22} {'value':>10} {'approvals':>10} {'oracle%':>8}")
         for name, r in routing["policies"].items():
             share = r["share_of_oracle_uplift"]["value"]

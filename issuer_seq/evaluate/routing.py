@@ -25,6 +25,12 @@ interval misses the truth, `why`. DR's reward model is the predictor's own matri
 policy; for static, success-rate and the oracle it is `logged_rate_model`: each issuer x
 route's approval rate on the history, shrunk to the route's rate (what a user with logs and
 no model has; not the truth, which would make DR exact by construction).
+
+A log without truth (a user's real log) gets the off-policy estimates alone
+(`mode: off_policy_only`): the same policies but the oracle, their IPS, SNIPS and DR rows
+without truth-valued figures, and the logging policy's own value per attempt (`logged`) for
+reference. The route table comes from `routing/route_source.py`: a routes file, meta.json, or
+the log itself.
 """
 
 from __future__ import annotations
@@ -46,6 +52,12 @@ from issuer_seq.routing.policies import (
     success_rate_policy,
 )
 from issuer_seq.routing.reaction import REACTED, episode_reactions, median_reaction_hours
+from issuer_seq.routing.route_source import (
+    META_SOURCE,
+    ResolvedRoutes,
+    check_logged_routes,
+    resolve_routes,
+)
 from issuer_seq.routing.routes import NOT_HELD, RouteTable
 from issuer_seq.routing.value import (
     ORACLE,
@@ -69,6 +81,15 @@ SHARE_KEYS = {
 }
 #: what success-rate routing and the default reward model read of the history
 HISTORY_COLUMNS = ("ts", "issuer_id", "merchant_id", "route", "response_code")
+NO_PROPENSITY = (
+    "no route_propensity: off-policy estimates need the logging policy's propensities (the "
+    "probability with which it chose each logged route)"
+)
+OFF_POLICY_ONLY = (
+    "off-policy estimates only: the log has no truth, so every policy's value is estimated "
+    "from the logged routes, propensities and outcomes (IPS, SNIPS, DR); no oracle, no "
+    "truth-valued figures, no episode reactions"
+)
 NEEDED = (
     "ts",
     "issuer_id",
@@ -266,10 +287,43 @@ def _why_not_covered(
     return "; ".join(reasons)
 
 
+def logged_rewards_by_kind(
+    approved: np.ndarray,
+    amount: np.ndarray,
+    logged_route: np.ndarray,
+    fees: np.ndarray,
+    econ: RetryEconomics = DEFAULT_ECONOMICS,
+) -> dict[str, np.ndarray]:
+    """(N,) realised reward of each logged attempt: `approval` (0/1) and `value`."""
+    return {
+        "approval": approved.astype(np.float64),
+        "value": logged_rewards(approved, amount, logged_route, fees, econ),
+    }
+
+
+def on_policy(
+    rewards: Mapping[str, np.ndarray],
+    groups: np.ndarray,
+    n_bootstrap: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float | None]]:
+    """The logging policy's own value per attempt, per reward: the mean logged reward
+    {value, low, high}, with the payments resampled as for the estimates."""
+    per = np.stack([*rewards.values(), np.ones(len(groups))], axis=1)
+    boot = _bootstrap_totals(groups, per, n_bootstrap, np.random.default_rng(seed))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = boot[:, :-1] / boot[:, -1:]
+    return {
+        kind: _interval(float(r.mean()), means[:, j], level)
+        for j, (kind, r) in enumerate(rewards.items())
+    }
+
+
 def off_policy(
     policies: Mapping[str, np.ndarray],
     reward_models: Mapping[str, tuple[str, np.ndarray]],
-    p_true: np.ndarray,
+    p_true: np.ndarray | None,
     amount: np.ndarray,
     fees: np.ndarray,
     logged_route: np.ndarray,
@@ -283,22 +337,22 @@ def off_policy(
 ) -> list[dict[str, Any]]:
     """One row per policy x reward (approval, value) x estimator (ips, snips, dr): truth,
     estimate, low, high (per attempt), covers, error, reward_model and, for a DR row that
-    misses the truth, why. `reward_models`: policy -> (name, (N, R) p_approve).
+    misses the truth, why. `reward_models`: policy -> (name, (N, R) p_approve). Without the
+    truth (`p_true` None) the rows have no truth, covers, error or why.
 
     The estimators of routing/ope.py; every estimate's percentile interval comes from one set
     of payment resamples (each estimate is a ratio of sums, so the resampled sums of all of
     them are one matrix product), which makes the section's cost one bootstrap's."""
-    rewards = {
-        "approval": approved.astype(np.float64),
-        "value": logged_rewards(approved, amount, logged_route, fees, econ),
-    }
+    rewards = logged_rewards_by_kind(approved, amount, logged_route, fees, econ)
     rows: list[dict[str, Any]] = []
     nums, dens = [], []
     rows_idx = np.arange(len(logged_route))
     for name, probs in policies.items():
         model_name, q = reward_models[name]
-        approvals, value = expected_outcomes(probs, p_true, amount, fees, econ)
-        truths = {"approval": float(approvals.mean()), "value": float(value.mean())}
+        truths: dict[str, float] = {}
+        if p_true is not None:
+            approvals, value = expected_outcomes(probs, p_true, amount, fees, econ)
+            truths = {"approval": float(approvals.mean()), "value": float(value.mean())}
         models = {"approval": q, "value": route_values(q, amount, fees, econ)}
         w = probs[rows_idx, logged_route] / propensity
         ess = float(w.sum() ** 2 / max((w**2).sum(), 1e-300))
@@ -314,7 +368,7 @@ def off_policy(
                         "reward": reward,
                         "estimator": est,
                         "reward_model": model_name if est == "dr" else None,
-                        "truth": truths[reward],
+                        **({"truth": truths[reward]} if truths else {}),
                         "estimate": float(num.sum() / den.sum()),
                         "effective_sample_size": ess,
                         "direct_method": dm if est == "dr" else None,
@@ -333,6 +387,8 @@ def off_policy(
     for j, row in enumerate(rows):
         iv = _interval(row["estimate"], ratios[:, j], level)
         row["low"], row["high"] = iv["low"], iv["high"]
+        if p_true is None:
+            continue
         row["covers"] = bool(iv["low"] is not None and iv["low"] <= row["truth"] <= iv["high"])
         row["error"] = row["estimate"] - row["truth"]
         if row["estimator"] == "dr" and not row["covers"] and iv["low"] is not None:
@@ -442,60 +498,65 @@ def evaluate_routing(
     n_bootstrap: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    routes: ResolvedRoutes | None = None,
 ) -> dict[str, Any]:
     """The routing section of evaluation.json (module docstring).
 
     test_frame: the test split's attempts; truth: the truth rows of those attempts, in the
-    same order (None: not applicable); meta: the simulator's meta.json (`routes`,
-    `merchant_routes`, `route_episodes`); predictors: name -> (N, R) p_approve per route of
-    the test attempts, in the route table's column order; history: the log before the test
-    split (success-rate routing warms up on it; the default DR reward model is fitted on it).
-    A log without routes gives a "not applicable" entry.
+    same order (None: off-policy estimates only); meta: the simulator's meta.json (`routes`,
+    `merchant_routes`, `route_episodes`; {} for a real log); predictors: name -> (N, R)
+    p_approve per route of the test attempts, in the route table's column order; history: the
+    log before the test split (success-rate routing warms up on it; the default DR reward
+    model is fitted on it); routes: the route table (None: `resolve_routes` from meta.json,
+    else inferred from the log). A log without routes or without propensities gives a "not
+    applicable" entry.
     """
     if attempts not in ATTEMPTS:
         raise IssuerSeqError(f"attempts must be one of {list(ATTEMPTS)}, got {attempts!r}")
-    if "route" not in test_frame.columns or not meta.get("routes"):
+    if "route" not in test_frame.columns:
         return not_applicable(
-            "one route: the log has no route column (or meta.json no routes), so there is "
-            "no route choice to evaluate"
+            "one route: the log has no route column, so there is no route choice to evaluate"
         )
-    if truth is None:
-        return not_applicable(
-            "no truth.parquet: routing policies are valued with the simulator's per-route truth"
-        )
+    if "route_propensity" not in test_frame.columns:
+        return not_applicable(NO_PROPENSITY)
     if not len(test_frame):
         return not_applicable("no test attempts")
     missing = [c for c in NEEDED if c not in test_frame.columns]
     if missing:
         raise IssuerSeqError(f"the test attempts lack columns {missing} for routing")
-    truth = _aligned_truth(test_frame, truth)
-    table = RouteTable.from_meta(meta)
+    hist = history if history is not None else test_frame.iloc[:0]
+    lacking = [c for c in HISTORY_COLUMNS if c not in hist.columns]
+    if lacking:
+        raise IssuerSeqError(f"the history (the log before the test split) lacks {lacking}")
+    if truth is not None:
+        truth = _aligned_truth(test_frame, truth)
+    routes = routes or resolve_routes(hist, test_frame, meta)
+    table = routes.table
     reserved = {STATIC, ORACLE, SUCCESS_RATE} & set(predictors)
     if reserved:
         raise IssuerSeqError(f"predictor names {sorted(reserved)} are reserved policy names")
 
     order = np.argsort(as_seconds(test_frame["ts"]), kind="stable")
     frame = test_frame.iloc[order].reset_index(drop=True)
-    tr = truth.iloc[order].reset_index(drop=True)
-    hist = history if history is not None else test_frame.iloc[:0]
-    lacking = [c for c in HISTORY_COLUMNS if c not in hist.columns]
-    if lacking:
-        raise IssuerSeqError(f"the history (the log before the test split) lacks {lacking}")
-
     sr_test = warmed_success_rate(hist, frame, table, success_rate)
 
     keep = np.ones(len(frame), bool) if attempts == "all" else frame["attempt"].to_numpy() == 1
     frame = frame[keep].reset_index(drop=True)
-    tr = tr[keep].reset_index(drop=True)
     prio = table.priority(frame["merchant_id"].to_numpy())
     cand = prio != NOT_HELD
-    route = table.index(frame["route"].to_numpy())
+    route = check_logged_routes(
+        table, frame["merchant_id"].to_numpy(object), frame["route"].to_numpy(object), routes.source
+    )
     propensity = frame["route_propensity"].to_numpy(np.float64)
     approved = (frame["response_code"].astype(str) == "00").to_numpy()
     amount = frame["amount"].to_numpy(np.float64)
     groups = frame["payment_id"].astype(str).to_numpy()
-    p_true = truth_matrix(tr, table.names)
     fees = table.fees
+    p_true = None
+    if truth is not None:
+        p_true = truth_matrix(truth.iloc[order].reset_index(drop=True)[keep], table.names)
+        if routes.source != META_SOURCE:  # the truth's routes beyond the table are no choice
+            p_true = np.where(cand, p_true, np.nan)
 
     mats: dict[str, np.ndarray] = {}
     for name, p in predictors.items():
@@ -515,10 +576,6 @@ def evaluate_routing(
     reward_models = {
         name: (name, mats[name]) if name in mats else (RATE_MODEL, rate_model) for name in policies
     }
-
-    values = value_with_intervals(
-        policies, p_true, amount, fees, groups, econ, n_bootstrap, level, seed
-    )
     ope = off_policy(
         policies,
         reward_models,
@@ -534,6 +591,33 @@ def evaluate_routing(
         level,
         seed,
     )
+    section: dict[str, Any] = {
+        "applicable": True,
+        "mode": "truth" if p_true is not None else "off_policy_only",
+        "attempts": attempts,
+        "n_attempts": int(len(frame)),
+        "n_payments": int(len(np.unique(groups))),
+        "routes": [{"name": n, "fee": float(f)} for n, f in zip(table.names, fees, strict=True)],
+        "route_table": {"source": routes.source, "notes": list(routes.notes)},
+        "margin": econ.margin,
+        "level": level,
+        "n_bootstrap": n_bootstrap,
+        "success_rate_config": {
+            k: getattr(success_rate, k) for k in success_rate.__dataclass_fields__
+        },
+    }
+    if p_true is None:
+        rewards = logged_rewards_by_kind(approved, amount, route, fees, econ)
+        return section | {
+            "note": OFF_POLICY_ONLY,
+            "policies": {name: {"kind": kinds.get(name, "expected_value")} for name in policies},
+            "ope": ope,
+            "logged": on_policy(rewards, groups, n_bootstrap, level, seed),
+        }
+
+    values = value_with_intervals(
+        policies, p_true, amount, fees, groups, econ, n_bootstrap, level, seed
+    )
     episodes = pd.DataFrame(
         meta.get("route_episodes") or [], columns=["issuer_id", "route", "start", "end"]
     )
@@ -546,18 +630,7 @@ def evaluate_routing(
         table.names,
     )
     dr = [r for r in ope if r["estimator"] == "dr"]
-    return {
-        "applicable": True,
-        "attempts": attempts,
-        "n_attempts": int(len(frame)),
-        "n_payments": int(len(np.unique(groups))),
-        "routes": [{"name": n, "fee": float(f)} for n, f in zip(table.names, fees, strict=True)],
-        "margin": econ.margin,
-        "level": level,
-        "n_bootstrap": n_bootstrap,
-        "success_rate_config": {
-            k: getattr(success_rate, k) for k in success_rate.__dataclass_fields__
-        },
+    return section | {
         "policies": {
             name: {"kind": kinds.get(name, "expected_value"), **values[name]} for name in policies
         },

@@ -5,7 +5,8 @@ rate, and the tree and linear models of baselines/ when enabled) and, when the l
 truth, the oracle; for a log with routes, their calibration per logged route. Retry: the
 policies of evaluate/retry.py on the declined test attempts, valued with the truth.
 Routing: the routing policies of evaluate/routing.py on the test attempts (a log with routes
-and truth; else a "not applicable" entry). Model-size variants (`transformer_<name>`) and
+and propensities: valued with the truth where there is one, else off-policy estimates only;
+else a "not applicable" entry). Model-size variants (`transformer_<name>`) and
 ablation runs (`ablation_<name>`), trained on the same log, are evaluated alongside when
 their run dirs exist.
 """
@@ -35,12 +36,13 @@ from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.metrics import approval_metrics, calibration_by_route, oracle_share
 from issuer_seq.evaluate.recommend import recommend
 from issuer_seq.evaluate.retry import compare_policies
-from issuer_seq.evaluate.routing import HISTORY_COLUMNS, evaluate_routing, not_applicable
+from issuer_seq.evaluate.routing import HISTORY_COLUMNS, evaluate_routing
 from issuer_seq.evaluate.routing_scores import lightgbm_route_matrix, transformer_route_matrix
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.progress import stage
 from issuer_seq.retry_policy import within_session
 from issuer_seq.routing import RouteTable
+from issuer_seq.routing.route_source import resolve_routes
 from issuer_seq.rules import AttemptColumns, Cause, causes, check_retries
 from issuer_seq.schema import ValidatedLog, load_log, resolve_log_path
 from issuer_seq.train.infer import infer
@@ -208,31 +210,30 @@ def routing_section(
     store: EventStore,
     test: np.ndarray,
     truth: pd.DataFrame | None,
+    routes_file: Path | None = None,
 ) -> dict[str, Any]:
     """evaluation.json's `routing`: evaluate/routing.py on the test rows, success-rate routing
-    warmed up on the log before the test split."""
+    warmed up on the log before the test split; the route table from `routes_file`, else
+    meta.json, else the log (routing/route_source.py); without truth, off-policy estimates
+    only."""
     frame = vlog.frame
     meta_path = resolve_log_path(data_dir).parent / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    if "route" not in frame.columns or not meta.get("routes"):
-        return evaluate_routing(frame.iloc[test], None, meta, {})
-    if truth is None:
-        return not_applicable(
-            "no truth.parquet: routing policies are valued with the simulator's per-route truth"
-        )
+    test_frame = frame.iloc[test].reset_index(drop=True)
+    if "route" not in frame.columns or "route_propensity" not in frame.columns:
+        return evaluate_routing(test_frame, None, meta, {})
     ts = frame["ts"].to_numpy()
     before = ts < ts[test].min() if len(test) else np.zeros(len(frame), bool)
     history = frame.loc[before, list(HISTORY_COLUMNS)]  # only what routing reads of it
-    predictors = route_predictors(run, store, frame, test, RouteTable.from_meta(meta))
-    # the truth is aligned to the store's rows: their txn_id lets routing check the frame's
-    test_truth = truth.iloc[test].reset_index(drop=True)
-    test_truth["txn_id"] = np.asarray(store.txn_id)[test]
+    routes = resolve_routes(history, test_frame, meta, routes_file)
+    predictors = route_predictors(run, store, frame, test, routes.table)
+    test_truth = None
+    if truth is not None:
+        # the truth is aligned to the store's rows: their txn_id lets routing check the frame's
+        test_truth = truth.iloc[test].reset_index(drop=True)
+        test_truth["txn_id"] = np.asarray(store.txn_id)[test]
     return evaluate_routing(
-        frame.iloc[test].reset_index(drop=True),
-        test_truth,
-        meta,
-        predictors,
-        history=history,
+        test_frame, test_truth, meta, predictors, history=history, routes=routes
     )
 
 
@@ -244,12 +245,13 @@ def evaluate(
     variants: Mapping[str, Path] | None = None,
     bench: Mapping[str, Any] | None = None,
     latency_budget_ms: float | None = None,
+    routes_file: Path | None = None,
 ) -> dict[str, Any]:
     """`variants`: name -> run dir of the same network at another size (rows
     `transformer_<name>`); `ablations`: name -> run dir of an ablation (`ablation_<name>`);
     `bench`: a bench.json whose latencies the recommendation cites and holds against
-    `latency_budget_ms` (None: not measured; no budget).
-    Each stage logs its time."""
+    `latency_budget_ms` (None: not measured; no budget); `routes_file`: the routes, fees and
+    merchants' routes of a log without meta.json (docs/routing.md). Each stage logs its time."""
     started = time.perf_counter()
     with stage(log, "log, run and point-in-time store"):
         trained = TrainedRun.load(run_dir)
@@ -351,6 +353,8 @@ def evaluate(
             "policies": policies,
         }
     with stage(log, f"routing policies on {len(test):,} test attempts"):
-        result["routing"] = routing_section(vlog, Path(data_dir), trained, store, test, truth)
+        result["routing"] = routing_section(
+            vlog, Path(data_dir), trained, store, test, truth, routes_file
+        )
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result

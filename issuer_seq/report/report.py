@@ -314,11 +314,41 @@ def _with_interval(cell: Mapping[str, Any] | None, digits: int = 1, pct: bool = 
     return f"{f(cell['value'])} [{f(cell['low'])}, {f(cell['high'])}]"
 
 
+def off_policy_only(routing: Mapping[str, Any]) -> bool:
+    """Is the routing section estimates alone (a log without truth)?"""
+    return bool(routing.get("applicable")) and routing.get("mode") == "off_policy_only"
+
+
+#: the OPE-only table's estimate columns: (reward, estimator)
+OPE_COLUMNS = [(rw, est) for rw in ("approval", "value") for est in ("ips", "snips", "dr")]
+
+
+def routing_ope_rows(routing: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per routing policy of an OPE-only section: each reward's IPS, SNIPS and DR
+    estimate per attempt with its bootstrap interval (as text), and the importance weights'
+    effective sample size."""
+    rows = []
+    for name, p in routing["policies"].items():
+        mine = {(r["reward"], r["estimator"]): r for r in routing["ope"] if r["policy"] == name}
+        row: dict[str, Any] = {"policy": name, "kind": p["kind"]}
+        for reward, est in OPE_COLUMNS:
+            r = mine.get((reward, est))
+            row[f"{reward}_{est}"] = _with_interval(
+                r and {"value": r["estimate"], "low": r["low"], "high": r["high"]}, digits=4
+            )
+        row["effective_sample_size"] = next(iter(mine.values()))["effective_sample_size"]
+        rows.append(row)
+    return rows
+
+
 def routing_rows(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per routing policy, each figure with its bootstrap interval (as text)."""
+    """One row per routing policy, each figure with its bootstrap interval (as text): valued
+    with the truth, or off-policy estimates where the section has no truth."""
     routing = evaluation.get("routing") or {}
     if not routing.get("applicable"):
         return []
+    if off_policy_only(routing):
+        return routing_ope_rows(routing)
     react = routing.get("reaction", {}).get("policies", {})
     rows = []
     for name, p in routing["policies"].items():
@@ -349,11 +379,13 @@ def routing_rows(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def routing_ope_chart(evaluation: Mapping[str, Any], path: Path) -> Path | None:
     """Per reward, each policy's IPS / SNIPS / DR estimate with its interval beside the
-    truth-valued figure (a black bar); an interval that misses the truth is drawn hollow."""
+    truth-valued figure (a black bar); an interval that misses the truth is drawn hollow.
+    Without truth (OPE-only), the logging policy's own value is the reference (dashed)."""
     routing = evaluation.get("routing") or {}
     rows = routing.get("ope") if routing.get("applicable") else None
     if not rows:
         return None
+    no_truth = off_policy_only(routing)
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     estimators = list(dict.fromkeys(r["estimator"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -388,24 +420,38 @@ def routing_ope_chart(evaluation: Mapping[str, Any], path: Path) -> Path | None:
                     ms=5,
                     capsize=3,
                     color=color,
-                    mfc=color if r["covers"] else "white",
+                    mfc=color if r.get("covers", True) else "white",
                     label=est.upper() if i == 0 else None,
                 )
-        for i, pol in enumerate(policies):
-            truth = next(x["truth"] for x in rows if x["policy"] == pol and x["reward"] == reward)
-            ax.hlines(
-                truth, i - 0.45, i + 0.45, color="black", lw=2, label="truth" if i == 0 else None
-            )
+        if no_truth:
+            logged = routing["logged"][reward]["value"]
+            ax.axhline(logged, color="black", ls="--", lw=1, label="logging policy")
+        else:
+            for i, pol in enumerate(policies):
+                truth = next(
+                    x["truth"] for x in rows if x["policy"] == pol and x["reward"] == reward
+                )
+                ax.hlines(
+                    truth,
+                    i - 0.45,
+                    i + 0.45,
+                    color="black",
+                    lw=2,
+                    label="truth" if i == 0 else None,
+                )
         ax.set_xticks(range(len(policies)), policies, rotation=20)
         ax.set_ylabel(label)
         ax.set_title(f"reward: {reward}")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
     level = routing.get("level", 0.95)
+    against = (
+        "(no truth: dashed, the logging policy's own value)"
+        if no_truth
+        else "vs the truth (hollow: the interval misses it)"
+    )
     fig.suptitle(
-        f"Off-policy estimates with {level:.0%} bootstrap intervals vs the truth "
-        "(hollow: the interval misses it)",
-        fontsize=10,
+        f"Off-policy estimates with {level:.0%} bootstrap intervals {against}", fontsize=10
     )
     return _save(fig, path)
 
@@ -510,6 +556,8 @@ def routing_html(
         return ["<p class='note'>not evaluated (evaluation.json has no routing section)</p>"]
     if not routing.get("applicable"):
         return [f"<p class='note'>Not applicable: {html.escape(routing['note'])}</p>"]
+    if off_policy_only(routing):
+        return routing_ope_only_html(routing, rows, figures)
     level = routing["level"]
     explain = (
         f"Test attempts ({routing['attempts']}: {routing['n_attempts']:,} attempts of "
@@ -558,6 +606,52 @@ def routing_html(
         + "</p>",
     ]
     return parts
+
+
+def _sentence(text: str) -> str:
+    return f"{text[:1].upper()}{text[1:]}."
+
+
+def _route_table_note(routing: Mapping[str, Any]) -> str:
+    table = routing.get("route_table") or {}
+    fees = ", ".join(f"{r['name']} {r['fee']:g}" for r in routing["routes"])
+    text = f"Route table from {table.get('source', 'meta.json')}; fee per attempt: {fees}."
+    return " ".join([text, *map(_sentence, table.get("notes", []))])
+
+
+def routing_ope_only_html(
+    routing: Mapping[str, Any],
+    rows: list[dict[str, Any]],
+    figures: Mapping[str, Path | None],
+) -> list[str]:
+    """The routing section of a log without truth: the estimates per policy, the chart with
+    the logging policy's own value as the reference, and where the route table came from."""
+    level = routing["level"]
+    logged = routing["logged"]
+    explain = (
+        f"{_sentence(routing['note'])} Test attempts ({routing['attempts']}: "
+        f"{routing['n_attempts']:,} attempts of {routing['n_payments']:,} payments). Per "
+        "attempt: approval rate and value = approved x amount x margin "
+        f"({routing['margin']:g}) - the route's fee. Brackets: {level:.0%} percentile bootstrap"
+        f" over payments ({routing['n_bootstrap']} resamples). DR's reward model: the "
+        "predictor's own per-route p_approve for its policy; for the others, each issuer x "
+        "route's approval rate on the log before the test split. The logging policy's own "
+        f"value: approval rate {_with_interval(logged['approval'], digits=4)}, value per "
+        f"attempt {_with_interval(logged['value'], digits=4)}."
+    )
+    columns = [
+        ("policy", "policy"),
+        ("kind", "kind"),
+        *((f"{rw}_{est}", f"{rw} {est.upper()}") for rw, est in OPE_COLUMNS),
+        ("effective_sample_size", "effective sample size"),
+    ]
+    return [
+        _table(rows, columns),
+        f"<p class='note'>{html.escape(explain)}</p>",
+        f"<p class='note'>{html.escape(_route_table_note(routing))}</p>",
+        "<h3>Off-policy estimates</h3>",
+        _img(figures.get("routing_ope")),
+    ]
 
 
 def write_report(

@@ -74,21 +74,23 @@ def truth_matrix(truth: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
 
 def with_references(
     policies: Mapping[str, np.ndarray],
-    p_true: np.ndarray,
+    p_true: np.ndarray | None,
     priority: np.ndarray,
     amount: np.ndarray,
     fees: np.ndarray,
     econ: RetryEconomics = DEFAULT_ECONOMICS,
 ) -> dict[str, np.ndarray]:
-    """Checked policies in the order they are reported: static, `policies`, the oracle."""
+    """Checked policies in the order they are reported: static, `policies`, the oracle (none
+    when `p_true` is None: a log without truth)."""
     prio = np.asarray(priority)
     cand = prio != NOT_HELD
-    truth = check_truth(p_true, cand)
     clash = {STATIC, ORACLE} & set(policies)
     if clash:
         raise IssuerSeqError(f"policy names {sorted(clash)} are reserved (added by the valuation)")
-    oracle = choose_route(truth, prio, amount, fees, econ).probs
-    named = {STATIC: static_policy(prio), **policies, ORACLE: oracle}
+    named = {STATIC: static_policy(prio), **policies}
+    if p_true is not None:
+        truth = check_truth(p_true, cand)
+        named[ORACLE] = choose_route(truth, prio, amount, fees, econ).probs
     return {name: check_probs(p, cand, name=f"policy {name}") for name, p in named.items()}
 
 
