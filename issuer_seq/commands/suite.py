@@ -6,9 +6,11 @@ with the same parameters), train with `issuer-seq train`'s configuration plus
 `suite.train_overrides` (the same code as the train command), evaluate as `issuer-seq
 evaluate` does (the transformer, LightGBM with its default search, the base rate and the
 oracle), then score the test split with the transformer and the saved LightGBM model for a
-paired bootstrap of their differences. `<out_dir>/suite.json` and `suite.md` are rewritten
-after every world, so an interrupted suite keeps what it finished. Held-back worlds run only
-with `include_held_back=true` and are reported apart.
+paired bootstrap of their differences, and (`ceiling=true`) fit LightGBM to the world's truth:
+the oracle share a model of the SQL features can reach (issuer_seq/evaluate/ceiling.py).
+`<out_dir>/suite.json` and `suite.md` are rewritten after every world, so an interrupted
+suite keeps what it finished. Held-back worlds run only with `include_held_back=true` and are
+reported apart.
 """
 
 from __future__ import annotations
