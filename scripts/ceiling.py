@@ -13,7 +13,8 @@ features and rows:
 - `outcomes`: on the approved / declined labels, as the baseline is;
 - `truth`: on the truth `p_approve` (cross-entropy with soft labels, early stopping on the
   validation split's truth). Soft labels carry far less noise than outcomes, so this fit is
-  close to the best function of these features: E[p_approve | features].
+  close to the best function of these features: E[p_approve | features]. It is
+  `issuer_seq.evaluate.ceiling.truth_ceiling`, which `issuer-seq suite` runs on every world.
 
 Both are scored on the test split's outcomes. The `truth` fit's share of the oracle's
 improvement is an estimate of the ceiling for any model of these features; its gap to the
@@ -42,14 +43,13 @@ from typing import Any
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from issuer_seq.baselines.base_rate import base_rate
 from issuer_seq.baselines.dataset import approval_frame, by_split
-from issuer_seq.baselines.protocol import LABEL
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.cli import conf_dir
 from issuer_seq.commands.train import train
 from issuer_seq.data.store import TEST, TRAIN, StoreConfig, build_store
+from issuer_seq.evaluate.ceiling import reference_scores, truth_ceiling
 from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
 from issuer_seq.evaluate.run import load_truth
 from issuer_seq.schema import ValidatedLog, load_log
@@ -76,24 +76,19 @@ def ceiling(
         raise SystemExit(f"{data_dir}: no truth.parquet (the ceiling needs synthetic data)")
     p_true = truth["p_approve"].to_numpy()
     test = store.rows(TEST)
-    y = store.approved[test]
 
     data = approval_frame(vlog.frame, sql_features(vlog.frame, threads=threads))
-    soft = data.assign(**{LABEL: p_true})
-    on_truth = {"objective": "cross_entropy", "metric": "cross_entropy"}
-    fits = {"outcomes": (data, {}), "truth": (soft, on_truth)}
+    parts = by_split(data, store.split)
+    outcomes = LightGBMModel(n_jobs=threads).fit(parts["train"], parts["val"])
+    scores = reference_scores(store, p_true)
+    scores["lightgbm_outcomes"] = approval_metrics(
+        outcomes.predict_proba(data)[test], store.approved[test]
+    )
+    scores["lightgbm_truth"] = truth_ceiling(data, store, p_true, threads)
     if latents:
         for name, columns in LATENT_FITS.items():
             extra = {c: truth[c].to_numpy(dtype=float) for c in columns}
-            fits[name] = (soft.assign(**extra), on_truth)
-    scores = {
-        "base_rate": approval_metrics(base_rate(store, store.rows(TRAIN))[test], y),
-        "oracle": approval_metrics(p_true[test], y),
-    }
-    for name, (frame, params) in fits.items():
-        parts = by_split(frame, store.split)
-        model = LightGBMModel(params, n_jobs=threads).fit(parts["train"], parts["val"])
-        scores[f"lightgbm_{name}"] = approval_metrics(model.predict_proba(frame)[test], y)
+            scores[f"lightgbm_{name}"] = truth_ceiling(data.assign(**extra), store, p_true, threads)
     if transformer is not None:
         scores["transformer_truth"] = train_on_truth(vlog, data_dir, transformer, overrides)
     base, oracle = scores["base_rate"]["logloss"], scores["oracle"]["logloss"]

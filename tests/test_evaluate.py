@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -21,8 +22,9 @@ from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.cli import conf_dir
 from issuer_seq.commands.train import train
-from issuer_seq.data.store import TEST
+from issuer_seq.data.store import TEST, TRAIN, VAL
 from issuer_seq.delays import grid_seconds
+from issuer_seq.evaluate.ceiling import fit_to_truth
 from issuer_seq.evaluate.metrics import approval_metrics, calibration_by_route, ece, oracle_share
 from issuer_seq.evaluate.retry import compare_policies
 from issuer_seq.evaluate.run import logged_3ds_retries, rule_view
@@ -334,6 +336,29 @@ def test_side_runs_of_another_log_or_unusable_are_skipped(
     assert out == {}
     assert set(side_runs(vlog, data, np.arange(3), {"a": tiny_run, "b": stale})) == {"a"}
     assert "trained on another log" in caplog.text and "not a finished training run" in caplog.text
+
+
+def test_the_truth_fit_recovers_the_truth_better_than_a_fit_on_outcomes() -> None:
+    """evaluate/ceiling.py on a tiny frame: soft labels carry less noise than outcomes, so
+    the fit to the truth lands closer to E[p_approve | features]."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    x = rng.normal(size=n)
+    p_true = 1 / (1 + np.exp(-(1.0 + 1.5 * x)))
+    y = (rng.random(n) < p_true).astype(float)
+    data = pd.DataFrame({"x": x, "noise": rng.normal(size=n), LABEL: y})
+    split = np.repeat([TRAIN, VAL, TEST], [2400, 800, 800])
+    test = split == TEST
+    on_truth = fit_to_truth(data, p_true, split, threads=1).predict_proba(data)[test]
+    parts = {k: data[split == code] for k, code in (("train", TRAIN), ("val", VAL))}
+    on_outcomes = LightGBMModel(n_jobs=1).fit(parts["train"], parts["val"]).predict_proba(data)
+    err_truth = np.abs(on_truth - p_true[test]).mean()
+    assert err_truth < 0.015
+    assert err_truth < 0.3 * np.abs(on_outcomes[test] - p_true[test]).mean()
+    with pytest.raises(ValueError, match="same attempts"):
+        fit_to_truth(data, p_true[:-1], split)
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+        fit_to_truth(data, np.where(test, np.nan, p_true), split)
 
 
 def test_ceiling_script_fits_outcomes_and_truth(sim_dir: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ contract, the held-back rule, and the reduced suite end to end."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +16,17 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from issuer_seq.baselines.dataset import approval_frame
+from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.cli import conf_dir
 from issuer_seq.commands import suite as suite_command
+from issuer_seq.data.store import build_store
 from issuer_seq.delays import DEFAULT_GRID, truth_column
 from issuer_seq.rules import AttemptColumns, check_retries
 from issuer_seq.schema import load_log
 from issuer_seq.simulate import SimConfig, WorldParams, simulate
 from issuer_seq.suite.ledger import LedgerParams, generate
+from issuer_seq.suite.report import markdown, world_metrics
 from issuer_seq.suite.worlds import RANGES, SIZES, WorldSpec, draw_suite, draw_world
 from tests.conftest import ROOT
 
@@ -187,6 +192,7 @@ def _fake_world(cfg: Any, spec: WorldSpec) -> dict[str, Any]:
         "params": spec.params,
         "data": {"rows": 10, "approval_rate": 0.85},
         "metrics": {m: dict(metric) for m in ("transformer", "lightgbm", "oracle", "base_rate")},
+        "ceiling": {"logloss": 0.29, "auroc": 0.81, "oracle_share": 0.6, "seconds": 5.0},
         "transformer_minus_lightgbm": {"logloss": diff, "auroc": diff},
         "seconds": {"generate": 1.0, "train": 2.0, "evaluate": 3.0, "bootstrap": 4.0},
     }
@@ -250,8 +256,22 @@ def test_the_reduced_suite_runs_end_to_end(tmp_path: Path) -> None:
             assert d["ci95"][0] <= d["ci95"][1]
             assert d["difference"] == pytest.approx(d["transformer"] - d["lightgbm"], abs=1e-4)
         assert w["seconds"]["train"] > 0 and w["seconds"]["evaluate"] > 0
+        # the ceiling: LightGBM fitted to the truth, its share by evaluate's definition
+        c, m = w["ceiling"], w["metrics"]
+        assert 0 < c["logloss"] < m["base_rate"]["logloss"] and 0.5 < c["auroc"] <= 1
+        assert 0 < c["oracle_share"] <= 1.05, name
+        base, oracle = m["base_rate"]["logloss"], m["oracle"]["logloss"]
+        assert c["oracle_share"] == pytest.approx((base - c["logloss"]) / (base - oracle))
+        assert c["rounds"] > 0 and w["seconds"]["ceiling"] == c["seconds"] >= 0
+        for model in ("transformer", "lightgbm"):
+            share = m[model]["oracle_share"] / c["oracle_share"]
+            assert c["share_of_ceiling"][model] == pytest.approx(share)
+    assert result["ceiling"] is True
     md = (out / "suite.md").read_text()
     assert "| ci_sim | simulate |" in md and "| ci_ledger | ledger |" in md
+    assert "ceiling oracle share" in md
+    ledger = result["worlds"]["ci_ledger"]["ceiling"]
+    assert f"| {100 * ledger['oracle_share']:.1f}% |" in md
     assert "ci_held" in md and "## Held-back worlds" not in md
 
 
@@ -266,3 +286,36 @@ def test_world_data_is_generated_once_per_parameters(tmp_path: Path) -> None:
     _, generated = suite_command.ensure_data(other, tmp_path, "2026-01-05")
     assert generated
     assert json.loads((tmp_path / suite_command.WORLD_FILE).read_text())["key"] == other.key()
+
+
+def test_a_world_without_truth_gets_no_ceiling_and_the_table_says_so(
+    ledger_dir: Path, tmp_path: Path
+) -> None:
+    vlog = load_log(ledger_dir)
+    store = build_store(vlog)
+    frame = vlog.frame.reset_index(drop=True)
+    data = approval_frame(frame, sql_features(frame, threads=1))
+    # the ledger writes the truth the fit needs
+    ceiling = suite_command.world_ceiling(ledger_dir, store, data, threads=1)
+    assert 0 < ceiling["oracle_share"] <= 1.05 and np.isfinite(ceiling["logloss"])
+    no_truth = tmp_path / "no_truth"
+    no_truth.mkdir()
+    shutil.copy(ledger_dir / "transactions.parquet", no_truth)
+    ceiling = suite_command.world_ceiling(no_truth, store, data, threads=1)
+    assert ceiling == {"skipped": "no truth"}
+    world = _fake_world(None, draw_world("w", "ledger", 0, 3, False)) | {"ceiling": ceiling}
+    del world["metrics"]["oracle"]  # evaluate writes no oracle without truth
+    world["metrics"] = world_metrics({"approval": world["metrics"]})
+    assert world["metrics"]["oracle"]["logloss"] is None
+    result = {
+        "suite": "x",
+        "train_overrides": [],
+        "evaluate_overrides": [],
+        "bootstrap_resamples": 1,
+        "worlds": {"w": world},
+        "held_back_worlds": {},
+        "held_back_names": [],
+        "seconds": 1.0,
+    }
+    row = next(line for line in markdown(result).splitlines() if line.startswith("| w |"))
+    assert [cell.strip() for cell in row.split("|")].count("no truth") == 4

@@ -6,9 +6,11 @@ with the same parameters), train with `issuer-seq train`'s configuration plus
 `suite.train_overrides` (the same code as the train command), evaluate as `issuer-seq
 evaluate` does (the transformer, LightGBM with its default search, the base rate and the
 oracle), then score the test split with the transformer and the saved LightGBM model for a
-paired bootstrap of their differences. `<out_dir>/suite.json` and `suite.md` are rewritten
-after every world, so an interrupted suite keeps what it finished. Held-back worlds run only
-with `include_held_back=true` and are reported apart.
+paired bootstrap of their differences, and (`ceiling=true`) fit LightGBM to the world's truth:
+the oracle share a model of the SQL features can reach (issuer_seq/evaluate/ceiling.py).
+`<out_dir>/suite.json` and `suite.md` are rewritten after every world, so an interrupted
+suite keeps what it finished. Held-back worlds run only with `include_held_back=true` and are
+reported apart.
 """
 
 from __future__ import annotations
@@ -20,22 +22,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from issuer_seq.baselines.dataset import approval_frame
+from issuer_seq.baselines.protocol import LABEL
 from issuer_seq.baselines.saved_lightgbm import LIGHTGBM_DIR
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.commands import evaluate as evaluate_command
 from issuer_seq.commands.train import train
-from issuer_seq.data.store import TEST
+from issuer_seq.data.store import TEST, EventStore
+from issuer_seq.evaluate.ceiling import truth_ceiling
 from issuer_seq.evaluate.paired import differences
-from issuer_seq.evaluate.run import predict
+from issuer_seq.evaluate.run import load_truth, predict
 from issuer_seq.progress import bar, stage
-from issuer_seq.schema import APPROVED_CODE, load_log
-from issuer_seq.suite.report import markdown, world_metrics
+from issuer_seq.schema import load_log
+from issuer_seq.suite.report import markdown, of_ceiling, world_metrics
 from issuer_seq.suite.worlds import WorldSpec, draw_suite, generate
 from issuer_seq.train.trained_run import TrainedRun
 
@@ -63,21 +68,40 @@ def ensure_data(spec: WorldSpec, data_dir: Path, start: str) -> tuple[dict[str, 
     return meta, True
 
 
-def paired_test(
-    data_dir: Path, run_dir: Path, resamples: int, threads: int | None
-) -> dict[str, dict[str, Any]]:
-    """Transformer vs the LightGBM model evaluate saved, on the test split, with a paired
-    bootstrap of the rows (as scripts/segments.py does)."""
+def scoring_inputs(
+    data_dir: Path, run_dir: Path, threads: int | None
+) -> tuple[TrainedRun, EventStore, pd.DataFrame]:
+    """The trained run, its store of the log (the examples evaluate scored) and the SQL
+    features of every attempt (an `approval_frame` in the store's row order)."""
     vlog = load_log(data_dir)
     frame = vlog.frame.reset_index(drop=True)  # time-sorted: the store's row order
     run = TrainedRun.load(run_dir)
     store = run.build_store(vlog)
+    return run, store, approval_frame(frame, sql_features(frame, threads=threads))
+
+
+def paired_test(
+    run: TrainedRun, store: EventStore, data: pd.DataFrame, resamples: int
+) -> dict[str, dict[str, Any]]:
+    """Transformer vs the LightGBM model evaluate saved, on the test split, with a paired
+    bootstrap of the rows (as scripts/segments.py does)."""
     test = store.rows(TEST)
     p_transformer, _ = predict(run.net, store, test)
-    rows = approval_frame(frame, sql_features(frame, threads=threads)).iloc[test]
-    p_lightgbm = LightGBMModel.load(run_dir / LIGHTGBM_DIR).predict_proba(rows)
-    y = (frame["response_code"].to_numpy(dtype=object)[test] == APPROVED_CODE).astype(float)
+    rows = data.iloc[test]
+    p_lightgbm = LightGBMModel.load(run.path / LIGHTGBM_DIR).predict_proba(rows)
+    y = rows[LABEL].to_numpy()
     return differences(y, np.asarray(p_transformer), np.asarray(p_lightgbm), resamples)
+
+
+def world_ceiling(
+    data_dir: Path, store: EventStore, data: pd.DataFrame, threads: int | None
+) -> dict[str, Any]:
+    """LightGBM fitted to the world's truth (issuer_seq/evaluate/ceiling.py), or why not."""
+    truth = load_truth(data_dir, store, [])
+    if truth is None:
+        log.warning("%s: no truth.parquet, so no ceiling", data_dir)
+        return {"skipped": "no truth"}
+    return truth_ceiling(data, store, truth["p_approve"].to_numpy(), threads)
 
 
 def run_world(cfg: DictConfig, spec: WorldSpec) -> dict[str, Any]:
@@ -109,8 +133,16 @@ def run_world(cfg: DictConfig, spec: WorldSpec) -> dict[str, Any]:
     t0 = time.perf_counter()
     with stage(log, f"{spec.name}: paired bootstrap"):
         threads = eval_cfg.baselines.threads
-        paired = paired_test(data_dir, run_dir, int(s.bootstrap_resamples), threads)
+        trained, store, data = scoring_inputs(data_dir, run_dir, threads)
+        paired = paired_test(trained, store, data, int(s.bootstrap_resamples))
     seconds["bootstrap"] = round(time.perf_counter() - t0, 1)
+
+    ceiling: dict[str, Any] = {"skipped": "ceiling=false"}
+    if cfg.ceiling:
+        with stage(log, f"{spec.name}: ceiling (LightGBM fitted to the truth)"):
+            ceiling = world_ceiling(data_dir, store, data, threads)
+        seconds["ceiling"] = ceiling.get("seconds", 0.0)
+    metrics = world_metrics(evaluation)
 
     return {
         "generator": spec.generator,
@@ -121,7 +153,8 @@ def run_world(cfg: DictConfig, spec: WorldSpec) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "data": {k: meta[k] for k in ("rows", "approval_rate", "mit_share", "retry_share")},
         "test_examples": evaluation["split"]["test_examples"],
-        "metrics": world_metrics(evaluation),
+        "metrics": metrics,
+        "ceiling": ceiling | of_ceiling(metrics, ceiling),
         "transformer_minus_lightgbm": paired,
         "seconds": seconds,
     }
@@ -154,6 +187,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "train_overrides": _strings(s.train_overrides),
         "evaluate_overrides": _strings(s.evaluate_overrides),
         "bootstrap_resamples": int(s.bootstrap_resamples),
+        "ceiling": bool(cfg.ceiling),
         "worlds": {},
         "held_back_worlds": {},
         "seconds": 0.0,

@@ -8,19 +8,32 @@ from __future__ import annotations
 
 from typing import Any
 
-#: models of evaluation.json whose metrics the suite keeps
+#: models of evaluation.json whose metrics the suite keeps (the oracle only with truth)
 MODELS = ("transformer", "lightgbm", "oracle", "base_rate")
 #: metrics kept per model
 METRICS = ("logloss", "auroc", "ece", "oracle_share")
 
 
 def world_metrics(evaluation: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """{model: {metric: value}} of the suite's models from an evaluation.json document."""
+    """{model: {metric: value}} of the suite's models from an evaluation.json document.
+    A log without truth has no oracle: its metrics and every oracle share are None."""
     approval = evaluation["approval"]
-    missing = [m for m in MODELS if m not in approval]
+    missing = [m for m in MODELS if m not in approval and m != "oracle"]
     if missing:
         raise KeyError(f"evaluation has no {missing}: the suite needs {list(MODELS)}")
-    return {m: {k: approval[m].get(k) for k in METRICS} for m in MODELS}
+    return {m: {k: approval.get(m, {}).get(k) for k in METRICS} for m in MODELS}
+
+
+def of_ceiling(
+    metrics: dict[str, dict[str, float | None]], ceiling: dict[str, Any]
+) -> dict[str, Any]:
+    """{"share_of_ceiling": {model: its oracle share / the ceiling's}} for the transformer
+    and LightGBM; {} when the ceiling did not run or reached no share above the base rate."""
+    top = ceiling.get("oracle_share")
+    if top is None or not top > 0:
+        return {}
+    shares = {m: metrics[m]["oracle_share"] for m in ("transformer", "lightgbm")}
+    return {"share_of_ceiling": {m: None if x is None else x / top for m, x in shares.items()}}
 
 
 def _num(x: float | None, digits: int = 4) -> str:
@@ -37,27 +50,43 @@ def _diff(d: dict[str, Any]) -> str:
     return text + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
 
 
+def _ceiling_cells(w: dict[str, Any]) -> tuple[str, str, str, str]:
+    """Log loss, AUROC and oracle share of the world's ceiling, and the models' shares of
+    the ceiling's share; the reason in each cell when it did not run."""
+    c = w["ceiling"]
+    if "skipped" in c:
+        return (c["skipped"],) * 4
+    of = c.get("share_of_ceiling", {})
+    fractions = f"{_pct(of.get('transformer'))} / {_pct(of.get('lightgbm'))}"
+    return _num(c["logloss"]), _num(c["auroc"]), _pct(c["oracle_share"]), fractions
+
+
 def _table(worlds: dict[str, dict[str, Any]]) -> list[str]:
     head = (
         "| world | generator | cards | days | attempts | approval | log loss: transformer / "
-        "LightGBM / oracle | transformer - LightGBM log loss [95%] | AUROC: transformer / "
-        "LightGBM | transformer - LightGBM AUROC [95%] | ECE: transformer / LightGBM | oracle "
-        "share: transformer / LightGBM | wall s: data / train / evaluate / bootstrap |"
+        "LightGBM / oracle | ceiling log loss | transformer - LightGBM log loss [95%] | AUROC: "
+        "transformer / LightGBM | ceiling AUROC | transformer - LightGBM AUROC [95%] | ECE: "
+        "transformer / LightGBM | oracle share: transformer / LightGBM | ceiling oracle share "
+        "| of the ceiling's share: transformer / LightGBM | wall s: data / train / evaluate / "
+        "bootstrap / ceiling |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, w in worlds.items():
         m, p, d, s = w["metrics"], w["params"], w["transformer_minus_lightgbm"], w["seconds"]
         tr, lg, orc = m["transformer"], m["lightgbm"], m["oracle"]
+        c_logloss, c_auroc, c_share, c_fractions = _ceiling_cells(w)
         lines.append(
             f"| {name} | {w['generator']} | {p['n_cards']:,} | {p['days']} | {w['data']['rows']:,} "
             f"| {_pct(w['data']['approval_rate'])} "
             f"| {_num(tr['logloss'])} / {_num(lg['logloss'])} / {_num(orc['logloss'])} "
-            f"| {_diff(d['logloss'])} "
-            f"| {_num(tr['auroc'])} / {_num(lg['auroc'])} | {_diff(d['auroc'])} "
+            f"| {c_logloss} | {_diff(d['logloss'])} "
+            f"| {_num(tr['auroc'])} / {_num(lg['auroc'])} | {c_auroc} | {_diff(d['auroc'])} "
             f"| {_num(tr['ece'])} / {_num(lg['ece'])} "
-            f"| {_pct(tr['oracle_share'])} / {_pct(lg['oracle_share'])} "
+            f"| {_pct(tr['oracle_share'])} / {_pct(lg['oracle_share'])} | {c_share} "
+            f"| {c_fractions} "
             f"| {s.get('generate', 0):.0f} / {s.get('train', 0):.0f} / "
-            f"{s.get('evaluate', 0):.0f} / {s.get('bootstrap', 0):.0f} |"
+            f"{s.get('evaluate', 0):.0f} / {s.get('bootstrap', 0):.0f} / "
+            f"{s.get('ceiling', 0):.0f} |"
         )
     return lines
 
@@ -70,7 +99,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Train overrides: `{result['train_overrides']}`; evaluate overrides: "
         f"`{result['evaluate_overrides']}`; {result['bootstrap_resamples']} paired-bootstrap "
         "resamples of the test attempts per world. Differences are transformer minus LightGBM: "
-        "negative log loss and positive AUROC favour the transformer.",
+        "negative log loss and positive AUROC favour the transformer. The ceiling is LightGBM "
+        "fitted to the truth `p_approve` on the same SQL features (docs/suite.md): about the "
+        "most of the oracle's improvement a model of these features can reach.",
         "",
         "## Worlds",
         "",
