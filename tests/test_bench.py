@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "issuer_seq"
 def test_bench_writes_latency_throughput_and_pipeline_ratios(
     tiny_bundle: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
-    data, run, bundle = tiny_bundle
+    data, shared_run, bundle = tiny_bundle
+    # the run's evaluation holds a stack (LightGBM evaluated beside it): the stacked arm runs
+    run = tmp_path / "run"
+    shutil.copytree(shared_run, run)
+    stack = {"models": ["transformer", "lightgbm"], "weights": [0.6, 0.5], "intercept": 0.1}
+    (run / "evaluation.json").write_text(json.dumps({"approval": {"stacked": {"stack": stack}}}))
     out = subprocess.run(
         [
             sys.executable,
@@ -55,8 +61,9 @@ def test_bench_writes_latency_throughput_and_pipeline_ratios(
     assert out.returncode == 0, out.stderr[-3000:]
     bench = json.loads((tmp_path / "bench.json").read_text())
     arms = bench["scorers"]["arms"]
-    assert {"onnx_fp32", "pytorch_eager", "lightgbm", "transformer_tiny"} <= set(arms)
+    assert {"onnx_fp32", "pytorch_eager", "lightgbm", "transformer_tiny", "stacked"} <= set(arms)
     assert arms["transformer_tiny"]["model"] == "transformer_tiny"  # evaluation.json's row
+    assert arms["stacked"]["model"] == "stacked"  # both scorers on every request
     for arm in arms.values():
         s = arm["single_request"]
         # 250 after the warm-up, less the first 5 of each block of 100 (3 blocks)

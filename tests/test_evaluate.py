@@ -201,6 +201,12 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     for m in approval.values():
         assert {"auroc", "ap_decline", "logloss", "brier", "ece", "oracle_share"} <= set(m)
     assert approval["oracle"]["oracle_share"] == pytest.approx(1.0)
+    # the stacked arm: the two models' test probabilities through the stack fitted on
+    # validation; reported, never a deployment candidate
+    stack = approval["stacked"]["stack"]
+    assert stack["models"] == ["transformer", "lightgbm"] and len(stack["weights"]) == 2
+    assert stack["rows"] == int((split_of(load_log(data).frame) == VAL).sum())
+    assert "stacked: the transformer on " in out.stdout
     # the recommendation: among the transformer, LightGBM and the base rate, on their test
     # log losses, citing the bench's latencies and saying when the transformer is worse
     rec = result["recommendation"]

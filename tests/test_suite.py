@@ -246,7 +246,7 @@ def test_the_reduced_suite_runs_end_to_end(tmp_path: Path) -> None:
     assert set(result["worlds"]) == {"ci_sim", "ci_ledger"} and result["held_back_worlds"] == {}
     for name, w in result["worlds"].items():
         assert w["data"]["rows"] > 1000, name
-        for model in ("transformer", "lightgbm", "oracle"):
+        for model in ("transformer", "lightgbm", "stacked", "oracle"):
             m = w["metrics"][model]
             assert 0 < m["logloss"] < 1 and 0 <= m["auroc"] <= 1 and 0 <= m["ece"] < 1
         assert w["metrics"]["oracle"]["auroc"] > 0.7

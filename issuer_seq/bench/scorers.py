@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from issuer_seq.baselines.online import LightGBMScorer, OnlineFeatures
 from issuer_seq.baselines.trees import LightGBMModel
+from issuer_seq.evaluate.stacking import apply_stack
 from issuer_seq.routing.policies import choose_route
 from issuer_seq.serve.inputs import encode_event
 from issuer_seq.serve.scorer import Scorer
@@ -54,6 +55,28 @@ class TorchSession:
         with self.torch.inference_mode():
             p, r = self.net({k: self.torch.from_numpy(v) for k, v in feeds.items()})
         return [p.numpy(), r.numpy()]
+
+
+class StackedScorer:
+    """The stacked arm (evaluate/stacking.py) served: the transformer's scorer and LightGBM's,
+    one after the other on every request, combined by the stack's weights."""
+
+    def __init__(
+        self, transformer: Scorer, lightgbm: LightGBMScorer, stack: Mapping[str, Any]
+    ) -> None:
+        self.scorers = {"transformer": transformer, "lightgbm": lightgbm}
+        self.stack = stack
+
+    def score_batch(self, attempts: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        p = {name: np.asarray(s.score_batch(attempts)) for name, s in self.scorers.items()}
+        return apply_stack(self.stack, p)
+
+    def score(self, attempt: Mapping[str, Any]) -> float:
+        return float(self.score_batch([attempt])[0])
+
+    def observe(self, outcome: Mapping[str, Any]) -> None:
+        for s in self.scorers.values():
+            s.observe(outcome)
 
 
 def percentiles(seconds: Sequence[float]) -> dict[str, float]:
@@ -388,11 +411,14 @@ def bench_scorers(
     throughput_seconds: float = 2.0,
     lightgbm: LightGBMModel | None = None,
     variants: Mapping[str, Path] | None = None,
+    stack: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Latency and throughput of every arm on the same requests (the log's last attempts).
 
     `variants`: name -> bundle of a model-size variant, measured as ONNX fp32 arm
-    `transformer_<name>` (its model, as named in evaluation.json). The transformer / LightGBM
+    `transformer_<name>` (its model, as named in evaluation.json). `stack`: the stacked arm's
+    combination (evaluation.json `approval.stacked.stack`), measured as arm `stacked` (both
+    scorers in turn) when LightGBM is measured too. The transformer / LightGBM
     p99 ratios are in `vs_lightgbm`; the target that bounds them is judged by bench/targets.py."""
     import torch
 
@@ -432,13 +458,24 @@ def bench_scorers(
     lgb_scorer = None
     lgb_warm: list[Mapping[str, Any]] = []
     if lightgbm is not None:
-        features = OnlineFeatures(lag_s=int(manifest["history"].get("lag_s", 0)))
-        lgb_scorer = LightGBMScorer(lightgbm, features)
+        lag_s = int(manifest["history"].get("lag_s", 0))
+        lgb_scorer = LightGBMScorer(lightgbm, OnlineFeatures(lag_s=lag_s))
         lgb_warm = lightgbm_warm_events(earlier, requests, lgb_scorer.features.keep_s)
         for rec in lgb_warm:
             lgb_scorer.observe(rec)
         scorers["lightgbm"] = lgb_scorer
         models["lightgbm"] = "lightgbm"
+        if stack is not None:
+            both = StackedScorer(
+                Scorer(bundle, threads=1),
+                LightGBMScorer(lightgbm, OnlineFeatures(lag_s=lag_s)),
+                stack,
+            )
+            for name, events in (("transformer", warm), ("lightgbm", lgb_warm)):
+                for rec in events:
+                    both.scorers[name].observe(rec)
+            scorers["stacked"] = both
+            models["stacked"] = "stacked"
     latency = single_request_latency(scorers, requests, warmup)
     throughput = batch_throughput(scorers, requests, batch_sizes, throughput_seconds)
     results: dict[str, Any] = {

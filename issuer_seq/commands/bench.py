@@ -84,8 +84,13 @@ def scorer_arms(
     records: Sequence[Mapping[str, Any]],
     lightgbm: LightGBMModel | None,
 ) -> dict[str, Any]:
-    """Every scorer arm in process on the same requests (bench/scorers.py)."""
+    """Every scorer arm in process on the same requests (bench/scorers.py); the stacked arm
+    when the run's evaluation.json holds a stack (LightGBM evaluated beside the transformer)."""
     log.info("scorers: %d requests replayed through every arm", cfg.requests)
+    evaluation = run_dir / "evaluation.json"
+    stack = None
+    if evaluation.exists():
+        stack = json.loads(evaluation.read_text())["approval"].get("stacked", {}).get("stack")
     return bench_scorers(
         bundle,
         run_dir,
@@ -96,6 +101,7 @@ def scorer_arms(
         throughput_seconds=float(cfg.throughput_seconds),
         lightgbm=lightgbm,
         variants=variant_bundles(cfg),
+        stack=stack,
     )
 
 

@@ -30,7 +30,7 @@ from issuer_seq.baselines.saved_lightgbm import LIGHTGBM_DIR, SAVED
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.data.batches import DeviceStore
-from issuer_seq.data.store import TEST, TRAIN, EventStore
+from issuer_seq.data.store import TEST, TRAIN, VAL, EventStore
 from issuer_seq.delays import grid_seconds, truth_column
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.metrics import approval_metrics, calibration_by_route, oracle_share
@@ -38,6 +38,7 @@ from issuer_seq.evaluate.recommend import recommend
 from issuer_seq.evaluate.retry import compare_policies
 from issuer_seq.evaluate.routing import HISTORY_COLUMNS, evaluate_routing
 from issuer_seq.evaluate.routing_scores import lightgbm_route_matrix, transformer_route_matrix
+from issuer_seq.evaluate.stacking import apply_stack, fit_stack
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.progress import stage
 from issuer_seq.retry_policy import within_session
@@ -203,6 +204,25 @@ def route_predictors(
     return out
 
 
+def stacked(
+    net: IssuerSeqNet,
+    store: EventStore,
+    test: np.ndarray,
+    p_transformer: np.ndarray,
+    p_lightgbm: np.ndarray,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The stacked arm (evaluate/stacking.py): the transformer and LightGBM combined by a
+    logistic regression fitted on the validation split. Its test metrics, with the fitted
+    combination under `stack`, and its test probabilities. `p_transformer`: of the test
+    rows; `p_lightgbm`: of every row."""
+    val = store.rows(VAL)
+    with stage(log, f"stacked: the transformer on {len(val):,} validation attempts"):
+        p_val, _ = predict(net, store, val, progress="transformer (validation)")
+        stack = fit_stack({"transformer": p_val, "lightgbm": p_lightgbm[val]}, store.approved[val])
+    p = apply_stack(stack, {"transformer": p_transformer, "lightgbm": p_lightgbm[test]})
+    return approval_metrics(p, store.approved[test]) | {"stack": stack}, p
+
+
 def routing_section(
     vlog: ValidatedLog,
     data_dir: Path,
@@ -281,6 +301,10 @@ def evaluate(
             if curves is not None:
                 retry_curves[name] = curves[test]
                 p_test[name] = p_all[test]
+            if name == "lightgbm":
+                approval["stacked"], p_approval["stacked"] = stacked(
+                    trained.net, store, test, p_model, p_all
+                )
     for prefix, runs in (("transformer_", variants), ("ablation_", ablations)):
         for name, side in side_runs(vlog, Path(data_dir), test, runs or {}).items():
             approval[prefix + name] = approval_metrics(side["p"], y) | {

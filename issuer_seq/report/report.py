@@ -35,10 +35,11 @@ COLORS = {
     "oracle": "#2da44e",
     "base_rate": "#8c959f",
     "lightgbm": "#d4a72c",
+    "stacked": "#8250df",
     "xgboost": "#bf3989",
     "logistic": "#cf222e",
 }
-MAIN_MODELS = ("oracle", "transformer", "lightgbm", "xgboost", "logistic", "base_rate")
+MAIN_MODELS = ("oracle", "transformer", "lightgbm", "stacked", "xgboost", "logistic", "base_rate")
 
 
 def model_table(

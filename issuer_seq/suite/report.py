@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
-#: models of evaluation.json whose metrics the suite keeps (the oracle only with truth)
-MODELS = ("transformer", "lightgbm", "oracle", "base_rate")
+#: models of evaluation.json whose metrics the suite keeps (the oracle only with truth; the
+#: stacked arm only where LightGBM ran)
+MODELS = ("transformer", "lightgbm", "stacked", "oracle", "base_rate")
+OPTIONAL = ("stacked", "oracle")
 #: metrics kept per model
 METRICS = ("logloss", "auroc", "ece", "oracle_share")
 
 
 def world_metrics(evaluation: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     """{model: {metric: value}} of the suite's models from an evaluation.json document.
-    A log without truth has no oracle: its metrics and every oracle share are None."""
+    A log without truth has no oracle: its metrics and every oracle share are None; so are
+    the stacked arm's of an evaluation without it."""
     approval = evaluation["approval"]
-    missing = [m for m in MODELS if m not in approval and m != "oracle"]
+    missing = [m for m in MODELS if m not in approval and m not in OPTIONAL]
     if missing:
         raise KeyError(f"evaluation has no {missing}: the suite needs {list(MODELS)}")
     return {m: {k: approval.get(m, {}).get(k) for k in METRICS} for m in MODELS}
@@ -64,25 +67,28 @@ def _ceiling_cells(w: dict[str, Any]) -> tuple[str, str, str, str]:
 def _table(worlds: dict[str, dict[str, Any]]) -> list[str]:
     head = (
         "| world | generator | cards | days | attempts | approval | log loss: transformer / "
-        "LightGBM / oracle | ceiling log loss | transformer - LightGBM log loss [95%] | AUROC: "
-        "transformer / LightGBM | ceiling AUROC | transformer - LightGBM AUROC [95%] | ECE: "
-        "transformer / LightGBM | oracle share: transformer / LightGBM | ceiling oracle share "
-        "| of the ceiling's share: transformer / LightGBM | wall s: data / train / evaluate / "
-        "bootstrap / ceiling |"
+        "LightGBM / stacked / oracle | ceiling log loss | transformer - LightGBM log loss "
+        "[95%] | AUROC: transformer / LightGBM | ceiling AUROC | transformer - LightGBM AUROC "
+        "[95%] | ECE: transformer / LightGBM | oracle share: transformer / LightGBM / stacked "
+        "| ceiling oracle share | of the ceiling's share: transformer / LightGBM | wall s: data "
+        "/ train / evaluate / bootstrap / ceiling |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, w in worlds.items():
         m, p, d, s = w["metrics"], w["params"], w["transformer_minus_lightgbm"], w["seconds"]
         tr, lg, orc = m["transformer"], m["lightgbm"], m["oracle"]
+        st = m.get("stacked", dict.fromkeys(METRICS))  # suite.json files from before the arm
         c_logloss, c_auroc, c_share, c_fractions = _ceiling_cells(w)
         lines.append(
             f"| {name} | {w['generator']} | {p['n_cards']:,} | {p['days']} | {w['data']['rows']:,} "
             f"| {_pct(w['data']['approval_rate'])} "
-            f"| {_num(tr['logloss'])} / {_num(lg['logloss'])} / {_num(orc['logloss'])} "
+            f"| {_num(tr['logloss'])} / {_num(lg['logloss'])} / {_num(st['logloss'])} / "
+            f"{_num(orc['logloss'])} "
             f"| {c_logloss} | {_diff(d['logloss'])} "
             f"| {_num(tr['auroc'])} / {_num(lg['auroc'])} | {c_auroc} | {_diff(d['auroc'])} "
             f"| {_num(tr['ece'])} / {_num(lg['ece'])} "
-            f"| {_pct(tr['oracle_share'])} / {_pct(lg['oracle_share'])} | {c_share} "
+            f"| {_pct(tr['oracle_share'])} / {_pct(lg['oracle_share'])} / "
+            f"{_pct(st['oracle_share'])} | {c_share} "
             f"| {c_fractions} "
             f"| {s.get('generate', 0):.0f} / {s.get('train', 0):.0f} / "
             f"{s.get('evaluate', 0):.0f} / {s.get('bootstrap', 0):.0f} / "
