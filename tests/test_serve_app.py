@@ -44,6 +44,7 @@ from issuer_seq.errors import IssuerSeqError
 from issuer_seq.export import ExportSettings, export_bundle
 from issuer_seq.serve import schemas as S
 from issuer_seq.serve.app import create_app
+from issuer_seq.serve.hot_path import HotPath
 from issuer_seq.serve.inputs import Event, Window
 from issuer_seq.serve.scorer import Scorer
 from issuer_seq.serve.service import ServeSettings
@@ -740,6 +741,54 @@ def test_non_probabilities_and_unexpected_errors_fall_back(
         assert last.status_code == 200 and last.json()["fallback_reason"] == "unhandled_error"
         retry = c.post("/v1/retry", json={"decline": outcome("51")})
         assert retry.status_code == 200 and retry.json()["fallback_reason"] == "unhandled_error"
+
+
+def test_the_hot_path_answers_exactly_as_fastapi_does(bundle: Path, shared_scorer: Scorer) -> None:
+    """/v1/score and /v1/route skip FastAPI's machinery (serve/hot_path.py): every answer, good
+    or bad, is the one FastAPI's own route gives (`hot_path=false`), and both are counted."""
+    requests = [
+        ("/v1/score", {"attempt": attempt()}),
+        ("/v1/score", {"attempts": [attempt(), attempt(amount=900.0, card_id="hot-2")]}),
+        ("/v1/route", {"attempt": attempt(amount=40.0), "routes": ROUTES}),
+        ("/v1/route", {"attempt": attempt(), "routes": [ROUTES[0], ROUTES[0]]}),
+        *(("/v1/score", body) for body, _, _ in BAD_SCORES.values()),
+    ]
+    raw = json.dumps({"attempt": attempt()})
+    unreadable = [
+        (raw[:40], {"content-type": "application/json"}),
+        (raw.replace("25.0", "NaN"), {"content-type": "application/json"}),
+        (raw, {"content-type": "text/plain"}),
+        (raw, {"content-type": "application/vnd.issuer+json"}),
+    ]
+    with (
+        _in_process(bundle, shared_scorer, max_body_bytes=MAX_BODY) as hot,
+        _in_process(bundle, shared_scorer, max_body_bytes=MAX_BODY, hot_path=False) as plain,
+    ):
+        _wait_ready(hot)
+        _wait_ready(plain)
+        layers = [[m.cls for m in c.app.user_middleware] for c in (hot, plain)]  # type: ignore[attr-defined]
+        assert HotPath in layers[0] and HotPath not in layers[1]
+        for path, body in requests:
+            a, b = hot.post(path, json=body), plain.post(path, json=body)
+            assert (a.status_code, a.json()) == (b.status_code, b.json()), (path, body)
+        for content, headers in unreadable:
+            a = hot.post("/v1/score", content=content, headers=headers)
+            b = plain.post("/v1/score", content=content, headers=headers)
+            assert (a.status_code, a.json()) == (b.status_code, b.json()), content[:60]
+
+        def chunks() -> Iterator[bytes]:  # a body that announces no length
+            for _ in range(MAX_BODY // 1024 + 2):
+                yield b" " * 1024
+
+        json_type = {"content-type": "application/json"}
+        a = hot.post("/v1/score", content=chunks(), headers=json_type)
+        b = plain.post("/v1/score", content=chunks(), headers=json_type)
+        assert a.status_code == 413 and (a.status_code, a.json()) == (b.status_code, b.json())
+        for c in (hot, plain):
+            text = c.get("/metrics").text
+            for path, status in (("/v1/score", 200), ("/v1/route", 200), ("/v1/score", 422)):
+                labels = f'method="POST",route="{path}",status="{status}"'
+                assert f"issuer_seq_http_requests_total{{{labels}}}" in text, (labels, c is hot)
 
 
 def test_ready_only_after_warm_up(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:

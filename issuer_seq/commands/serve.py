@@ -22,6 +22,7 @@ def settings(cfg: DictConfig) -> ServeSettings:
         allow_fallback=bool(cfg.allow_fallback),
         threads=int(cfg.threads),
         workers=int(cfg.workers),
+        hot_path=bool(cfg.hot_path),
         state=str(cfg.state),
         redis_url=str(cfg.redis_url),
         redis_prefix=str(cfg.redis_prefix),

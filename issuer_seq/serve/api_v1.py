@@ -8,12 +8,14 @@ rules, flagged `fallback: true` with the reason; each route leaves its fallback 
 # No `from __future__ import annotations`: the request models are built at run time (their
 # batch limit is configured) and FastAPI must see them as objects, not as names to look up.
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import State
 
 from issuer_seq.serve import schemas as S
 from issuer_seq.serve.advice import RetryAdvice
@@ -40,6 +42,75 @@ def checked_advice(advice: RetryAdvice) -> RetryAdvice:
     return advice
 
 
+async def score_answer(service: Service, body: S.ScoreRequestBase, state: State) -> Response:
+    """POST /v1/score: approval probabilities of attempts about to be sent, in request order.
+    Leaves its fallback answer on `state` (the request's) for the app's last-resort handler."""
+    attempts = [a.as_mapping() for a in body.items()]
+    service.metrics.batch_size.labels("score").observe(len(attempts))
+
+    async def answer(reason: str = "unhandled_error") -> Response:
+        service.count_fallback("score", reason)
+        p = await service.fallback_scores(attempts)
+        return JSONResponse({"p_approve": p, **served(service, reason)})
+
+    state.fallback_answer = answer
+    p, reason = await service.call_model("score", lambda s: probabilities(s.score_batch(attempts)))
+    if p is None:
+        return await answer(reason)
+    return JSONResponse({"p_approve": p.tolist(), **served(service, "")})
+
+
+async def route_answer(service: Service, body: S.RouteRequest, state: State) -> Response:
+    """POST /v1/route: the attempt's candidate routes ranked by expected value (p_approve x
+    amount x margin - fee), and the route to send it through."""
+    attempt = body.attempt.as_mapping()
+    names = [r.route for r in body.routes]
+    fees = np.array([r.fee for r in body.routes])
+    service.metrics.batch_size.labels("route").observe(len(names))
+
+    def response(p: np.ndarray, static: bool, reason: str) -> JSONResponse:
+        choice, rule = service.choose_route(p, float(attempt["amount"]), fees, static)
+        value = choice.value[0]
+        order = sorted(range(len(names)), key=lambda i: (-value[i], i))
+        chosen = int(choice.route[0])
+        return JSONResponse(
+            {
+                "routes": [
+                    {
+                        "route": names[i],
+                        "p_approve": float(p[i]),
+                        "expected_value": float(value[i]),
+                    }
+                    for i in order
+                ],
+                "choice": names[chosen],
+                "propensity": float(choice.propensity[0]),
+                "rule": rule,
+                **served(service, reason),
+            }
+        )
+
+    async def answer(reason: str = "unhandled_error") -> Response:
+        service.count_fallback("route", reason)
+        (p,) = await service.fallback_scores([attempt])
+        return response(np.full(len(names), p), True, reason)
+
+    state.fallback_answer = answer
+    p, reason = await service.call_model(
+        "route", lambda s: probabilities(s.score_routes(attempt, names))
+    )
+    if p is None:
+        return await answer(reason)
+    return response(p, False, "")
+
+
+#: the routes the hot path answers without FastAPI (serve/hot_path.py): path -> handler
+HOT: dict[str, Callable[[Service, Any, State], Awaitable[Response]]] = {
+    "/v1/score": score_answer,
+    "/v1/route": route_answer,
+}
+
+
 def router(models: S.RequestModels) -> APIRouter:
     """The /v1 routes, over request models with the configured batch limit."""
     ScoreRequest, OutcomesRequest = models.score, models.outcomes
@@ -49,60 +120,13 @@ def router(models: S.RequestModels) -> APIRouter:
     @api.post("/v1/score", response_model=S.ScoreResponse)
     async def score(request: Request, body: ScoreRequest, service: ServiceDep) -> Any:  # type: ignore[valid-type]
         """Approval probabilities of attempts about to be sent, in request order."""
-        attempts = [a.as_mapping() for a in body.items()]  # type: ignore[attr-defined]
-        service.metrics.batch_size.labels("score").observe(len(attempts))
-
-        async def answer(reason: str = "unhandled_error") -> Response:
-            service.count_fallback("score", reason)
-            p = await service.fallback_scores(attempts)
-            return JSONResponse({"p_approve": p, **served(service, reason)})
-
-        request.state.fallback_answer = answer
-        p, reason = await service.call_model(
-            "score", lambda s: probabilities(s.score_batch(attempts))
-        )
-        if p is None:
-            return await answer(reason)
-        return {"p_approve": p.tolist(), **served(service, "")}
+        return await score_answer(service, body, request.state)
 
     @api.post("/v1/route", response_model=S.RouteResponse)
     async def route(request: Request, body: S.RouteRequest, service: ServiceDep) -> Any:
         """The attempt's candidate routes ranked by expected value (p_approve x amount x
         margin - fee), and the route to send it through."""
-        attempt = body.attempt.as_mapping()
-        names = [r.route for r in body.routes]
-        fees = np.array([r.fee for r in body.routes])
-        service.metrics.batch_size.labels("route").observe(len(names))
-
-        def response(p: np.ndarray, static: bool, reason: str) -> dict[str, Any]:
-            choice, rule = service.choose_route(p, float(attempt["amount"]), fees, static)
-            value = choice.value[0]
-            order = sorted(range(len(names)), key=lambda i: (-value[i], i))
-            chosen = int(choice.route[0])
-            return {
-                "routes": [
-                    {"route": names[i], "p_approve": float(p[i]), "expected_value": value[i]}
-                    for i in order
-                ],
-                "choice": names[chosen],
-                "propensity": float(choice.propensity[0]),
-                "rule": rule,
-                **served(service, reason),
-            }
-
-        async def answer(reason: str = "unhandled_error") -> Response:
-            service.count_fallback("route", reason)
-            (p,) = await service.fallback_scores([attempt])
-            body = S.RouteResponse(**response(np.full(len(names), p), True, reason))
-            return JSONResponse(body.model_dump(mode="json"))
-
-        request.state.fallback_answer = answer
-        p, reason = await service.call_model(
-            "route", lambda s: probabilities(s.score_routes(attempt, names))
-        )
-        if p is None:
-            return await answer(reason)
-        return response(p, False, "")
+        return await route_answer(service, body, request.state)
 
     @api.post("/v1/retry", response_model=S.RetryResponse)
     async def retry(request: Request, body: S.RetryRequest, service: ServiceDep) -> Any:

@@ -8,7 +8,9 @@
                                                                               (api_v2.py)
     GET  /metrics       Prometheus                                            (api_metrics.py)
 
-Every route receives the `Service` as its one dependency (api.py `ServiceDep`).
+Every route receives the `Service` as its one dependency (api.py `ServiceDep`). With
+`hot_path` (the default), /v1/score and /v1/route are answered by the same handlers without
+FastAPI's per-request machinery (hot_path.py).
 docs/serving.md describes requests, responses and the fallback. `create_app` is all a test
 or another ASGI server needs; `issuer-seq serve` runs it under uvicorn (server.py).
 """
@@ -23,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,7 +34,8 @@ from issuer_seq import __version__
 from issuer_seq.serve import api_metrics, api_v1, api_v2
 from issuer_seq.serve import schemas as S
 from issuer_seq.serve.api import error
-from issuer_seq.serve.metrics import MetricsMiddleware
+from issuer_seq.serve.hot_path import HotPath
+from issuer_seq.serve.metrics import MetricsMiddleware, all_routes
 from issuer_seq.serve.scorer import Scorer
 from issuer_seq.serve.service import ServeSettings, Service
 
@@ -142,13 +146,24 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service  # what api.get_service hands every route
-    # The last added is the outermost: metrics see every answer, the 413s included.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, last_resort)
     app.include_router(api_v1.router(models))
     app.include_router(api_v2.router(models))
     app.include_router(api_metrics.router)
+    # The last added is the outermost: metrics see every answer, the 413s included; the hot
+    # path reads bodies within the limit.
+    if settings.hot_path:
+        routes = {
+            r.path: r
+            for r in all_routes(app.routes)
+            if isinstance(r, APIRoute) and r.path in api_v1.HOT and "POST" in r.methods
+        }
+        request_models = {"/v1/score": models.score, "/v1/route": S.RouteRequest}
+        app.add_middleware(
+            HotPath, service=service, handlers=api_v1.HOT, models=request_models, routes=routes
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     return app

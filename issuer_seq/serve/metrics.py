@@ -109,20 +109,20 @@ def _route_path(scope: Scope) -> str:
     route = scope.get("route")
     if route is not None:
         return str(route.path)
-    for candidate in _routes(getattr(scope.get("app"), "routes", ())):
+    for candidate in all_routes(getattr(scope.get("app"), "routes", ())):
         match, _ = candidate.matches(scope)
         if match != Match.NONE:
             return str(candidate.path)
     return "unmatched"
 
 
-def _routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+def all_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
     """The app's routes, those of included routers too: newer FastAPI versions keep an
     included router as one entry (`original_router`) instead of copying its routes."""
     for route in routes:
         inner = getattr(route, "original_router", None)
         if inner is not None:
-            yield from _routes(inner.routes)
+            yield from all_routes(inner.routes)
         else:
             yield route
 

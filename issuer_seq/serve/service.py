@@ -70,6 +70,7 @@ class ServeSettings:
     allow_fallback: bool = False
     threads: int = 1
     workers: int = 2
+    hot_path: bool = True
     state: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "issuer_seq"
