@@ -20,7 +20,7 @@ from issuer_seq import features as F
 from issuer_seq.cli import conf_dir
 from issuer_seq.commands.train import train
 from issuer_seq.data.batches import DeviceStore, input_names
-from issuer_seq.data.store import StoreConfig, build_store
+from issuer_seq.data.store import VAL, StoreConfig, build_store
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.run import evaluate
 from issuer_seq.model.network import (
@@ -35,6 +35,7 @@ from issuer_seq.model.network import (
 from issuer_seq.schema import load_log
 from issuer_seq.train.calibrate import fit_temperature
 from issuer_seq.train.infer import infer, observed_retries
+from issuer_seq.train.run import versus_trees
 from issuer_seq.train.trained_run import TrainedRun
 from tests.conftest import make_sim
 
@@ -240,7 +241,36 @@ def test_train_writes_metrics_checkpoints_and_config(tiny_dir: Path, tmp_path: P
     )
     check = json.loads((tmp_path / "metrics.json").read_text())["versus_base_rate"]
     assert check["beats_base_rate"] is (check["logloss"] < check["base_rate_logloss"])
+    trees = json.loads((tmp_path / "metrics.json").read_text())["versus_trees"]
+    assert trees["logloss"] == pytest.approx(val_logloss) and trees["rows"] > 0
+    assert trees["beats_lightgbm"] is (trees["logloss"] < trees["lightgbm_logloss"])
+    assert 0 < trees["lightgbm_logloss"] < 1 and trees["lightgbm"]["trees"] >= 1
     _check_trained_run(tmp_path, tiny_dir)
+
+
+def test_train_checks_the_model_against_the_trees_on_its_validation_rows(
+    tiny_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """LightGBM fitted beside the model, scored on the model's own validation rows: a model
+    above its log loss gets a warning naming both, one below gets none; a fit that fails is
+    reported and warned about, and never stops the run."""
+    frame = load_log(tiny_dir).frame
+    store = build_store(load_log(tiny_dir), StoreConfig())
+    val = store.rows(VAL)[::2]  # a subsample, as max_eval_examples takes
+    with caplog.at_level("WARNING", logger="issuer_seq.train.run"):
+        worse = versus_trees(frame, store.split, val, 10.0, threads=1)
+    assert worse["beats_lightgbm"] is False and worse["rows"] == len(val)
+    (warning,) = [r.getMessage() for r in caplog.records if "LightGBM" in r.getMessage()]
+    assert "10.0000" in warning and f"{worse['lightgbm_logloss']:.4f}" in warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="issuer_seq.train.run"):
+        better = versus_trees(frame, store.split, val, 0.0, threads=1)
+    assert better["beats_lightgbm"] is True and not caplog.records
+    assert better["lightgbm_logloss"] == worse["lightgbm_logloss"]  # the same fit
+    with caplog.at_level("WARNING", logger="issuer_seq.train.run"):
+        broken = versus_trees(frame.drop(columns=["mcc"]), store.split, val, 0.3, threads=1)
+    assert "error" in broken and "beats_lightgbm" not in broken
+    assert any("LightGBM check" in r.getMessage() for r in caplog.records)
 
 
 def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from issuer_seq.baselines.dataset import approval_frame, split_of
@@ -47,13 +48,29 @@ def fit_lightgbm(
     params: Mapping[str, Any] | None = None,
     max_train_rows: int | None = None,
     threads: int | None = None,
+    split: np.ndarray | None = None,
 ) -> tuple[LightGBMModel, dict[str, Any]]:
     """LightGBM on the SQL features of a validated log's training split (no search)."""
+    model, _, info = fit_lightgbm_on_log(frame, params, max_train_rows, threads, split)
+    return model, info
+
+
+def fit_lightgbm_on_log(
+    frame: pd.DataFrame,
+    params: Mapping[str, Any] | None = None,
+    max_train_rows: int | None = None,
+    threads: int | None = None,
+    split: np.ndarray | None = None,
+) -> tuple[LightGBMModel, pd.DataFrame, dict[str, Any]]:
+    """`fit_lightgbm`, also returning the approval frame of the rows before the test split
+    (indexed by their row in `frame`) it was fitted and early-stopped on. `split`: the log's
+    TRAIN / VAL / TEST per row (default: `split_of`, the store's default fractions)."""
     started = time.perf_counter()
-    split = split_of(frame)
+    split = split_of(frame) if split is None else np.asarray(split)
     known = split != TEST  # train and validation: a prefix of the log in time
     features = sql_features(frame.loc[known].reset_index(drop=True), threads=threads)
     data = approval_frame(frame.loc[known].reset_index(drop=True), features)
+    data.index = np.flatnonzero(known)
     split = split[known]
     train = data.loc[split == TRAIN]
     if max_train_rows is not None and len(train) > max_train_rows:
@@ -69,7 +86,7 @@ def fit_lightgbm(
         "sql_features_s": round(sql_s, 1),
         "fit_s": round(time.perf_counter() - started - sql_s, 1),
     }
-    return model, info
+    return model, data, info
 
 
 def load_or_fit_lightgbm(

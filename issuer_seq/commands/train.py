@@ -7,10 +7,13 @@ network, optimizer and logger from their config groups, and hands typed parts to
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,7 +21,7 @@ from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.datamodule import IssuerSeqDataModule
 from issuer_seq.data.store import EventStore, StoreConfig, build_store
 from issuer_seq.model.network import IssuerSeqNet
-from issuer_seq.schema import load_log
+from issuer_seq.schema import ValidatedLog, load_log
 from issuer_seq.train import run as training
 from issuer_seq.train.module import IssuerSeqModule
 
@@ -34,8 +37,10 @@ def train(cfg: DictConfig, store: EventStore | None = None) -> float:
     cfg.data) saves rebuilding it. The calibrated validation log loss."""
     # Seeded before the network is built: its initial weights come from this seed.
     pl.seed_everything(int(cfg.seed), workers=True)
+    vlog = None
     if store is None:
-        store = build_store(load_log(cfg.data_dir), StoreConfig.from_json(cfg.data))
+        vlog = load_log(cfg.data_dir)
+        store = build_store(vlog, StoreConfig.from_json(cfg.data))
     net_kwargs = {k: v for k, v in _plain(cfg.model).items() if k != "_target_"}
     net: IssuerSeqNet = hydra.utils.instantiate(
         cfg.model, vocab_sizes=store.vocab.sizes(), n_delays=len(store.config.delay_grid)
@@ -69,6 +74,24 @@ def train(cfg: DictConfig, store: EventStore | None = None) -> float:
         logger=logger,
         resume=bool(cfg.resume),
         early_stopping=None if cfg.early_stopping is None else _plain(cfg.early_stopping),
+        trees_check=trees_check(cfg, vlog, store),
+    )
+
+
+def trees_check(
+    cfg: DictConfig, vlog: ValidatedLog | None, store: EventStore
+) -> Callable[[np.ndarray, float], dict[str, Any]] | None:
+    """`versus_trees` bound to the log and `cfg.versus_trees`; None when disabled."""
+    check = cfg.get("versus_trees")
+    if check is None or not check.enabled:
+        return None
+    frame = (vlog or load_log(cfg.data_dir)).frame
+    return partial(
+        training.versus_trees,
+        frame,
+        store.split,
+        max_train_rows=check.max_train_rows,
+        threads=check.threads,
     )
 
 

@@ -12,24 +12,30 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from lightning_utilities.core import rank_zero
 from pytorch_lightning.loggers import Logger
+from sklearn.metrics import log_loss
 from torchmetrics.classification import BinaryAUROC
 
 from issuer_seq.baselines.base_rate import base_rate
+from issuer_seq.baselines.protocol import LABEL
+from issuer_seq.baselines.saved_lightgbm import fit_lightgbm_on_log
 from issuer_seq.data.batches import DeviceStore, input_names
 from issuer_seq.data.datamodule import IssuerSeqDataModule
 from issuer_seq.data.store import TEST, TRAIN, VAL, EventStore, summarize_store
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.model.network import IssuerSeqNet
+from issuer_seq.progress import stage
 from issuer_seq.train.calibrate import calibrate
 from issuer_seq.train.infer import infer, observed_retries
 from issuer_seq.train.module import IssuerSeqModule, LogLoss, approval_metrics
@@ -266,11 +272,13 @@ def train(
     logger: Logger | None = None,
     resume: bool = False,
     early_stopping: Mapping[str, Any] | None = None,
+    trees_check: Callable[[np.ndarray, float], dict[str, Any]] | None = None,
 ) -> float:
     """Fit `module` on `datamodule`'s splits, finalize and save the run into `run_dir`; the
     calibrated validation log loss. `net_kwargs`: the network's constructor arguments but the
     vocabulary sizes and delay count (model_spec.json's `net`); `config`: the resolved
-    configuration as YAML (config.yaml)."""
+    configuration as YAML (config.yaml); `trees_check`: (validation rows, the model's
+    validation log loss) -> metrics.json's `versus_trees` (`versus_trees` bound to the log)."""
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     store: EventStore = datamodule.store
@@ -286,6 +294,10 @@ def train(
     metrics = finalize(net, module.store, datamodule, fitted)
     metrics["dataset"] = summary
     metrics["versus_base_rate"] = versus_base_rate(metrics)
+    if trees_check is not None:
+        val_logloss = float(metrics["approval"]["val"]["logloss"])
+        with stage(log, "the LightGBM check on validation"):
+            metrics["versus_trees"] = trees_check(datamodule.split_rows[VAL], val_logloss)
     spec = {
         "net": dict(net_kwargs) | {"n_delays": len(store.config.delay_grid)},
         "vocab": store.vocab.to_json(),
@@ -318,6 +330,51 @@ def versus_base_rate(metrics: Mapping[str, Any]) -> dict[str, Any]:
         "logloss": model,
         "base_rate_logloss": base,
         "beats_base_rate": beats,
+    }
+
+
+def versus_trees(
+    frame: pd.DataFrame,
+    split: np.ndarray,
+    val_rows: np.ndarray,
+    model_logloss: float,
+    max_train_rows: int | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """The calibrated model against LightGBM on the same validation rows (`val_rows` of the
+    log `frame`; `split`: its TRAIN / VAL / TEST per row): LightGBM with its tuned defaults,
+    no search, fitted on the training split's SQL features (its latest `max_train_rows`) and
+    early-stopped on validation, as the bench fits it. Logs a warning when the model does not
+    beat it. A fit that fails is reported, and warned about, never fatal: the check is advice."""
+    started = time.perf_counter()
+    try:
+        trees, data, info = fit_lightgbm_on_log(
+            frame, max_train_rows=max_train_rows, threads=threads, split=split
+        )
+        rows = data.loc[val_rows]
+        y = rows[LABEL].to_numpy()
+        lightgbm = float(log_loss(y, trees.predict_proba(rows), labels=[0, 1]))
+    except Exception as exc:  # noqa: BLE001 - the run is saved whatever the trees do
+        log.warning("the LightGBM check on validation failed: %r", exc)
+        return {"split": "val", "error": repr(exc)}
+    beats = model_logloss < lightgbm
+    if not beats:
+        log.warning(
+            "the model does not beat LightGBM on validation: log loss %.4f against %.4f "
+            "(tuned defaults, no search). For this log the trees are likely the better model; "
+            "issuer-seq evaluate compares them on test, with their latency, and recommends one.",
+            model_logloss,
+            lightgbm,
+        )
+    return {
+        "split": "val",
+        "rows": int(len(val_rows)),
+        "logloss": model_logloss,
+        "lightgbm_logloss": round(lightgbm, 6),
+        "beats_lightgbm": beats,
+        "lightgbm": {k: info[k] for k in ("train_rows", "features")}
+        | {"trees": trees.best_iteration},
+        "seconds": round(time.perf_counter() - started, 1),
     }
 
 
