@@ -91,6 +91,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         bench=_bench(cfg, run_dir),
         latency_budget_ms=latency_budget(cfg),
         routes_file=Path(cfg.routes_file) if cfg.get("routes_file") else None,
+        threads=b.threads,
     )
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
     lines = [f"{'model':<22} {'AUROC':>7} {'AP(dec)':>8} {'logloss':>8} {'ECE':>7} {'oracle%':>8}"]

@@ -42,6 +42,7 @@ def fit_baselines(
     frame: pd.DataFrame,
     split: np.ndarray,
     grid: Sequence[str],
+    features: pd.DataFrame | None = None,
     models: Sequence[str] = MODELS,
     retry_model: bool = True,
     trials: int | None = None,
@@ -51,13 +52,14 @@ def fit_baselines(
     """{name: (p_approve of every row (N,), retry curves (N, G) or None)}.
 
     `lightgbm_dir`: save the search's LightGBM approval model there (`LightGBMModel.save`,
-    plus `FIT_INFO`: its parameters, validation log loss and rows).
+    plus `FIT_INFO`: its parameters, validation log loss and rows); `features`: the log's
+    `sql_features` when already computed (default: computed here).
     """
-    with stage(log, "SQL features (DuckDB)"):
-        features = sql_features(frame, threads=threads)
-        data = approval_frame(frame, features)
-        parts = by_split(data, split)
-    log.info("SQL features: %d columns", features.shape[1])
+    if features is None:
+        with stage(log, "SQL features (DuckDB)"):
+            features = sql_features(frame, threads=threads)
+    data = approval_frame(frame, features)
+    parts = by_split(data, split)
     makers: dict[str, tuple[Callable[[dict[str, Any]], Baseline], dict[str, list[Any]]]] = {
         "lightgbm": (lambda p: LightGBMModel(p, n_jobs=threads), LIGHTGBM_SPACE),
         "xgboost": (lambda p: XGBoostModel(p, n_jobs=threads), XGBOOST_SPACE),

@@ -51,9 +51,11 @@ from issuer_seq.train.trained_run import TrainedRun
 
 log = logging.getLogger(__name__)
 
-#: (log frame, split (N,), delay grid) -> {name: (approval p (N,), retry curves (N, G) or None)}
+#: (log frame, split (N,), delay grid, the log's SQL features) -> {name: (approval p (N,),
+#: retry curves (N, G) or None)}
 BaselinesFn = Callable[
-    [pd.DataFrame, np.ndarray, list[str]], Mapping[str, tuple[np.ndarray, np.ndarray | None]]
+    [pd.DataFrame, np.ndarray, list[str], pd.DataFrame],
+    Mapping[str, tuple[np.ndarray, np.ndarray | None]],
 ]
 
 
@@ -179,6 +181,7 @@ def route_predictors(
     frame: pd.DataFrame,
     rows: np.ndarray,
     table: RouteTable,
+    features: pd.DataFrame | None = None,
 ) -> dict[str, np.ndarray]:
     """The models' per-route approval: name -> (len(rows), R) p_approve of each row through
     each route of `table` (its column order), NaN where the row's merchant lacks the route.
@@ -187,7 +190,8 @@ def route_predictors(
     The transformer: the run's network, the history states computed once and one query per
     route (evaluate/routing_scores.py). LightGBM: the model `issuer-seq evaluate` saved in
     the run (`baselines/lightgbm`), on the SQL features recomputed for the log, each
-    candidate's route and issuer x route figures swapped in; absent when none was saved."""
+    candidate's route and issuer x route figures swapped in; absent when none was saved.
+    `features`: the log's SQL features when already computed (default: computed here)."""
     merchants = frame["merchant_id"].to_numpy(object)[rows]
     out = {
         "transformer": transformer_route_matrix(
@@ -196,8 +200,10 @@ def route_predictors(
     }
     saved = run.path / LIGHTGBM_DIR
     if (saved / SAVED).exists():
-        with stage(log, "lightgbm per route: SQL features of the log"):
-            features = sql_features(frame)
+        if features is None:
+            with stage(log, "lightgbm per route: SQL features of the log"):
+                features = sql_features(frame)
+        with stage(log, "lightgbm per route"):
             out["lightgbm"] = lightgbm_route_matrix(
                 LightGBMModel.load(saved), features, frame, rows, table
             )
@@ -231,6 +237,7 @@ def routing_section(
     test: np.ndarray,
     truth: pd.DataFrame | None,
     routes_file: Path | None = None,
+    features: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """evaluation.json's `routing`: evaluate/routing.py on the test rows, success-rate routing
     warmed up on the log before the test split; the route table from `routes_file`, else
@@ -246,7 +253,7 @@ def routing_section(
     before = ts < ts[test].min() if len(test) else np.zeros(len(frame), bool)
     history = frame.loc[before, list(HISTORY_COLUMNS)]  # only what routing reads of it
     routes = resolve_routes(history, test_frame, meta, routes_file)
-    predictors = route_predictors(run, store, frame, test, routes.table)
+    predictors = route_predictors(run, store, frame, test, routes.table, features)
     test_truth = None
     if truth is not None:
         # the truth is aligned to the store's rows: their txn_id lets routing check the frame's
@@ -266,12 +273,15 @@ def evaluate(
     bench: Mapping[str, Any] | None = None,
     latency_budget_ms: float | None = None,
     routes_file: Path | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """`variants`: name -> run dir of the same network at another size (rows
     `transformer_<name>`); `ablations`: name -> run dir of an ablation (`ablation_<name>`);
     `bench`: a bench.json whose latencies the recommendation cites and holds against
     `latency_budget_ms` (None: not measured; no budget); `routes_file`: the routes, fees and
-    merchants' routes of a log without meta.json (docs/routing.md). Each stage logs its time."""
+    merchants' routes of a log without meta.json (docs/routing.md); `threads`: DuckDB's for
+    the log's SQL features, computed once for the baselines and LightGBM's route matrix. Each
+    stage logs its time."""
     started = time.perf_counter()
     with stage(log, "log, run and point-in-time store"):
         trained = TrainedRun.load(run_dir)
@@ -294,8 +304,12 @@ def evaluate(
     retry_curves: dict[str, np.ndarray] = {"transformer": curves_model}
     p_test = {"transformer": p_model}  # approval p of the test rows, of the retry policies
     p_approval = {"transformer": p_model}  # of every approval model: calibration by route
+    features = None
     if baselines is not None:
-        for name, (p_all, curves) in baselines(vlog.frame, store.split, grid).items():
+        with stage(log, "SQL features (DuckDB)"):
+            features = sql_features(vlog.frame, threads=threads)
+        log.info("SQL features: %d columns", features.shape[1])
+        for name, (p_all, curves) in baselines(vlog.frame, store.split, grid, features).items():
             approval[name] = approval_metrics(p_all[test], y)
             p_approval[name] = p_all[test]
             if curves is not None:
@@ -378,7 +392,7 @@ def evaluate(
         }
     with stage(log, f"routing policies on {len(test):,} test attempts"):
         result["routing"] = routing_section(
-            vlog, Path(data_dir), trained, store, test, truth, routes_file
+            vlog, Path(data_dir), trained, store, test, truth, routes_file, features
         )
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
