@@ -6,10 +6,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
+from issuer_seq.report.report import write_report
 from issuer_seq.simulate import SimConfig, WorldParams, simulate
 from tests.redis_server import RedisServer
 
@@ -124,3 +126,15 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return data, run, bundle
+
+
+def report_with_routing(section: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The report of an evaluation holding one plain transformer row and `section` as its
+    routing: write_report's summary, the files in `out_dir`."""
+    metrics = {"auroc": 0.7, "ap_decline": 0.4, "logloss": 0.33, "brier": 0.1, "ece": 0.01}
+    curve = {"mean_predicted": [0.2, 0.8], "observed": [0.25, 0.75]}
+    evaluation = {
+        "approval": {"transformer": metrics | {"calibration_curve": curve}},
+        "routing": section,
+    }
+    return write_report(evaluation, None, out_dir, {"data_dir": "x"})

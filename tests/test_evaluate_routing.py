@@ -18,7 +18,7 @@ from issuer_seq.evaluate.routing import (
     value_with_intervals,
     warmed_success_rate,
 )
-from issuer_seq.report.report import routing_rows, write_report
+from issuer_seq.report.report import routing_rows
 from issuer_seq.routing import (
     NOT_HELD,
     RouteTable,
@@ -30,6 +30,7 @@ from issuer_seq.routing import (
 )
 from issuer_seq.routing.value import with_references
 from issuer_seq.schema import load_log
+from tests.conftest import report_with_routing
 
 N_BOOT = 200
 
@@ -242,13 +243,7 @@ def test_bad_input_is_named(world: World) -> None:
 
 
 def test_the_report_renders_the_routing_section(section: dict[str, Any], tmp_path: Path) -> None:
-    metrics = {"auroc": 0.7, "ap_decline": 0.4, "logloss": 0.33, "brier": 0.1, "ece": 0.01}
-    curve = {"mean_predicted": [0.2, 0.8], "observed": [0.25, 0.75]}
-    evaluation = {
-        "approval": {"transformer": metrics | {"calibration_curve": curve}},
-        "routing": section,
-    }
-    summary = write_report(evaluation, None, tmp_path, {"data_dir": "x"})
+    summary = report_with_routing(section, tmp_path)
     rows = {r["policy"]: r for r in summary["routing_policies"]}
     assert list(rows) == ["static", "success_rate", "noisy", "oracle"]
     assert rows["oracle"]["share_of_oracle_uplift"] == "100.0%"
@@ -261,11 +256,8 @@ def test_the_report_renders_the_routing_section(section: dict[str, Any], tmp_pat
     assert "<h2>Routing</h2>" in page and "Off-policy estimates against the truth" in page
     assert "covers the truth in" in page
     # a log without routes: the section says why it is empty
-    summary = write_report(
-        evaluation | {"routing": {"applicable": False, "note": "one route: none"}},
-        None,
-        tmp_path / "plain",
-        {},
+    summary = report_with_routing(
+        {"applicable": False, "note": "one route: none"}, tmp_path / "plain"
     )
     assert summary["routing_policies"] == [] and summary["figures"]["routing_ope"] is None
     assert "Not applicable: one route: none" in (tmp_path / "plain" / "report.html").read_text()

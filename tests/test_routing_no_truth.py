@@ -16,7 +16,6 @@ import yaml
 
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.routing import evaluate_routing
-from issuer_seq.report.report import write_report
 from issuer_seq.routing import NOT_HELD, RouteTable, truth_matrix, value_policies
 from issuer_seq.routing.route_source import (
     check_logged_routes,
@@ -25,6 +24,7 @@ from issuer_seq.routing.route_source import (
     resolve_routes,
 )
 from issuer_seq.schema import load_log
+from tests.conftest import report_with_routing
 
 N_BOOT = 200
 
@@ -233,13 +233,7 @@ def test_without_propensities_it_is_not_applicable(real: RealLog) -> None:
 
 
 def test_the_report_renders_the_off_policy_section(section: dict[str, Any], tmp_path: Path) -> None:
-    metrics = {"auroc": 0.7, "ap_decline": 0.4, "logloss": 0.33, "brier": 0.1, "ece": 0.01}
-    curve = {"mean_predicted": [0.2, 0.8], "observed": [0.25, 0.75]}
-    evaluation = {
-        "approval": {"transformer": metrics | {"calibration_curve": curve}},
-        "routing": section,
-    }
-    summary = write_report(evaluation, None, tmp_path, {"data_dir": "x"})
+    summary = report_with_routing(section, tmp_path)
     rows = {r["policy"]: r for r in summary["routing_policies"]}
     assert list(rows) == ["static", "success_rate", "noisy"]
     snips = next(
