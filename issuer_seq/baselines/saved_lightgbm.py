@@ -49,21 +49,10 @@ def fit_lightgbm(
     max_train_rows: int | None = None,
     threads: int | None = None,
     split: np.ndarray | None = None,
-) -> tuple[LightGBMModel, dict[str, Any]]:
-    """LightGBM on the SQL features of a validated log's training split (no search)."""
-    model, _, info = fit_lightgbm_on_log(frame, params, max_train_rows, threads, split)
-    return model, info
-
-
-def fit_lightgbm_on_log(
-    frame: pd.DataFrame,
-    params: Mapping[str, Any] | None = None,
-    max_train_rows: int | None = None,
-    threads: int | None = None,
-    split: np.ndarray | None = None,
 ) -> tuple[LightGBMModel, pd.DataFrame, dict[str, Any]]:
-    """`fit_lightgbm`, also returning the approval frame of the rows before the test split
-    (indexed by their row in `frame`) it was fitted and early-stopped on. `split`: the log's
+    """LightGBM on the SQL features of a validated log's training split (no search): the
+    model, the approval frame of the rows before the test split (indexed by their row in
+    `frame`) it was fitted and early-stopped on, and how it was fitted. `split`: the log's
     TRAIN / VAL / TEST per row (default: `split_of`, the store's default fractions)."""
     started = time.perf_counter()
     split = split_of(frame) if split is None else np.asarray(split)
@@ -111,7 +100,7 @@ def load_or_fit_lightgbm(
     else:
         path = out_dir / "lightgbm"
         log.info("LightGBM: no saved model; fitting one (SQL features, no search) -> %s", path)
-        model, info = fit_lightgbm(frame, params, max_train_rows, threads)
+        model, _, info = fit_lightgbm(frame, params, max_train_rows, threads)
         model.save(path)
         (path / FITTED).write_text(json.dumps(info, indent=2))
         log.info("LightGBM: %s", info)

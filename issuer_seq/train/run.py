@@ -29,7 +29,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from issuer_seq.baselines.base_rate import base_rate
 from issuer_seq.baselines.protocol import LABEL
-from issuer_seq.baselines.saved_lightgbm import fit_lightgbm_on_log
+from issuer_seq.baselines.saved_lightgbm import fit_lightgbm
 from issuer_seq.data.batches import DeviceStore, input_names
 from issuer_seq.data.datamodule import IssuerSeqDataModule
 from issuer_seq.data.store import TEST, TRAIN, VAL, EventStore, summarize_store
@@ -348,7 +348,7 @@ def versus_trees(
     beat it. A fit that fails is reported, and warned about, never fatal: the check is advice."""
     started = time.perf_counter()
     try:
-        trees, data, info = fit_lightgbm_on_log(
+        trees, data, info = fit_lightgbm(
             frame, max_train_rows=max_train_rows, threads=threads, split=split
         )
         rows = data.loc[val_rows]
