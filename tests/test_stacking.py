@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from issuer_seq.bench.scorers import StackedScorer
+from issuer_seq.data.store import TEST, VAL
+from issuer_seq.evaluate import run
 from issuer_seq.evaluate.paired import log_loss
 from issuer_seq.evaluate.stacking import apply_stack, fit_stack, logit
 
@@ -84,3 +86,33 @@ def test_the_stacked_scorer_runs_both_models_and_combines_them() -> None:
     assert scorer.score_batch([{}, {}]) == pytest.approx([float(expected)] * 2)
     scorer.observe({"card_id": 1})
     assert t.seen == g.seen == [{"card_id": 1}]
+
+
+class _Store:
+    """The parts of an EventStore the stacked arm reads: rows 0-5 validation, 6-11 test."""
+
+    approved = np.array([1, 0, 1, 1, 0, 1, 1, 0, 1, 1, 1, 0])
+
+    def rows(self, split: int) -> np.ndarray:
+        return np.arange(6) if split == VAL else np.arange(6, 12)
+
+
+def test_evaluate_fits_the_arm_on_validation_or_leaves_it_out_saying_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(2)
+    p_val = rng.uniform(0.2, 0.9, 6)
+    p_lightgbm = rng.uniform(0.2, 0.9, 12)
+    p_test = rng.uniform(0.2, 0.9, 6)
+    monkeypatch.setattr(run, "predict", lambda net, store, rows, progress=None: (p_val, None))
+    store = _Store()
+    metrics, p = run.stacked(None, store, store.rows(TEST), p_test, p_lightgbm)  # type: ignore[arg-type, misc]
+    expected = fit_stack({"transformer": p_val, "lightgbm": p_lightgbm[:6]}, store.approved[:6])
+    assert metrics["stack"] == expected and metrics["stack"]["rows"] == 6
+    assert p == pytest.approx(
+        apply_stack(expected, {"transformer": p_test, "lightgbm": p_lightgbm[6:]})
+    )
+    store.approved = np.r_[np.ones(6, int), store.approved[6:]]  # validation: one class
+    with caplog.at_level("WARNING", logger="issuer_seq.evaluate.run"):
+        assert run.stacked(None, store, store.rows(TEST), p_test, p_lightgbm) is None  # type: ignore[arg-type]
+    assert "stacked arm left out" in caplog.text and "one class only" in caplog.text

@@ -216,15 +216,22 @@ def stacked(
     test: np.ndarray,
     p_transformer: np.ndarray,
     p_lightgbm: np.ndarray,
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[dict[str, Any], np.ndarray] | None:
     """The stacked arm (evaluate/stacking.py): the transformer and LightGBM combined by a
     logistic regression fitted on the validation split. Its test metrics, with the fitted
-    combination under `stack`, and its test probabilities. `p_transformer`: of the test
-    rows; `p_lightgbm`: of every row."""
+    combination under `stack`, and its test probabilities; None, with a warning, when there
+    is nothing to fit (validation holds one class only). `p_transformer`: of the test rows;
+    `p_lightgbm`: of every row."""
     val = store.rows(VAL)
     with stage(log, f"stacked: the transformer on {len(val):,} validation attempts"):
         p_val, _ = predict(net, store, val, progress="transformer (validation)")
-        stack = fit_stack({"transformer": p_val, "lightgbm": p_lightgbm[val]}, store.approved[val])
+        try:
+            stack = fit_stack(
+                {"transformer": p_val, "lightgbm": p_lightgbm[val]}, store.approved[val]
+            )
+        except ValueError as err:
+            log.warning("stacked arm left out: %s", err)
+            return None
     p = apply_stack(stack, {"transformer": p_transformer, "lightgbm": p_lightgbm[test]})
     return approval_metrics(p, store.approved[test]) | {"stack": stack}, p
 
@@ -315,10 +322,9 @@ def evaluate(
             if curves is not None:
                 retry_curves[name] = curves[test]
                 p_test[name] = p_all[test]
-            if name == "lightgbm":
-                approval["stacked"], p_approval["stacked"] = stacked(
-                    trained.net, store, test, p_model, p_all
-                )
+            arm = stacked(trained.net, store, test, p_model, p_all) if name == "lightgbm" else None
+            if arm is not None:
+                approval["stacked"], p_approval["stacked"] = arm
     for prefix, runs in (("transformer_", variants), ("ablation_", ablations)):
         for name, side in side_runs(vlog, Path(data_dir), test, runs or {}).items():
             approval[prefix + name] = approval_metrics(side["p"], y) | {

@@ -2,8 +2,9 @@
 
 A logistic regression of the approval label on the two models' logits (and an intercept),
 fitted on the validation split and scored on test. Validation is the split both models held
-out from their weights (each used it only to stop early and, the transformer, to calibrate),
-so the combination learns how far to trust each where neither was fitted.
+out from their weights (each used it only to stop early and, LightGBM, to choose its search's
+parameters, the transformer, to calibrate), so the combination learns how far to trust each
+where neither was fitted.
 
 Serving it means running both scorers on every request, one after the other: its latency is
 bench.json's `stacked` arm (bench/scorers.py `StackedScorer`). The service serves one bundle,
