@@ -188,7 +188,16 @@ def test_manifest_describes_model_schema_and_checks(exported: Exported, run: Tra
         "event_encoder.onnx",
         "query.onnx",
     )
-    assert {"event_encoder.onnx", "query.onnx"} <= set(m["files"])
+    assert {"event_encoder.onnx", "query.onnx", "route_query.onnx"} <= set(m["files"])
+    # the route graph: the candidates on cur_cat's first axis, one attempt's histories shared
+    route = factored["route"]
+    assert route["file"] == "route_query.onnx"
+    shapes = {s["name"]: s["shape"] for s in route["inputs"]}
+    assert shapes["cur_cat"][0] == "routes" and shapes["states"][0] == 1
+    assert all(shape[0] == 1 for name, shape in shapes.items() if name != "cur_cat")
+    assert [o["shape"][0] for o in route["outputs"]] == ["routes", "routes"]
+    checked = factored["parity"]["route_graph"]
+    assert checked["cases"] >= 2 and checked["routes"] >= 2 and checked["max_ratio"] <= 1
     chained = factored["parity"]
     assert chained["passed"] and set(chained["cases"]) == set(parity["cases"])
     assert set(chained["event_graph"]) == {"events_1", "events_7", "events_all"}

@@ -314,20 +314,29 @@ def query_blocks_n(
     blocks: list[QueryBlock], q: Tensor, memory: Tensor, pad: Tensor, training: bool
 ) -> Tensor:
     """`QueryBlock.forward` of each stream's block at once: q (N, B, D), memory (N, B, K, D),
-    pad (N, B, 1 + K) -> (N, B, D)."""
+    pad (N, B, 1 + K) -> (N, B, D).
+
+    Memory and pad may instead have a batch of 1, shared by every query (the candidate routes
+    of one attempt over the same histories): the memory's keys and values are then computed
+    once. The current token's own key and value are kept apart from the memory's for that.
+    """
     first = blocks[0]
     d, p = q.shape[-1], first.drop.p
     w = torch.stack([b.attn.in_proj_weight for b in blocks]).transpose(1, 2)  # (N, D, 3D)
     bias = torch.stack([b.attn.in_proj_bias for b in blocks])  # (N, 3D)
     h = layer_norm_n(q, [b.norm_q for b in blocks])
-    tokens = torch.cat([h[:, :, None, :], layer_norm_n(memory, [b.norm_m for b in blocks])], 2)
+    mem = layer_norm_n(memory, [b.norm_m for b in blocks])
     query = (h @ w[..., :d] + bias[:, None, :d]) * first.scale  # (N, B, D)
-    key = tokens @ w[:, None, :, d : 2 * d] + bias[:, None, None, d : 2 * d]  # (N, B, T, D)
-    value = tokens @ w[:, None, :, 2 * d :] + bias[:, None, None, 2 * d :]
-    scores = (query[:, :, None, :] * key) @ first.heads  # (N, B, T, H)
+    own_key = h @ w[..., d : 2 * d] + bias[:, None, d : 2 * d]  # (N, B, D)
+    own_value = h @ w[..., 2 * d :] + bias[:, None, 2 * d :]
+    key = mem @ w[:, None, :, d : 2 * d] + bias[:, None, None, d : 2 * d]  # (N, B or 1, K, D)
+    value = mem @ w[:, None, :, 2 * d :] + bias[:, None, None, 2 * d :]
+    own = ((query * own_key) @ first.heads)[:, :, None, :]  # (N, B, 1, H)
+    scores = torch.cat([own, (query[:, :, None, :] * key) @ first.heads], dim=2)  # (N, B, T, H)
     scores = scores.masked_fill(pad[..., None], float("-inf"))
     weights = torch.softmax(scores, dim=2) @ first.heads.T  # (N, B, T, D)
-    a = linear_n((weights * value).sum(dim=2), [b.attn.out_proj for b in blocks])
+    attended = weights[:, :, 0] * own_value + (weights[:, :, 1:] * value).sum(dim=2)
+    a = linear_n(attended, [b.attn.out_proj for b in blocks])
     q = q + nn.functional.dropout(a, p, training)
     hidden = nn.functional.gelu(
         linear_n(layer_norm_n(q, [b.norm2 for b in blocks]), [b.ff[0] for b in blocks])
@@ -566,12 +575,13 @@ class IssuerSeqNet(nn.Module):
             )
         else:
             payment = torch.zeros_like(cur)
-        z = torch.cat([streams.transpose(0, 1).flatten(1), cur, payment], dim=-1)
+        # histories of batch 1 shared by every current attempt (`route_query`): expanded
+        z = torch.cat([streams.transpose(0, 1).flatten(1), cur, payment.expand_as(cur)], dim=-1)
         approval = self.approval_head(z).squeeze(-1)
         decline = self.decline_code(decline_response_code) + self.decline_advice(
             decline_advice_code
         )
-        retry = self.retry_head(torch.cat([z, decline], dim=-1))
+        retry = self.retry_head(torch.cat([z, decline.expand_as(cur)], dim=-1))
         return approval, retry
 
     def logits(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
