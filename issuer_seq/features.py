@@ -49,6 +49,8 @@ CATEGORICAL: tuple[str, ...] = (
     "issuer",  # issuer_id, the most frequent ones (others share the OOV id)
     "route",  # the acquirer connection; NONE in a log without routes (one route)
 )
+#: the column of `route` in CATEGORICAL order (what a route query changes per candidate)
+ROUTE: int = CATEGORICAL.index("route")
 #: categorical features hidden on the current attempt (they are outcomes)
 OUTCOME_FEATURES: frozenset[str] = frozenset({"response_code", "cause", "advice_code"})
 

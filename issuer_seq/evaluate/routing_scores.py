@@ -34,8 +34,6 @@ from issuer_seq.model.network import IssuerSeqNet, packed, stack_streams
 from issuer_seq.progress import bar
 from issuer_seq.routing.routes import RouteTable
 
-_ROUTE = F.CATEGORICAL.index("route")
-
 
 def _held(table: RouteTable, merchant_id: np.ndarray, n: int) -> np.ndarray:
     merchant_id = np.asarray(merchant_id, dtype=object)
@@ -83,7 +81,7 @@ def transformer_route_matrix(
             length = torch.stack([x[f"{s}_length"] for s in STREAMS])
             for r in range(table.n_routes):
                 cat_r = cat.clone()
-                cat_r[:, _ROUTE] = ids[r]
+                cat_r[:, F.ROUTE] = ids[r]
                 approval, _ = net.query(
                     cat_r,
                     num,

@@ -39,6 +39,7 @@ from torch.export import Dim
 from issuer_seq import features as F
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.export.onnx_export import check_signature
+from issuer_seq.export.parity import worst_ratio
 from issuer_seq.export.quiet import quiet_libraries
 from issuer_seq.export.signature import BATCH, HISTORY_DIMS, OUTPUTS, TensorSpec
 from issuer_seq.export.validation import Feeds
@@ -183,7 +184,7 @@ def route_feeds(feeds: Feeds, row: int, route_ids: np.ndarray) -> tuple[Feeds, F
     the route graph's feeds, and the query graph's (the histories copied per route)."""
     r = len(route_ids)
     cur = np.repeat(feeds["cur_cat"][row : row + 1], r, axis=0)
-    cur[:, F.CATEGORICAL.index("route")] = route_ids
+    cur[:, F.ROUTE] = route_ids
     one = {k: v[row : row + 1] for k, v in feeds.items()} | {"cur_cat": cur}
     return one, {k: np.repeat(v, r, axis=0) for k, v in one.items()} | {"cur_cat": cur}
 
@@ -344,8 +345,7 @@ def check_event_parity(
             continue
         ref = net.state(torch.from_numpy(cat[:n]), torch.from_numpy(num[:n])).numpy()
         (got,) = session.run(["state"], {"event_cat": cat[:n], "event_num": num[:n]})
-        ratio = np.abs(got - ref) / (atol + rtol * np.abs(ref))
-        worst = float(np.max(ratio)) if np.isfinite(got).all() else float("inf")
+        worst = worst_ratio(got, ref, rtol, atol)
         report[name] = {"events": n, "max_ratio": worst}
         if worst > 1.0:
             raise IssuerSeqError(
@@ -379,8 +379,7 @@ def check_route_parity(
             got = route_session.run(list(OUTPUTS), one)
             want = query_session.run(list(OUTPUTS), copies)
             for g, w in zip(got, want, strict=True):
-                ratio = np.abs(g - w) / (atol + rtol * np.abs(w))
-                worst = max(worst, float(np.max(ratio)) if np.isfinite(g).all() else np.inf)
+                worst = max(worst, worst_ratio(g, w, rtol, atol))
             cases += 1
     if worst > 1.0:
         raise IssuerSeqError(

@@ -65,6 +65,20 @@ def torch_outputs(net: IssuerSeqNet, feeds: Feeds) -> Outputs:
     return {"p_approve": p_approve.numpy(), "p_retry": p_retry.numpy()}
 
 
+def tolerance_ratios(got: np.ndarray, ref: np.ndarray, rtol: float, atol: float) -> np.ndarray:
+    """Elementwise |got - ref| / (atol + rtol |ref|): at most 1 within the tolerance, inf
+    where either value is not finite."""
+    g, r = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    finite = np.isfinite(r) & np.isfinite(g)
+    return np.where(finite, np.abs(g - r) / (atol + rtol * np.abs(r)), np.inf)
+
+
+def worst_ratio(got: np.ndarray, ref: np.ndarray, rtol: float, atol: float) -> float:
+    """The largest of `tolerance_ratios` (0 for empty arrays)."""
+    ratios = tolerance_ratios(got, ref, rtol, atol)
+    return float(ratios.max()) if ratios.size else 0.0
+
+
 def worst_deviation(case: str, ref: Outputs, got: Outputs, rtol: float, atol: float) -> Deviation:
     """The element of either output furthest outside the tolerance (or closest to it)."""
     worst: Deviation | None = None
@@ -76,7 +90,7 @@ def worst_deviation(case: str, ref: Outputs, got: Outputs, rtol: float, atol: fl
                 f"ONNX output {name} has shape {g.shape} in case {case!r}, PyTorch {r.shape}"
             )
         diff = np.abs(g - r)
-        ratio = np.where(np.isfinite(r) & np.isfinite(g), diff / (atol + rtol * np.abs(r)), np.inf)
+        ratio = tolerance_ratios(g, r, rtol, atol)
         i = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
         d = Deviation(
             case,

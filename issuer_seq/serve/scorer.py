@@ -64,7 +64,6 @@ from issuer_seq.serve.state import MemoryStore, StateStore, StateUnavailable, ke
 log = logging.getLogger(__name__)
 
 OUTPUTS = ["p_approve", "p_retry"]
-_ROUTE = F.CATEGORICAL.index("route")
 
 
 def make_session(model: Path, providers: Sequence[str], threads: int, allow_fallback: bool) -> Any:
@@ -264,11 +263,11 @@ class Scorer:
         feeds = self.inputs([current], histories)
         if self.route_session is not None:
             feeds["cur_cat"] = np.repeat(feeds["cur_cat"], len(routes), axis=0)
-            feeds["cur_cat"][:, _ROUTE] = ids
+            feeds["cur_cat"][:, F.ROUTE] = ids
             return self.run(feeds, self.route_session)[0]
         feeds = {k: np.repeat(v, len(routes), axis=0) for k, v in feeds.items()}
         if "cur_cat" in feeds:  # the query graph: the attempt's ids in one (B, C) input
-            feeds["cur_cat"][:, _ROUTE] = ids
+            feeds["cur_cat"][:, F.ROUTE] = ids
         else:  # the whole network: one input per feature
             feeds["cur_route"][:] = ids
         return self.run(feeds)[0]
