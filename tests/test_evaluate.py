@@ -260,7 +260,8 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     assert "model" in out.stdout and "retry policy" in out.stdout
     # every stage logs its time; each search trial its result
     for stage in (
-        "log, run and point-in-time store: ",
+        "log and run: ",
+        "point-in-time store: ",
         "transformer: scoring",
         "SQL features (DuckDB): ",
         "lightgbm: trial 1/1 ",

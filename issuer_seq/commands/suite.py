@@ -76,8 +76,9 @@ def scoring_inputs(
     vlog = load_log(data_dir)
     frame = vlog.frame.reset_index(drop=True)  # time-sorted: the store's row order
     run = TrainedRun.load(run_dir)
-    store = run.build_store(vlog)
-    return run, store, approval_frame(frame, sql_features(frame, threads=threads))
+    features = sql_features(frame, threads=threads)
+    store = run.build_store(vlog, features if run.store_config.lag_s == 0 else None)
+    return run, store, approval_frame(frame, features)
 
 
 def paired_test(

@@ -7,6 +7,7 @@ network, optimizer and logger from their config groups, and hands typed parts to
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -15,15 +16,20 @@ from typing import Any
 import hydra
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 
+from issuer_seq.baselines.fused import N_FUSED, fused_frame_inputs
 from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.datamodule import IssuerSeqDataModule
-from issuer_seq.data.store import EventStore, StoreConfig, build_store
+from issuer_seq.data.store import TRAIN, EventStore, StoreConfig, build_store
 from issuer_seq.model.network import IssuerSeqNet
+from issuer_seq.progress import stage
 from issuer_seq.schema import ValidatedLog, load_log
 from issuer_seq.train import run as training
 from issuer_seq.train.module import IssuerSeqModule
+
+log = logging.getLogger(__name__)
 
 
 def _plain(cfg: DictConfig) -> dict[str, Any]:
@@ -41,10 +47,21 @@ def train(cfg: DictConfig, store: EventStore | None = None) -> float:
     if store is None:
         vlog = load_log(cfg.data_dir)
         store = build_store(vlog, StoreConfig.from_json(cfg.data))
-    net_kwargs = {k: v for k, v in _plain(cfg.model).items() if k != "_target_"}
-    net: IssuerSeqNet = hydra.utils.instantiate(
-        cfg.model, vocab_sizes=store.vocab.sizes(), n_delays=len(store.config.delay_grid)
+    options = _plain(cfg.model)
+    fuse = bool(options.pop("fuse", False))
+    net_kwargs = {k: v for k, v in options.items() if k != "_target_"}
+    if fuse:  # the trees' aggregates as an input (baselines/fused.py)
+        net_kwargs["n_fused"] = N_FUSED
+        if store.fused is None:
+            frame = (vlog or load_log(cfg.data_dir)).frame
+            with stage(log, "the fused aggregates"):
+                store.fused = fused_frame_inputs(frame, lag_s=store.config.lag_s)
+    net: IssuerSeqNet = hydra.utils.get_class(options["_target_"])(
+        vocab_sizes=store.vocab.sizes(), n_delays=len(store.config.delay_grid), **net_kwargs
     )
+    if fuse:
+        assert store.fused is not None
+        net.set_fused_moments(torch.from_numpy(store.fused[store.rows(TRAIN)]))
     module = IssuerSeqModule(
         net,
         DeviceStore(store),

@@ -67,6 +67,7 @@ class DeviceStore:
             "retry_weight": as_t(store.retry_weight),
         }
         self.streams = {s: self._stream(store.index(s)) for s in STREAMS}
+        self.fused = None if store.fused is None else as_t(store.fused)
 
     def _tensor(self, a: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
@@ -128,6 +129,8 @@ class DeviceStore:
             batch[f"{s}_length"] = length
         batch["decline_response_code"] = self.cat["response_code"][rows]
         batch["decline_advice_code"] = self.cat["advice_code"][rows]
+        if self.fused is not None:
+            batch["fused"] = self.fused[rows]
         for k, v in self.labels.items():
             batch[k] = v[rows]
         return batch

@@ -106,6 +106,8 @@ class EventStore:
     config: StoreConfig
     txn_id: np.ndarray  # (N,) as in the log
     extra: dict[str, Any] = field(default_factory=dict)
+    # (N, F) float32: the trees' aggregates fed to the network (baselines/fused.py), or None
+    fused: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.t)

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from issuer_seq import features as F
+from issuer_seq.baselines.fused import through_route
 from issuer_seq.baselines.route_rates import issuer_route_rates
 from issuer_seq.baselines.sql_features import WINDOWS
 from issuer_seq.baselines.trees import LightGBMModel
@@ -53,15 +54,20 @@ def transformer_route_matrix(
     merchant_id: np.ndarray,
     batch_size: int = 4096,
     progress: str | None = None,
+    route_rates: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """(N, R) calibrated p_approve of the store's `rows` (N,) through each route of `table`.
 
     merchant_id (N,): each row's merchant, as the log holds it (it selects the held routes;
     the rest are NaN). The column of a row's logged route is `evaluate.run.predict`'s
     p_approve of that row (the same batches, the same operations). A route the run's vocabulary
-    never saw is fed as out-of-vocabulary, as the scorer would feed it.
+    never saw is fed as out-of-vocabulary, as the scorer would feed it. A network that reads
+    the fused aggregates needs `route_rates`: `issuer_route_rates` of the rows (N, R) per
+    column, swapped in per route (baselines/fused.py `through_route`).
     """
     rows = np.asarray(rows, dtype=np.int64)
+    if net.n_fused and route_rates is None:
+        raise IssuerSeqError("this network reads the fused aggregates: pass route_rates")
     held = _held(table, merchant_id, len(rows))
     ids = torch.from_numpy(F.encode(store.vocab, "route", list(table.names)))  # (R,)
     device = DeviceStore(store)
@@ -82,6 +88,12 @@ def transformer_route_matrix(
             for r in range(table.n_routes):
                 cat_r = cat.clone()
                 cat_r[:, F.ROUTE] = ids[r]
+                fused = None
+                if net.n_fused:
+                    assert route_rates is not None
+                    stop = start + len(cat)
+                    one = {k: v[start:stop, r] for k, v in route_rates.items()}
+                    fused = torch.from_numpy(through_route(x["fused"].numpy(), one))
                 approval, _ = net.query(
                     cat_r,
                     num,
@@ -90,6 +102,7 @@ def transformer_route_matrix(
                     length,
                     x["decline_response_code"],
                     x["decline_advice_code"],
+                    fused,
                 )
                 p = torch.sigmoid(approval / net.approval_temperature)
                 out[start : start + len(cat), r] = p.float().cpu().numpy()

@@ -26,6 +26,7 @@ import torch
 
 from issuer_seq.baselines.base_rate import base_rate
 from issuer_seq.baselines.dataset import next_attempt
+from issuer_seq.baselines.route_rates import issuer_route_rates
 from issuer_seq.baselines.saved_lightgbm import LIGHTGBM_DIR, SAVED
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
@@ -193,19 +194,29 @@ def route_predictors(
     candidate's route and issuer x route figures swapped in; absent when none was saved.
     `features`: the log's SQL features when already computed (default: computed here)."""
     merchants = frame["merchant_id"].to_numpy(object)[rows]
+    saved = run.path / LIGHTGBM_DIR
+    rates = None
+    if run.net.n_fused or (saved / SAVED).exists():
+        with stage(log, "issuer x route aggregates through every route"):
+            rates = issuer_route_rates(frame, table.names, lag_s=store.config.lag_s)
     out = {
         "transformer": transformer_route_matrix(
-            run.net, store, rows, table, merchants, progress="transformer per route"
+            run.net,
+            store,
+            rows,
+            table,
+            merchants,
+            progress="transformer per route",
+            route_rates=None if rates is None else {k: v[rows] for k, v in rates.items()},
         )
     }
-    saved = run.path / LIGHTGBM_DIR
     if (saved / SAVED).exists():
         if features is None:
             with stage(log, "lightgbm per route: SQL features of the log"):
                 features = sql_features(frame)
         with stage(log, "lightgbm per route"):
             out["lightgbm"] = lightgbm_route_matrix(
-                LightGBMModel.load(saved), features, frame, rows, table
+                LightGBMModel.load(saved), features, frame, rows, table, rates=rates
             )
     return out
 
@@ -290,10 +301,17 @@ def evaluate(
     the log's SQL features, computed once for the baselines and LightGBM's route matrix. Each
     stage logs its time."""
     started = time.perf_counter()
-    with stage(log, "log, run and point-in-time store"):
+    with stage(log, "log and run"):
         trained = TrainedRun.load(run_dir)
         vlog = load_log(data_dir)
-        store = trained.build_store(vlog)
+    features = None
+    if baselines is not None:
+        with stage(log, "SQL features (DuckDB)"):
+            features = sql_features(vlog.frame, threads=threads)
+        log.info("SQL features: %d columns", features.shape[1])
+    with stage(log, "point-in-time store"):
+        # the fused aggregates, when the network reads them, are these features (same lag)
+        store = trained.build_store(vlog, features if trained.store_config.lag_s == 0 else None)
         grid = [str(g) for g in trained.spec["store"]["delay_grid"]]
         grid_s = grid_seconds(grid)
         test = store.rows(TEST)
@@ -311,11 +329,8 @@ def evaluate(
     retry_curves: dict[str, np.ndarray] = {"transformer": curves_model}
     p_test = {"transformer": p_model}  # approval p of the test rows, of the retry policies
     p_approval = {"transformer": p_model}  # of every approval model: calibration by route
-    features = None
     if baselines is not None:
-        with stage(log, "SQL features (DuckDB)"):
-            features = sql_features(vlog.frame, threads=threads)
-        log.info("SQL features: %d columns", features.shape[1])
+        assert features is not None
         for name, (p_all, curves) in baselines(vlog.frame, store.split, grid, features).items():
             approval[name] = approval_metrics(p_all[test], y)
             p_approval[name] = p_all[test]

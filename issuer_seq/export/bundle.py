@@ -91,6 +91,12 @@ def export_bundle(settings: ExportSettings) -> dict[str, Any]:
     target = Path(settings.artifact_dir)
     _check_target(target)  # before minutes of work, not after
     run = TrainedRun.load(settings.run_dir)
+    if run.net.n_fused:
+        raise IssuerSeqError(
+            f"{settings.run_dir} reads the trees' aggregates (model.fuse=true): exporting and "
+            'serving a fused network is not built yet (docs/training.md, "Fusion"); train '
+            "with model.fuse=false to export"
+        )
     data_dir = str(settings.data_dir) if settings.data_dir else None
     log.info("rebuilding the validation rows of %s", data_dir or run.data_dir)
     data = load_validation(run, data_dir, settings.parity_rows, settings.seed)

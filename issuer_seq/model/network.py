@@ -439,6 +439,7 @@ class IssuerSeqNet(nn.Module):
         event_layers: int = 0,
         use_card: bool = True,
         use_issuer: bool = True,
+        n_fused: int = 0,
     ) -> None:
         super().__init__()
         self.use = {"card": use_card, "issuer": use_issuer, "card_merchant": use_card}
@@ -463,6 +464,14 @@ class IssuerSeqNet(nn.Module):
         self.register_buffer("recency_steps", steps, persistent=False)
         self.payment = PaymentSoFar(d_model)
         joint = (len(STREAMS) + 2) * d_model  # streams, current, payment so far
+        self.n_fused = n_fused
+        if n_fused:
+            # the trees' aggregates (baselines/fused.py), standardized by the training
+            # split's moments (`set_fused_moments`), then one layer into the joint vector
+            self.register_buffer("fused_mean", torch.zeros(n_fused))
+            self.register_buffer("fused_scale", torch.ones(n_fused))
+            self.fused = nn.Sequential(nn.Linear(n_fused, d_model), nn.GELU())
+            joint += d_model
         self.approval_head = nn.Sequential(
             nn.Linear(joint, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, 1)
         )
@@ -539,6 +548,7 @@ class IssuerSeqNet(nn.Module):
         length: Tensor,
         decline_response_code: Tensor,
         decline_advice_code: Tensor,
+        fused: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Uncalibrated (approval (B,), retry (B, G)) logits of the current attempts.
 
@@ -546,7 +556,8 @@ class IssuerSeqNet(nn.Module):
         of features.STREAMS, stacked on a first axis N and right-aligned to one K (`stack_streams`):
         states (N, B, K, S) the cached states of each stream's last events, padding slots
         zeros (or the state of a padding event, ids and values 0: the same); rel
-        (N, B, K, 3) features.RELATIVE (padding zeros); length (N, B).
+        (N, B, K, 3) features.RELATIVE (padding zeros); length (N, B); fused (B, n_fused)
+        the attempts' `fused_inputs`, when the network reads them.
         """
         # of the attempt's own state, what the query reads: its vector and its day
         cur = self.events(cur_cat, cur_num)
@@ -576,7 +587,12 @@ class IssuerSeqNet(nn.Module):
         else:
             payment = torch.zeros_like(cur)
         # histories of batch 1 shared by every current attempt (`route_query`): expanded
-        z = torch.cat([streams.transpose(0, 1).flatten(1), cur, payment.expand_as(cur)], dim=-1)
+        parts = [streams.transpose(0, 1).flatten(1), cur, payment.expand_as(cur)]
+        if self.n_fused:
+            if fused is None:
+                raise ValueError(f"this network reads the {self.n_fused} fused aggregates")
+            parts.append(self.fused((fused - self.fused_mean) / self.fused_scale))
+        z = torch.cat(parts, dim=-1)
         approval = self.approval_head(z).squeeze(-1)
         decline = self.decline_code(decline_response_code) + self.decline_advice(
             decline_advice_code
@@ -595,8 +611,22 @@ class IssuerSeqNet(nn.Module):
         rel = stack_streams([packed(x, s, F.RELATIVE) for s in STREAMS])
         length = torch.stack([x[f"{s}_length"] for s in STREAMS])
         return self.query(
-            cat, num, states, rel, length, x["decline_response_code"], x["decline_advice_code"]
+            cat,
+            num,
+            states,
+            rel,
+            length,
+            x["decline_response_code"],
+            x["decline_advice_code"],
+            x.get("fused"),
         )
+
+    def set_fused_moments(self, fused: Tensor) -> None:
+        """Standardize the fused input by the mean and deviation of `fused` (N, n_fused), the
+        training split's (a constant column keeps scale 1)."""
+        std = fused.std(0)
+        self.fused_mean.copy_(fused.mean(0))
+        self.fused_scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def forward(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Calibrated probabilities: p_approve (B,) and the retry curve (B, G)."""

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import yaml
 
+from issuer_seq.baselines.fused import fused_frame_inputs
 from issuer_seq.data.batches import input_names
 from issuer_seq.data.store import EventStore, StoreConfig, build_store
 from issuer_seq.errors import IssuerSeqError
@@ -57,9 +59,14 @@ class TrainedRun:
     def weights_sha256(self) -> str:
         return hashlib.sha256((self.path / "model.pt").read_bytes()).hexdigest()
 
-    def build_store(self, vlog: ValidatedLog) -> EventStore:
-        """`vlog`'s examples as this run reads them: its history settings and vocabularies."""
-        return build_store(vlog, self.store_config, vocab=self.vocab)
+    def build_store(self, vlog: ValidatedLog, features: pd.DataFrame | None = None) -> EventStore:
+        """`vlog`'s examples as this run reads them: its history settings and vocabularies,
+        and the fused aggregates when the network reads them (from `features`, the log's
+        `sql_features` with the run's lag, when already computed)."""
+        store = build_store(vlog, self.store_config, vocab=self.vocab)
+        if self.net.n_fused:
+            store.fused = fused_frame_inputs(vlog.frame, store.config.lag_s, features)
+        return store
 
     def save(self) -> None:
         """Write the run files into `path` (the spec's temperatures must be the network's)."""
