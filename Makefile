@@ -28,7 +28,7 @@ services:
 	} || { echo "redis-server is missing and could not be installed (needs root + apt)"; exit 1; }
 
 test: $(STAMP) services
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check issuer_seq tests scripts
