@@ -90,7 +90,9 @@ def handmade_rows() -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(data_dir, run_dir, bundle): a tiny model trained for 3 steps and exported."""
+    """(data_dir, run_dir, bundle): a tiny model trained for 3 steps and exported through the
+    command line, once per session (an export takes minutes on 2 cores). The command's output
+    is in `bundle.parent / "export.log"`. Tests that change the run or the bundle copy them."""
     from hydra import compose, initialize_config_dir
 
     from issuer_seq.cli import conf_dir
@@ -125,6 +127,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    (bundle.parent / "export.log").write_text(done.stdout + done.stderr)
     return data, run, bundle
 
 

@@ -1,7 +1,7 @@
 """`issuer-seq export`: ONNX graph, parity, variants, manifest and Triton repository.
 
-One tiny model is trained per module and exported once through the CLI; the other tests
-read that bundle. Never load model_fp16.onnx into onnxruntime in this process: ORT 1.32's
+The session's tiny model, exported once through the CLI (conftest's `tiny_bundle`), is
+the bundle every test reads. Never load model_fp16.onnx into onnxruntime in this process: ORT 1.32's
 CPU provider segfaults on it at the default optimization level (see export/fp16.py).
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,6 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from issuer_seq import features as F
 from issuer_seq.cli import conf_dir
-from issuer_seq.commands.train import train
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.export import ExportSettings, export_bundle
 from issuer_seq.export.cases import empty_histories, resize_histories, take
@@ -39,15 +36,7 @@ from issuer_seq.export.quantize import Int8Criteria, auroc, decide
 from issuer_seq.export.signature import input_spec, input_specs
 from issuer_seq.export.validation import Feeds, ValidationData, load_validation
 from issuer_seq.train.trained_run import TrainedRun
-from tests.conftest import make_sim
 
-FAST = [
-    "model=tiny",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
-    "trainer.enable_progress_bar=false",
-    "data.max_eval_examples=2000",
-]
 RTOL, ATOL = 1e-3, 1e-5
 README = Path(__file__).resolve().parent.parent / "export" / "README.md"
 
@@ -66,28 +55,11 @@ class Exported:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    """A tiny trained run, exported once through the command line."""
-    data_dir = make_sim(tmp_path_factory.mktemp("sim"), seed=11, n_cards=300, days=15)
-    run_dir = tmp_path_factory.mktemp("run")
-    train(_compose("train", [f"data_dir={data_dir}", f"run_dir={run_dir}", *FAST]))
-    bundle = tmp_path_factory.mktemp("export") / "bundle"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "issuer_seq.cli",
-            "export",
-            f"run_dir={run_dir}",
-            f"artifact_dir={bundle}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+def exported(tiny_bundle: tuple[Path, Path, Path]) -> Exported:
+    """The session's tiny run, exported once through the command line (conftest)."""
+    _, run_dir, bundle = tiny_bundle
     manifest = json.loads((bundle / "manifest.json").read_text())
-    return Exported(run_dir, bundle, out.stdout + out.stderr, manifest)
+    return Exported(run_dir, bundle, (bundle.parent / "export.log").read_text(), manifest)
 
 
 @pytest.fixture(scope="module")

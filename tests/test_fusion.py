@@ -36,18 +36,9 @@ from issuer_seq.routing.routes import RouteTable
 from issuer_seq.schema import load_log
 from issuer_seq.train.trained_run import TrainedRun
 from tests.conftest import make_sim
+from tests.test_train import FAST as TRAIN_FAST
 
-FAST = [
-    "model=tiny",
-    "model.fuse=true",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_val_batches=2",
-    "trainer.enable_progress_bar=false",
-    "data.eval_batch_size=1024",
-    "data.max_eval_examples=2000",
-    "versus_trees.enabled=false",
-]
+FAST = [*TRAIN_FAST, "model.fuse=true", "versus_trees.enabled=false"]
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """The HTTP service: a real `issuer-seq serve` on loopback, called with a real HTTP client.
 
-One tiny bundle (simulate + train tiny + export) is shared by the module. Fallback tests run
-the app in process (FastAPI's TestClient) with a monkeypatched session; everything else
-talks to a server subprocess. Loops are bounded in count and time; only 127.0.0.1 is used.
+The session's tiny bundle (simulate + train tiny + export, conftest) serves every test.
+Fallback tests run the app in process (FastAPI's TestClient) with a monkeypatched session;
+everything else talks to a server subprocess. Loops are bounded in count and time; only
+127.0.0.1 is used.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import numpy as np
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -38,10 +38,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from issuer_seq import schema as log_schema
-from issuer_seq.cli import conf_dir
-from issuer_seq.commands.train import train
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.export import ExportSettings, export_bundle
 from issuer_seq.serve import schemas as S
 from issuer_seq.serve.app import create_app
 from issuer_seq.serve.hot_path import HotPath
@@ -49,7 +46,6 @@ from issuer_seq.serve.inputs import Event, Window
 from issuer_seq.serve.scorer import Scorer
 from issuer_seq.serve.service import ServeSettings
 from issuer_seq.serve.state import MemoryStore
-from tests.conftest import make_sim
 
 MAX_BATCH = 64
 MAX_BODY = 1_000_000
@@ -57,29 +53,9 @@ MAX_BODY = 1_000_000
 
 # -- fixtures -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny trained model exported as a bundle (float graph only: fast)."""
-    data = make_sim(tmp_path_factory.mktemp("sim"), seed=5, n_cards=250, days=15)
-    run = tmp_path_factory.mktemp("run")
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(
-            "train",
-            [
-                f"data_dir={data}",
-                f"run_dir={run}",
-                "model=tiny",
-                "trainer.max_epochs=1",
-                "trainer.limit_train_batches=3",
-                "trainer.enable_progress_bar=false",
-                "data.max_eval_examples=2000",
-            ],
-        )
-    train(cfg)
-    out = tmp_path_factory.mktemp("bundle") / "b"
-    export_bundle(
-        ExportSettings(run_dir=run, artifact_dir=out, parity_rows=300, int8=None, fp16=False)
-    )
-    return out
+def bundle(tiny_bundle: tuple[Path, Path, Path]) -> Path:
+    """The session's tiny bundle (conftest): simulated, trained tiny, exported."""
+    return tiny_bundle[2]
 
 
 def _free_port() -> int:
