@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from issuer_seq.report.report import latency_chart, model_table, pareto, serving_notes
 
 
@@ -108,7 +110,9 @@ def test_report_runs_what_is_missing_and_writes_everything(
             "http.rate_per_s=20",
             "http.seconds=1",
             "http.warmup=2",
-            "evaluate_overrides=['baselines.models=[]']",
+            # the run stands in for a size variant of itself: evaluated and benchmarked beside
+            f"evaluate_overrides=['baselines.models=[]','variants.tiny={run}']",
+            f"variants.tiny={bundle}",
         ],
         capture_output=True,
         text=True,
@@ -149,6 +153,12 @@ def test_report_runs_what_is_missing_and_writes_everything(
         "lightgbm",  # benchmarked, though not evaluated here: its latency, no accuracy
     } <= set(models)
     assert models["lightgbm"]["p99_ms"] > 0 and models["lightgbm"]["logloss"] is None
+    # the variant's row: its latency from the bench, its accuracy from the evaluation
+    evaluation = json.loads((run / "evaluation.json").read_text())["approval"]
+    assert models["transformer_tiny"]["p99_ms"] > 0
+    assert models["transformer_tiny"]["logloss"] == pytest.approx(
+        evaluation["transformer_tiny"]["logloss"]
+    )
     assert any("LightGBM scorer's p99" in n for n in summary["serving"])
     assert any("Over HTTP on loopback" in n for n in summary["serving"])
     assert any("One request at a time over keep-alive" in n for n in summary["serving"])

@@ -465,10 +465,12 @@ def test_resume_after_kill_matches_uninterrupted(tiny_dir: Path, tmp_path: Path)
         f"data_dir={tiny_dir}",
         *FAST[:1],
         "trainer.max_epochs=3",
+        "trainer.limit_train_batches=8",  # short epochs: the kill still lands mid-run
         "trainer.limit_val_batches=2",
         "trainer.enable_progress_bar=false",
         "data.max_eval_examples=2000",
         "data.batch_size=256",
+        "versus_trees.enabled=false",
     ]
     full = _cli("train", f"run_dir={tmp_path / 'full'}", *args)
     assert full.returncode == 0, full.stderr[-2000:]
