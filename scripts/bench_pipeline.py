@@ -35,6 +35,8 @@ def main() -> None:
     net = OmegaConf.to_container(OmegaConf.load(conf_dir() / "model" / f"{args.model}.yaml"))
     assert isinstance(net, dict)
     net.pop("_target_")
+    if net.pop("fuse", False):  # a config key, not the network's: fused inputs need the SQL
+        raise SystemExit(f"conf/model/{args.model}.yaml has fuse=true: this times plain networks")
     store = build_store(
         load_log(args.data_dir), StoreConfig(k_card=args.k_card, k_issuer=args.k_issuer)
     )

@@ -555,3 +555,15 @@ def test_pipeline_benchmark_reports_both_arms(tiny_dir: Path) -> None:
     assert result["ratio"] == pytest.approx(
         result["real_pipeline_samples_per_s"] / result["prebuilt_tensors_samples_per_s"], rel=0.01
     )
+
+
+def test_pipeline_benchmark_script_times_a_model_config(tiny_dir: Path) -> None:
+    """scripts/bench_pipeline.py (what scripts/compare_training.py runs per version) reads a
+    conf/model file, whose `fuse` key is the training command's, not the network's."""
+    root = Path(__file__).resolve().parent.parent
+    script = [sys.executable, str(root / "scripts" / "bench_pipeline.py"), str(tiny_dir)]
+    args = ["--model", "tiny", "--steps", "2", "--batch-size", "32", "--k-card", "4"]
+    done = subprocess.run([*script, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["model"] == "tiny" and result["real_pipeline_samples_per_s"] > 0
