@@ -378,7 +378,7 @@ def test_ceiling_script_fits_outcomes_and_truth(sim_dir: Path, tmp_path: Path) -
             sys.executable,
             str(ROOT / "scripts" / "ceiling.py"),
             str(sim_dir),
-            "--threads=2",
+            "--threads=1",
             "--latents",
             f"--transformer={run}",
             "model=tiny",
