@@ -11,7 +11,7 @@ from issuer_seq import features as F
 from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.store import TRAIN, EventStore, StoreConfig, build_store
 from issuer_seq.features import STREAMS
-from issuer_seq.model.network import IssuerSeqNet, packed, stack_streams
+from issuer_seq.model.network import IssuerSeqNet, equal_window_runs, packed, stack_streams
 from issuer_seq.schema import load_log
 
 
@@ -68,6 +68,25 @@ def test_query_over_states_computed_one_event_at_a_time_equals_training(
     want_approval, want_retry = net.logits(x)
     torch.testing.assert_close(approval, want_approval, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(retry, want_retry, rtol=1e-5, atol=1e-5)
+
+
+def test_training_runs_streams_at_their_own_windows_and_gives_the_stacked_logits(
+    store: EventStore,
+) -> None:
+    """Training computes the card-at-merchant stream at its own 4 slots and the card and
+    issuer streams together at 8; evaluation and export stack all three at 8: equal logits."""
+    assert equal_window_runs([8, 8, 4]) == [slice(0, 2), slice(2, 3)]
+    assert equal_window_runs([4, 8, 4]) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    assert equal_window_runs([8]) == [slice(0, 1)]
+    torch.manual_seed(0)
+    net = IssuerSeqNet(store.vocab.sizes(), n_delays=8, d_model=16, n_heads=2, d_ff=32, dropout=0)
+    x = _batch(store)
+    assert [x[f"{s}_cause"].shape[1] for s in STREAMS] == [8, 8, 4]
+    with torch.no_grad():
+        trained = net.train().logits(x)
+        stacked = net.eval().logits(x)
+    for got, want in zip(trained, stacked, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()

@@ -154,6 +154,16 @@ def stack_streams(tensors: list[Tensor]) -> Tensor:
     return torch.stack([nn.functional.pad(t, p) for t, p in zip(tensors, pad, strict=True)])
 
 
+def equal_window_runs(windows: list[int]) -> list[slice]:
+    """Slices of neighbouring streams with the same window length: [32, 32, 8] -> [0:2, 2:3]."""
+    runs, start = [], 0
+    for i in range(1, len(windows) + 1):
+        if i == len(windows) or windows[i] != windows[start]:
+            runs.append(slice(start, i))
+            start = i
+    return runs
+
+
 #: log1p(minutes) bounds of the pair's recency steps: 10 min, 1 h, 1 day, 7 days
 _RECENCY_STEPS = (10.0, 60.0, 1_440.0, 10_080.0)
 #: numbers per (current attempt, history event) pair: log minutes since / NEVER, same
@@ -559,12 +569,33 @@ class IssuerSeqNet(nn.Module):
         (N, B, K, 3) features.RELATIVE (padding zeros); length (N, B); fused (B, n_fused)
         the attempts' `fused_inputs`, when the network reads them.
         """
-        # of the attempt's own state, what the query reads: its vector and its day
-        cur = self.events(cur_cat, cur_num)
-        today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
+        cur, today = self.current(cur_cat, cur_num)
+        streams = self.stream_vectors(cur, today, states, rel, length, slice(None))
+        return self.heads(
+            cur,
+            today,
+            streams,
+            states[_CARD_MERCHANT],
+            rel[_CARD_MERCHANT],
+            decline_response_code,
+            decline_advice_code,
+            fused,
+        )
+
+    def current(self, cur_cat: Tensor, cur_num: Tensor) -> tuple[Tensor, Tensor]:
+        """Of the attempt's own state, what the query reads: its vector (B, D) and its day
+        (B, 31)."""
+        return self.events(cur_cat, cur_num), day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
+
+    def stream_vectors(
+        self, cur: Tensor, today: Tensor, states: Tensor, rel: Tensor, length: Tensor, which: slice
+    ) -> Tensor:
+        """(n, B, D): the vectors of the streams STREAMS[which], their inputs stacked as
+        `query`'s (n, B, K, ...): the query over the states, plus the counts and stats."""
+        names = STREAMS[which]
         minutes, onehot = rel[..., 0], self.part(states, "cause")
         encoded = stream_queries_n(
-            [self.queries[s] for s in STREAMS],
+            [self.queries[s] for s in names],
             cur,
             self.part(states, "hidden"),
             self.pair(rel, self.part(states, "day"), today),
@@ -574,13 +605,27 @@ class IssuerSeqNet(nn.Module):
         counts, stats = self.counts[STREAMS[0]], self.stats[STREAMS[0]]  # same for every stream
         count_table = torch.log1p(counts.table(onehot, minutes, rel[..., 1]))
         stat_table = stats.table(onehot, minutes, self.part(states, "log_amount")[..., 0])
-        streams = (
+        return (
             encoded
-            + linear_n(count_table.flatten(-2), [self.counts[s].proj for s in STREAMS])
-            + linear_n(stat_table.flatten(-2), [self.stats[s].proj for s in STREAMS])
-        ) * self.used[:, None, None]  # (N, B, D); an ablated stream's vector is zeros
+            + linear_n(count_table.flatten(-2), [self.counts[s].proj for s in names])
+            + linear_n(stat_table.flatten(-2), [self.stats[s].proj for s in names])
+        ) * self.used[which, None, None]  # an ablated stream's vector is zeros
+
+    def heads(
+        self,
+        cur: Tensor,
+        today: Tensor,
+        streams: Tensor,
+        at: Tensor,
+        near: Tensor,
+        decline_response_code: Tensor,
+        decline_advice_code: Tensor,
+        fused: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Both heads' logits from the streams' vectors (N, B, D), the attempt's vector and
+        day, and the card-at-merchant stream's states `at` (B, K, S) and relative features
+        `near` (B, K, 3), which the payment so far reads."""
         if self.use["card_merchant"]:
-            at, near = states[_CARD_MERCHANT], rel[_CARD_MERCHANT]
             payment = self.payment(
                 near[..., 2], near[..., 0], self.part(at, "codes"), self.part(at, "day"), today
             )
@@ -602,24 +647,32 @@ class IssuerSeqNet(nn.Module):
 
     def logits(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Uncalibrated (approval (B,), retry (B, G)) logits from the named inputs of
-        data/batches.py: every event's state, then the query. What training optimizes."""
+        data/batches.py: every event's state, then the query. What training optimizes.
+
+        A graph (export) and evaluation run the streams stacked to the longest window, as the
+        served query does: one node per step. Training runs each run of neighbouring streams
+        with the same window as one computation at that window, so the card-at-merchant
+        stream's 8 slots are not padded to the card's 32 (a quarter of the slots, all
+        attention and projections); tests/test_network.py holds the two equal."""
         cat = packed(x, "cur", F.CATEGORICAL)
         num = packed(x, "cur", F.NUMERIC)
-        states = stack_streams(
-            [self.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC)) for s in STREAMS]
-        )
-        rel = stack_streams([packed(x, s, F.RELATIVE) for s in STREAMS])
+        states = [self.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC)) for s in STREAMS]
+        rel = [packed(x, s, F.RELATIVE) for s in STREAMS]
         length = torch.stack([x[f"{s}_length"] for s in STREAMS])
-        return self.query(
-            cat,
-            num,
-            states,
-            rel,
-            length,
-            x["decline_response_code"],
-            x["decline_advice_code"],
-            x.get("fused"),
-        )
+        code, advice, fused = x["decline_response_code"], x["decline_advice_code"], x.get("fused")
+        if not self.training:
+            return self.query(
+                cat, num, stack_streams(states), stack_streams(rel), length, code, advice, fused
+            )
+        cur, today = self.current(cat, num)
+        vectors = [
+            self.stream_vectors(
+                cur, today, torch.stack(states[run]), torch.stack(rel[run]), length[run], run
+            )
+            for run in equal_window_runs([r.shape[1] for r in rel])
+        ]
+        m = _CARD_MERCHANT
+        return self.heads(cur, today, torch.cat(vectors), states[m], rel[m], code, advice, fused)
 
     def set_fused_moments(self, fused: Tensor) -> None:
         """Standardize the fused input by the mean and deviation of `fused` (N, n_fused), the
