@@ -122,8 +122,9 @@ def packed(x: Mapping[str, Tensor], prefix: str, names: tuple[str, ...]) -> Tens
 # streams as one computation: their parameters stacked on a leading stream axis N, their
 # inputs right-aligned to a common K (`stack_streams`). A served query is then one graph
 # node per step instead of three (ONNX Runtime's cost per node is most of a single
-# request's time), and training launches a third as many kernels. tests/test_network.py
-# holds the two equal.
+# request's time). Training stacks only neighbouring streams of the same window length
+# (`equal_window_runs`: the card's and the issuer's 32, then the card at the merchant's 8),
+# so no slot is padding there. tests/test_network.py holds them all equal.
 def stacked_param(modules: list[nn.Module], name: str, ndim: int) -> Tensor:
     """The parameter `name` of each module, stacked on a leading stream axis (N, ...) and
     shaped to broadcast against (N, ..., last) inputs of `ndim` dims."""
