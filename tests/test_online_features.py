@@ -120,3 +120,33 @@ def test_scorer_gives_the_models_probabilities(
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)  # EPS clipping aside
     batch = scorer.score_batch(records[-16:])
     assert batch.shape == (16,) and np.all((batch > 0) & (batch < 1))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frame=small_logs(), data=st.data())
+def test_a_copy_with_an_outcome_reads_as_if_it_were_observed(
+    frame: pd.DataFrame, data: st.DataObject
+) -> None:
+    """`with_outcome(o)` gives the rows of attempts of o's card and issuer that observing o
+    gives, and leaves the features it was made from as they were."""
+    records = frame.to_dict("records")
+    cut = data.draw(st.integers(1, len(records)))
+    outcome = records[cut - 1]
+    later = [*records[cut:], {**outcome, "ts": outcome["ts"] + pd.Timedelta(minutes=1)}]
+    seen, ahead = OnlineFeatures(), OnlineFeatures()
+    for rec in records[: cut - 1]:
+        seen.observe(rec)
+        ahead.observe(rec)
+    ahead.observe(outcome)
+    before = [seen.row(r)[0] for r in later]
+    copy = seen.with_outcome(outcome)
+    same = [
+        r
+        for r in later
+        if (r["card_id"], r["issuer_id"]) == (outcome["card_id"], outcome["issuer_id"])
+    ]
+    for rec in same:
+        np.testing.assert_array_equal(copy.row(rec)[0], ahead.row(rec)[0])
+        assert copy.row(rec)[1] == ahead.row(rec)[1]
+    for rec, want in zip(later, before, strict=True):
+        np.testing.assert_array_equal(seen.row(rec)[0], want)

@@ -26,9 +26,11 @@ issuers are never evicted here; a deployment would bound them as serve/state.py 
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections import ChainMap
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -327,10 +329,10 @@ class OnlineFeatures:
         self._recency = pos[RECENCY[0]]
         self._cm_secs = pos["cm_secs_since_last"]
         self._prev_secs = pos["secs_since_prev_attempt"]
-        self.cards: dict[Any, _Stream] = {}
-        self.issuers: dict[Any, _Stream] = {}
+        self.cards: MutableMapping[Any, _Stream] = {}
+        self.issuers: MutableMapping[Any, _Stream] = {}
         # (issuer id, route or None): a log without routes is one route per issuer
-        self.issuer_routes: dict[tuple[Any, str | None], _Stream] = {}
+        self.issuer_routes: MutableMapping[tuple[Any, str | None], _Stream] = {}
         self._causes: dict[tuple[str, str], str] = {}
 
     # -- state ----------------------------------------------------------------------------
@@ -385,6 +387,21 @@ class OnlineFeatures:
         if pair is None:
             pair = card.pairs[merchant] = _Pair()
         pair.append(t, ok, code, int(card.t[card.n - 1]) - self.keep_s)
+
+    def with_outcome(self, outcome: Mapping[str, Any]) -> OnlineFeatures:
+        """A view that has also observed `outcome`, for the rows of attempts that would
+        follow it (a retry of a decline not observed yet): the streams the outcome touches
+        (its card, issuer and issuer x route) are copied, every other is read from this one,
+        which is left as it is."""
+        other = copy.copy(self)
+        card, issuer = outcome["card_id"], outcome["issuer_id"]
+        route = (issuer, _text(outcome.get("route")))
+        for name, key in (("cards", card), ("issuers", issuer), ("issuer_routes", route)):
+            table = getattr(self, name)
+            own = {key: copy.deepcopy(table[key])} if key in table else {}
+            setattr(other, name, ChainMap(own, table))  # writes go to `own`
+        other.observe(outcome)
+        return other
 
     # -- features -------------------------------------------------------------------------
     def row(self, attempt: Mapping[str, Any]) -> tuple[np.ndarray, list[str | None]]:

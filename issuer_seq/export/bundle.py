@@ -29,6 +29,8 @@ import numpy as np
 import onnx
 
 from issuer_seq import features as F
+from issuer_seq.baselines.fused import FUSED_COLUMNS, N_FUSED
+from issuer_seq.baselines.sql_features import WINDOWS
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.export.cases import EDGE_ROWS, edge_cases
 from issuer_seq.export.factored import (
@@ -91,12 +93,6 @@ def export_bundle(settings: ExportSettings) -> dict[str, Any]:
     target = Path(settings.artifact_dir)
     _check_target(target)  # before minutes of work, not after
     run = TrainedRun.load(settings.run_dir)
-    if run.net.n_fused:
-        raise IssuerSeqError(
-            f"{settings.run_dir} reads the trees' aggregates (model.fuse=true): exporting and "
-            'serving a fused network is not built yet (docs/training.md, "Fusion"); train '
-            "with model.fuse=false to export"
-        )
     data_dir = str(settings.data_dir) if settings.data_dir else None
     log.info("rebuilding the validation rows of %s", data_dir or run.data_dir)
     data = load_validation(run, data_dir, settings.parity_rows, settings.seed)
@@ -110,7 +106,7 @@ def export_bundle(settings: ExportSettings) -> dict[str, Any]:
 
 
 def _build(run: TrainedRun, data: ValidationData, out: Path, s: ExportSettings) -> dict[str, Any]:
-    inputs = input_specs(run.spec["inputs"])
+    inputs = input_specs(run.spec["inputs"], run.net.n_fused)
     outputs = output_specs(int(run.spec["net"]["n_delays"]))
     model_path = out / MODEL_FILE
 
@@ -218,6 +214,7 @@ def _build(run: TrainedRun, data: ValidationData, out: Path, s: ExportSettings) 
         "parity": parity,
         "variants": variants,
         "factored": manifest_entry(run.net, graphs, factored_parity),
+        "fused": fused_entry(run.net.n_fused),
         "sample": {
             "file": SAMPLE_FILE,
             "rows": sample_rows,
@@ -234,6 +231,25 @@ def _build(run: TrainedRun, data: ValidationData, out: Path, s: ExportSettings) 
         "versions": versions(),
     }
     return write_manifest(out, manifest)
+
+
+def fused_entry(n_fused: int) -> dict[str, Any] | None:
+    """What a scorer computes for a fused network's `fused` input (None: it reads none)."""
+    if not n_fused:
+        return None
+    if n_fused != N_FUSED:
+        raise IssuerSeqError(
+            f"the network reads {n_fused} fused inputs, this version computes {N_FUSED}: "
+            "retrain the model"
+        )
+    return {
+        "columns": list(FUSED_COLUMNS),
+        "windows_s": dict(WINDOWS),
+        "size": N_FUSED,
+        "transform": "sign(x) log(1 + |x|) of each column (NaN: 0), then a 0/1 NaN flag "
+        "per column (baselines/fused.py fused_inputs)",
+        "source": "baselines/online.py OnlineFeatures.row, kept in the scorer's memory",
+    }
 
 
 def _opset(model: onnx.ModelProto) -> int:

@@ -40,7 +40,11 @@ def empty_histories(feeds: Feeds, specs: list[TensorSpec]) -> Feeds:
 
 def window_sizes(feeds: Feeds, specs: list[TensorSpec]) -> dict[str, int]:
     """stream -> K of these feeds (the second dim of the stream's (B, K) inputs)."""
-    return {s.stream: feeds[s.name].shape[1] for s in specs if len(s.shape) == 2}
+    return {
+        s.stream: feeds[s.name].shape[1]
+        for s in specs
+        if s.stream in HISTORY_DIMS and len(s.shape) == 2
+    }
 
 
 def fill_histories(feeds: Feeds, specs: list[TensorSpec]) -> Feeds:

@@ -8,10 +8,12 @@ graph (the attempt and each stream's cached states -> p_approve, p_retry).
                          on the axis after the batch, each right-aligned to the longest
                          window k: states (batch, 3, k, S), rel (batch, 3, k, 3) float32,
                          length (batch, 3) int64; decline_response_code,
-                         decline_advice_code (batch,) int64 -> p_approve, p_retry
+                         decline_advice_code (batch,) int64; a fused network's
+                         `fused` (batch, n_fused) float32 -> p_approve, p_retry
     route_query.onnx     the query graph for one attempt through R candidate routes:
-                         cur_cat (routes, C), every other input with a batch of 1 (the
-                         histories the candidates share) -> p_approve (routes,),
+                         cur_cat (routes, C) (and `fused` (routes, n_fused): its issuer x
+                         route aggregates are the candidate's), every other input with a
+                         batch of 1 (the histories the candidates share) -> p_approve (routes,),
                          p_retry (routes, G); the histories' keys and values computed once
 
 `observe` runs the event graph once per event and stores the state beside the event's raw
@@ -41,7 +43,14 @@ from issuer_seq.errors import IssuerSeqError
 from issuer_seq.export.onnx_export import check_signature
 from issuer_seq.export.parity import worst_ratio
 from issuer_seq.export.quiet import quiet_libraries
-from issuer_seq.export.signature import BATCH, HISTORY_DIMS, OUTPUTS, TensorSpec
+from issuer_seq.export.signature import (
+    BATCH,
+    FUSED,
+    HISTORY_DIMS,
+    OUTPUTS,
+    TensorSpec,
+    fused_spec,
+)
 from issuer_seq.export.validation import Feeds
 from issuer_seq.features import STREAMS
 from issuer_seq.model.network import IssuerSeqNet
@@ -53,6 +62,7 @@ ROUTES = "routes"  # the route graph's symbolic dim: one attempt's candidate rou
 EVENTS = "events"  # the event graph's symbolic dim
 QUERY_K = "k"  # the query graph's: the longest stream's window
 N_CAT, N_NUM, N_REL = len(F.CATEGORICAL), len(F.NUMERIC), len(F.RELATIVE)
+PER_ROUTE = ("cur_cat", FUSED)  # the route graph's inputs that differ by candidate
 
 
 def event_specs(state_size: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -63,7 +73,9 @@ def event_specs(state_size: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return inputs, [TensorSpec("state", "float32", (EVENTS, state_size))]
 
 
-def query_specs(state_size: int, n_delays: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def query_specs(
+    state_size: int, n_delays: int, n_fused: int = 0
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
     inputs = [
         TensorSpec("cur_cat", "int64", (BATCH, N_CAT)),
         TensorSpec("cur_num", "float32", (BATCH, N_NUM)),
@@ -76,6 +88,8 @@ def query_specs(state_size: int, n_delays: int) -> tuple[list[TensorSpec], list[
         TensorSpec("decline_response_code", "int64", (BATCH,)),
         TensorSpec("decline_advice_code", "int64", (BATCH,)),
     ]
+    if n_fused:
+        inputs.append(fused_spec(n_fused))
     outputs = [
         TensorSpec("p_approve", "float32", (BATCH,)),
         TensorSpec("p_retry", "float32", (BATCH, n_delays)),
@@ -83,12 +97,14 @@ def query_specs(state_size: int, n_delays: int) -> tuple[list[TensorSpec], list[
     return inputs, outputs
 
 
-def route_specs(state_size: int, n_delays: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The query graph's signature with the candidates on `cur_cat`'s first axis and a batch
-    of 1 on every other input (one attempt's histories, shared)."""
-    inputs, outputs = query_specs(state_size, n_delays)
+def route_specs(
+    state_size: int, n_delays: int, n_fused: int = 0
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The query graph's signature with the candidates on the first axis of `PER_ROUTE`'s
+    inputs and a batch of 1 on every other input (one attempt's histories, shared)."""
+    inputs, outputs = query_specs(state_size, n_delays, n_fused)
     return (
-        [replace(s, shape=(ROUTES if s.name == "cur_cat" else 1, *s.shape[1:])) for s in inputs],
+        [replace(s, shape=(ROUTES if s.name in PER_ROUTE else 1, *s.shape[1:])) for s in inputs],
         [replace(s, shape=(ROUTES, *s.shape[1:])) for s in outputs],
     )
 
@@ -111,11 +127,18 @@ class QueryGraph(nn.Module):
         self.net = net
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
-        cur_cat, cur_num, states, rel, length, code, advice = inputs
+        cur_cat, cur_num, states, rel, length, code, advice, *fused = inputs
         # batch first in the inputs (Triton batches on the first dim), streams first in the
         # network
         logits = self.net.query(
-            cur_cat, cur_num, states.transpose(0, 1), rel.transpose(0, 1), length.T, code, advice
+            cur_cat,
+            cur_num,
+            states.transpose(0, 1),
+            rel.transpose(0, 1),
+            length.T,
+            code,
+            advice,
+            fused[0] if fused else None,
         )
         return self.net.calibrated(*logits)
 
@@ -151,6 +174,8 @@ def query_feeds(feeds: Feeds, states: dict[str, np.ndarray]) -> Feeds:
     }
     out["decline_response_code"] = feeds["decline_response_code"]
     out["decline_advice_code"] = feeds["decline_advice_code"]
+    if FUSED in feeds:
+        out[FUSED] = feeds[FUSED]
     return out
 
 
@@ -180,13 +205,14 @@ def chained_feeds(event_session: Any, feeds: Feeds) -> Feeds:
 
 
 def route_feeds(feeds: Feeds, row: int, route_ids: np.ndarray) -> tuple[Feeds, Feeds]:
-    """Row `row` of query feeds through each of `route_ids` (the `route` id of `cur_cat`):
-    the route graph's feeds, and the query graph's (the histories copied per route)."""
+    """Row `row` of query feeds through each of `route_ids` (the `route` id of `cur_cat`;
+    a fused input is the row's, copied): the route graph's feeds, and the query graph's (the
+    histories copied per route)."""
     r = len(route_ids)
-    cur = np.repeat(feeds["cur_cat"][row : row + 1], r, axis=0)
-    cur[:, F.ROUTE] = route_ids
-    one = {k: v[row : row + 1] for k, v in feeds.items()} | {"cur_cat": cur}
-    return one, {k: np.repeat(v, r, axis=0) for k, v in one.items()} | {"cur_cat": cur}
+    per_route = {k: np.repeat(feeds[k][row : row + 1], r, axis=0) for k in PER_ROUTE if k in feeds}
+    per_route["cur_cat"][:, F.ROUTE] = route_ids
+    one = {k: v[row : row + 1] for k, v in feeds.items()} | per_route
+    return one, {k: np.repeat(v, r, axis=0) for k, v in one.items()} | per_route
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -246,7 +272,7 @@ def export_factored(
             "use_issuer false) is for comparisons, not serving"
         )
     size = net.state_size()
-    ev_specs, q_specs = event_specs(size), query_specs(size, n_delays)
+    ev_specs, q_specs = event_specs(size), query_specs(size, n_delays, net.n_fused)
     cat = stacked(example, "card", F.CATEGORICAL, np.int64).reshape(-1, N_CAT)
     num = stacked(example, "card", F.NUMERIC, np.float32).reshape(-1, N_NUM)
     event = _export(
@@ -272,7 +298,7 @@ def export_factored(
         out / QUERY_FILE,
         opset,
     )
-    r_specs = route_specs(size, n_delays)
+    r_specs = route_specs(size, n_delays, net.n_fused)
     one, _ = route_feeds(feeds, 0, np.zeros(2, np.int64))
     route = _export(
         QueryGraph(net),

@@ -7,6 +7,8 @@ Every input name of `data/batches.py` (`<stream>_<feature>`) maps to a dtype and
     card_<f>                                (batch, k_card)      history, right-aligned
     issuer_<f>                              (batch, k_issuer)
     card_merchant_<f>                       (batch, k_card_merchant)
+    fused                                   (batch, n_fused)     float32, a fused network's
+                                            aggregates (baselines/fused.py `fused_inputs`)
 
 The symbolic dims are what the ONNX graph, the manifest and the Triton config share.
 """
@@ -22,8 +24,9 @@ from issuer_seq.errors import IssuerSeqError
 BATCH = "batch"
 HISTORY_DIMS = F.HISTORY_DIMS  # stream -> the symbolic dim its (B, K) inputs share
 OUTPUTS: tuple[str, ...] = ("p_approve", "p_retry")
+FUSED = "fused"  # the input of a network that reads the trees' aggregates (model.fuse)
 
-Kind = Literal["categorical", "numeric", "relative", "length"]
+Kind = Literal["categorical", "numeric", "relative", "length", "fused"]
 Dtype = Literal["int64", "float32"]
 
 
@@ -80,8 +83,15 @@ def _spec(name: str, stream: str, feature: str) -> TensorSpec | None:
     return None
 
 
-def input_specs(names: list[str]) -> list[TensorSpec]:
-    return [input_spec(n) for n in names]
+def fused_spec(n_fused: int) -> TensorSpec:
+    """The `fused` input: the attempt's aggregates as baselines/fused.py gives them."""
+    return TensorSpec(FUSED, "float32", (BATCH, n_fused), feature=FUSED, kind="fused")
+
+
+def input_specs(names: list[str], n_fused: int = 0) -> list[TensorSpec]:
+    """The specs of `names`, then the `fused` input when the network reads `n_fused` > 0
+    aggregates."""
+    return [input_spec(n) for n in names] + ([fused_spec(n_fused)] if n_fused else [])
 
 
 def output_specs(n_delays: int) -> list[TensorSpec]:

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from issuer_seq.data.batches import DeviceStore
-from issuer_seq.data.store import VAL, StoreConfig, build_store
+from issuer_seq.data.store import VAL
 from issuer_seq.errors import IssuerSeqError
+from issuer_seq.export.signature import FUSED
 from issuer_seq.schema import load_log
 from issuer_seq.train.trained_run import TrainedRun
 
@@ -51,8 +52,8 @@ def load_validation(
             f"export checks the model on its validation data, but {source} (the training "
             "log) does not exist; pass data_dir=... pointing at that log"
         )
-    config = StoreConfig.from_json(run.spec["store"])
-    store = build_store(load_log(source), config, vocab=run.vocab)
+    config = run.store_config
+    store = run.build_store(load_log(source))  # the fused aggregates too, when it reads them
     rows = store.rows(VAL)
     if len(rows) < 2:
         raise IssuerSeqError(f"{source} has {len(rows)} validation rows: too few to check export")
@@ -60,4 +61,5 @@ def load_validation(
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(rows, size=max_rows, replace=False))
     full = np.logical_and.reduce([store.index(s).length[rows] >= k for s, k in config.ks.items()])
-    return ValidationData(DeviceStore(store), list(run.spec["inputs"]), rows, rows[full])
+    names = list(run.spec["inputs"]) + ([FUSED] if run.net.n_fused else [])
+    return ValidationData(DeviceStore(store), names, rows, rows[full])

@@ -8,6 +8,12 @@ filled before, a backfill), is recomputed from the event's fields when read, nev
 `model_file` (a variant of the whole network, e.g. model_int8.onnx) runs that one graph
 on every event's features instead.
 
+A fused network (manifest `fused`, trained with model.fuse=true) also reads the trees'
+aggregates of each attempt: the scorer keeps them as LightGBM's online scorer does
+(baselines/online.py `OnlineFeatures`, the code that computes them for training too), in
+this process's memory beside the histories, and `observe` feeds both. They are not shared
+through Redis, so a fused bundle serves with the memory store only.
+
 numpy + onnxruntime only (a test imports it in a fresh interpreter and checks that torch is
 never loaded). Thread-safe: ONNX Runtime sessions are safe to call concurrently, and the
 state stores lock (or are Redis).
@@ -31,6 +37,8 @@ from typing import Any
 import numpy as np
 
 from issuer_seq import features as F
+from issuer_seq.baselines.fused import FUSED_COLUMNS, fused_inputs
+from issuer_seq.baselines.online import OnlineFeatures
 from issuer_seq.delays import grid_seconds
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.retry_policy import (
@@ -142,6 +150,42 @@ class Scorer:
                 )
         else:
             self.session = make_session(self.root / model_file, providers, threads, allow_fallback)
+        self.online, self._fused_take = self._online_features(m.get("fused"))
+        self._online_lock = threading.Lock()
+
+    def _online_features(
+        self, fused: Mapping[str, Any] | None
+    ) -> tuple[OnlineFeatures | None, np.ndarray]:
+        """The trees' online aggregates of a fused network (None for another), and which of
+        their columns it reads."""
+        if fused is None:
+            return None, np.zeros(0, np.int64)
+        if list(fused["columns"]) != list(FUSED_COLUMNS):
+            raise BundleError(
+                f"{self.root} reads fused aggregates of another version of issuer_seq "
+                "(manifest fused.columns differ from this one's): export the run again"
+            )
+        if not isinstance(self.store, MemoryStore):
+            raise IssuerSeqError(
+                f"{self.root} is a fused network: it reads the trees' aggregates, which the "
+                "scorer keeps in this process's memory, not in "
+                f"{type(self.store).__name__}; serve it with the memory store (store=memory)"
+            )
+        online = OnlineFeatures(windows=fused["windows_s"], lag_s=self.lag_s)
+        where = {c: i for i, c in enumerate(online.columns)}
+        return online, np.array([where[c] for c in FUSED_COLUMNS], dtype=np.int64)
+
+    def fused_rows(
+        self, attempts: Sequence[Mapping[str, Any]], online: OnlineFeatures | None = None
+    ) -> np.ndarray | None:
+        """A fused network's `fused` input for attempts about to be sent (B, n_fused), from
+        the aggregates kept (or `online`'s); None for a network that reads none."""
+        if self.online is None:
+            return None
+        with self._online_lock:
+            source = online or self.online
+            rows = [source.row(a)[0][self._fused_take] for a in attempts]
+        return fused_inputs(np.stack(rows))
 
     @classmethod
     def load(cls, bundle: str | Path, **kwargs: Any) -> Scorer:
@@ -190,10 +234,17 @@ class Scorer:
         current: Sequence[Event],
         histories: Mapping[str, Sequence[Window | Sequence[Event]]],
         declines: Sequence[Event] | None = None,
+        fused: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """The feeds of the graph this scorer runs, for B current attempts."""
+        """The feeds of the graph this scorer runs, for B current attempts (`fused`: a fused
+        network's aggregates of them, `fused_rows`)."""
+        if (fused is None) != (self.online is None):
+            raise IssuerSeqError(
+                "a fused network needs the attempts' fused aggregates, and only it reads them"
+            )
+        extra = {} if fused is None else {"fused": fused}
         if self.factored:
-            return build_query_inputs(
+            return extra | build_query_inputs(
                 current,
                 histories,
                 self.ks,
@@ -203,7 +254,7 @@ class Scorer:
                 self.lag_s,
                 declines,
             )
-        return build_inputs(current, histories, self.ks, self.lag_s, declines)
+        return extra | build_inputs(current, histories, self.ks, self.lag_s, declines)
 
     def run_whole(self, feeds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The whole network (`model.onnx`, or this scorer's `model_file`) on its named
@@ -239,7 +290,8 @@ class Scorer:
     def score_batch(self, attempts: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Approval probabilities of attempts about to be sent. (B,)"""
         current = [encode_event(self.vocab, {**a, "response_code": None}) for a in attempts]
-        return self.run(self.inputs(current, self.windows(attempts, current)))[0]
+        windows = self.windows(attempts, current)
+        return self.run(self.inputs(current, windows, fused=self.fused_rows(attempts)))[0]
 
     def score(self, attempt: Mapping[str, Any]) -> float:
         return float(self.score_batch([attempt])[0])
@@ -249,23 +301,31 @@ class Scorer:
         attempt: Mapping[str, Any],
         routes: Sequence[str],
         histories: Mapping[str, Sequence[Window | Sequence[Event]]] | None = None,
+        online: OnlineFeatures | None = None,
     ) -> np.ndarray:
         """P(approved) of the attempt sent through each of `routes` (R,): its inputs built
         once (the histories read, their states gathered), and only the current attempt's
         route changed per candidate. The route graph reads the histories once for all R
         (their keys and values computed once); without it (a bundle exported before it, or
         the whole network) they are repeated R times, one batch of R queries. `histories`:
-        each stream's history of the attempt (default: read from the store)."""
+        each stream's history of the attempt (default: read from the store); `online`: the
+        aggregates a fused network reads through each route (default: those kept)."""
         current = encode_event(self.vocab, {**attempt, "response_code": None, "advice_code": None})
         if histories is None:
             histories = self.windows([attempt], [current])
         ids = [F._lookup(self.vocab.maps["route"], F._text(r)) for r in routes]
-        feeds = self.inputs([current], histories)
+        # a fused network's issuer x route aggregates are each candidate's
+        fused = self.fused_rows([{**attempt, "route": r} for r in routes], online)
+        feeds = self.inputs([current], histories, fused=None if fused is None else fused[:1])
         if self.route_session is not None:
             feeds["cur_cat"] = np.repeat(feeds["cur_cat"], len(routes), axis=0)
             feeds["cur_cat"][:, F.ROUTE] = ids
+            if fused is not None:
+                feeds["fused"] = fused
             return self.run(feeds, self.route_session)[0]
         feeds = {k: np.repeat(v, len(routes), axis=0) for k, v in feeds.items()}
+        if fused is not None:
+            feeds["fused"] = fused
         if "cur_cat" in feeds:  # the query graph: the attempt's ids in one (B, C) input
             feeds["cur_cat"][:, F.ROUTE] = ids
         else:  # the whole network: one input per feature
@@ -278,7 +338,7 @@ class Scorer:
         current = [encode_event(self.vocab, {**d, "response_code": None}) for d in declines]
         outcome = [encode_event(self.vocab, d) for d in declines]
         windows = self.windows(declines, current)
-        return self.run(self.inputs(current, windows, outcome))[1]
+        return self.run(self.inputs(current, windows, outcome, self.fused_rows(declines)))[1]
 
     def advise_retry(
         self, decline: Mapping[str, Any], routes: Sequence[tuple[str, float]] | None = None
@@ -337,10 +397,11 @@ class Scorer:
 
     def retry_attempt(
         self, decline: Mapping[str, Any], event: Event, delay_s: int, three_ds: bool
-    ) -> tuple[dict[str, Any], dict[str, list[Sequence[Event]]]]:
+    ) -> tuple[dict[str, Any], dict[str, list[Sequence[Event]]], OnlineFeatures | None]:
         """The retry of a declined payment `delay_s` later, as the attempt it would be (the
-        payment's next attempt), and its histories: the decline in them (added here when its
-        outcome has not been observed yet)."""
+        payment's next attempt), its histories and, for a fused network, the aggregates it
+        reads: the decline in them (added here when its outcome has not been observed
+        yet)."""
         assert event.raw is not None
         retry = {
             **decline,
@@ -351,12 +412,18 @@ class Scorer:
             "advice_code": None,
         }
         histories: dict[str, list[Sequence[Event]]] = {}
+        observed = True
         for stream in self.ks:
             known = self.recent(stream, stream_key(stream, decline))
             if not any(e.t == event.t and e.payment == event.payment for e in known):
                 known = sorted([*known, event], key=lambda e: e.t)
+                observed = False
             histories[stream] = [known]
-        return retry, histories
+        online = self.online
+        if online is not None and not observed:
+            with self._online_lock:
+                online = online.with_outcome(decline)
+        return retry, histories, online
 
     def retry_route(
         self,
@@ -369,9 +436,9 @@ class Scorer:
         Secure for RETRY_NOW_WITH_3DS), scored through each candidate; ties: priority."""
         assert action.delay_s is not None
         three_ds = action == RETRY_NOW_WITH_3DS or bool(decline["three_ds"])
-        retry, histories = self.retry_attempt(decline, event, action.delay_s, three_ds)
+        retry, histories, online = self.retry_attempt(decline, event, action.delay_s, three_ds)
         names = [name for name, _ in routes]
-        p = self.score_routes(retry, names, histories)
+        p = self.score_routes(retry, names, histories, online)
         choice = choose_route(
             p[None, :],
             np.arange(len(names))[None, :],
@@ -398,8 +465,9 @@ class Scorer:
             event.t, event.merchant, event.raw, rules_history, initiator, three_ds, self.rules
         ):
             return 0.0, False
-        retry, histories = self.retry_attempt(decline, event, NOW_3DS_DELAY_S, True)
-        inputs = self.inputs([encode_event(self.vocab, retry)], histories)
+        retry, histories, online = self.retry_attempt(decline, event, NOW_3DS_DELAY_S, True)
+        fused = self.fused_rows([retry], online)
+        inputs = self.inputs([encode_event(self.vocab, retry)], histories, fused=fused)
         return float(self.run(inputs)[0][0]), True
 
     # -- outcomes -------------------------------------------------------------------------
@@ -420,6 +488,9 @@ class Scorer:
                 self.store.append(stream, key, event)
             except Exception as exc:
                 raise StateUnavailable(f"writing {stream} {key}: {exc!r}") from exc
+        if self.online is not None:
+            with self._online_lock:
+                self.online.observe(outcome)
 
 
 __all__ = ["BundleError", "RetryAdvice", "Scorer", "verify_bundle"]

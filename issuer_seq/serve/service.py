@@ -254,9 +254,11 @@ class Service:
 
     def _warm_up(self, scorer: Scorer) -> None:
         """A few dummy inferences: the first runs of a session allocate and are slow."""
-        event = encode_event(scorer.vocab, {**warmup_attempt(), "response_code": None})
+        attempt = warmup_attempt()
+        event = encode_event(scorer.vocab, {**attempt, "response_code": None})
         for b in (1, min(8, self.settings.max_batch)):
-            inputs = scorer.inputs([event] * b, {s: [[]] * b for s in scorer.ks})
+            fused = scorer.fused_rows([attempt] * b)
+            inputs = scorer.inputs([event] * b, {s: [[]] * b for s in scorer.ks}, fused=fused)
             for _ in range(max(1, self.settings.warmup_runs)):
                 probabilities(scorer.run(inputs)[0])
         try:
