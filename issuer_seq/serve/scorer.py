@@ -169,7 +169,7 @@ class Scorer:
             raise IssuerSeqError(
                 f"{self.root} is a fused network: it reads the trees' aggregates, which the "
                 "scorer keeps in this process's memory, not in "
-                f"{type(self.store).__name__}; serve it with the memory store (store=memory)"
+                f"{type(self.store).__name__}; serve it with the memory store (state=memory)"
             )
         online = OnlineFeatures(windows=fused["windows_s"], lag_s=self.lag_s)
         where = {c: i for i, c in enumerate(online.columns)}
