@@ -96,10 +96,21 @@ class EventEncoder(nn.Module):
 
     def forward(self, cat: Tensor, num: Tensor) -> Tensor:
         day = day_onehot(num[..., _DAY_OF_MONTH], self.days)
-        out = self.cat(cat + self.offsets).sum(-2) + self.num(num) + self.day(day)
+        out = self.embedded(cat + self.offsets) + self.num(num) + self.day(day)
         for layer in self.ff:
             out = out + layer(out)
         return self.norm(out)
+
+    def embedded(self, ids: Tensor) -> Tensor:
+        """(..., C) ids (offsets added) -> the sum of their embeddings (..., D). Training sums
+        each event's C embeddings as one bag (`embedding_bag`): no (..., C, D) tensor is
+        made, forward or backward, where most of a step's embedding time went; a graph
+        looks them up and sums them (ONNX has no bag op). The same function."""
+        if not self.training:
+            return self.cat(ids).sum(-2)
+        flat = ids.reshape(-1, ids.shape[-1])
+        summed = nn.functional.embedding_bag(flat, self.cat.weight, mode="sum")
+        return summed.reshape(*ids.shape[:-1], summed.shape[-1])
 
 
 #: positions among features.NUMERIC and features.CATEGORICAL of what a state carries aside
@@ -132,11 +143,24 @@ def stacked_param(modules: list[nn.Module], name: str, ndim: int) -> Tensor:
     return w.reshape(w.shape[0], *(1,) * (ndim - w.dim()), *w.shape[1:])
 
 
+def matmul_n(x: Tensor, weight: Tensor) -> Tensor:
+    """x (N, ..., in) @ weight (N, in, out) -> (N, ..., out), each stream's slice by its own
+    matrix.
+
+    Eager PyTorch runs it as N matrix products over the slices flattened ((N, M, in) @ (N, in,
+    out)): broadcast over the middle dims, (N, B, K, in) @ (N, 1, in, out), it would make N x B
+    small products of K rows, several times slower in training. A graph being exported keeps
+    the broadcast product (no shape arithmetic: fewer nodes for ONNX Runtime)."""
+    if x.dim() <= 3 or torch.compiler.is_exporting():
+        return x @ weight.reshape(weight.shape[0], *(1,) * (x.dim() - 3), *weight.shape[1:])
+    flat = x.reshape(x.shape[0], -1, x.shape[-1]) @ weight
+    return flat.reshape(*x.shape[:-1], weight.shape[-1])
+
+
 def linear_n(x: Tensor, layers: list[nn.Module]) -> Tensor:
     """Each stream's own nn.Linear on its slice of x (N, ..., in) -> (N, ..., out)."""
     weight = torch.stack([layer.weight for layer in layers]).transpose(1, 2)  # (N, in, out)
-    weight = weight.reshape(weight.shape[0], *(1,) * (x.dim() - 3), *weight.shape[1:])
-    return x @ weight + stacked_param(layers, "bias", x.dim())
+    return matmul_n(x, weight) + stacked_param(layers, "bias", x.dim())
 
 
 def layer_norm_n(x: Tensor, norms: list[nn.Module]) -> Tensor:
@@ -340,8 +364,8 @@ def query_blocks_n(
     query = (h @ w[..., :d] + bias[:, None, :d]) * first.scale  # (N, B, D)
     own_key = h @ w[..., d : 2 * d] + bias[:, None, d : 2 * d]  # (N, B, D)
     own_value = h @ w[..., 2 * d :] + bias[:, None, 2 * d :]
-    key = mem @ w[:, None, :, d : 2 * d] + bias[:, None, None, d : 2 * d]  # (N, B or 1, K, D)
-    value = mem @ w[:, None, :, 2 * d :] + bias[:, None, None, 2 * d :]
+    key = matmul_n(mem, w[..., d : 2 * d]) + bias[:, None, None, d : 2 * d]  # (N, B or 1, K, D)
+    value = matmul_n(mem, w[..., 2 * d :]) + bias[:, None, None, 2 * d :]
     own = ((query * own_key) @ first.heads)[:, :, None, :]  # (N, B, 1, H)
     scores = torch.cat([own, (query[:, :, None, :] * key) @ first.heads], dim=2)  # (N, B, T, H)
     scores = scores.masked_fill(pad[..., None], float("-inf"))
