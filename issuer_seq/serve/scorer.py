@@ -32,13 +32,11 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from issuer_seq import features as F
-from issuer_seq.baselines.fused import FUSED_COLUMNS, fused_inputs
-from issuer_seq.baselines.online import OnlineFeatures
 from issuer_seq.delays import grid_seconds
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.retry_policy import (
@@ -68,6 +66,9 @@ from issuer_seq.serve.inputs import (
     stream_key,
 )
 from issuer_seq.serve.state import MemoryStore, StateStore, StateUnavailable, keep_lengths
+
+if TYPE_CHECKING:
+    from issuer_seq.baselines.online import OnlineFeatures
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,10 @@ class Scorer:
         their columns it reads."""
         if fused is None:
             return None, np.zeros(0, np.int64)
+        # the trees' code (and its DuckDB and pandas) only for a bundle that reads it
+        from issuer_seq.baselines.fused import FUSED_COLUMNS
+        from issuer_seq.baselines.online import OnlineFeatures
+
         if list(fused["columns"]) != list(FUSED_COLUMNS):
             raise BundleError(
                 f"{self.root} reads fused aggregates of another version of issuer_seq "
@@ -182,6 +187,8 @@ class Scorer:
         the aggregates kept (or `online`'s); None for a network that reads none."""
         if self.online is None:
             return None
+        from issuer_seq.baselines.fused import fused_inputs
+
         with self._online_lock:
             source = online or self.online
             rows = [source.row(a)[0][self._fused_take] for a in attempts]
