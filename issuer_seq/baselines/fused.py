@@ -2,8 +2,8 @@
 
 The point-in-time aggregates LightGBM reads (per card, issuer, issuer x route and card x
 merchant over trailing windows, recencies, last codes' times) are computed by the same code
-that computes them for the trees: `sql_features` over a log (`OnlineFeatures.row` computes
-the same per request; serving a fused network is not built yet).
+that computes them for the trees: `sql_features` over a log for training and evaluation,
+`OnlineFeatures.row` per request for the scorer of a fused bundle (serve/scorer.py).
 `fused_inputs` turns their numeric columns, the current attempt's own features left out (the
 network reads those itself), into what the network takes: a signed log of each value, and a
 0/1 column per value marking "no event" (NaN), so (N, 2 x len(FUSED_COLUMNS)) float32.
