@@ -150,3 +150,17 @@ def test_a_copy_with_an_outcome_reads_as_if_it_were_observed(
         assert copy.row(rec)[1] == ahead.row(rec)[1]
     for rec, want in zip(later, before, strict=True):
         np.testing.assert_array_equal(seen.row(rec)[0], want)
+
+
+def test_rows_through_each_route_are_the_rows_of_the_attempt_sent_through_it(
+    sim: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    frame, _ = sim
+    records = frame.to_dict("records")
+    features = OnlineFeatures()
+    for rec in records[:-50]:
+        features.observe(rec)
+    routes = [*sorted(frame["route"].unique()), "not_a_route", None]
+    for rec in records[-50:]:
+        want = np.stack([features.row({**rec, "route": r})[0] for r in routes])
+        np.testing.assert_array_equal(features.route_rows(rec, routes), want)

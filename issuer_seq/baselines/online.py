@@ -487,6 +487,20 @@ class OnlineFeatures:
             x[self._cm_secs] = t - pair_t
         return x, [*cats, *last, cm_code, *(prev[:3] if prev else (None, None, None))]
 
+    def route_rows(self, attempt: Mapping[str, Any], routes: Sequence[str | None]) -> np.ndarray:
+        """`row(attempt)`'s values as if sent through each of `routes` (R, F): the row is
+        computed once, then only its issuer x route columns per route."""
+        values, _ = self.row(attempt)
+        out = np.repeat(values[None, :], len(routes), axis=0)
+        cutoff = epoch_seconds(attempt["ts"]) - self.lag_s
+        width = len(ISSUER_ROUTE_WINDOW)
+        for i, route in enumerate(routes):
+            stream = self.issuer_routes.get((attempt["issuer_id"], _text(route)))
+            block = out[i, self._issuer_route].reshape(-1, width)  # a view: written in place
+            block[:] = NAN  # as `row` starts it: a rate over no events stays NaN
+            self._issuer_route_windows(block, stream, cutoff)
+        return out
+
     def _bounds(self, stream: _Stream, cutoff: int) -> np.ndarray:
         """(W + 1,) buffer indices: each window's first event, then the cutoff's."""
         s = stream.start

@@ -194,6 +194,22 @@ class Scorer:
             rows = [source.row(a)[0][self._fused_take] for a in attempts]
         return fused_inputs(np.stack(rows))
 
+    def fused_route_rows(
+        self,
+        attempt: Mapping[str, Any],
+        routes: Sequence[str],
+        online: OnlineFeatures | None = None,
+    ) -> np.ndarray | None:
+        """`fused_rows` of the attempt sent through each of `routes` (R, n_fused): its row
+        computed once, the issuer x route aggregates per route; None as `fused_rows`."""
+        if self.online is None:
+            return None
+        from issuer_seq.baselines.fused import fused_inputs
+
+        with self._online_lock:
+            rows = (online or self.online).route_rows(attempt, routes)
+        return fused_inputs(rows[:, self._fused_take])
+
     @classmethod
     def load(cls, bundle: str | Path, **kwargs: Any) -> Scorer:
         return cls(bundle, **kwargs)
@@ -322,7 +338,7 @@ class Scorer:
             histories = self.windows([attempt], [current])
         ids = [F._lookup(self.vocab.maps["route"], F._text(r)) for r in routes]
         # a fused network's issuer x route aggregates are each candidate's
-        fused = self.fused_rows([{**attempt, "route": r} for r in routes], online)
+        fused = self.fused_route_rows(attempt, routes, online)
         feeds = self.inputs([current], histories, fused=None if fused is None else fused[:1])
         if self.route_session is not None:
             feeds["cur_cat"] = np.repeat(feeds["cur_cat"], len(routes), axis=0)
