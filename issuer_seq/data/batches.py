@@ -58,8 +58,10 @@ class DeviceStore:
         self.t = as_t(store.t)
         self.merchant = as_t(store.merchant)
         self.payment = as_t(store.payment)
-        self.cat = {k: as_t(v) for k, v in store.cat.items()}
-        self.num = {k: as_t(v) for k, v in store.num.items()}
+        # every event's ids and numbers as one (N, C) and one (N, F) matrix: a stream's
+        # window is then one index operation per kind, not one per feature
+        self.cat_matrix = as_t(np.stack([store.cat[f] for f in F.CATEGORICAL], axis=1))
+        self.num_matrix = as_t(np.stack([store.num[f] for f in F.NUMERIC], axis=1))
         self.labels = {
             "approved": as_t(store.approved),
             "retry_bucket": as_t(store.retry_bucket),
@@ -85,9 +87,8 @@ class DeviceStore:
         for name, value in vars(self).items():
             if isinstance(value, Tensor):
                 setattr(self, name, value.to(device))
-        for d in (self.cat, self.num, self.labels):
-            for k in d:
-                d[k] = d[k].to(device)
+        for k in self.labels:
+            self.labels[k] = self.labels[k].to(device)
         for s in self.streams.values():
             s.order, s.end, s.length = s.order.to(device), s.end.to(device), s.length.to(device)
         self.device = device
@@ -97,11 +98,13 @@ class DeviceStore:
         """Named inputs and labels of the examples `rows` (B,) int64 on this device."""
         rows = rows.to(self.device, non_blocking=True)
         batch: dict[str, Tensor] = {}
-        for f in F.CATEGORICAL:
-            value = self.cat[f][rows]
-            batch[f"cur_{f}"] = torch.full_like(value, F.NONE) if f in F.OUTCOME_FEATURES else value
-        for f in F.NUMERIC:
-            batch[f"cur_{f}"] = self.num[f][rows]
+        own = self.cat_matrix[rows]  # (B, C)
+        for i, f in enumerate(F.CATEGORICAL):
+            batch[f"cur_{f}"] = (
+                torch.full_like(own[:, i], F.NONE) if f in F.OUTCOME_FEATURES else own[:, i]
+            )
+        for f, column in zip(F.NUMERIC, self.num_matrix[rows].unbind(1), strict=True):
+            batch[f"cur_{f}"] = column
         t_now = self.t[rows]
         m_now = self.merchant[rows]
         p_now = self.payment[rows]
@@ -111,10 +114,12 @@ class DeviceStore:
             mask = offsets[None, :] >= -length[:, None]  # (B, K)
             pos = (st.end[rows][:, None] + offsets[None, :]).clamp(0, len(st.order) - 1)
             ev = torch.where(mask, st.order[pos], torch.zeros_like(pos))  # (B, K)
-            for f in F.CATEGORICAL:
-                batch[f"{s}_{f}"] = self.cat[f][ev] * mask
-            for f in F.NUMERIC:
-                batch[f"{s}_{f}"] = self.num[f][ev] * mask
+            cat = self.cat_matrix[ev] * mask[..., None]  # (B, K, C)
+            num = self.num_matrix[ev] * mask[..., None]  # (B, K, F)
+            for i, f in enumerate(F.CATEGORICAL):
+                batch[f"{s}_{f}"] = cat[..., i]
+            for i, f in enumerate(F.NUMERIC):
+                batch[f"{s}_{f}"] = num[..., i]
             rel = F.relative_features(
                 torch,
                 t_now[:, None] - self.t[ev],
@@ -127,8 +132,8 @@ class DeviceStore:
             for i, f in enumerate(F.RELATIVE):
                 batch[f"{s}_{f}"] = rel[..., i]
             batch[f"{s}_length"] = length
-        batch["decline_response_code"] = self.cat["response_code"][rows]
-        batch["decline_advice_code"] = self.cat["advice_code"][rows]
+        batch["decline_response_code"] = own[:, F.CATEGORICAL.index("response_code")]
+        batch["decline_advice_code"] = own[:, F.CATEGORICAL.index("advice_code")]
         if self.fused is not None:
             batch["fused"] = self.fused[rows]
         for k, v in self.labels.items():
