@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from issuer_seq import features as F
 from issuer_seq.data.batches import DeviceStore
@@ -149,6 +150,9 @@ def test_every_stream_at_once_is_each_streams_own_modules() -> None:
     torch.manual_seed(0)
     d, b, ks = 16, 5, (7, 4, 1)
     queries = [StreamQuery(d, 2, 2, 32, 0.0).eval() for _ in ks]
+    for query in queries:  # off their initial values (norms 1 and 0, attention biases 0)
+        for param in query.parameters():
+            param.add_(torch.randn_like(param) * 0.3)
     current = torch.randn(b, d)
     states = [torch.randn(b, k, d) for k in ks]
     pairs = [torch.randn(b, k, 8) for k in ks]
@@ -222,3 +226,21 @@ def test_histories_of_one_shared_by_several_attempts_give_what_copies_give(
         for got, want in zip(shared, copies, strict=True):
             assert got.shape == want.shape
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_sum_of_embeddings_has_the_lookups_gradient() -> None:
+    """Training's embedding sum (`EmbeddingSum`: embedding_bag, its own backward) gives the
+    value and the weight gradient of looking each id up and summing, repeated ids included."""
+    from issuer_seq.model.network import EmbeddingSum
+
+    torch.manual_seed(0)
+    weight = torch.randn(11, 6, requires_grad=True)
+    ids = torch.randint(0, 11, (40, 5))
+    ids[0] = 3  # one id five times in a row
+    upstream = torch.randn(40, 6)
+    got = EmbeddingSum.apply(ids, weight)
+    (got_grad,) = torch.autograd.grad(got, weight, upstream)
+    want = nn.functional.embedding(ids, weight).sum(1)
+    (want_grad,) = torch.autograd.grad(want, weight, upstream)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)

@@ -36,6 +36,7 @@ them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -108,9 +109,30 @@ class EventEncoder(nn.Module):
         looks them up and sums them (ONNX has no bag op). The same function."""
         if not self.training:
             return self.cat(ids).sum(-2)
-        flat = ids.reshape(-1, ids.shape[-1])
-        summed = nn.functional.embedding_bag(flat, self.cat.weight, mode="sum")
+        summed = EmbeddingSum.apply(ids.reshape(-1, ids.shape[-1]), self.cat.weight)
         return summed.reshape(*ids.shape[:-1], summed.shape[-1])
+
+
+class EmbeddingSum(torch.autograd.Function):
+    """ids (M, C), weight (V, D) -> (M, D): each row's C embeddings summed, as
+    `embedding_bag(mode="sum")`, with its weight gradient accumulated column by column (C
+    `index_add_` of the whole (M, D) gradient): on the CPU several times faster than
+    embedding_bag's backward, which sorts all M x C ids first. The same gradient
+    (tests/test_network.py)."""
+
+    @staticmethod
+    def forward(ctx: Any, ids: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(ids)
+        ctx.rows = weight.shape[0]
+        return nn.functional.embedding_bag(ids, weight, mode="sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:
+        (ids,) = ctx.saved_tensors
+        weight_grad = grad.new_zeros(ctx.rows, grad.shape[-1])
+        for column in ids.unbind(1):
+            weight_grad.index_add_(0, column, grad)
+        return None, weight_grad
 
 
 #: positions among features.NUMERIC and features.CATEGORICAL of what a state carries aside
@@ -346,31 +368,51 @@ class HistoryStats(nn.Module):
 
 
 def query_blocks_n(
-    blocks: list[QueryBlock], q: Tensor, memory: Tensor, pad: Tensor, training: bool
+    blocks: list[QueryBlock], q: Tensor, normed: Tensor, pad: Tensor, training: bool
 ) -> Tensor:
-    """`QueryBlock.forward` of each stream's block at once: q (N, B, D), memory (N, B, K, D),
-    pad (N, B, 1 + K) -> (N, B, D).
+    """`QueryBlock.forward` of each stream's block at once: q (N, B, D), the memory
+    layer-normalized without an affine `normed` (N, B, K, D), pad (N, B, 1 + K) -> (N, B, D).
 
-    Memory and pad may instead have a batch of 1, shared by every query (the candidate routes
-    of one attempt over the same histories): the memory's keys and values are then computed
-    once. The current token's own key and value are kept apart from the memory's for that.
+    The memory and pad may instead have a batch of 1, shared by every query (the candidate
+    routes of one attempt over the same histories). The current token's own key and value
+    are kept apart from the memory's for that.
+
+    With one query per stream, the memory's keys and values are never formed: a head's score
+    of a memory token, query . (mem @ w_k + b_k) over the head's dims, is mem . (w_k @ the
+    query restricted to the head) + a term of the query alone, and the heads' weighted sum of
+    values, sum_k w_kh (mem_k @ w_v + b_v), is (sum_k w_kh mem_k) @ w_v + b_v sum_k w_kh. The
+    block's memory norm, mem = normed * gamma + beta, folds into both the same way. So the K
+    memory tokens meet H vectors per query, in two products, and nothing of size (N, B, K, D)
+    is made per block (`stream_queries_n` normalizes the memory once for every block).
     """
     first = blocks[0]
-    d, p = q.shape[-1], first.drop.p
+    d, p, heads = q.shape[-1], first.drop.p, first.heads  # heads (D, H) one-hot
     w = torch.stack([b.attn.in_proj_weight for b in blocks]).transpose(1, 2)  # (N, D, 3D)
-    bias = torch.stack([b.attn.in_proj_bias for b in blocks])  # (N, 3D)
+    bias = torch.stack([b.attn.in_proj_bias for b in blocks])[:, None]  # (N, 1, 3D)
+    w_k, w_v = w[..., d : 2 * d], w[..., 2 * d :]
+    b_k, b_v = bias[..., d : 2 * d], bias[..., 2 * d :]
+    gamma = stacked_param([b.norm_m for b in blocks], "weight", 4)  # (N, 1, 1, D)
+    beta = stacked_param([b.norm_m for b in blocks], "bias", 4)
     h = layer_norm_n(q, [b.norm_q for b in blocks])
-    mem = layer_norm_n(memory, [b.norm_m for b in blocks])
-    query = (h @ w[..., :d] + bias[:, None, :d]) * first.scale  # (N, B, D)
-    own_key = h @ w[..., d : 2 * d] + bias[:, None, d : 2 * d]  # (N, B, D)
-    own_value = h @ w[..., 2 * d :] + bias[:, None, 2 * d :]
-    key = matmul_n(mem, w[..., d : 2 * d]) + bias[:, None, None, d : 2 * d]  # (N, B or 1, K, D)
-    value = matmul_n(mem, w[..., 2 * d :]) + bias[:, None, None, 2 * d :]
-    own = ((query * own_key) @ first.heads)[:, :, None, :]  # (N, B, 1, H)
-    scores = torch.cat([own, (query[:, :, None, :] * key) @ first.heads], dim=2)  # (N, B, T, H)
-    scores = scores.masked_fill(pad[..., None], float("-inf"))
-    weights = torch.softmax(scores, dim=2) @ first.heads.T  # (N, B, T, D)
-    attended = weights[:, :, 0] * own_value + (weights[:, :, 1:] * value).sum(dim=2)
+    query = (h @ w[..., :d] + bias[..., :d]) * first.scale  # (N, B, D)
+    own_key = h @ w_k + b_k  # (N, B, D)
+    own_value = h @ w_v + b_v
+    # each head's probe: w_k @ (the query on the head's dims), (N, B, H, D)
+    probe = matmul_n(query[:, :, None, :] * heads.T, w_k.transpose(1, 2))
+    constant = (query * b_k) @ heads + (probe * beta).sum(dim=-1)  # (N, B, H)
+    at_mem = normed @ (probe * gamma).transpose(-1, -2) + constant[:, :, None, :]  # (N,B,K,H)
+    own = ((query * own_key) @ heads)[:, :, None, :]  # (N, B, 1, H)
+    scores = torch.cat([own, at_mem], dim=2)  # (N, B, T, H)
+    weights = torch.softmax(scores.masked_fill(pad[..., None], float("-inf")), dim=2)
+    own_w, mem_w = weights[:, :, 0], weights[:, :, 1:]  # (N, B, H), (N, B, K, H)
+    mem_total = mem_w.sum(dim=2)  # (N, B, H)
+    pooled = (mem_w.transpose(-1, -2) @ normed) * gamma + mem_total[..., None] * beta
+    mixed = matmul_n(pooled, w_v)  # (N, B, H, D): per head, all dims
+    attended = (
+        (own_w @ heads.T) * own_value
+        + (mixed * heads.T).sum(dim=-2)  # each dim from its own head's row
+        + (mem_total @ heads.T) * b_v
+    )
     a = linear_n(attended, [b.attn.out_proj for b in blocks])
     q = q + nn.functional.dropout(a, p, training)
     hidden = nn.functional.gelu(
@@ -392,12 +434,16 @@ def stream_queries_n(
     right-aligned, pair (N, B, K, N_PAIR), length (N, B) -> (N, B, D)."""
     k = states.shape[2]
     memory = states + linear_n(pair, [q.pair for q in queries])
+    # every block's memory norm, before its own affine (`query_blocks_n` folds that in)
+    normed = nn.functional.layer_norm(
+        memory, memory.shape[-1:], eps=queries[0].layers[0].norm_m.eps
+    )
     offsets = torch.arange(-k, 0, device=states.device)
     pad = offsets < -length[..., None]  # (N, B, K) True where padding
     pad = torch.cat([torch.zeros_like(pad[..., :1]), pad], dim=-1)  # the current token is real
     q = current.expand(len(queries), *current.shape)
     for blocks in zip(*(query.layers for query in queries), strict=True):
-        q = query_blocks_n(list(blocks), q, memory, pad, training)
+        q = query_blocks_n(list(blocks), q, normed, pad, training)
     return layer_norm_n(q, [query.norm for query in queries])
 
 
@@ -547,18 +593,24 @@ class IssuerSeqNet(nn.Module):
         """Events -> their cached states (..., S): cat (..., C) int64 ids in
         features.CATEGORICAL order, num (..., F) float32 in features.NUMERIC order. Reads the
         event alone; what serving's `observe` computes once per event (the event graph)."""
-        hidden = self.events(cat, num)
-        codes = self.decline_code(cat[..., _RESPONSE_CODE]) + self.decline_advice(
-            cat[..., _ADVICE_CODE]
-        )
-        cause = cause_onehot(cat[..., _CAUSE], self.causes)
-        day = day_onehot(num[..., _DAY_OF_MONTH], self.days)
-        log_amount = num[..., _LOG_AMOUNT : _LOG_AMOUNT + 1]
-        return torch.cat([hidden, codes, cause, log_amount, day], dim=-1)
+        return torch.cat(list(self.state_parts(cat, num).values()), dim=-1)
 
-    def part(self, states: Tensor, name: str) -> Tensor:
-        start, stop = self.layout[name]
-        return states[..., start:stop]
+    def state_parts(self, cat: Tensor, num: Tensor) -> dict[str, Tensor]:
+        """`state`'s parts, by the names of `state_layout`, in its order. Training reads
+        them apart: slicing parts out of one state tensor costs a zero-filled gradient of the
+        whole state per part in the backward pass, for parts (the one-hots) that need none."""
+        return {
+            "hidden": self.events(cat, num),
+            "codes": self.decline_code(cat[..., _RESPONSE_CODE])
+            + self.decline_advice(cat[..., _ADVICE_CODE]),
+            "cause": cause_onehot(cat[..., _CAUSE], self.causes),
+            "log_amount": num[..., _LOG_AMOUNT : _LOG_AMOUNT + 1],
+            "day": day_onehot(num[..., _DAY_OF_MONTH], self.days),
+        }
+
+    def parts(self, states: Tensor) -> dict[str, Tensor]:
+        """Cached states (..., S) -> their parts, as `state_parts` gives them."""
+        return {name: states[..., start:stop] for name, (start, stop) in self.layout.items()}
 
     def pair(self, rel: Tensor, day: Tensor, today: Tensor) -> Tensor:
         """(..., B, K, N_PAIR): how each history event stands to the current attempt.
@@ -595,12 +647,13 @@ class IssuerSeqNet(nn.Module):
         the attempts' `fused_inputs`, when the network reads them.
         """
         cur, today = self.current(cur_cat, cur_num)
-        streams = self.stream_vectors(cur, today, states, rel, length, slice(None))
+        parts = self.parts(states)
+        streams = self.stream_vectors(cur, today, parts, rel, length, slice(None))
         return self.heads(
             cur,
             today,
             streams,
-            states[_CARD_MERCHANT],
+            {name: part[_CARD_MERCHANT] for name, part in parts.items()},
             rel[_CARD_MERCHANT],
             decline_response_code,
             decline_advice_code,
@@ -613,23 +666,30 @@ class IssuerSeqNet(nn.Module):
         return self.events(cur_cat, cur_num), day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
 
     def stream_vectors(
-        self, cur: Tensor, today: Tensor, states: Tensor, rel: Tensor, length: Tensor, which: slice
+        self,
+        cur: Tensor,
+        today: Tensor,
+        states: Mapping[str, Tensor],
+        rel: Tensor,
+        length: Tensor,
+        which: slice,
     ) -> Tensor:
         """(n, B, D): the vectors of the streams STREAMS[which], their inputs stacked as
-        `query`'s (n, B, K, ...): the query over the states, plus the counts and stats."""
+        `query`'s (n, B, K, ...), the states by part (`state_parts`): the query over the
+        states, plus the counts and stats."""
         names = STREAMS[which]
-        minutes, onehot = rel[..., 0], self.part(states, "cause")
+        minutes, onehot = rel[..., 0], states["cause"]
         encoded = stream_queries_n(
             [self.queries[s] for s in names],
             cur,
-            self.part(states, "hidden"),
-            self.pair(rel, self.part(states, "day"), today),
+            states["hidden"],
+            self.pair(rel, states["day"], today),
             length,
             self.training,
         )
         counts, stats = self.counts[STREAMS[0]], self.stats[STREAMS[0]]  # same for every stream
         count_table = torch.log1p(counts.table(onehot, minutes, rel[..., 1]))
-        stat_table = stats.table(onehot, minutes, self.part(states, "log_amount")[..., 0])
+        stat_table = stats.table(onehot, minutes, states["log_amount"][..., 0])
         return (
             encoded
             + linear_n(count_table.flatten(-2), [self.counts[s].proj for s in names])
@@ -641,19 +701,17 @@ class IssuerSeqNet(nn.Module):
         cur: Tensor,
         today: Tensor,
         streams: Tensor,
-        at: Tensor,
+        at: Mapping[str, Tensor],
         near: Tensor,
         decline_response_code: Tensor,
         decline_advice_code: Tensor,
         fused: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """Both heads' logits from the streams' vectors (N, B, D), the attempt's vector and
-        day, and the card-at-merchant stream's states `at` (B, K, S) and relative features
-        `near` (B, K, 3), which the payment so far reads."""
+        day, and the card-at-merchant stream's states by part `at` ((B, K, ...) each) and
+        relative features `near` (B, K, 3), which the payment so far reads."""
         if self.use["card_merchant"]:
-            payment = self.payment(
-                near[..., 2], near[..., 0], self.part(at, "codes"), self.part(at, "day"), today
-            )
+            payment = self.payment(near[..., 2], near[..., 0], at["codes"], at["day"], today)
         else:
             payment = torch.zeros_like(cur)
         # histories of batch 1 shared by every current attempt (`route_query`): expanded
@@ -681,23 +739,27 @@ class IssuerSeqNet(nn.Module):
         attention and projections); tests/test_network.py holds the two equal."""
         cat = packed(x, "cur", F.CATEGORICAL)
         num = packed(x, "cur", F.NUMERIC)
-        states = [self.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC)) for s in STREAMS]
+        events = [(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC)) for s in STREAMS]
         rel = [packed(x, s, F.RELATIVE) for s in STREAMS]
         length = torch.stack([x[f"{s}_length"] for s in STREAMS])
         code, advice, fused = x["decline_response_code"], x["decline_advice_code"], x.get("fused")
         if not self.training:
-            return self.query(
-                cat, num, stack_streams(states), stack_streams(rel), length, code, advice, fused
-            )
+            states = stack_streams([self.state(*event) for event in events])
+            return self.query(cat, num, states, stack_streams(rel), length, code, advice, fused)
         cur, today = self.current(cat, num)
-        vectors = [
-            self.stream_vectors(
-                cur, today, torch.stack(states[run]), torch.stack(rel[run]), length[run], run
+        vectors, at = [], {}
+        for run in equal_window_runs([r.shape[1] for r in rel]):
+            # the run's events stacked before they are encoded (ids and numbers, not states)
+            parts = self.state_parts(
+                torch.stack([c for c, _ in events[run]]), torch.stack([n for _, n in events[run]])
             )
-            for run in equal_window_runs([r.shape[1] for r in rel])
-        ]
+            vectors.append(
+                self.stream_vectors(cur, today, parts, torch.stack(rel[run]), length[run], run)
+            )
+            if run.start <= _CARD_MERCHANT < run.stop:
+                at = {name: part[_CARD_MERCHANT - run.start] for name, part in parts.items()}
         m = _CARD_MERCHANT
-        return self.heads(cur, today, torch.cat(vectors), states[m], rel[m], code, advice, fused)
+        return self.heads(cur, today, torch.cat(vectors), at, rel[m], code, advice, fused)
 
     def set_fused_moments(self, fused: Tensor) -> None:
         """Standardize the fused input by the mean and deviation of `fused` (N, n_fused), the
