@@ -70,12 +70,20 @@ RELATIVE: tuple[str, ...] = ("log_minutes_since", "same_merchant", "same_payment
 #: history streams -> the log columns whose values group their events. The card's attempts
 #: at the current merchant are a stream of their own: they reach back further than the
 #: card's last k_card attempts (a card's earlier result at a merchant is the best single
-#: predictor of its next one there).
+#: predictor of its next one there). The route's stream is the last attempts sent through
+#: the attempt's acquirer connection, whatever the card or issuer: an acquirer's outage or
+#: risk filter shows there first. It is grouped by the route's vocabulary id (the `route` feature),
+#: so a log without routes has one route stream, every attempt's, and routes out of the
+#: vocabulary share one. The streams of one window length are neighbours (training runs
+#: neighbours of one length as one computation).
 STREAM_KEYS: Mapping[str, tuple[str, ...]] = {
     "card": ("card_id",),
     "issuer": ("issuer_id",),
+    "route": ("route",),
     "card_merchant": ("card_id", "merchant_id"),
 }
+#: the stream grouped by an encoded categorical feature, not by the log's raw values
+ROUTE_STREAM: str = "route"
 STREAMS: tuple[str, ...] = tuple(STREAM_KEYS)
 #: stream -> the name of its history length: the config key, the manifest's `history` key
 #: and the ONNX graph's symbolic dim

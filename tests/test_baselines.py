@@ -103,6 +103,7 @@ def reference_features(
         card_hist = np.flatnonzero(before & (card == card[i]))
         issuer_hist = np.flatnonzero(before & (issuer == issuer[i]))
         issuer_route_hist = issuer_hist[route[issuer_hist] == route[i]]
+        route_hist = np.flatnonzero(before & (route == route[i]))  # every issuer's
         for label, w in windows.items():
             m = card_hist[t[card_hist] >= t[i] - lag_s - w]
             r[f"card_n_{label}"] = len(m)
@@ -120,6 +121,9 @@ def reference_features(
             m = issuer_route_hist[t[issuer_route_hist] >= t[i] - lag_s - w]
             r[f"issuer_route_n_{label}"] = len(m)
             r[f"issuer_route_approval_rate_{label}"] = mean(ok[m])
+            m = route_hist[t[route_hist] >= t[i] - lag_s - w]
+            r[f"route_n_{label}"] = len(m)
+            r[f"route_approval_rate_{label}"] = mean(ok[m])
         cm = card_hist[merchant[card_hist] == merchant[i]]
         r["cm_n_all"] = len(cm)
         r["cm_approval_rate_all"] = mean(ok[cm])

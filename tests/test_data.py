@@ -99,6 +99,34 @@ def test_windows_of_any_rows_are_the_rows_own(
     np.testing.assert_array_equal(mask, all_mask[rows])
 
 
+@PROPERTY
+@given(event_logs(), st.data())
+def test_the_window_of_any_group_at_any_time_matches_brute_force(
+    log: tuple[np.ndarray, np.ndarray, int, int], data: st.DataObject
+) -> None:
+    """`at`: the window of a group as of a time, whether or not an event of that group
+    happened then (the route stream of a candidate route); at a row's own group and time,
+    the row's own window."""
+    group, t, k, lag = log
+    index = build_history_index(group, t, k, lag)
+    end, length = index.at(group, t)
+    np.testing.assert_array_equal(end, index.end)
+    np.testing.assert_array_equal(length, index.length)
+    queries = data.draw(
+        st.lists(st.tuples(st.sampled_from([0, 1, 2, 3, 7, 1000, 5000]), st.integers(-2, 14)))
+    )
+    for g, tick in queries:
+        when = int(t.min()) + tick * 7
+        (e,), (n,) = index.at(np.array([g]), np.array([when]))
+        eligible = sorted(
+            (j for j in range(len(t)) if group[j] == g and t[j] < when - lag),
+            key=lambda j: (t[j], j),
+        )
+        expected = eligible[max(0, len(eligible) - k) :]
+        assert n == len(expected)
+        assert list(index.order[e - n : e]) == expected
+
+
 def test_same_second_events_are_not_history_and_lag_is_strict() -> None:
     group = np.array([0, 0, 0, 0, 1])
     t = np.array([100, 100, 160, 165, 100])
@@ -167,7 +195,9 @@ def test_store_histories_are_point_in_time(
 
 
 def test_store_lag_keeps_histories_before_t_minus_lag(sim_frame: pd.DataFrame) -> None:
-    store = build_store(validate(sim_frame), StoreConfig(k_card=8, k_issuer=8, lag_s=600))
+    store = build_store(
+        validate(sim_frame), StoreConfig(k_card=8, k_issuer=8, k_route=8, lag_s=600)
+    )
     for stream in F.STREAMS:
         events, mask = store.index(stream).windows(np.arange(len(store)))
         assert (
@@ -287,7 +317,7 @@ def test_no_label_leaks_into_inputs(sim_frame: pd.DataFrame, where: float) -> No
 # The hand-made messy log
 
 
-SMALL = StoreConfig(k_card=2, k_issuer=3, k_card_merchant=2)
+SMALL = StoreConfig(k_card=2, k_issuer=3, k_route=3, k_card_merchant=2)
 
 
 def _handmade_store(config: StoreConfig = SMALL, **changes: dict[str, object]) -> EventStore:
@@ -372,7 +402,7 @@ def test_vocabulary_is_fitted_on_the_training_split_only() -> None:
 
 def test_unknown_code_seen_in_training_gets_its_own_id_consistently() -> None:
     # Everything but the last second in training: 'Z9' (t5) gets its own id.
-    store = _handmade_store(StoreConfig(k_card=2, k_issuer=3, split=(1.0, 0.0, 0.0)))
+    store = _handmade_store(StoreConfig(k_card=2, k_issuer=3, k_route=3, split=(1.0, 0.0, 0.0)))
     row = {txn: i for i, txn in enumerate(store.txn_id)}
     z9 = store.cat["response_code"][row["t5"]]
     assert z9 >= F.N_SPECIAL and store.vocab.maps["response_code"]["Z9"] == z9

@@ -140,6 +140,7 @@ def test_manifest_describes_model_schema_and_checks(exported: Exported, run: Tra
     assert m["history"] == {
         "k_card": run.spec["store"]["k_card"],
         "k_issuer": run.spec["store"]["k_issuer"],
+        "k_route": run.spec["store"]["k_route"],
         "k_card_merchant": run.spec["store"]["k_card_merchant"],
         "lag_s": 0,
         "alignment": "right",
@@ -161,16 +162,10 @@ def test_manifest_describes_model_schema_and_checks(exported: Exported, run: Tra
         "event_encoder.onnx",
         "query.onnx",
     )
-    assert {"event_encoder.onnx", "query.onnx", "route_query.onnx"} <= set(m["files"])
-    # the route graph: the candidates on cur_cat's first axis, one attempt's histories shared
-    route = factored["route"]
-    assert route["file"] == "route_query.onnx"
-    shapes = {s["name"]: s["shape"] for s in route["inputs"]}
-    assert shapes["cur_cat"][0] == "routes" and shapes["states"][0] == 1
-    assert all(shape[0] == 1 for name, shape in shapes.items() if name != "cur_cat")
-    assert [o["shape"][0] for o in route["outputs"]] == ["routes", "routes"]
-    checked = factored["parity"]["route_graph"]
-    assert checked["cases"] >= 2 and checked["routes"] >= 2 and checked["max_ratio"] <= 1
+    assert {"event_encoder.onnx", "query.onnx"} <= set(m["files"])
+    # the streams stacked in the query graph: the route's among them
+    shapes = {s["name"]: s["shape"] for s in factored["query"]["inputs"]}
+    assert shapes["states"][:2] == ["batch", len(F.STREAMS)] and "route" in F.STREAMS
     chained = factored["parity"]
     assert chained["passed"] and set(chained["cases"]) == set(parity["cases"])
     assert set(chained["event_graph"]) == {"events_1", "events_7", "events_all"}
@@ -245,9 +240,9 @@ def test_parity_on_empty_and_full_histories(
         _assert_parity(run.net, session, validation.feeds(validation.full_rows[:64])[0])
 
 
-@pytest.mark.parametrize("ks", [(1, 1, 1), (3, 9, 2), (5, 64, 1), (40, 2, 17)])
+@pytest.mark.parametrize("ks", [(1, 1, 1, 1), (3, 9, 4, 2), (5, 64, 3, 1), (40, 2, 6, 17)])
 def test_graph_runs_at_other_history_lengths(
-    run: TrainedRun, session: Any, head: Feeds, ks: tuple[int, int, int]
+    run: TrainedRun, session: Any, head: Feeds, ks: tuple[int, int, int, int]
 ) -> None:
     specs = input_specs(run.spec["inputs"])
     sizes = dict(zip(F.STREAMS, ks, strict=True))
@@ -263,7 +258,7 @@ def test_window_size_does_not_change_the_answer(run: TrainedRun, session: Any, h
     specs = input_specs(run.spec["inputs"])
     base = onnx_outputs(session, head)
     longest = {s: max(1, int(head[f"{s}_length"].max())) for s in F.STREAMS}
-    beyond = {"card": 2 * run.history["k_card"], "issuer": 50, "card_merchant": 11}
+    beyond = {"card": 2 * run.history["k_card"], "issuer": 50, "route": 40, "card_merchant": 11}
     for sizes in (longest, beyond):
         got = onnx_outputs(session, resize_histories(head, specs, sizes))
         for name in base:

@@ -33,7 +33,7 @@ def gpu_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def store(gpu_dir: Path) -> EventStore:
-    return build_store(load_log(gpu_dir), StoreConfig(k_card=8, k_issuer=16))
+    return build_store(load_log(gpu_dir), StoreConfig(k_card=8, k_issuer=16, k_route=16))
 
 
 def test_batches_gathered_on_the_gpu_equal_the_cpu_ones(store: EventStore) -> None:

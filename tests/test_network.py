@@ -18,7 +18,9 @@ from issuer_seq.schema import load_log
 
 @pytest.fixture(scope="module")
 def store(sim_dir: Path) -> EventStore:
-    return build_store(load_log(sim_dir), StoreConfig(k_card=8, k_issuer=8, k_card_merchant=4))
+    return build_store(
+        load_log(sim_dir), StoreConfig(k_card=8, k_issuer=8, k_route=8, k_card_merchant=4)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ def test_training_runs_streams_at_their_own_windows_and_gives_the_stacked_logits
     torch.manual_seed(0)
     net = IssuerSeqNet(store.vocab.sizes(), n_delays=8, d_model=16, n_heads=2, d_ff=32, dropout=0)
     x = _batch(store)
-    assert [x[f"{s}_cause"].shape[1] for s in STREAMS] == [8, 8, 4]
+    assert [x[f"{s}_cause"].shape[1] for s in STREAMS] == [8, 8, 8, 4]
     with torch.no_grad():
         trained = net.train().logits(x)
         stacked = net.eval().logits(x)
@@ -183,49 +185,6 @@ def test_every_stream_at_once_is_each_streams_own_modules() -> None:
         want_stats = stats[i](onehot[i], minutes[i], flags[i])
         torch.testing.assert_close(got_counts[i], want_counts, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got_stats[i], want_stats, rtol=1e-5, atol=1e-5)
-
-
-@torch.no_grad()
-def test_histories_of_one_shared_by_several_attempts_give_what_copies_give(
-    store: EventStore, net: IssuerSeqNet
-) -> None:
-    """The route query: one attempt through R candidate routes reads the same histories, so
-    they enter with a batch of 1 and the attempts with R (the memory's keys and values
-    computed once); the logits are those of the histories copied R times."""
-    x = _batch(store)
-    cat, num = packed(x, "cur", F.CATEGORICAL), packed(x, "cur", F.NUMERIC)
-    states = stack_streams(
-        [net.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC)) for s in STREAMS]
-    )
-    rel = stack_streams([packed(x, s, F.RELATIVE) for s in STREAMS])
-    length = torch.stack([x[f"{s}_length"] for s in STREAMS])
-    route = F.CATEGORICAL.index("route")
-    for i in (0, 7, 63):
-        ids = torch.arange(3) % store.vocab.size("route")
-        cur = cat[i : i + 1].repeat(3, 1)
-        cur[:, route] = ids
-        code, advice = x["decline_response_code"][i : i + 1], x["decline_advice_code"][i : i + 1]
-        shared = net.query(
-            cur,
-            num[i : i + 1],
-            states[:, i : i + 1],
-            rel[:, i : i + 1],
-            length[:, i : i + 1],
-            code,
-            advice,
-        )
-        copies = net.query(
-            cur,
-            num[i : i + 1].repeat(3, 1),
-            states[:, i : i + 1].repeat(1, 3, 1, 1),
-            rel[:, i : i + 1].repeat(1, 3, 1, 1),
-            length[:, i : i + 1].repeat(1, 3),
-            code.repeat(3),
-            advice.repeat(3),
-        )
-        for got, want in zip(shared, copies, strict=True):
-            assert got.shape == want.shape
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_the_sum_of_embeddings_has_the_lookups_gradient() -> None:

@@ -18,7 +18,7 @@ import torch
 
 from issuer_seq import features as F
 from issuer_seq.baselines.dataset import approval_frame
-from issuer_seq.baselines.route_rates import issuer_route_rates
+from issuer_seq.baselines.route_rates import route_rates
 from issuer_seq.baselines.sql_features import WINDOWS, sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.data.store import TEST, StoreConfig, build_store
@@ -31,7 +31,7 @@ from issuer_seq.schema import ValidatedLog, load_log
 from issuer_seq.simulate import SimConfig, WorldParams, simulate
 from tests.conftest import make_sim
 
-SMALL = StoreConfig(k_card=8, k_issuer=8, k_card_merchant=4)
+SMALL = StoreConfig(k_card=8, k_issuer=8, k_route=8, k_card_merchant=4)
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +82,14 @@ def test_transformer_matrix_rejects_misaligned_merchants(
         transformer_route_matrix(_net(store.vocab), store, np.arange(5), table, np.zeros(4))
 
 
-def test_issuer_route_rates_through_the_logged_route_are_the_sql_columns(
+def test_route_rates_through_the_logged_route_are_the_sql_columns(
     routed: tuple[ValidatedLog, RouteTable],
 ) -> None:
     vlog, table = routed
     frame = vlog.frame
     for lag_s in (0, 60):
         features = sql_features(frame, lag_s=lag_s, threads=1)
-        rates = issuer_route_rates(frame, table.names, lag_s=lag_s)
+        rates = route_rates(frame, table.names, lag_s=lag_s)
         logged = table.index(frame["route"].to_numpy(object))
         at = np.arange(len(frame))
         for column, values in rates.items():
@@ -103,12 +103,12 @@ def test_issuer_route_rates_through_the_logged_route_are_the_sql_columns(
             np.testing.assert_array_equal(total, features[f"issuer_n_{w}"].to_numpy())
 
 
-def test_issuer_route_rates_reject_a_route_outside_the_list(
+def test_route_rates_reject_a_route_outside_the_list(
     routed: tuple[ValidatedLog, RouteTable],
 ) -> None:
     vlog, table = routed
     with pytest.raises(IssuerSeqError, match="not in the list"):
-        issuer_route_rates(vlog.frame, table.names[1:])
+        route_rates(vlog.frame, table.names[1:])
 
 
 def test_lightgbm_matrix_holds_the_logged_prediction_and_nan_off_route(
@@ -156,5 +156,5 @@ def test_a_log_without_routes_is_one_route(tmp_path: Path) -> None:
                 features[f"{a}_{w}"].to_numpy(), features[f"{b}_{w}"].to_numpy(), err_msg=a
             )
     # and the rates of a route list: no route's history, zero volume everywhere
-    rates = issuer_route_rates(frame, ["acq"])
+    rates = route_rates(frame, ["acq"])
     assert np.all(rates["issuer_route_n_30d"] == 0)

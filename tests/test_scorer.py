@@ -131,10 +131,9 @@ def test_states_of_another_encoder_or_none_are_recomputed_not_zero(
         assert event.state is None  # encoded without a state: what a backfill writes
         wrong = np.full(own.state_size, 7.0, np.float32)
         for stream in own.ks:
-            bare.store.append(stream, stream_key(stream, rec), event)
-            foreign.store.append(
-                stream, stream_key(stream, rec), replace(event, state=wrong, encoder="other")
-            )
+            key = stream_key(stream, rec, event)
+            bare.store.append(stream, key, event)
+            foreign.store.append(stream, key, replace(event, state=wrong, encoder="other"))
     later = [{**r, "ts": r["ts"] + pd.Timedelta(minutes=1)} for r in records[-40:]]
     want = own.score_batch(later)
     assert np.abs(want - 0.5).max() > 0  # not a constant
@@ -279,12 +278,12 @@ def test_sca_declines_at_checkout_get_an_immediate_3ds_retry(
 
 
 def test_an_empty_store_passed_in_is_the_one_used(bundle: tuple[Path, Path, Path]) -> None:
-    store = MemoryStore({"card": 8, "issuer": 8, "card_merchant": 8})
+    store = MemoryStore({"card": 8, "issuer": 8, "route": 8, "card_merchant": 8})
     assert len(store) == 0  # falsy: the scorer must not replace it with its own
     scorer = Scorer(bundle[2], store=store)
     assert scorer.store is store
     scorer.observe({**ATTEMPT, "payment_id": "p", "response_code": "00", "advice_code": None})
-    assert len(store) == 3  # the card, the issuer and the card at the merchant
+    assert len(store) == 4  # the card, the issuer, the route and the card at the merchant
 
 
 def test_payment_id_is_required_where_the_model_reads_it(bundle: tuple[Path, Path, Path]) -> None:

@@ -27,7 +27,7 @@ def replay_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("lag_s", [0, 90])
 def test_replayed_log_gives_the_training_inputs(replay_dir: Path, lag_s: int) -> None:
     vlog = load_log(replay_dir)
-    config = StoreConfig(k_card=5, k_issuer=7, k_card_merchant=3, lag_s=lag_s)
+    config = StoreConfig(k_card=5, k_issuer=7, k_route=7, k_card_merchant=3, lag_s=lag_s)
     store = build_store(vlog, config)
     expected = DeviceStore(store).gather(torch.arange(len(store)))
     records = vlog.frame.to_dict("records")
@@ -35,7 +35,7 @@ def test_replayed_log_gives_the_training_inputs(replay_dir: Path, lag_s: int) ->
     got: dict[str, list[np.ndarray]] = defaultdict(list)
     for rec in records:  # time order: score, then observe the outcome
         current = encode_event(store.vocab, {**rec, "response_code": None, "advice_code": None})
-        keys = {s: (s, stream_key(s, rec)) for s in STREAMS}
+        keys = {s: (s, stream_key(s, rec, current)) for s in STREAMS}
         histories = {s: [events[key]] for s, key in keys.items()}
         inputs = build_inputs([current], histories, config.ks, lag_s=lag_s)
         for k, v in inputs.items():

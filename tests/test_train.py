@@ -100,7 +100,9 @@ def test_every_config_composes() -> None:
 
 @pytest.mark.parametrize("fastpath", [True, False])
 def test_empty_histories_never_give_nan(tiny_dir: Path, fastpath: bool) -> None:
-    store = build_store(load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_card_merchant=3))
+    store = build_store(
+        load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_route=6, k_card_merchant=3)
+    )
     batch = DeviceStore(store).gather(torch.arange(64))
     for s in F.STREAMS:
         batch[f"{s}_length"] = torch.zeros_like(batch[f"{s}_length"])
@@ -122,7 +124,9 @@ def test_empty_histories_never_give_nan(tiny_dir: Path, fastpath: bool) -> None:
 
 def test_history_is_padding_invariant(tiny_dir: Path) -> None:
     """Padded positions do not change the output: the mask really masks."""
-    store = build_store(load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_card_merchant=3))
+    store = build_store(
+        load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_route=6, k_card_merchant=3)
+    )
     batch = DeviceStore(store).gather(torch.arange(200, 232))
     net = IssuerSeqNet(store.vocab.sizes(), 8, d_model=16, n_heads=2, n_layers=2, d_ff=32).eval()
     p1, _ = net(batch)
@@ -374,7 +378,9 @@ def _check_trained_run(run_dir: Path, data_dir: Path) -> None:
 def test_inference_matches_the_network_and_its_retry_labels(tiny_dir: Path) -> None:
     """The one batched loop gives the network's own probabilities, bit for bit, whatever the
     batch size, and the logit at each observed retry's delay."""
-    store = build_store(load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_card_merchant=3))
+    store = build_store(
+        load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_route=6, k_card_merchant=3)
+    )
     device_store = DeviceStore(store)
     net = IssuerSeqNet(store.vocab.sizes(), 8, d_model=16, n_heads=2, n_layers=1, d_ff=32).eval()
     net.approval_temperature.fill_(0.8)
@@ -504,7 +510,9 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_dir: Path, tmp_path: Pa
 
 def test_approval_never_sees_the_decline_inputs(tiny_dir: Path) -> None:
     """The decline code/MAC (the row's own outcome in training) feed the retry head only."""
-    store = build_store(load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_card_merchant=3))
+    store = build_store(
+        load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_route=6, k_card_merchant=3)
+    )
     batch = DeviceStore(store).gather(torch.arange(100, 164))
     net = IssuerSeqNet(store.vocab.sizes(), 8, d_model=16, n_heads=2, n_layers=1, d_ff=32).eval()
     p1, r1 = net(batch)
@@ -546,7 +554,9 @@ def test_ddp_on_cpu_with_two_processes(tiny_dir: Path, tmp_path: Path) -> None:
 def test_pipeline_benchmark_reports_both_arms(tiny_dir: Path) -> None:
     from issuer_seq.bench.pipeline import bench_pipeline
 
-    store = build_store(load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_card_merchant=3))
+    store = build_store(
+        load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_route=6, k_card_merchant=3)
+    )
     kw = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "dropout": 0.0}
     result = bench_pipeline(store, kw, steps=4, warmup=1, batch_size=64, rounds=1)
     assert (

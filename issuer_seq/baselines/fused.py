@@ -1,7 +1,7 @@
 """The trees' aggregates as an input of the transformer (fusion, docs/training.md).
 
-The point-in-time aggregates LightGBM reads (per card, issuer, issuer x route and card x
-merchant over trailing windows, recencies, last codes' times) are computed by the same code
+The point-in-time aggregates LightGBM reads (per card, issuer, issuer x route, route and card
+x merchant over trailing windows, recencies, last codes' times) are computed by the same code
 that computes them for the trees: `sql_features` over a log for training and evaluation,
 `OnlineFeatures.row` per request for the scorer of a fused bundle (serve/scorer.py).
 `fused_inputs` turns their numeric columns, the current attempt's own features left out (the
@@ -57,9 +57,9 @@ def fused_frame_inputs(
 
 
 def through_route(fused: np.ndarray, rates: Mapping[str, np.ndarray]) -> np.ndarray:
-    """`fused` (N, N_FUSED) with its issuer x route aggregates replaced by another route's:
-    `rates` maps `issuer_route_*` columns to (N,) values (NaN: no event), as
-    `issuer_route_rates` gives them per route."""
+    """`fused` (N, N_FUSED) with its route aggregates replaced by another route's: `rates`
+    maps `issuer_route_*` and `route_*` columns to (N,) values (NaN: no event), as
+    `route_rates` gives them per route."""
     out = fused.copy()
     n = len(FUSED_COLUMNS)
     for column, values in rates.items():

@@ -1,7 +1,7 @@
 """The LightGBM baseline served online: `sql_features`' row for one attempt, from memory.
 
-`OnlineFeatures` keeps the events of every card, issuer and issuer x route in growable numpy
-buffers with running sums of the outcome indicators, and per card x merchant a short sorted
+`OnlineFeatures` keeps the events of every card, issuer, issuer x route and route in growable
+numpy buffers with running sums of the outcome indicators, and per card x merchant a short sorted
 list. Only
 the longest window (30 d) + lag + `slack_s` of events is kept in the buffers; anything older
 is folded into a small summary, which is all that the unbounded aggregates (recency, the
@@ -83,6 +83,7 @@ ISSUER_WINDOW = (
     *(f"issuer_{c}_share" for c in CAUSES),
 )
 ISSUER_ROUTE_WINDOW = ("issuer_route_n", "issuer_route_approval_rate")
+ROUTE_WINDOW = ("route_n", "route_approval_rate")
 RECENCY = (
     "card_secs_since_last",
     "card_secs_since_approval",
@@ -112,6 +113,7 @@ def feature_columns(windows: Mapping[str, int] = WINDOWS) -> list[str]:
         *(f"{name}_{w}" for w in windows for name in CARD_WINDOW),
         *(f"{name}_{w}" for w in windows for name in ISSUER_WINDOW),
         *(f"{name}_{w}" for w in windows for name in ISSUER_ROUTE_WINDOW),
+        *(f"{name}_{w}" for w in windows for name in ROUTE_WINDOW),
         "cm_n_all",
         "cm_approval_rate_all",
         f"amount_rel_card_mean_{longest}",
@@ -322,6 +324,8 @@ class OnlineFeatures:
         self._issuer = slice(pos[f"issuer_n_{first}"], pos[f"issuer_n_{first}"] + 9 * nw)
         at = pos[f"issuer_route_n_{first}"]
         self._issuer_route = slice(at, at + len(ISSUER_ROUTE_WINDOW) * nw)
+        at = pos[f"route_n_{first}"]
+        self._route = slice(at, at + len(ROUTE_WINDOW) * nw)
         self._mean = pos[f"card_amount_mean_{longest}"]
         self._top_ok = pos[f"card_max_approved_amount_{longest}"]
         self._cm = pos["cm_n_all"]
@@ -333,6 +337,8 @@ class OnlineFeatures:
         self.issuers: MutableMapping[Any, _Stream] = {}
         # (issuer id, route or None): a log without routes is one route per issuer
         self.issuer_routes: MutableMapping[tuple[Any, str | None], _Stream] = {}
+        # route or None, every issuer's attempts through it
+        self.routes: MutableMapping[str | None, _Stream] = {}
         self._causes: dict[tuple[str, str], str] = {}
 
     # -- state ----------------------------------------------------------------------------
@@ -364,10 +370,14 @@ class OnlineFeatures:
         issuer = self.issuers.get(outcome["issuer_id"])
         if issuer is None:
             issuer = self.issuers[outcome["issuer_id"]] = _Stream(detail=False)
-        key = (outcome["issuer_id"], _text(outcome.get("route")))
+        route_name = _text(outcome.get("route"))
+        key = (outcome["issuer_id"], route_name)
         issuer_route = self.issuer_routes.get(key)
         if issuer_route is None:
             issuer_route = self.issuer_routes[key] = _Stream(detail=False)
+        route = self.routes.get(route_name)
+        if route is None:
+            route = self.routes[route_name] = _Stream(detail=False)
         merchant = outcome["merchant_id"]
         detail = (
             code,
@@ -377,7 +387,7 @@ class OnlineFeatures:
             outcome.get("payment_id"),
             int(outcome.get("attempt", 1)),
         )
-        for stream in (card, issuer, issuer_route):
+        for stream in (card, issuer, issuer_route, route):
             if t < stream.old_t:  # older than events already folded away: fold it too
                 stream.fold_late(t, flags)
             else:
@@ -391,12 +401,16 @@ class OnlineFeatures:
     def with_outcome(self, outcome: Mapping[str, Any]) -> OnlineFeatures:
         """A view that has also observed `outcome`, for the rows of attempts that would
         follow it (a retry of a decline not observed yet): the streams the outcome touches
-        (its card, issuer and issuer x route) are copied, every other is read from this one,
-        which is left as it is."""
+        (its card, issuer, issuer x route and route) are copied, every other is read from
+        this one, which is left as it is."""
         other = copy.copy(self)
-        card, issuer = outcome["card_id"], outcome["issuer_id"]
-        route = (issuer, _text(outcome.get("route")))
-        for name, key in (("cards", card), ("issuers", issuer), ("issuer_routes", route)):
+        card, issuer, route = outcome["card_id"], outcome["issuer_id"], _text(outcome.get("route"))
+        for name, key in (
+            ("cards", card),
+            ("issuers", issuer),
+            ("issuer_routes", (issuer, route)),
+            ("routes", route),
+        ):
             table = getattr(self, name)
             own = {key: copy.deepcopy(table[key])} if key in table else {}
             setattr(other, name, ChainMap(own, table))  # writes go to `own`
@@ -451,10 +465,13 @@ class OnlineFeatures:
                 x[r + 5 : r + 8] = t - issuer.last[_ISSUER_LAST, hi - 1]
             else:
                 x[r + 5 : r + 8] = t - issuer.old_flag_t[_ISSUER_LAST]
-        self._issuer_route_windows(
+        self._rate_windows(
             x[self._issuer_route].reshape(-1, len(ISSUER_ROUTE_WINDOW)),
             self.issuer_routes.get((attempt["issuer_id"], cats[-1])),
             cutoff,
+        )
+        self._rate_windows(
+            x[self._route].reshape(-1, len(ROUTE_WINDOW)), self.routes.get(cats[-1]), cutoff
         )
         card = self.cards.get(attempt["card_id"])
         if card is None:
@@ -489,16 +506,19 @@ class OnlineFeatures:
 
     def route_rows(self, attempt: Mapping[str, Any], routes: Sequence[str | None]) -> np.ndarray:
         """`row(attempt)`'s values as if sent through each of `routes` (R, F): the row is
-        computed once, then only its issuer x route columns per route."""
+        computed once, then only its issuer x route and route columns per route."""
         values, _ = self.row(attempt)
         out = np.repeat(values[None, :], len(routes), axis=0)
         cutoff = epoch_seconds(attempt["ts"]) - self.lag_s
-        width = len(ISSUER_ROUTE_WINDOW)
         for i, route in enumerate(routes):
-            stream = self.issuer_routes.get((attempt["issuer_id"], _text(route)))
-            block = out[i, self._issuer_route].reshape(-1, width)  # a view: written in place
-            block[:] = NAN  # as `row` starts it: a rate over no events stays NaN
-            self._issuer_route_windows(block, stream, cutoff)
+            name = _text(route)
+            for columns, stream in (
+                (self._issuer_route, self.issuer_routes.get((attempt["issuer_id"], name))),
+                (self._route, self.routes.get(name)),
+            ):
+                block = out[i, columns].reshape(-1, 2)  # a view: written in place
+                block[:] = NAN  # as `row` starts it: a rate over no events stays NaN
+                self._rate_windows(block, stream, cutoff)
         return out
 
     def _bounds(self, stream: _Stream, cutoff: int) -> np.ndarray:
@@ -506,8 +526,9 @@ class OnlineFeatures:
         s = stream.start
         return stream.t[s : stream.n].searchsorted(cutoff - self._offsets) + s
 
-    def _issuer_route_windows(self, out: np.ndarray, stream: _Stream | None, cutoff: int) -> None:
-        """Fill `out` (W, 2): count and approval rate of the issuer through the route."""
+    def _rate_windows(self, out: np.ndarray, stream: _Stream | None, cutoff: int) -> None:
+        """Fill `out` (W, 2): count and approval rate of a stream (the issuer through the
+        route, or the route)."""
         if stream is None:
             out[:, 0] = 0.0
             return

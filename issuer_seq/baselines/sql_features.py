@@ -2,7 +2,7 @@
 
 What a team running gradient-boosted trees builds by hand, done carefully: per card and per
 issuer, counts, approval rates and decline causes over trailing windows, the issuer's volume
-and approval rate through the attempt's route, recency of
+and approval rate through the attempt's route and the route's over every issuer, recency of
 approvals and declines, the last response code, amount statistics, and the current
 attempt's own (static) features. See docs/baselines.md for the list.
 
@@ -99,7 +99,13 @@ def render_sql(windows: Mapping[str, int] = WINDOWS, lag_s: int = 0) -> str:
     card = "\n".join(_sql("card_window.sql").substitute(label=w) for w in windows)
     issuer = "\n".join(_sql("issuer_window.sql").substitute(label=w) for w in windows)
     issuer_route = "\n".join(_sql("issuer_route_window.sql").substitute(label=w) for w in windows)
-    partitions = {"card": "card_id", "issuer": "issuer_id", "issuer_route": "issuer_id, route"}
+    route = "\n".join(_sql("route_window.sql").substitute(label=w) for w in windows)
+    partitions = {
+        "card": "card_id",
+        "issuer": "issuer_id",
+        "issuer_route": "issuer_id, route",
+        "route": "route",
+    }
     definitions = ",\n".join(
         _sql("window.sql").substitute(
             name=f"{entity}_{label}",
@@ -115,6 +121,7 @@ def render_sql(windows: Mapping[str, int] = WINDOWS, lag_s: int = 0) -> str:
         card_columns=card.rstrip("\n"),
         issuer_columns=issuer.rstrip("\n"),
         issuer_route_columns=issuer_route.rstrip("\n"),
+        route_columns=route.rstrip("\n"),
         window_definitions=definitions,
         lag=lag_s,
         lag_end=lag_end,

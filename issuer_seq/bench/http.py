@@ -43,6 +43,7 @@ import numpy as np
 
 from issuer_seq.bench.scorers import ArmScorer, single_request_latency
 from issuer_seq.errors import IssuerSeqError
+from issuer_seq.features import ROUTE_STREAM
 from issuer_seq.serve.inputs import stream_key
 from issuer_seq.serve.scorer import Scorer
 
@@ -147,16 +148,24 @@ def warm_histories(
     ks: Mapping[str, int],
 ) -> list[Mapping[str, Any]]:
     """The last K events of each query's history in every stream (its card, its issuer, its
-    card at its merchant), in time order: all of history that a score reads."""
-    wanted_keys = {(s, stream_key(s, q)) for q in queries for s in ks}
+    route, its card at its merchant), in time order: all of history that a score reads."""
+
+    def key(stream: str, attempt: Mapping[str, Any]) -> tuple[str, str]:
+        # the route's own text (the scorer keys its stream by the route's vocabulary id,
+        # which merges unknown routes: a superset is kept here)
+        if stream == ROUTE_STREAM:
+            return stream, str(attempt.get("route"))
+        return stream, stream_key(stream, attempt)
+
+    wanted_keys = {key(s, q) for q in queries for s in ks}
     seen: dict[tuple[str, str], int] = {}
     keep: list[Mapping[str, Any]] = []
     for rec in reversed(earlier):
         wanted = False
         for s, k in ks.items():
-            key = (s, stream_key(s, rec))
-            if key in wanted_keys and seen.get(key, 0) < k:
-                seen[key] = seen.get(key, 0) + 1
+            key_s = key(s, rec)
+            if key_s in wanted_keys and seen.get(key_s, 0) < k:
+                seen[key_s] = seen.get(key_s, 0) + 1
                 wanted = True
         if wanted:
             keep.append(rec)

@@ -8,17 +8,17 @@ a GPU the whole gather runs there.
 Named inputs (shapes; B = batch, K = the stream's history length):
 - `cur_<f>`: the current attempt, (B,), for every categorical f (int64; outcome features are
   NONE) and numeric f (float32) of features.py;
-- `<s>_<f>` for each stream s of features.STREAMS (`card`, `issuer`, `card_merchant`): the
-  stream's history events, (B, K), right-aligned (most recent last), padding 0; plus the
-  relative features `<s>_log_minutes_since`, `<s>_same_merchant`, `<s>_same_payment` (B, K)
-  float32 and
-  `<s>_length` (B,) int64;
+- `<s>_<f>` for each stream s of features.STREAMS (`card`, `issuer`, `route`,
+  `card_merchant`): the stream's history events, (B, K), right-aligned (most recent last),
+  padding 0; plus the relative features `<s>_log_minutes_since`, `<s>_same_merchant`,
+  `<s>_same_payment` (B, K) float32 and `<s>_length` (B,) int64;
 - `decline_response_code`, `decline_advice_code`: (B,) int64, the decline the retry head is
   asked about (for training: the row's own outcome).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,8 +94,15 @@ class DeviceStore:
         self.device = device
         return self
 
-    def gather(self, rows: Tensor) -> dict[str, Tensor]:
-        """Named inputs and labels of the examples `rows` (B,) int64 on this device."""
+    def gather(
+        self, rows: Tensor, windows: Mapping[str, tuple[Tensor, Tensor]] | None = None
+    ) -> dict[str, Tensor]:
+        """Named inputs and labels of the examples `rows` (B,) int64 on this device.
+
+        `windows`: stream -> (end, length) (B,) replacing the rows' own windows in that stream
+        (`HistoryIndex.at`): the route stream of a candidate route the rows were not sent
+        through."""
+        windows = windows or {}
         rows = rows.to(self.device, non_blocking=True)
         batch: dict[str, Tensor] = {}
         own = self.cat_matrix[rows]  # (B, C)
@@ -110,9 +117,9 @@ class DeviceStore:
         p_now = self.payment[rows]
         for s, st in self.streams.items():
             offsets = torch.arange(-st.k, 0, device=self.device)  # (K,)
-            length = st.length[rows]  # (B,)
+            end, length = windows.get(s, (st.end[rows], st.length[rows]))  # (B,) each
             mask = offsets[None, :] >= -length[:, None]  # (B, K)
-            pos = (st.end[rows][:, None] + offsets[None, :]).clamp(0, len(st.order) - 1)
+            pos = (end[:, None] + offsets[None, :]).clamp(0, len(st.order) - 1)
             ev = torch.where(mask, st.order[pos], torch.zeros_like(pos))  # (B, K)
             cat = self.cat_matrix[ev] * mask[..., None]  # (B, K, C)
             num = self.num_matrix[ev] * mask[..., None]  # (B, K, F)

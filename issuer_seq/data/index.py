@@ -23,6 +23,26 @@ class HistoryIndex:
     length: np.ndarray  # number of history events, <= k
     k: int
     lag_s: int
+    keys: np.ndarray  # group * span + (t - t0) in `order`, sorted
+    span: int
+    t0: int
+
+    def at(self, group: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(end, length) (B,) of the window of `group` as of times `t` (B,): its last K
+        events with `t' < t - lag`, as `end` and `length` hold them for the stream's own
+        events. What the route stream of a candidate route is, for an attempt sent through
+        another route."""
+        group = np.asarray(group, dtype=np.int64)
+        t = np.asarray(t, dtype=np.int64)
+        if len(self.keys) == 0:
+            zero = np.zeros(len(t), dtype=np.int64)
+            return zero, zero
+        first = group * self.span
+        # a time before the log or after it: none of the group's events, or all of them
+        since = np.clip(t - self.lag_s - self.t0, 0, self.span)
+        end = np.searchsorted(self.keys, first + since, side="left")
+        start = np.searchsorted(self.keys, first, side="left")
+        return end.astype(np.int64), np.minimum(end - start, self.k).astype(np.int64)
 
     def windows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, K) event ids of the histories of `rows`, oldest first, and their validity mask.
@@ -52,7 +72,7 @@ def build_history_index(group: np.ndarray, t: np.ndarray, k: int, lag_s: int = 0
     n = len(t)
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return HistoryIndex(empty, empty, empty, k, lag_s)
+        return HistoryIndex(empty, empty, empty, k, lag_s, empty, 1, 0)
     order = np.lexsort((np.arange(n), t, group))
     t0 = int(t.min()) - lag_s - 1
     span = int(t.max()) - t0 + 1
@@ -66,5 +86,12 @@ def build_history_index(group: np.ndarray, t: np.ndarray, k: int, lag_s: int = 0
     start[order] = np.searchsorted(keys, group[order] * span, side="left")
     length = np.minimum(end - start, k)
     return HistoryIndex(
-        order.astype(np.int64), end.astype(np.int64), length.astype(np.int64), k, lag_s
+        order.astype(np.int64),
+        end.astype(np.int64),
+        length.astype(np.int64),
+        k,
+        lag_s,
+        keys.astype(np.int64),
+        span,
+        t0,
     )

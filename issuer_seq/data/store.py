@@ -2,7 +2,7 @@
 
 Built once per log: each event's categorical ids and numeric features (features.py), its
 labels, the time split it belongs to, and a history index per stream (features.STREAMS: the
-card, the issuer, the card at the current merchant). Everything is (N,) arrays in time
+card, the issuer, the route, the card at the current merchant). Everything is (N,) arrays in time
 order, so examples are just row numbers and batches gather from the arrays (numpy here;
 torch tensors on any device in batches.py).
 
@@ -41,6 +41,7 @@ SPLIT_NAMES = ("train", "val", "test")
 class StoreConfig:
     k_card: int = 32  # as conf/data/default.yaml
     k_issuer: int = 32
+    k_route: int = 32
     k_card_merchant: int = 8
     lag_s: int = 0
     split: tuple[float, float, float] = (0.70, 0.15, 0.15)
@@ -101,6 +102,7 @@ class EventStore:
     split_bounds: tuple[str, str]  # ISO timestamps where val and test begin
     card_index: HistoryIndex
     issuer_index: HistoryIndex
+    route_index: HistoryIndex
     card_merchant_index: HistoryIndex
     vocab: F.Vocab
     config: StoreConfig
@@ -190,7 +192,10 @@ def build_store(
     cat = {name: F.encode_series(vocab, name, raw[name]) for name in F.CATEGORICAL}
     offset = F.utc_offset_s(frame["issuer_country"].to_numpy())
     num = F.numeric(frame["amount"].to_numpy(), frame["attempt"].to_numpy(), t, offset)
-    groups = {s: _group_codes(frame, columns) for s, columns in F.STREAM_KEYS.items()}
+    groups = {
+        s: cat["route"] if s == F.ROUTE_STREAM else _group_codes(frame, columns)
+        for s, columns in F.STREAM_KEYS.items()
+    }
     merchant = pd.factorize(frame["merchant_id"])[0].astype(np.int64)
     payment = pd.factorize(frame["payment_id"])[0].astype(np.int64)
     grid_s = grid_seconds(config.delay_grid)

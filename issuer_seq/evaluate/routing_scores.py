@@ -6,12 +6,13 @@ changed; everything read from the histories stays as logged (what the attempt's 
 were when it was sent). Columns follow a `RouteTable`'s order, NaN where the merchant lacks
 the route, as every routing array (docs/routing.md).
 
-- `transformer_route_matrix`: each history event's state is computed once per batch and shared
-  by the R queries (`IssuerSeqNet.state` once, `IssuerSeqNet.query` R times), so R routes
-  cost one encoding of the histories and R passes of the query.
-- `lightgbm_route_matrix`: the SQL feature rows with the `route` column and the issuer x route
-  aggregates replaced by the candidate's (baselines/route_rates.py computes the aggregates of
-  every route at once; the others do not depend on the current attempt's route).
+- `transformer_route_matrix`: the states of the card's, the issuer's and the card at the
+  merchant's histories are computed once per batch and shared by the R queries; the route
+  stream is each candidate's own (its last attempts as of the attempt's time,
+  `HistoryIndex.at`), then `IssuerSeqNet.query` once per route.
+- `lightgbm_route_matrix`: the SQL feature rows with the `route` column and the issuer x
+  route and route aggregates replaced by the candidate's (baselines/route_rates.py computes
+  them for every route at once; the others do not depend on the current attempt's route).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import torch
 
 from issuer_seq import features as F
 from issuer_seq.baselines.fused import through_route
-from issuer_seq.baselines.route_rates import issuer_route_rates
+from issuer_seq.baselines.route_rates import route_rates
 from issuer_seq.baselines.sql_features import WINDOWS
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.store import EventStore
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.features import STREAMS
+from issuer_seq.features import ROUTE_STREAM, STREAMS
 from issuer_seq.model.network import IssuerSeqNet, packed, stack_streams
 from issuer_seq.progress import bar
 from issuer_seq.routing.routes import RouteTable
@@ -62,7 +63,7 @@ def transformer_route_matrix(
     the rest are NaN). The column of a row's logged route is `evaluate.run.predict`'s
     p_approve of that row (the same batches, the same operations). A route the run's vocabulary
     never saw is fed as out-of-vocabulary, as the scorer would feed it. A network that reads
-    the fused aggregates needs `route_rates`: `issuer_route_rates` of the rows (N, R) per
+    the fused aggregates needs `route_rates`: `route_rates` of the rows (N, R) per
     column, swapped in per route (baselines/fused.py `through_route`).
     """
     rows = np.asarray(rows, dtype=np.int64)
@@ -71,23 +72,37 @@ def transformer_route_matrix(
     held = _held(table, merchant_id, len(rows))
     ids = torch.from_numpy(F.encode(store.vocab, "route", list(table.names)))  # (R,)
     device = DeviceStore(store)
+    route_index, t, at = store.index(ROUTE_STREAM), store.t, STREAMS.index(ROUTE_STREAM)
     was_training = net.training
     net.eval()
     out = np.full((len(rows), table.n_routes), np.nan)
     starts = range(0, len(rows), batch_size)
     try:
         for start in starts if progress is None else bar(starts, progress):
-            x = device.gather(torch.from_numpy(rows[start : start + batch_size]))
+            batch_rows = rows[start : start + batch_size]
+            x = device.gather(torch.from_numpy(batch_rows))
             cat = packed(x, "cur", F.CATEGORICAL)  # (B, C)
             num = packed(x, "cur", F.NUMERIC)  # (B, F)
-            states = stack_streams(
-                [net.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC)) for s in STREAMS]
-            )  # (N_streams, B, K, S): once, shared by every route
-            rel = stack_streams([packed(x, s, F.RELATIVE) for s in STREAMS])
-            length = torch.stack([x[f"{s}_length"] for s in STREAMS])
+            # (B, K, S) per stream: once, shared by every route, but the route's own stream
+            states = [
+                net.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC)) for s in STREAMS
+            ]
+            rel = [packed(x, s, F.RELATIVE) for s in STREAMS]
+            length = [x[f"{s}_length"] for s in STREAMS]
             for r in range(table.n_routes):
                 cat_r = cat.clone()
                 cat_r[:, F.ROUTE] = ids[r]
+                # the route stream of route r as of each attempt's time
+                end, n = route_index.at(np.full(len(batch_rows), int(ids[r])), t[batch_rows])
+                xr = device.gather(
+                    torch.from_numpy(batch_rows),
+                    {ROUTE_STREAM: (torch.from_numpy(end), torch.from_numpy(n))},
+                )
+                states[at] = net.state(
+                    packed(xr, ROUTE_STREAM, F.CATEGORICAL), packed(xr, ROUTE_STREAM, F.NUMERIC)
+                )
+                rel[at] = packed(xr, ROUTE_STREAM, F.RELATIVE)
+                length[at] = xr[f"{ROUTE_STREAM}_length"]
                 fused = None
                 if net.n_fused:
                     assert route_rates is not None
@@ -97,9 +112,9 @@ def transformer_route_matrix(
                 approval, _ = net.query(
                     cat_r,
                     num,
-                    states,
-                    rel,
-                    length,
+                    stack_streams(states),
+                    stack_streams(rel),
+                    torch.stack(length),
                     x["decline_response_code"],
                     x["decline_advice_code"],
                     fused,
@@ -127,7 +142,7 @@ def lightgbm_route_matrix(
 
     features: `sql_features(log_frame, windows, lag_s)` (every row of the log); log_frame: the
     validated log it was computed from (its merchants select the held routes; NaN elsewhere).
-    rates: `issuer_route_rates(log_frame, table.names, windows, lag_s)` when already computed.
+    rates: `route_rates(log_frame, table.names, windows, lag_s)` when already computed.
     The column of a row's logged route is `model.predict_proba` of its feature row.
     """
     rows = np.asarray(rows, dtype=np.int64)
@@ -138,7 +153,7 @@ def lightgbm_route_matrix(
         )
     held = _held(table, log_frame["merchant_id"].to_numpy(object)[rows], len(rows))
     if rates is None:
-        rates = issuer_route_rates(log_frame, table.names, windows, lag_s)
+        rates = route_rates(log_frame, table.names, windows, lag_s)
     base = features.iloc[rows].reset_index(drop=True)
     out = np.full((len(rows), table.n_routes), np.nan)
     for r, name in enumerate(table.names):

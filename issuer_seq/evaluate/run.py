@@ -26,7 +26,7 @@ import torch
 
 from issuer_seq.baselines.base_rate import base_rate
 from issuer_seq.baselines.dataset import next_attempt
-from issuer_seq.baselines.route_rates import issuer_route_rates
+from issuer_seq.baselines.route_rates import route_rates
 from issuer_seq.baselines.saved_lightgbm import LIGHTGBM_DIR, SAVED
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
@@ -198,7 +198,7 @@ def route_predictors(
     rates = None
     if run.net.n_fused or (saved / SAVED).exists():
         with stage(log, "issuer x route aggregates through every route"):
-            rates = issuer_route_rates(frame, table.names, lag_s=store.config.lag_s)
+            rates = route_rates(frame, table.names, lag_s=store.config.lag_s)
     out = {
         "transformer": transformer_route_matrix(
             run.net,

@@ -4,31 +4,26 @@ graph (the attempt and each stream's cached states -> p_approve, p_retry).
     event_encoder.onnx   event_cat (events, C) int64, event_num (events, F) float32
                          -> state (events, S) float32
     query.onnx           cur_cat (batch, C) int64, cur_num (batch, F) float32; the
-                         streams of features.STREAMS (card, issuer, card_merchant) stacked
-                         on the axis after the batch, each right-aligned to the longest
-                         window k: states (batch, 3, k, S), rel (batch, 3, k, 3) float32,
-                         length (batch, 3) int64; decline_response_code,
+                         streams of features.STREAMS (card, issuer, route, card_merchant)
+                         stacked on the axis after the batch, each right-aligned to the
+                         longest window k: states (batch, 4, k, S), rel (batch, 4, k, 3)
+                         float32, length (batch, 4) int64; decline_response_code,
                          decline_advice_code (batch,) int64; a fused network's
                          `fused` (batch, n_fused) float32 -> p_approve, p_retry
-    route_query.onnx     the query graph for one attempt through R candidate routes:
-                         cur_cat (routes, C) (and `fused` (routes, n_fused): its issuer x
-                         route aggregates are the candidate's), every other input with a
-                         batch of 1 (the histories the candidates share) -> p_approve (routes,),
-                         p_retry (routes, G); the histories' keys and values computed once
 
 `observe` runs the event graph once per event and stores the state beside the event's raw
 fields; `score` gathers the states of each stream's last K events and runs the query graph.
 The states' layout (what each column range holds) is the network's `state_layout`, written
 to the manifest. Both graphs together are checked against PyTorch's forward on the
 validation rows and the edge cases of cases.py, chained as the scorer chains them: the
-event graph's states (padding slots zero) feed the query graph. The route graph is checked
-against the query graph on the same histories copied once per candidate.
+event graph's states (padding slots zero) feed the query graph. An attempt's candidate routes
+are a batch of the query graph: each reads its own route stream (the scorer's `score_routes`).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +52,9 @@ from issuer_seq.model.network import IssuerSeqNet
 
 EVENT_FILE = "event_encoder.onnx"
 QUERY_FILE = "query.onnx"
-ROUTE_FILE = "route_query.onnx"
-ROUTES = "routes"  # the route graph's symbolic dim: one attempt's candidate routes
 EVENTS = "events"  # the event graph's symbolic dim
 QUERY_K = "k"  # the query graph's: the longest stream's window
 N_CAT, N_NUM, N_REL = len(F.CATEGORICAL), len(F.NUMERIC), len(F.RELATIVE)
-PER_ROUTE = ("cur_cat", FUSED)  # the route graph's inputs that differ by candidate
 
 
 def event_specs(state_size: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -95,18 +87,6 @@ def query_specs(
         TensorSpec("p_retry", "float32", (BATCH, n_delays)),
     ]
     return inputs, outputs
-
-
-def route_specs(
-    state_size: int, n_delays: int, n_fused: int = 0
-) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The query graph's signature with the candidates on the first axis of `PER_ROUTE`'s
-    inputs and a batch of 1 on every other input (one attempt's histories, shared)."""
-    inputs, outputs = query_specs(state_size, n_delays, n_fused)
-    return (
-        [replace(s, shape=(ROUTES if s.name in PER_ROUTE else 1, *s.shape[1:])) for s in inputs],
-        [replace(s, shape=(ROUTES, *s.shape[1:])) for s in outputs],
-    )
 
 
 class EventGraph(nn.Module):
@@ -204,17 +184,6 @@ def chained_feeds(event_session: Any, feeds: Feeds) -> Feeds:
     return query_feeds(feeds, states)
 
 
-def route_feeds(feeds: Feeds, row: int, route_ids: np.ndarray) -> tuple[Feeds, Feeds]:
-    """Row `row` of query feeds through each of `route_ids` (the `route` id of `cur_cat`;
-    a fused input is the row's, copied): the route graph's feeds, and the query graph's (the
-    histories copied per route)."""
-    r = len(route_ids)
-    per_route = {k: np.repeat(feeds[k][row : row + 1], r, axis=0) for k in PER_ROUTE if k in feeds}
-    per_route["cur_cat"][:, F.ROUTE] = route_ids
-    one = {k: v[row : row + 1] for k, v in feeds.items()} | per_route
-    return one, {k: np.repeat(v, r, axis=0) for k, v in one.items()} | per_route
-
-
 # -- export ---------------------------------------------------------------------------------
 def _export(
     module: nn.Module,
@@ -224,7 +193,7 @@ def _export(
     path: Path,
     opset: int,
 ) -> onnx.ModelProto:
-    names = (BATCH, EVENTS, QUERY_K, ROUTES, *HISTORY_DIMS.values())
+    names = (BATCH, EVENTS, QUERY_K, *HISTORY_DIMS.values())
     dims = {name: Dim(name, min=1) for name in names}
     shapes = tuple(
         {axis: dims[d] for axis, d in enumerate(s.shape) if isinstance(d, str)} for s in inputs
@@ -254,18 +223,15 @@ def _export(
 class FactoredGraphs:
     event: onnx.ModelProto
     query: onnx.ModelProto
-    route: onnx.ModelProto
     event_specs: tuple[list[TensorSpec], list[TensorSpec]]
     query_specs: tuple[list[TensorSpec], list[TensorSpec]]
-    route_specs: tuple[list[TensorSpec], list[TensorSpec]]
 
 
 def export_factored(
     net: IssuerSeqNet, example: Feeds, out: Path, n_delays: int, opset: int
 ) -> FactoredGraphs:
-    """Write event_encoder.onnx, query.onnx and route_query.onnx to `out` from named example
-    feeds (>= 2 rows, K >= 2 per stream: torch.export specializes dims of size 0 or 1; the
-    route graph's batch of 1 is meant to be fixed)."""
+    """Write event_encoder.onnx and query.onnx to `out` from named example feeds (>= 2 rows,
+    K >= 2 per stream: torch.export specializes dims of size 0 or 1)."""
     if not all(net.use.values()):
         raise IssuerSeqError(
             "the factored graphs need every stream; an ablated network (use_card or "
@@ -298,16 +264,7 @@ def export_factored(
         out / QUERY_FILE,
         opset,
     )
-    r_specs = route_specs(size, n_delays, net.n_fused)
-    one, _ = route_feeds(feeds, 0, np.zeros(2, np.int64))
-    route = _export(
-        QueryGraph(net),
-        *r_specs,
-        tuple(torch.from_numpy(one[s.name]) for s in r_specs[0]),
-        out / ROUTE_FILE,
-        opset,
-    )
-    return FactoredGraphs(event, query, route, ev_specs, q_specs, r_specs)
+    return FactoredGraphs(event, query, ev_specs, q_specs)
 
 
 def manifest_entry(
@@ -324,11 +281,6 @@ def manifest_entry(
             "file": QUERY_FILE,
             "inputs": [s.to_json() for s in graphs.query_specs[0]],
             "outputs": [s.to_json() for s in graphs.query_specs[1]],
-        },
-        "route": {
-            "file": ROUTE_FILE,
-            "inputs": [s.to_json() for s in graphs.route_specs[0]],
-            "outputs": [s.to_json() for s in graphs.route_specs[1]],
         },
         "state": {
             "size": size,
@@ -379,37 +331,3 @@ def check_event_parity(
                 f"tolerance (rtol={rtol}, atol={atol})"
             )
     return report
-
-
-def check_route_parity(
-    event_session: Any,
-    query_session: Any,
-    route_session: Any,
-    feeds: Feeds,
-    route_ids: np.ndarray,
-    rtol: float,
-    atol: float,
-) -> dict[str, Any]:
-    """The route graph against the query graph on the same histories copied once per route,
-    for each row of named `feeds` through `route_ids`, and for the first row with empty
-    histories. Raises IssuerSeqError beyond the tolerance."""
-    query = chained_feeds(event_session, feeds)
-    empty = {k: v[:1].copy() for k, v in query.items()}
-    empty["length"][:] = 0
-    empty["states"][:] = 0
-    empty["rel"][:] = 0
-    worst, cases = 0.0, 0
-    for q, rows in ((query, range(len(query["cur_cat"]))), (empty, range(1))):
-        for row in rows:
-            one, copies = route_feeds(q, row, route_ids)
-            got = route_session.run(list(OUTPUTS), one)
-            want = query_session.run(list(OUTPUTS), copies)
-            for g, w in zip(got, want, strict=True):
-                worst = max(worst, worst_ratio(g, w, rtol, atol))
-            cases += 1
-    if worst > 1.0:
-        raise IssuerSeqError(
-            f"the route graph disagrees with the query graph: {worst:.3g}x the tolerance "
-            f"(rtol={rtol}, atol={atol})"
-        )
-    return {"cases": cases, "routes": int(len(route_ids)), "max_ratio": worst}

@@ -8,13 +8,13 @@ A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
                       cannot follow), then residual feed-forward layers. It reads nothing
                       else, so a state can be computed once, when the event happens, and
                       serve every stream and every later query that reads the event.
-    stream queries    per stream of features.STREAMS (the card, the issuer, the card at the
-                      current merchant): the current attempt's state attends over itself and
-                      the stream's K cached states, each plus a term of how the event stands
-                      to the current attempt (`pair`: minutes since, same merchant, same
-                      payment, a new day since); only the query token is updated, layer after
-                      layer -> (B, D). The current attempt is always a key, so an empty
-                      history never yields NaN.
+    stream queries    per stream of features.STREAMS (the card, the issuer, the route, the
+                      card at the current merchant): the current attempt's state attends over
+                      itself and the stream's K cached states, each plus a term of how the
+                      event stands to the current attempt (`pair`: minutes since, same
+                      merchant, same payment, a new day since); only the query token is
+                      updated, layer after layer -> (B, D). The current attempt is always
+                      a key, so an empty history never yields NaN.
     history counts    per stream, how many history events of each cause fall in trailing
                       windows (10 min ... all K), overall and at the same merchant, log1p ->
                       linear (B, D), added to the stream's vector. Softmax attention averages
@@ -24,7 +24,7 @@ A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
     payment so far    the codes of the payment's latest earlier attempt (found by the
                       `same_payment` flags of the card-at-merchant stream), how long ago and
                       whether a new day has begun since (B, D); zeros for a first attempt
-    approval head     MLP([card, issuer, card_merchant, current, payment]) -> logit /
+    approval head     MLP([card, issuer, route, card_merchant, current, payment]) -> logit /
                       temperature (B,)
     retry head        MLP([streams..., current, payment, decline code, advice code])
                       -> one logit per delay of the grid / retry temperature       (B, G)
@@ -373,10 +373,6 @@ def query_blocks_n(
     """`QueryBlock.forward` of each stream's block at once: q (N, B, D), the memory
     layer-normalized without an affine `normed` (N, B, K, D), pad (N, B, 1 + K) -> (N, B, D).
 
-    The memory and pad may instead have a batch of 1, shared by every query (the candidate
-    routes of one attempt over the same histories). The current token's own key and value
-    are kept apart from the memory's for that.
-
     With one query per stream, the memory's keys and values are never formed: a head's score
     of a memory token, query . (mem @ w_k + b_k) over the head's dims, is mem . (w_k @ the
     query restricted to the head) + a term of the query alone, and the heads' weighted sum of
@@ -502,7 +498,8 @@ class PaymentSoFar(nn.Module):
 
 
 class IssuerSeqNet(nn.Module):
-    """Approval logit and retry-curve logits from a card's and an issuer's histories.
+    """Approval logit and retry-curve logits from the histories of the card, the issuer,
+    the route and the card at the merchant.
 
     `use_card` False drops both card streams (the card's and the card-at-merchant's);
     `use_issuer` False the issuer's: the stream's vector is then zeros (ablations).
@@ -523,7 +520,12 @@ class IssuerSeqNet(nn.Module):
         n_fused: int = 0,
     ) -> None:
         super().__init__()
-        self.use = {"card": use_card, "issuer": use_issuer, "card_merchant": use_card}
+        self.use = {
+            "card": use_card,
+            "issuer": use_issuer,
+            "route": True,
+            "card_merchant": use_card,
+        }
         self.d_model = d_model
         self.events = EventEncoder(vocab_sizes, d_model, d_ff, event_layers, dropout)
         self.queries = nn.ModuleDict(
@@ -714,8 +716,7 @@ class IssuerSeqNet(nn.Module):
             payment = self.payment(near[..., 2], near[..., 0], at["codes"], at["day"], today)
         else:
             payment = torch.zeros_like(cur)
-        # histories of batch 1 shared by every current attempt (`route_query`): expanded
-        parts = [streams.transpose(0, 1).flatten(1), cur, payment.expand_as(cur)]
+        parts = [streams.transpose(0, 1).flatten(1), cur, payment]
         if self.n_fused:
             if fused is None:
                 raise ValueError(f"this network reads the {self.n_fused} fused aggregates")
@@ -725,7 +726,7 @@ class IssuerSeqNet(nn.Module):
         decline = self.decline_code(decline_response_code) + self.decline_advice(
             decline_advice_code
         )
-        retry = self.retry_head(torch.cat([z, decline.expand_as(cur)], dim=-1))
+        retry = self.retry_head(torch.cat([z, decline], dim=-1))
         return approval, retry
 
     def logits(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -134,13 +134,39 @@ class Window:
         return len(self.t)
 
 
-def stream_key(stream: str, attempt: Mapping[str, Any]) -> str:
+def stream_key(stream: str, attempt: Mapping[str, Any], event: Event | None = None) -> str:
     """The state-store key of the attempt's history in `stream` (features.STREAM_KEYS): the
-    card or issuer id as text; for the card at a merchant, both, as a JSON list."""
+    card or issuer id as text; for the card at a merchant, both, as a JSON list; for the
+    route, the id the bundle's vocabulary gives the route (`event`: the attempt encoded),
+    as training groups the stream (routes it never saw share one stream, as there)."""
+    if stream == F.ROUTE_STREAM:
+        if event is None:
+            raise ValueError("the route stream's key needs the attempt encoded (`event`)")
+        return route_key(event.cat[F.ROUTE])
     columns = F.STREAM_KEYS[stream]
     if len(columns) == 1:
         return str(attempt[columns[0]])
     return json.dumps([str(attempt[c]) for c in columns])
+
+
+def route_key(route_id: int) -> str:
+    """The state-store key of the route stream of the route with vocabulary id `route_id`."""
+    return f"route:{int(route_id)}"
+
+
+def with_route(event: Event, route_id: int) -> Event:
+    """`event` sent through the route with vocabulary id `route_id` instead."""
+    cat = list(event.cat)
+    cat[F.ROUTE] = int(route_id)
+    return replace(event, cat=tuple(cat))
+
+
+def with_pending(known: list[Event], event: Event) -> list[Event]:
+    """A key's known events with `event` (an outcome not observed yet: the decline a retry
+    follows) in its place in time; `known` itself when it holds the event already."""
+    if any(e.t == event.t and e.payment == event.payment for e in known):
+        return known
+    return sorted([*known, event], key=lambda e: e.t)
 
 
 def history_lengths(history: Mapping[str, Any]) -> dict[str, int]:

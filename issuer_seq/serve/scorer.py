@@ -39,6 +39,7 @@ import numpy as np
 from issuer_seq import features as F
 from issuer_seq.delays import grid_seconds
 from issuer_seq.errors import IssuerSeqError
+from issuer_seq.features import ROUTE_STREAM
 from issuer_seq.retry_policy import (
     DEFAULT_ECONOMICS,
     NOW_3DS_DELAY_S,
@@ -63,7 +64,10 @@ from issuer_seq.serve.inputs import (
     build_query_inputs,
     encode_event,
     history_lengths,
+    route_key,
     stream_key,
+    with_pending,
+    with_route,
 )
 from issuer_seq.serve.state import MemoryStore, StateStore, StateUnavailable, keep_lengths
 
@@ -139,16 +143,11 @@ class Scorer:
             self.root / factored["event"]["file"], providers, threads, allow_fallback
         )
         self.factored = model_file is None
-        self.route_session: Any = None  # the route graph: candidates over shared histories
         if self.factored:
             self.session = make_session(
                 self.root / factored["query"]["file"], providers, threads, allow_fallback
             )
             self.input_names = [spec["name"] for spec in factored["query"]["inputs"]]
-            if "route" in factored:  # bundles exported before it score routes as a batch
-                self.route_session = make_session(
-                    self.root / factored["route"]["file"], providers, threads, allow_fallback
-                )
         else:
             self.session = make_session(self.root / model_file, providers, threads, allow_fallback)
         self.online, self._fused_take = self._online_features(m.get("fused"))
@@ -201,7 +200,7 @@ class Scorer:
         online: OnlineFeatures | None = None,
     ) -> np.ndarray | None:
         """`fused_rows` of the attempt sent through each of `routes` (R, n_fused): its row
-        computed once, the issuer x route aggregates per route; None as `fused_rows`."""
+        computed once, the route aggregates per route; None as `fused_rows`."""
         if self.online is None:
             return None
         from issuer_seq.baselines.fused import fused_inputs
@@ -225,7 +224,7 @@ class Scorer:
         try:
             return {
                 stream: [
-                    store.window(stream, stream_key(stream, a), e.t - lag, k)
+                    store.window(stream, stream_key(stream, a, e), e.t - lag, k)
                     for a, e in zip(attempts, current, strict=True)
                 ]
                 for stream, k in self.ks.items()
@@ -292,22 +291,18 @@ class Scorer:
         p_approve, p_retry = self._whole.run(OUTPUTS, {n: feeds[n] for n in names})
         return p_approve, p_retry
 
-    def run(
-        self, inputs: Mapping[str, np.ndarray], session: Any = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The query graph (or `session`, the route graph, whose inputs have the same
-        names) on `inputs`."""
-        session = self.session if session is None else session
+    def run(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The query graph (or this scorer's `model_file`) on `inputs`."""
         feeds = {name: inputs[name] for name in self.input_names}
         # The feeds are complete by construction (the manifest's names), so skip the Python
         # wrapper's per-call input checks and call ONNX Runtime's session directly: ~0.05 ms,
         # a tenth of a single request's run. Anything else with `run` (bench's PyTorch arm,
         # a future onnxruntime without `_sess`) takes the public call.
-        direct = getattr(session, "_sess", None)
+        direct = getattr(self.session, "_sess", None)
         if direct is not None:
             p_approve, p_retry = direct.run(OUTPUTS, feeds, None)
         else:
-            p_approve, p_retry = session.run(OUTPUTS, feeds)
+            p_approve, p_retry = self.session.run(OUTPUTS, feeds)
         return p_approve, p_retry
 
     def score_batch(self, attempts: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -325,35 +320,39 @@ class Scorer:
         routes: Sequence[str],
         histories: Mapping[str, Sequence[Window | Sequence[Event]]] | None = None,
         online: OnlineFeatures | None = None,
+        pending: Event | None = None,
     ) -> np.ndarray:
-        """P(approved) of the attempt sent through each of `routes` (R,): its inputs built
-        once (the histories read, their states gathered), and only the current attempt's
-        route changed per candidate. The route graph reads the histories once for all R
-        (their keys and values computed once); without it (a bundle exported before it, or
-        the whole network) they are repeated R times, one batch of R queries. `histories`:
-        each stream's history of the attempt (default: read from the store); `online`: the
-        aggregates a fused network reads through each route (default: those kept)."""
+        """P(approved) of the attempt sent through each of `routes` (R,): one batch of R
+        queries, the attempt's route changed per candidate. The card's, the issuer's and the
+        card at the merchant's histories are read once and shared; the route stream is each
+        candidate's own (its last attempts). `histories`: the attempt's history per stream
+        (default: read from the store; its route stream is not read); `pending`: an outcome
+        not observed yet that belongs in the route streams (the decline a retry follows);
+        `online`: the aggregates a fused network reads through each route (default: those
+        kept)."""
         current = encode_event(self.vocab, {**attempt, "response_code": None, "advice_code": None})
         if histories is None:
             histories = self.windows([attempt], [current])
         ids = [F._lookup(self.vocab.maps["route"], F._text(r)) for r in routes]
-        # a fused network's issuer x route aggregates are each candidate's
+        candidates = [with_route(current, i) for i in ids]
+        routed = {s: list(h) * len(ids) for s, h in histories.items() if s != ROUTE_STREAM}
+        routed[ROUTE_STREAM] = [self.route_history(c, pending) for c in candidates]
+        # a fused network's route aggregates are each candidate's
         fused = self.fused_route_rows(attempt, routes, online)
-        feeds = self.inputs([current], histories, fused=None if fused is None else fused[:1])
-        if self.route_session is not None:
-            feeds["cur_cat"] = np.repeat(feeds["cur_cat"], len(routes), axis=0)
-            feeds["cur_cat"][:, F.ROUTE] = ids
-            if fused is not None:
-                feeds["fused"] = fused
-            return self.run(feeds, self.route_session)[0]
-        feeds = {k: np.repeat(v, len(routes), axis=0) for k, v in feeds.items()}
-        if fused is not None:
-            feeds["fused"] = fused
-        if "cur_cat" in feeds:  # the query graph: the attempt's ids in one (B, C) input
-            feeds["cur_cat"][:, F.ROUTE] = ids
-        else:  # the whole network: one input per feature
-            feeds["cur_route"][:] = ids
-        return self.run(feeds)[0]
+        return self.run(self.inputs(candidates, routed, fused=fused))[0]
+
+    def route_history(self, event: Event, pending: Event | None = None) -> Window | list[Event]:
+        """The route stream of `event`'s route as it reads it, with `pending` in it when that
+        outcome went through the same route. Raises StateUnavailable when the store fails."""
+        key = route_key(event.cat[F.ROUTE])
+        if pending is not None:
+            known = self.recent(ROUTE_STREAM, key)
+            same = pending.cat[F.ROUTE] == event.cat[F.ROUTE]
+            return with_pending(known, pending) if same else known
+        try:
+            return self.store.window(ROUTE_STREAM, key, event.t - self.lag_s, self.ks[ROUTE_STREAM])
+        except Exception as exc:
+            raise StateUnavailable(f"reading {ROUTE_STREAM} {key}: {exc!r}") from exc
 
     # -- retries --------------------------------------------------------------------------
     def retry_curve(self, declines: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -376,7 +375,7 @@ class Scorer:
         curve = self.retry_curve([decline])[0]  # (G,)
         event = encode_event(self.vocab, decline)
         assert event.raw is not None
-        history = self.recent(RULES_STREAM, stream_key(RULES_STREAM, decline))
+        history = self.recent(RULES_STREAM, stream_key(RULES_STREAM, decline, event))
         allowed, rules = allowed_retries(
             event.t,
             event.merchant,
@@ -437,11 +436,10 @@ class Scorer:
         histories: dict[str, list[Sequence[Event]]] = {}
         observed = True
         for stream in self.ks:
-            known = self.recent(stream, stream_key(stream, decline))
-            if not any(e.t == event.t and e.payment == event.payment for e in known):
-                known = sorted([*known, event], key=lambda e: e.t)
-                observed = False
-            histories[stream] = [known]
+            known = self.recent(stream, stream_key(stream, decline, event))
+            with_decline = with_pending(known, event)
+            observed = observed and with_decline is known
+            histories[stream] = [with_decline]
         online = self.online
         if online is not None and not observed:
             with self._online_lock:
@@ -461,7 +459,7 @@ class Scorer:
         three_ds = action == RETRY_NOW_WITH_3DS or bool(decline["three_ds"])
         retry, histories, online = self.retry_attempt(decline, event, action.delay_s, three_ds)
         names = [name for name, _ in routes]
-        p = self.score_routes(retry, names, histories, online)
+        p = self.score_routes(retry, names, histories, online, pending=event)
         choice = choose_route(
             p[None, :],
             np.arange(len(names))[None, :],
@@ -495,8 +493,8 @@ class Scorer:
 
     # -- outcomes -------------------------------------------------------------------------
     def observe(self, outcome: Mapping[str, Any]) -> None:
-        """Append an attempt with its outcome to its histories (card, issuer, card at the
-        merchant). Raises StateUnavailable when the store fails."""
+        """Append an attempt with its outcome to its histories (card, issuer, route, card at
+        the merchant). Raises StateUnavailable when the store fails."""
         missing = [c for c in ("response_code", "payment_id") if outcome.get(c) is None]
         if missing:
             raise IssuerSeqError(f"an outcome needs its {' and '.join(missing)}")
@@ -506,7 +504,7 @@ class Scorer:
         )[0]
         event = replace(event, state=state, encoder=self.encoder)
         for stream in self.ks:
-            key = stream_key(stream, outcome)
+            key = stream_key(stream, outcome, event)
             try:
                 self.store.append(stream, key, event)
             except Exception as exc:

@@ -14,8 +14,8 @@
 -- the transformer's rule (whole seconds, docs/data.md).
 --
 -- Placeholders (dollar-brace names) are filled by sql_features.render_sql: one block of
--- card_window.sql / issuer_window.sql / issuer_route_window.sql per trailing window, their WINDOW definitions, the
--- lag, and the longest window's label. Helper columns start with `_` and are dropped.
+-- card_window.sql / issuer_window.sql / issuer_route_window.sql / route_window.sql per trailing
+-- window, their WINDOW definitions, the lag, and the longest window's label. Helper columns start with `_` and are dropped.
 
 WITH base AS (
     SELECT
@@ -48,6 +48,7 @@ hist AS (
 ${card_columns}
 ${issuer_columns}
 ${issuer_route_columns}
+${route_columns}
         -- whole history before the lag: recency of events, and which row came last
         MAX(_seq) OVER card_all AS _card_prev_seq,
         MAX(t) OVER card_all AS _card_last_t,
