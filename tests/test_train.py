@@ -90,6 +90,7 @@ def test_every_config_composes() -> None:
     assert gpu.trainer.precision == "bf16-mixed" and gpu.model.d_model == 128
     assert _compose("train", ["experiment=ablate_no_issuer"]).model.use_issuer is False
     assert _compose("train", ["experiment=ablate_no_card"]).model.use_card is False
+    assert _compose("train", ["experiment=ablate_no_route"]).model.use_route is False
     assert _compose("train", ["experiment=long"]).trainer.max_epochs == 5
     quick = _compose("evaluate", []).baselines
     assert list(quick.models) == ["lightgbm"] and quick.trials == 1

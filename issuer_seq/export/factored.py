@@ -235,7 +235,7 @@ def export_factored(
     if not all(net.use.values()):
         raise IssuerSeqError(
             "the factored graphs need every stream; an ablated network (use_card or "
-            "use_issuer false) is for comparisons, not serving"
+            "use_issuer or use_route false) is for comparisons, not serving"
         )
     size = net.state_size()
     ev_specs, q_specs = event_specs(size), query_specs(size, n_delays, net.n_fused)

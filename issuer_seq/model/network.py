@@ -502,7 +502,8 @@ class IssuerSeqNet(nn.Module):
     the route and the card at the merchant.
 
     `use_card` False drops both card streams (the card's and the card-at-merchant's);
-    `use_issuer` False the issuer's: the stream's vector is then zeros (ablations).
+    `use_issuer` False the issuer's, `use_route` False the route's: the stream's vector is then
+    zeros (ablations).
     """
 
     def __init__(
@@ -517,13 +518,14 @@ class IssuerSeqNet(nn.Module):
         event_layers: int = 0,
         use_card: bool = True,
         use_issuer: bool = True,
+        use_route: bool = True,
         n_fused: int = 0,
     ) -> None:
         super().__init__()
         self.use = {
             "card": use_card,
             "issuer": use_issuer,
-            "route": True,
+            "route": use_route,
             "card_merchant": use_card,
         }
         self.d_model = d_model

@@ -374,11 +374,14 @@ def build_query_inputs(
 ) -> dict[str, np.ndarray]:
     """The query graph's inputs (export/factored.py) for a batch of B current attempts.
 
-    Histories as for `build_inputs`. The streams are stacked on the axis after the batch,
-    each window right-aligned to the longest K: `states` (B, N, K, S), `rel` (B, N, K, 3),
-    `length` (B, N). Each history event's cached state is used when the encoder `encoder`
-    computed it; any other (none kept, or another bundle's) is recomputed from its encoded
-    features by `encode`, all of them in one call. Padding slots are zeros.
+    Histories as for `build_inputs`, or, for a stream, one history that every row shares when
+    the rows are one attempt through several routes (`Scorer.score_routes`: the same time,
+    merchant and payment, so the same window and relative features; it is read once). The
+    streams are stacked on the axis after the batch, each window right-aligned to the longest
+    K: `states` (B, N, K, S), `rel` (B, N, K, 3), `length` (B, N). Each history event's cached
+    state is used when the encoder `encoder` computed it; any other (none kept, or another
+    bundle's) is recomputed from its encoded features by `encode`, all of them in one call.
+    Padding slots are zeros.
     """
     b = len(current)
     n_cat, n_num = len(F.CATEGORICAL), len(F.NUMERIC)
@@ -389,8 +392,10 @@ def build_query_inputs(
     rel = np.zeros((b, len(STREAMS), k, len(F.RELATIVE)), dtype=np.float32)
     length = np.zeros((b, len(STREAMS)), dtype=np.int64)
     stale: list[tuple[int, int, int, np.ndarray, np.ndarray]] = []  # row, stream, slot, cat, num
+    shared = [i for i, s in enumerate(STREAMS) if len(histories[s]) == 1 < b]
     for i, s in enumerate(STREAMS):
-        for row, (event, known) in enumerate(zip(current, histories[s], strict=True)):
+        rows = current[:1] if i in shared else current
+        for row, (event, known) in enumerate(zip(rows, histories[s], strict=True)):
             window = (
                 known if isinstance(known, Window) else window_of(known, event.t - lag_s, ks[s])
             )
@@ -417,6 +422,8 @@ def build_query_inputs(
         )
         for (row, i, slot, _, _), value in zip(stale, computed, strict=True):
             states[row, i, slot] = value
+    for i in shared:
+        states[1:, i], rel[1:, i], length[1:, i] = states[0, i], rel[0, i], length[0, i]
     out = {
         "cur_cat": cur_cat,
         "cur_num": np.array([e.num for e in current], dtype=np.float32).reshape(b, n_num),

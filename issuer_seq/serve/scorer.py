@@ -335,7 +335,10 @@ class Scorer:
             histories = self.windows([attempt], [current])
         ids = [F._lookup(self.vocab.maps["route"], F._text(r)) for r in routes]
         candidates = [with_route(current, i) for i in ids]
-        routed = {s: list(h) * len(ids) for s, h in histories.items() if s != ROUTE_STREAM}
+        # the other streams read once, shared by every candidate (the query graph's inputs);
+        # the whole network's take a copy per row
+        copies = 1 if self.factored else len(ids)
+        routed = {s: list(h) * copies for s, h in histories.items() if s != ROUTE_STREAM}
         routed[ROUTE_STREAM] = [self.route_history(c, pending) for c in candidates]
         # a fused network's route aggregates are each candidate's
         fused = self.fused_route_rows(attempt, routes, online)
