@@ -197,7 +197,7 @@ def route_predictors(
     saved = run.path / LIGHTGBM_DIR
     rates = None
     if run.net.n_fused or (saved / SAVED).exists():
-        with stage(log, "issuer x route aggregates through every route"):
+        with stage(log, "route aggregates through every route"):
             rates = route_rates(frame, table.names, lag_s=store.config.lag_s)
     out = {
         "transformer": transformer_route_matrix(
