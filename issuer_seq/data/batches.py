@@ -18,7 +18,7 @@ Named inputs (shapes; B = batch, K = the stream's history length):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,13 +95,16 @@ class DeviceStore:
         return self
 
     def gather(
-        self, rows: Tensor, windows: Mapping[str, tuple[Tensor, Tensor]] | None = None
+        self,
+        rows: Tensor,
+        windows: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+        streams: Sequence[str] = STREAMS,
     ) -> dict[str, Tensor]:
         """Named inputs and labels of the examples `rows` (B,) int64 on this device.
 
         `windows`: stream -> (end, length) (B,) replacing the rows' own windows in that stream
         (`HistoryIndex.at`): the route stream of a candidate route the rows were not sent
-        through."""
+        through; `streams`: the streams gathered (default: all)."""
         windows = windows or {}
         rows = rows.to(self.device, non_blocking=True)
         batch: dict[str, Tensor] = {}
@@ -115,7 +118,8 @@ class DeviceStore:
         t_now = self.t[rows]
         m_now = self.merchant[rows]
         p_now = self.payment[rows]
-        for s, st in self.streams.items():
+        for s in streams:
+            st = self.streams[s]
             offsets = torch.arange(-st.k, 0, device=self.device)  # (K,)
             end, length = windows.get(s, (st.end[rows], st.length[rows]))  # (B,) each
             mask = offsets[None, :] >= -length[:, None]  # (B, K)

@@ -97,6 +97,7 @@ def transformer_route_matrix(
                 xr = device.gather(
                     torch.from_numpy(batch_rows),
                     {ROUTE_STREAM: (torch.from_numpy(end), torch.from_numpy(n))},
+                    streams=[ROUTE_STREAM],
                 )
                 states[at] = net.state(
                     packed(xr, ROUTE_STREAM, F.CATEGORICAL), packed(xr, ROUTE_STREAM, F.NUMERIC)
