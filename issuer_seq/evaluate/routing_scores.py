@@ -73,6 +73,7 @@ def transformer_route_matrix(
     ids = torch.from_numpy(F.encode(store.vocab, "route", list(table.names)))  # (R,)
     device = DeviceStore(store)
     route_index, t, at = store.index(ROUTE_STREAM), store.t, STREAMS.index(ROUTE_STREAM)
+    shared = [s for s in STREAMS if s != ROUTE_STREAM]
     was_training = net.training
     net.eval()
     out = np.full((len(rows), table.n_routes), np.nan)
@@ -80,15 +81,19 @@ def transformer_route_matrix(
     try:
         for start in starts if progress is None else bar(starts, progress):
             batch_rows = rows[start : start + batch_size]
-            x = device.gather(torch.from_numpy(batch_rows))
+            x = device.gather(torch.from_numpy(batch_rows), streams=shared)
             cat = packed(x, "cur", F.CATEGORICAL)  # (B, C)
             num = packed(x, "cur", F.NUMERIC)  # (B, F)
-            # (B, K, S) per stream: once, shared by every route, but the route's own stream
+            # (B, K, S) per stream, computed once and shared by every route; the route
+            # stream's slot is each candidate's own, filled below
             states = [
-                net.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC)) for s in STREAMS
+                net.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC))
+                if s in shared
+                else None
+                for s in STREAMS
             ]
-            rel = [packed(x, s, F.RELATIVE) for s in STREAMS]
-            length = [x[f"{s}_length"] for s in STREAMS]
+            rel = [packed(x, s, F.RELATIVE) if s in shared else None for s in STREAMS]
+            length = [x[f"{s}_length"] if s in shared else None for s in STREAMS]
             for r in range(table.n_routes):
                 cat_r = cat.clone()
                 cat_r[:, F.ROUTE] = ids[r]
