@@ -85,6 +85,10 @@ STREAM_KEYS: Mapping[str, tuple[str, ...]] = {
 #: the stream grouped by an encoded categorical feature, not by the log's raw values
 ROUTE_STREAM: str = "route"
 STREAMS: tuple[str, ...] = tuple(STREAM_KEYS)
+#: the streams an attempt's candidate routes share (the network's queries over them do not
+#: read the attempt's route), and their positions in STREAMS
+SHARED_STREAMS: tuple[str, ...] = tuple(s for s in STREAMS if s != ROUTE_STREAM)
+SHARED: tuple[int, ...] = tuple(STREAMS.index(s) for s in SHARED_STREAMS)
 #: stream -> the name of its history length: the config key, the manifest's `history` key
 #: and the ONNX graph's symbolic dim
 HISTORY_DIMS: Mapping[str, str] = {s: f"k_{s}" for s in STREAMS}

@@ -120,7 +120,7 @@ def test_cli_writes_the_bundle(exported: Exported) -> None:
 
 def test_manifest_describes_model_schema_and_checks(exported: Exported, run: TrainedRun) -> None:
     m = exported.manifest
-    assert m["format_version"] == 5
+    assert m["format_version"] == 6
     assert m["model"]["name"] == "issuer_seq" and m["model"]["version"] == 1
     assert (
         m["model"]["weights_sha256"]
@@ -155,14 +155,13 @@ def test_manifest_describes_model_schema_and_checks(exported: Exported, run: Tra
         parity["cases"]
     )
     assert parity["cases"]["short_histories"]["history"]["k_card"] < m["history"]["k_card"]
-    # the factored pair: both graphs listed and checksummed, chained parity on the same
-    # cases, the event graph alone at several sizes, and the cached state described
+    # the factored graphs: listed and checksummed, chained parity on the same cases, the
+    # event graph alone at several sizes, the route graph against the query graph, and the
+    # cached state described
     factored = m["factored"]
-    assert (factored["event"]["file"], factored["query"]["file"]) == (
-        "event_encoder.onnx",
-        "query.onnx",
-    )
-    assert {"event_encoder.onnx", "query.onnx"} <= set(m["files"])
+    files = ("event_encoder.onnx", "query.onnx", "route_query.onnx")
+    assert tuple(factored[g]["file"] for g in ("event", "query", "route")) == files
+    assert set(files) <= set(m["files"])
     # the streams stacked in the query graph: the route's among them
     shapes = {s["name"]: s["shape"] for s in factored["query"]["inputs"]}
     assert shapes["states"][:2] == ["batch", len(F.STREAMS)] and "route" in F.STREAMS
@@ -170,6 +169,14 @@ def test_manifest_describes_model_schema_and_checks(exported: Exported, run: Tra
     assert chained["passed"] and set(chained["cases"]) == set(parity["cases"])
     assert set(chained["event_graph"]) == {"events_1", "events_7", "events_all"}
     assert all(c["max_ratio"] <= 1 for c in chained["event_graph"].values())
+    # every known route (ids from 1: OOV and NONE too), each candidate its own route stream,
+    # every validation row and an empty history
+    routes = chained["route_graph"]
+    assert routes["routes"] == run.vocab.sizes()["route"] - 1 >= 2
+    assert routes["cases"] > 2 and routes["max_ratio"] <= 1
+    route_shapes = {s["name"]: s["shape"] for s in factored["route"]["inputs"]}
+    assert route_shapes["states"][:2] == [1, len(F.STREAMS) - 1]
+    assert route_shapes["route_states"][0] == route_shapes["cur_cat"][0] == "routes"
     state = factored["state"]
     assert state["bytes_per_event"] == 4 * state["size"]
     assert state["layout"]["hidden"] == [0, run.spec["net"]["d_model"]]

@@ -93,6 +93,44 @@ def test_training_runs_streams_at_their_own_windows_and_gives_the_stacked_logits
 
 
 @torch.no_grad()
+def test_route_query_is_the_query_of_each_candidate_route(
+    store: EventStore, net: IssuerSeqNet
+) -> None:
+    """One attempt through R candidate routes: `route_query`, the shared streams at a batch
+    of 1, gives `query`'s approval logits of R copies of the attempt, each with its route and
+    its own route stream; the shared streams' query tokens do not read the route."""
+    x = _batch(store)
+    states = {s: net.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC)) for s in STREAMS}
+    routes = torch.tensor([1, 2, 3])
+    r, row = len(routes), 5
+    cur_cat = packed(x, "cur", F.CATEGORICAL)[row].repeat(r, 1)
+    cur_cat[:, F.ROUTE] = routes
+    cur_num = packed(x, "cur", F.NUMERIC)[row].repeat(r, 1)
+    stacked = stack_streams([states[s] for s in STREAMS])  # (N, B, K, S)
+    rel = stack_streams([packed(x, s, F.RELATIVE) for s in STREAMS])
+    length = torch.stack([x[f"{s}_length"] for s in STREAMS])
+    route = STREAMS.index("route")
+    # candidate i reads the route stream of row 10 + i: a stream of its own
+    copies = [t[:, [row] * r].clone() for t in (stacked, rel, length)]
+    for t, full in zip(copies, (stacked, rel, length), strict=True):
+        t[route] = full[route, 10 : 10 + r]
+    none = torch.zeros(r, dtype=torch.long)  # no decline asked about
+    want, _ = net.query(cur_cat, cur_num, *copies, none, none)
+    got = net.route_query(
+        cur_cat,
+        cur_num,
+        *(t[list(F.SHARED), row : row + 1] for t in (stacked, rel, length)),
+        *(t[route, 10 : 10 + r, None] for t in (stacked, rel, length)),
+    )
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert len(set(want.tolist())) == r  # the candidates differ
+    _, tokens, _ = net.current(cur_cat, cur_num)
+    for i in F.SHARED:
+        torch.testing.assert_close(tokens[i], tokens[i][:1].expand(r, -1))
+    assert not torch.allclose(tokens[route], tokens[route][:1].expand(r, -1))
+
+
+@torch.no_grad()
 def test_the_pair_terms_enter_at_query_time(store: EventStore, net: IssuerSeqNet) -> None:
     """The same cached states answer differently when the attempt stands elsewhere in time:
     how an event stands to the attempt enters at query time, not in its state."""
@@ -160,7 +198,12 @@ def test_every_stream_at_once_is_each_streams_own_modules() -> None:
     pairs = [torch.randn(b, k, 8) for k in ks]
     lengths = [torch.randint(0, k + 1, (b,)) for k in ks]
     got = stream_queries_n(
-        queries, current, stack_streams(states), stack_streams(pairs), torch.stack(lengths), False
+        queries,
+        current.expand(len(ks), b, d),
+        stack_streams(states),
+        stack_streams(pairs),
+        torch.stack(lengths),
+        False,
     )
     for i, query in enumerate(queries):
         torch.testing.assert_close(

@@ -166,7 +166,7 @@ def test_each_route_is_scored_as_the_attempt_sent_through_it(
 ) -> None:
     """`score_routes` builds the attempt's inputs once and changes only its route: each
     route's probability is the attempt's own score with that route (an unknown route: OOV),
-    on the factored pair and on the whole network alike."""
+    on the route graph and on the whole network alike."""
     data, _, out = bundle
     frame = load_log(data).frame
     records = frame.head(260).to_dict("records")

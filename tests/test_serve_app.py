@@ -592,6 +592,7 @@ def test_failing_model_falls_back_to_the_rules(
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
         monkeypatch.setattr(shared_scorer, "run", broken)  # the query graph
+        monkeypatch.setattr(shared_scorer, "run_routes", broken)  # the route graph
         monkeypatch.setattr(shared_scorer, "run_whole", broken)  # the whole network (V2)
         score = c.post("/v1/score", json={"attempts": [attempt(), attempt()]}).json()
         assert score["fallback_reason"] == "model_error" and len(score["p_approve"]) == 2
@@ -707,6 +708,10 @@ def test_non_probabilities_and_unexpected_errors_fall_back(
         monkeypatch.setattr(shared_scorer, "run", lambda x: (real(x)[0] * np.nan, real(x)[1]))
         nan = c.post("/v1/score", json={"attempt": attempt()}).json()
         assert nan["fallback_reason"] == "invalid_output"
+        real_routes = shared_scorer.run_routes
+        monkeypatch.setattr(shared_scorer, "run_routes", lambda x: real_routes(x) * np.nan)
+        nan = c.post("/v1/route", json={"attempt": attempt(), "routes": ROUTES}).json()
+        assert nan["fallback_reason"] == "invalid_output" and nan["rule"] == "static_priority"
 
         async def bug(*args: Any, **kwargs: Any) -> Any:
             raise KeyError("a bug outside the model call")

@@ -371,6 +371,12 @@ def _check_trained_run(run_dir: Path, data_dir: Path) -> None:
     (copy / "model_spec.json").write_text(json.dumps(spec))
     with pytest.raises(IssuerSeqError, match="feature schema"):
         evaluate(data_dir, copy)
+    # a run of an earlier network (no version recorded): the same shapes, another function
+    spec = json.loads((run_dir / "model_spec.json").read_text())
+    assert spec.pop("net_version") == IssuerSeqNet.VERSION
+    (copy / "model_spec.json").write_text(json.dumps(spec))
+    with pytest.raises(IssuerSeqError, match="version 1 of the network"):
+        TrainedRun.load(copy)
     (copy / "metrics.json").unlink()
     with pytest.raises(IssuerSeqError, match="missing metrics.json"):
         TrainedRun.load(copy)

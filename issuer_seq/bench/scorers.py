@@ -144,8 +144,8 @@ def single_request_latency(
 def route_scores(
     scorer: ArmScorer, attempt: Mapping[str, Any], routes: Sequence[str]
 ) -> np.ndarray:
-    """P(approved) of the attempt through each route: the transformer's `score_routes` (one
-    query batch over the histories read once), else the candidates as a batch."""
+    """P(approved) of the attempt through each route: the transformer's `score_routes` (the
+    route graph: the shared streams computed once), else the candidates as a batch."""
     score_routes = getattr(scorer, "score_routes", None)
     if score_routes is not None:
         return np.asarray(score_routes(attempt, routes))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from issuer_seq.baselines.fused import FUSED_COLUMNS, N_FUSED
@@ -34,8 +35,10 @@ from issuer_seq.export.factored import (
     EVENT_FILE,
     QUERY_FILE,
     QUERY_K,
+    ROUTE_FILE,
     ChainedSession,
     check_event_parity,
+    check_route_parity,
     export_factored,
     manifest_entry,
 )
@@ -120,7 +123,7 @@ def _build(run: TrainedRun, data: ValidationData, out: Path, s: ExportSettings) 
     log.info("parity passed: worst %.3g of the tolerance", parity["worst"]["ratio"])
     sample_rows = write_sample(out / SAMPLE_FILE, run.net, data.feeds(data.rows[:64])[0])
 
-    log.info("exporting the factored graphs (%s, %s)", EVENT_FILE, QUERY_FILE)
+    log.info("exporting the factored graphs (%s, %s, %s)", EVENT_FILE, QUERY_FILE, ROUTE_FILE)
     n_delays = int(run.spec["net"]["n_delays"])
     graphs = export_factored(run.net, example_feeds(example, inputs), out, n_delays, s.opset)
     event_session, query_session = onnx_session(out / EVENT_FILE), onnx_session(out / QUERY_FILE)
@@ -137,6 +140,16 @@ def _build(run: TrainedRun, data: ValidationData, out: Path, s: ExportSettings) 
     head, _ = data.feeds(data.rows[:EDGE_ROWS])
     factored_parity["event_graph"] = check_event_parity(
         run.net, event_session, head, s.rtol, s.atol
+    )
+    routes = np.arange(1, run.vocab.sizes()["route"], dtype=np.int64)  # every known route
+    factored_parity["route_graph"] = check_route_parity(
+        event_session,
+        query_session,
+        onnx_session(out / ROUTE_FILE),
+        head,
+        routes,
+        s.rtol,
+        s.atol,
     )
     log.info(
         "factored parity passed: worst %.3g of the tolerance", factored_parity["worst"]["ratio"]

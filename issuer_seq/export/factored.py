@@ -10,14 +10,22 @@ graph (the attempt and each stream's cached states -> p_approve, p_retry).
                          float32, length (batch, 4) int64; decline_response_code,
                          decline_advice_code (batch,) int64; a fused network's
                          `fused` (batch, n_fused) float32 -> p_approve, p_retry
+    route_query.onnx     one attempt through R candidate routes (/v1/route): cur_cat,
+                         cur_num (routes, ...) the attempt through each route; the streams
+                         the candidates share (card, issuer, card_merchant) as the query
+                         graph's with a batch of 1: states (1, 3, k, S), rel (1, 3, k, 3),
+                         length (1, 3); each candidate's route stream: route_states
+                         (routes, k, S), route_rel (routes, k, 3), route_length (routes,);
+                         `fused` (routes, n_fused) -> p_approve (routes,)
 
 `observe` runs the event graph once per event and stores the state beside the event's raw
 fields; `score` gathers the states of each stream's last K events and runs the query graph.
 The states' layout (what each column range holds) is the network's `state_layout`, written
 to the manifest. Both graphs together are checked against PyTorch's forward on the
 validation rows and the edge cases of cases.py, chained as the scorer chains them: the
-event graph's states (padding slots zero) feed the query graph. An attempt's candidate routes
-are a batch of the query graph: each reads its own route stream (the scorer's `score_routes`).
+event graph's states (padding slots zero) feed the query graph. The route graph computes the
+shared streams once for every candidate (the network's `route_query`: their queries do not
+read the route); it is checked against the query graph on the attempt copied per candidate.
 """
 
 from __future__ import annotations
@@ -47,11 +55,14 @@ from issuer_seq.export.signature import (
     fused_spec,
 )
 from issuer_seq.export.validation import Feeds
-from issuer_seq.features import STREAMS
+from issuer_seq.features import SHARED, STREAMS
 from issuer_seq.model.network import IssuerSeqNet
+from issuer_seq.serve.inputs import route_inputs
 
 EVENT_FILE = "event_encoder.onnx"
 QUERY_FILE = "query.onnx"
+ROUTE_FILE = "route_query.onnx"
+ROUTES = "routes"  # the route graph's symbolic dim: one attempt's candidate routes
 EVENTS = "events"  # the event graph's symbolic dim
 QUERY_K = "k"  # the query graph's: the longest stream's window
 N_CAT, N_NUM, N_REL = len(F.CATEGORICAL), len(F.NUMERIC), len(F.RELATIVE)
@@ -89,6 +100,23 @@ def query_specs(
     return inputs, outputs
 
 
+def route_specs(state_size: int, n_fused: int = 0) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    n, k = len(SHARED), QUERY_K
+    inputs = [
+        TensorSpec("cur_cat", "int64", (ROUTES, N_CAT)),
+        TensorSpec("cur_num", "float32", (ROUTES, N_NUM)),
+        TensorSpec("states", "float32", (1, n, k, state_size)),
+        TensorSpec("rel", "float32", (1, n, k, N_REL)),
+        TensorSpec("length", "int64", (1, n)),
+        TensorSpec("route_states", "float32", (ROUTES, k, state_size)),
+        TensorSpec("route_rel", "float32", (ROUTES, k, N_REL)),
+        TensorSpec("route_length", "int64", (ROUTES,)),
+    ]
+    if n_fused:
+        inputs.append(TensorSpec(FUSED, "float32", (ROUTES, n_fused)))
+    return inputs, [TensorSpec("p_approve", "float32", (ROUTES,))]
+
+
 class EventGraph(nn.Module):
     def __init__(self, net: IssuerSeqNet) -> None:
         super().__init__()
@@ -123,7 +151,30 @@ class QueryGraph(nn.Module):
         return self.net.calibrated(*logits)
 
 
-# -- named feeds (data/batches.py) -> the two graphs' feeds --------------------------------
+class RouteGraph(nn.Module):
+    """Positional inputs in `route_specs` order -> calibrated p_approve per route."""
+
+    def __init__(self, net: IssuerSeqNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        cur_cat, cur_num, states, rel, length, r_states, r_rel, r_length, *fused = inputs
+        logit = self.net.route_query(
+            cur_cat,
+            cur_num,
+            states.transpose(0, 1),
+            rel.transpose(0, 1),
+            length.T,
+            r_states[:, None],
+            r_rel[:, None],
+            r_length[:, None],
+            fused[0] if fused else None,
+        )
+        return torch.sigmoid(logit / self.net.approval_temperature)
+
+
+# -- named feeds (data/batches.py) -> the graphs' feeds ------------------------------------
 def stacked(feeds: Feeds, prefix: str, names: tuple[str, ...], dtype: type) -> np.ndarray:
     return np.ascontiguousarray(np.stack([feeds[f"{prefix}_{n}"] for n in names], -1), dtype)
 
@@ -157,6 +208,20 @@ def query_feeds(feeds: Feeds, states: dict[str, np.ndarray]) -> Feeds:
     if FUSED in feeds:
         out[FUSED] = feeds[FUSED]
     return out
+
+
+def candidate_copies(feeds: Feeds, row: int, route_ids: np.ndarray) -> Feeds:
+    """Query graph feeds of row `row` of query graph `feeds` sent through each of `route_ids`
+    (the route id of `cur_cat`), candidate i reading the route stream of row row + 1 + i
+    (wrapping): one stream of its own each, as the scorer reads each route's."""
+    b, r = len(feeds["cur_cat"]), len(route_ids)
+    copies = {k: np.repeat(v[row : row + 1], r, axis=0) for k, v in feeds.items()}
+    copies["cur_cat"][:, F.ROUTE] = route_ids
+    others = (row + 1 + np.arange(r)) % b
+    route = STREAMS.index("route")
+    for name in ("states", "rel", "length"):
+        copies[name][:, route] = feeds[name][others, route]
+    return copies
 
 
 def chained(event_session: Any, query_session: Any, feeds: Feeds) -> dict[str, np.ndarray]:
@@ -193,7 +258,7 @@ def _export(
     path: Path,
     opset: int,
 ) -> onnx.ModelProto:
-    names = (BATCH, EVENTS, QUERY_K, *HISTORY_DIMS.values())
+    names = (BATCH, EVENTS, QUERY_K, ROUTES, *HISTORY_DIMS.values())
     dims = {name: Dim(name, min=1) for name in names}
     shapes = tuple(
         {axis: dims[d] for axis, d in enumerate(s.shape) if isinstance(d, str)} for s in inputs
@@ -223,15 +288,18 @@ def _export(
 class FactoredGraphs:
     event: onnx.ModelProto
     query: onnx.ModelProto
+    route: onnx.ModelProto
     event_specs: tuple[list[TensorSpec], list[TensorSpec]]
     query_specs: tuple[list[TensorSpec], list[TensorSpec]]
+    route_specs: tuple[list[TensorSpec], list[TensorSpec]]
 
 
 def export_factored(
     net: IssuerSeqNet, example: Feeds, out: Path, n_delays: int, opset: int
 ) -> FactoredGraphs:
-    """Write event_encoder.onnx and query.onnx to `out` from named example feeds (>= 2 rows,
-    K >= 2 per stream: torch.export specializes dims of size 0 or 1)."""
+    """Write event_encoder.onnx, query.onnx and route_query.onnx to `out` from named example
+    feeds (>= 2 rows, K >= 2 per stream: torch.export specializes dims of size 0 or 1; the
+    route graph's shared batch of 1 is meant to be fixed)."""
     if not all(net.use.values()):
         raise IssuerSeqError(
             "the factored graphs need every stream; an ablated network (use_card or "
@@ -264,7 +332,16 @@ def export_factored(
         out / QUERY_FILE,
         opset,
     )
-    return FactoredGraphs(event, query, ev_specs, q_specs)
+    r_specs = route_specs(size, net.n_fused)
+    two = route_inputs(candidate_copies(feeds, 0, np.array([1, 2], np.int64)))
+    route = _export(
+        RouteGraph(net),
+        *r_specs,
+        tuple(torch.from_numpy(two[s.name]) for s in r_specs[0]),
+        out / ROUTE_FILE,
+        opset,
+    )
+    return FactoredGraphs(event, query, route, ev_specs, q_specs, r_specs)
 
 
 def manifest_entry(
@@ -281,6 +358,11 @@ def manifest_entry(
             "file": QUERY_FILE,
             "inputs": [s.to_json() for s in graphs.query_specs[0]],
             "outputs": [s.to_json() for s in graphs.query_specs[1]],
+        },
+        "route": {
+            "file": ROUTE_FILE,
+            "inputs": [s.to_json() for s in graphs.route_specs[0]],
+            "outputs": [s.to_json() for s in graphs.route_specs[1]],
         },
         "state": {
             "size": size,
@@ -331,3 +413,35 @@ def check_event_parity(
                 f"tolerance (rtol={rtol}, atol={atol})"
             )
     return report
+
+
+def check_route_parity(
+    event_session: Any,
+    query_session: Any,
+    route_session: Any,
+    feeds: Feeds,
+    route_ids: np.ndarray,
+    rtol: float,
+    atol: float,
+) -> dict[str, Any]:
+    """The route graph against the query graph on the attempt copied once per candidate
+    route (`candidate_copies`), for each row of named `feeds` through `route_ids`, and for
+    the first row with empty histories. Raises IssuerSeqError beyond the tolerance."""
+    query = chained_feeds(event_session, feeds)
+    empty = {k: v[:1].copy() for k, v in query.items()}
+    for name in ("states", "rel", "length"):
+        empty[name][:] = 0
+    worst, cases = 0.0, 0
+    for q in (query, empty):
+        for row in range(len(q["cur_cat"])):
+            copies = candidate_copies(q, row, route_ids)
+            (got,) = route_session.run(["p_approve"], route_inputs(copies))
+            want = query_session.run(["p_approve"], copies)[0]
+            worst = max(worst, worst_ratio(got, want, rtol, atol))
+            cases += 1
+    if worst > 1.0:
+        raise IssuerSeqError(
+            f"the route graph disagrees with the query graph: {worst:.3g}x the tolerance "
+            f"(rtol={rtol}, atol={atol})"
+        )
+    return {"cases": cases, "routes": len(route_ids), "max_ratio": worst}

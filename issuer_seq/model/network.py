@@ -14,7 +14,10 @@ A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
                       event stands to the current attempt (`pair`: minutes since, same
                       merchant, same payment, a new day since); only the query token is
                       updated, layer after layer -> (B, D). The current attempt is always
-                      a key, so an empty history never yields NaN.
+                      a key, so an empty history never yields NaN. Only the route stream's
+                      query reads the attempt's route; the others start from the attempt's
+                      state without it, so an attempt's candidate routes share their
+                      vectors (`route_query`: computed once for all of them).
     history counts    per stream, how many history events of each cause fall in trailing
                       windows (10 min ... all K), overall and at the same merchant, log1p ->
                       linear (B, D), added to the stream's vector. Softmax attention averages
@@ -42,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from issuer_seq import features as F
-from issuer_seq.features import STREAMS
+from issuer_seq.features import SHARED, STREAMS
 
 DAYS_IN_MONTH = 31
 
@@ -142,6 +145,7 @@ _CAUSE = F.CATEGORICAL.index("cause")
 _RESPONSE_CODE = F.CATEGORICAL.index("response_code")
 _ADVICE_CODE = F.CATEGORICAL.index("advice_code")
 _CARD_MERCHANT = STREAMS.index("card_merchant")  # the stream the payment so far reads
+_ROUTE_STREAM = STREAMS.index("route")
 
 
 def packed(x: Mapping[str, Tensor], prefix: str, names: tuple[str, ...]) -> Tensor:
@@ -158,11 +162,24 @@ def packed(x: Mapping[str, Tensor], prefix: str, names: tuple[str, ...]) -> Tens
 # request's time). Training stacks only neighbouring streams of the same window length
 # (`equal_window_runs`: the card's and the issuer's 32, then the card at the merchant's 8),
 # so no slot is padding there. tests/test_network.py holds them all equal.
-def stacked_param(modules: list[nn.Module], name: str, ndim: int) -> Tensor:
+#
+# `index` (N',), where given, picks the streams whose modules compute each of N' slices, a
+# stream more than once where it repeats: `IssuerSeqNet.route_query` runs each candidate
+# route's stream as a slice of its own beside the shared streams, in one computation.
+def pick(stacked: Tensor, index: Tensor | None) -> Tensor:
+    """`index`'s slices of streams' parameters `stacked` (N, ...); all of them without one.
+    Parameters are shaped before they are picked: a graph then folds the shaping into its
+    constants and picks with one node."""
+    return stacked if index is None else stacked.index_select(0, index)
+
+
+def stacked_param(
+    modules: list[nn.Module], name: str, ndim: int, index: Tensor | None = None
+) -> Tensor:
     """The parameter `name` of each module, stacked on a leading stream axis (N, ...) and
     shaped to broadcast against (N, ..., last) inputs of `ndim` dims."""
     w = torch.stack([getattr(m, name) for m in modules])
-    return w.reshape(w.shape[0], *(1,) * (ndim - w.dim()), *w.shape[1:])
+    return pick(w.reshape(w.shape[0], *(1,) * (ndim - w.dim()), *w.shape[1:]), index)
 
 
 def matmul_n(x: Tensor, weight: Tensor) -> Tensor:
@@ -179,16 +196,17 @@ def matmul_n(x: Tensor, weight: Tensor) -> Tensor:
     return flat.reshape(*x.shape[:-1], weight.shape[-1])
 
 
-def linear_n(x: Tensor, layers: list[nn.Module]) -> Tensor:
+def linear_n(x: Tensor, layers: list[nn.Module], index: Tensor | None = None) -> Tensor:
     """Each stream's own nn.Linear on its slice of x (N, ..., in) -> (N, ..., out)."""
-    weight = torch.stack([layer.weight for layer in layers]).transpose(1, 2)  # (N, in, out)
-    return matmul_n(x, weight) + stacked_param(layers, "bias", x.dim())
+    weight = pick(torch.stack([layer.weight for layer in layers]).transpose(1, 2), index)
+    return matmul_n(x, weight) + stacked_param(layers, "bias", x.dim(), index)
 
 
-def layer_norm_n(x: Tensor, norms: list[nn.Module]) -> Tensor:
+def layer_norm_n(x: Tensor, norms: list[nn.Module], index: Tensor | None = None) -> Tensor:
     """Each stream's own nn.LayerNorm on its slice of x (N, ..., D)."""
     normed = nn.functional.layer_norm(x, x.shape[-1:], eps=norms[0].eps)
-    return normed * stacked_param(norms, "weight", x.dim()) + stacked_param(norms, "bias", x.dim())
+    weight = stacked_param(norms, "weight", x.dim(), index)
+    return normed * weight + stacked_param(norms, "bias", x.dim(), index)
 
 
 def stack_streams(tensors: list[Tensor]) -> Tensor:
@@ -368,7 +386,12 @@ class HistoryStats(nn.Module):
 
 
 def query_blocks_n(
-    blocks: list[QueryBlock], q: Tensor, normed: Tensor, pad: Tensor, training: bool
+    blocks: list[QueryBlock],
+    q: Tensor,
+    normed: Tensor,
+    pad: Tensor,
+    training: bool,
+    index: Tensor | None = None,
 ) -> Tensor:
     """`QueryBlock.forward` of each stream's block at once: q (N, B, D), the memory
     layer-normalized without an affine `normed` (N, B, K, D), pad (N, B, 1 + K) -> (N, B, D).
@@ -385,16 +408,17 @@ def query_blocks_n(
     d, p, heads = q.shape[-1], first.drop.p, first.heads  # heads (D, H) one-hot
     w = torch.stack([b.attn.in_proj_weight for b in blocks]).transpose(1, 2)  # (N, D, 3D)
     bias = torch.stack([b.attn.in_proj_bias for b in blocks])[:, None]  # (N, 1, 3D)
-    w_k, w_v = w[..., d : 2 * d], w[..., 2 * d :]
-    b_k, b_v = bias[..., d : 2 * d], bias[..., 2 * d :]
-    gamma = stacked_param([b.norm_m for b in blocks], "weight", 4)  # (N, 1, 1, D)
-    beta = stacked_param([b.norm_m for b in blocks], "bias", 4)
-    h = layer_norm_n(q, [b.norm_q for b in blocks])
-    query = (h @ w[..., :d] + bias[..., :d]) * first.scale  # (N, B, D)
+    w_q, w_k, w_v = (pick(w[..., i * d : (i + 1) * d], index) for i in range(3))
+    w_k_t = pick(w[..., d : 2 * d].transpose(1, 2), index)
+    b_q, b_k, b_v = (pick(bias[..., i * d : (i + 1) * d], index) for i in range(3))
+    gamma = stacked_param([b.norm_m for b in blocks], "weight", 4, index)  # (N, 1, 1, D)
+    beta = stacked_param([b.norm_m for b in blocks], "bias", 4, index)
+    h = layer_norm_n(q, [b.norm_q for b in blocks], index)
+    query = (h @ w_q + b_q) * first.scale  # (N, B, D)
     own_key = h @ w_k + b_k  # (N, B, D)
     own_value = h @ w_v + b_v
     # each head's probe: w_k @ (the query on the head's dims), (N, B, H, D)
-    probe = matmul_n(query[:, :, None, :] * heads.T, w_k.transpose(1, 2))
+    probe = matmul_n(query[:, :, None, :] * heads.T, w_k_t)
     constant = (query * b_k) @ heads + (probe * beta).sum(dim=-1)  # (N, B, H)
     at_mem = normed @ (probe * gamma).transpose(-1, -2) + constant[:, :, None, :]  # (N,B,K,H)
     own = ((query * own_key) @ heads)[:, :, None, :]  # (N, B, 1, H)
@@ -409,27 +433,32 @@ def query_blocks_n(
         + (mixed * heads.T).sum(dim=-2)  # each dim from its own head's row
         + (mem_total @ heads.T) * b_v
     )
-    a = linear_n(attended, [b.attn.out_proj for b in blocks])
+    a = linear_n(attended, [b.attn.out_proj for b in blocks], index)
     q = q + nn.functional.dropout(a, p, training)
     hidden = nn.functional.gelu(
-        linear_n(layer_norm_n(q, [b.norm2 for b in blocks]), [b.ff[0] for b in blocks])
+        linear_n(
+            layer_norm_n(q, [b.norm2 for b in blocks], index), [b.ff[0] for b in blocks], index
+        )
     )
     hidden = nn.functional.dropout(hidden, first.ff[2].p, training)
-    return q + nn.functional.dropout(linear_n(hidden, [b.ff[3] for b in blocks]), p, training)
+    out = linear_n(hidden, [b.ff[3] for b in blocks], index)
+    return q + nn.functional.dropout(out, p, training)
 
 
 def stream_queries_n(
     queries: list[StreamQuery],
-    current: Tensor,
+    tokens: Tensor,
     states: Tensor,
     pair: Tensor,
     length: Tensor,
     training: bool,
+    index: Tensor | None = None,
 ) -> Tensor:
-    """`StreamQuery.forward` of each stream at once: current (B, D), states (N, B, K, D)
-    right-aligned, pair (N, B, K, N_PAIR), length (N, B) -> (N, B, D)."""
+    """`StreamQuery.forward` of each stream at once: tokens (N, B, D) the current attempt's
+    token each stream's query starts from, states (N, B, K, D) right-aligned, pair
+    (N, B, K, N_PAIR), length (N, B) -> (N, B, D)."""
     k = states.shape[2]
-    memory = states + linear_n(pair, [q.pair for q in queries])
+    memory = states + linear_n(pair, [q.pair for q in queries], index)
     # every block's memory norm, before its own affine (`query_blocks_n` folds that in)
     normed = nn.functional.layer_norm(
         memory, memory.shape[-1:], eps=queries[0].layers[0].norm_m.eps
@@ -437,10 +466,10 @@ def stream_queries_n(
     offsets = torch.arange(-k, 0, device=states.device)
     pad = offsets < -length[..., None]  # (N, B, K) True where padding
     pad = torch.cat([torch.zeros_like(pad[..., :1]), pad], dim=-1)  # the current token is real
-    q = current.expand(len(queries), *current.shape)
+    q = tokens
     for blocks in zip(*(query.layers for query in queries), strict=True):
-        q = query_blocks_n(list(blocks), q, normed, pad, training)
-    return layer_norm_n(q, [query.norm for query in queries])
+        q = query_blocks_n(list(blocks), q, normed, pad, training, index)
+    return layer_norm_n(q, [query.norm for query in queries], index)
 
 
 class PaymentSoFar(nn.Module):
@@ -506,6 +535,11 @@ class IssuerSeqNet(nn.Module):
     zeros (ablations).
     """
 
+    #: what the saved weights compute, beyond their shapes: a run records it, and a run of
+    #: another version is refused on loading (train/trained_run.py). 2: only the route
+    #: stream's query reads the attempt's route.
+    VERSION = 2
+
     def __init__(
         self,
         vocab_sizes: Mapping[str, int],
@@ -522,6 +556,10 @@ class IssuerSeqNet(nn.Module):
         n_fused: int = 0,
     ) -> None:
         super().__init__()
+        routeless = torch.ones(len(F.CATEGORICAL), dtype=torch.long)
+        routeless[F.ROUTE] = 0
+        self.register_buffer("routeless", routeless, persistent=False)
+        self.register_buffer("shared_streams", torch.tensor(SHARED), persistent=False)
         self.use = {
             "card": use_card,
             "issuer": use_issuer,
@@ -650,9 +688,9 @@ class IssuerSeqNet(nn.Module):
         (N, B, K, 3) features.RELATIVE (padding zeros); length (N, B); fused (B, n_fused)
         the attempts' `fused_inputs`, when the network reads them.
         """
-        cur, today = self.current(cur_cat, cur_num)
+        cur, tokens, today = self.current(cur_cat, cur_num)
         parts = self.parts(states)
-        streams = self.stream_vectors(cur, today, parts, rel, length, slice(None))
+        streams = self.stream_vectors(tokens, today, parts, rel, length, slice(None))
         return self.heads(
             cur,
             today,
@@ -664,40 +702,52 @@ class IssuerSeqNet(nn.Module):
             fused,
         )
 
-    def current(self, cur_cat: Tensor, cur_num: Tensor) -> tuple[Tensor, Tensor]:
-        """Of the attempt's own state, what the query reads: its vector (B, D) and its day
-        (B, 31)."""
-        return self.events(cur_cat, cur_num), day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
+    def current(self, cur_cat: Tensor, cur_num: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Of the attempt's own state, what the query reads: its vector (B, D), the token
+        each stream's query starts from (N, B, D) and its day (B, 31).
+
+        The route stream's query starts from the attempt's vector, the other streams' from
+        the vector of the attempt without its route (route id 0). So the card's, the
+        issuer's and the card at the merchant's vectors do not depend on the route the
+        attempt is sent through, and an attempt's candidate routes share them; the route
+        enters through the route stream and the heads."""
+        cur = self.events(cur_cat, cur_num)
+        shared = self.events(cur_cat * self.routeless, cur_num)
+        tokens = torch.stack([cur if i == _ROUTE_STREAM else shared for i in range(len(STREAMS))])
+        return cur, tokens, day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
 
     def stream_vectors(
         self,
-        cur: Tensor,
+        tokens: Tensor,
         today: Tensor,
         states: Mapping[str, Tensor],
         rel: Tensor,
         length: Tensor,
-        which: slice,
+        which: slice | Tensor,
     ) -> Tensor:
-        """(n, B, D): the vectors of the streams STREAMS[which], their inputs stacked as
-        `query`'s (n, B, K, ...), the states by part (`state_parts`): the query over the
-        states, plus the counts and stats."""
-        names = STREAMS[which]
+        """(n, B, D): the vectors of the streams STREAMS[which] (`which` a slice), or of the
+        streams at positions `which` (a tensor of n positions, a stream more than once where
+        it repeats), their inputs stacked as `query`'s (n, B, K, ...), the states by part
+        (`state_parts`), the tokens their queries start from (n, B, D; `current`): the
+        query over the states, plus the counts and stats."""
+        names, index = (STREAMS[which], None) if isinstance(which, slice) else (STREAMS, which)
         minutes, onehot = rel[..., 0], states["cause"]
         encoded = stream_queries_n(
             [self.queries[s] for s in names],
-            cur,
+            tokens,
             states["hidden"],
             self.pair(rel, states["day"], today),
             length,
             self.training,
+            index,
         )
         counts, stats = self.counts[STREAMS[0]], self.stats[STREAMS[0]]  # same for every stream
         count_table = torch.log1p(counts.table(onehot, minutes, rel[..., 1]))
         stat_table = stats.table(onehot, minutes, states["log_amount"][..., 0])
         return (
             encoded
-            + linear_n(count_table.flatten(-2), [self.counts[s].proj for s in names])
-            + linear_n(stat_table.flatten(-2), [self.stats[s].proj for s in names])
+            + linear_n(count_table.flatten(-2), [self.counts[s].proj for s in names], index)
+            + linear_n(stat_table.flatten(-2), [self.stats[s].proj for s in names], index)
         ) * self.used[which, None, None]  # an ablated stream's vector is zeros
 
     def heads(
@@ -714,22 +764,82 @@ class IssuerSeqNet(nn.Module):
         """Both heads' logits from the streams' vectors (N, B, D), the attempt's vector and
         day, and the card-at-merchant stream's states by part `at` ((B, K, ...) each) and
         relative features `near` (B, K, 3), which the payment so far reads."""
-        if self.use["card_merchant"]:
-            payment = self.payment(near[..., 2], near[..., 0], at["codes"], at["day"], today)
-        else:
-            payment = torch.zeros_like(cur)
-        parts = [streams.transpose(0, 1).flatten(1), cur, payment]
-        if self.n_fused:
-            if fused is None:
-                raise ValueError(f"this network reads the {self.n_fused} fused aggregates")
-            parts.append(self.fused((fused - self.fused_mean) / self.fused_scale))
-        z = torch.cat(parts, dim=-1)
+        z = self.joint(cur, streams, self.payment_so_far(cur, today, at, near), fused)
         approval = self.approval_head(z).squeeze(-1)
         decline = self.decline_code(decline_response_code) + self.decline_advice(
             decline_advice_code
         )
         retry = self.retry_head(torch.cat([z, decline], dim=-1))
         return approval, retry
+
+    def payment_so_far(
+        self, cur: Tensor, today: Tensor, at: Mapping[str, Tensor], near: Tensor
+    ) -> Tensor:
+        """(B, D): `PaymentSoFar` of the card-at-merchant stream (`heads`), or zeros."""
+        if not self.use["card_merchant"]:
+            return torch.zeros_like(cur)
+        return self.payment(near[..., 2], near[..., 0], at["codes"], at["day"], today)
+
+    def joint(self, cur: Tensor, streams: Tensor, payment: Tensor, fused: Tensor | None) -> Tensor:
+        """The heads' input (B, (N + 2 [+ 1]) D): the streams' vectors (N, B, D), the
+        attempt's vector, the payment so far and, for a fused network, its aggregates."""
+        parts = [streams.transpose(0, 1).flatten(1), cur, payment]
+        if self.n_fused:
+            if fused is None:
+                raise ValueError(f"this network reads the {self.n_fused} fused aggregates")
+            parts.append(self.fused((fused - self.fused_mean) / self.fused_scale))
+        return torch.cat(parts, dim=-1)
+
+    def route_query(
+        self,
+        cur_cat: Tensor,
+        cur_num: Tensor,
+        states: Tensor,
+        rel: Tensor,
+        length: Tensor,
+        route_states: Tensor,
+        route_rel: Tensor,
+        route_length: Tensor,
+        fused: Tensor | None = None,
+    ) -> Tensor:
+        """Uncalibrated approval logits (R,) of one attempt sent through R candidate routes:
+        `query`'s approval logits of R copies of the attempt, each with its route and its
+        route stream, with the shared streams computed once.
+
+        cur_cat (R, C): the attempt through each route (rows differ in the route id only);
+        cur_num (R, F). The streams the candidates share (features.SHARED_STREAMS), stacked
+        as `query`'s inputs with a batch of 1: states (N - 1, 1, K, S), rel (N - 1, 1, K, 3),
+        length (N - 1, 1). Each candidate's route stream, as a stream of its own with a batch
+        of 1: route_states (R, 1, K, S), route_rel (R, 1, K, 3), route_length (R, 1). fused
+        (R, n_fused), when read.
+
+        The candidates' route streams join the shared streams on the stream axis, each
+        computed by the route stream's modules (`stream_vectors`' index): one computation
+        of N - 1 + R slices at a batch of 1, where a batch of R copies computes N R.
+        """
+        r, n = cur_cat.shape[0], len(SHARED)
+        cur = self.events(cur_cat, cur_num)  # (R, D)
+        today = day_onehot(cur_num[:1, _DAY_OF_MONTH], self.days)  # (1, 31)
+        token = self.events(cur_cat[:1] * self.routeless, cur_num[:1])  # (1, D)
+        index = torch.cat(
+            [self.shared_streams, torch.zeros_like(route_length[:, 0]) + _ROUTE_STREAM]
+        )
+        parts = self.parts(torch.cat([states, route_states]))
+        vectors = self.stream_vectors(
+            torch.cat([token.expand(n, 1, -1), cur[:, None, :]]),
+            today,
+            parts,
+            torch.cat([rel, route_rel]),
+            torch.cat([length, route_length]),
+            index,
+        )  # (N - 1 + R, 1, D)
+        shared = vectors[:n].expand(-1, r, -1)  # (N - 1, R, D)
+        route = vectors[n:].transpose(0, 1)  # (1, R, D)
+        streams = torch.cat([shared[:_ROUTE_STREAM], route, shared[_ROUTE_STREAM:]])
+        m = SHARED.index(_CARD_MERCHANT)
+        at = {name: part[m] for name, part in parts.items()}
+        payment = self.payment_so_far(token, today, at, rel[m]).expand(r, -1)
+        return self.approval_head(self.joint(cur, streams, payment, fused)).squeeze(-1)
 
     def logits(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Uncalibrated (approval (B,), retry (B, G)) logits from the named inputs of
@@ -749,7 +859,7 @@ class IssuerSeqNet(nn.Module):
         if not self.training:
             states = stack_streams([self.state(*event) for event in events])
             return self.query(cat, num, states, stack_streams(rel), length, code, advice, fused)
-        cur, today = self.current(cat, num)
+        cur, tokens, today = self.current(cat, num)
         vectors, at = [], {}
         for run in equal_window_runs([r.shape[1] for r in rel]):
             # the run's events stacked before they are encoded (ids and numbers, not states)
@@ -757,7 +867,14 @@ class IssuerSeqNet(nn.Module):
                 torch.stack([c for c, _ in events[run]]), torch.stack([n for _, n in events[run]])
             )
             vectors.append(
-                self.stream_vectors(cur, today, parts, torch.stack(rel[run]), length[run], run)
+                self.stream_vectors(
+                    tokens[run],
+                    today,
+                    parts,
+                    torch.stack(rel[run]),
+                    length[run],
+                    run,
+                )
             )
             if run.start <= _CARD_MERCHANT < run.stop:
                 at = {name: part[_CARD_MERCHANT - run.start] for name, part in parts.items()}

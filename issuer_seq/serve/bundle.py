@@ -15,8 +15,8 @@ from typing import Any
 
 from issuer_seq.errors import IssuerSeqError
 
-FORMAT_VERSION = 5  # 2: the card_merchant stream; 3: the same_payment inputs; 4: the
-# factored event and query graphs; 5: the query graph's streams stacked
+FORMAT_VERSION = 6  # 2: the card_merchant stream; 3: the same_payment inputs; 4: the
+# factored event and query graphs; 5: the query graph's streams stacked; 6: the route graph
 MANIFEST = "manifest.json"
 
 

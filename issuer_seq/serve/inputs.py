@@ -360,6 +360,7 @@ def build_inputs(
 #: computes cached states: cat (n, C) int64, num (n, F) float32 -> (n, S) float32
 StateEncoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
 _OUTCOME_INDEX = [i for i, f in enumerate(F.CATEGORICAL) if f in F.OUTCOME_FEATURES]
+_ROUTE = STREAMS.index(F.ROUTE_STREAM)
 
 
 def build_query_inputs(
@@ -371,64 +372,107 @@ def build_query_inputs(
     state_size: int,
     lag_s: int = 0,
     declines: Sequence[Event] | None = None,
+    routes: bool = False,
 ) -> dict[str, np.ndarray]:
-    """The query graph's inputs (export/factored.py) for a batch of B current attempts.
+    """The query graph's inputs (export/factored.py) for a batch of B current attempts, or
+    with `routes` the route graph's, for one attempt through B candidate routes.
 
     Histories as for `build_inputs`, or, for a stream, one history that every row shares when
     the rows are one attempt through several routes (`Scorer.score_routes`: the same time,
-    merchant and payment, so the same window and relative features; it is read once). The
-    streams are stacked on the axis after the batch, each window right-aligned to the longest
-    K: `states` (B, N, K, S), `rel` (B, N, K, 3), `length` (B, N). Each history event's cached
-    state is used when the encoder `encoder` computed it; any other (none kept, or another
-    bundle's) is recomputed from its encoded features by `encode`, all of them in one call.
-    Padding slots are zeros.
+    merchant and payment, so the same window and relative features; it is read once; the
+    route graph takes every stream but the route's so). The query graph's streams are stacked
+    on the axis after the batch, each window right-aligned to the longest K: `states`
+    (B, N, K, S), `rel` (B, N, K, 3), `length` (B, N); the route graph's shared streams the
+    same with a batch of 1, and its route stream `route_states` (B, K, S), `route_rel`
+    (B, K, 3), `route_length` (B,). Each history event's cached state is used when the
+    encoder `encoder` computed it; any other (none kept, or another bundle's) is recomputed
+    from its encoded features by `encode`, all of them in one call. Padding slots are zeros.
     """
     b = len(current)
-    n_cat, n_num = len(F.CATEGORICAL), len(F.NUMERIC)
+    n_cat, n_num, n_rel = len(F.CATEGORICAL), len(F.NUMERIC), len(F.RELATIVE)
     cur_cat = np.array([e.cat for e in current], dtype=np.int64).reshape(b, n_cat)
     cur_cat[:, _OUTCOME_INDEX] = F.NONE
     k = max(ks.values())
-    states = np.zeros((b, len(STREAMS), k, state_size), dtype=np.float32)
-    rel = np.zeros((b, len(STREAMS), k, len(F.RELATIVE)), dtype=np.float32)
-    length = np.zeros((b, len(STREAMS)), dtype=np.int64)
-    stale: list[tuple[int, int, int, np.ndarray, np.ndarray]] = []  # row, stream, slot, cat, num
+    out = {
+        "cur_cat": cur_cat,
+        "cur_num": np.array([e.num for e in current], dtype=np.float32).reshape(b, n_num),
+    }
+    # each stream's (states (rows, K, S), rel (rows, K, 3), length (rows,)): views of the inputs
+    targets: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    if routes:
+        n = len(F.SHARED)
+        out["states"] = np.zeros((1, n, k, state_size), dtype=np.float32)
+        out["rel"] = np.zeros((1, n, k, n_rel), dtype=np.float32)
+        out["length"] = np.zeros((1, n), dtype=np.int64)
+        for j, i in enumerate(F.SHARED):
+            targets[i] = (out["states"][:, j], out["rel"][:, j], out["length"][:, j])
+        out["route_states"] = np.zeros((b, k, state_size), dtype=np.float32)
+        out["route_rel"] = np.zeros((b, k, n_rel), dtype=np.float32)
+        out["route_length"] = np.zeros(b, dtype=np.int64)
+        targets[_ROUTE] = (out["route_states"], out["route_rel"], out["route_length"])
+    else:
+        out["states"] = np.zeros((b, len(STREAMS), k, state_size), dtype=np.float32)
+        out["rel"] = np.zeros((b, len(STREAMS), k, n_rel), dtype=np.float32)
+        out["length"] = np.zeros((b, len(STREAMS)), dtype=np.int64)
+        for i in range(len(STREAMS)):
+            targets[i] = (out["states"][:, i], out["rel"][:, i], out["length"][:, i])
+    stale: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]] = []  # slot's row, cat, num
     shared = [i for i, s in enumerate(STREAMS) if len(histories[s]) == 1 < b]
     for i, s in enumerate(STREAMS):
+        states, rel, length = targets[i]
         rows = current[:1] if i in shared else current
+        if len(rows) > len(states):
+            raise IssuerSeqError(f"the route graph reads one {s} history, got {len(rows)}")
         for row, (event, known) in enumerate(zip(rows, histories[s], strict=True)):
             window = (
                 known if isinstance(known, Window) else window_of(known, event.t - lag_s, ks[s])
             )
             n = min(len(window), ks[s])
-            length[row, i] = n
+            length[row] = n
             if n == 0:
                 continue
             first = len(window) - n
             fresh = window.encoder[first:] == encoder
             if fresh.all():
-                states[row, i, k - n :] = window.state[first:]
+                states[row, k - n :] = window.state[first:]
             else:
                 for j in range(n):
                     if fresh[j]:
-                        states[row, i, k - n + j] = window.state[first + j]
+                        states[row, k - n + j] = window.state[first + j]
                     else:
                         cat, num = window.cat[:, first + j], window.num[:, first + j]
-                        stale.append((row, i, k - n + j, cat, num))
-            relative(event, window, n, out=rel[row, i, k - n :])
+                        stale.append((states[row, k - n + j], cat, num))
+            relative(event, window, n, out=rel[row, k - n :])
     if stale:
         computed = encode(
-            np.array([x[3] for x in stale], dtype=np.int64),
-            np.array([x[4] for x in stale], dtype=np.float32),
+            np.array([x[1] for x in stale], dtype=np.int64),
+            np.array([x[2] for x in stale], dtype=np.float32),
         )
-        for (row, i, slot, _, _), value in zip(stale, computed, strict=True):
-            states[row, i, slot] = value
+        for (slot, _, _), value in zip(stale, computed, strict=True):
+            slot[:] = value
     for i in shared:
-        states[1:, i], rel[1:, i], length[1:, i] = states[0, i], rel[0, i], length[0, i]
+        states, rel, length = targets[i]
+        if len(states) > 1:  # the query graph's rows: a copy each
+            states[1:], rel[1:], length[1:] = states[0], rel[0], length[0]
+    return out if routes else out | decline_ids(declines, b)
+
+
+def route_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The route graph's inputs (export/factored.py) from the query graph's of one attempt
+    through R candidate routes (`build_query_inputs`, a row per route): the attempt through
+    each route, the shared streams of its first row (the same in every row) and each row's
+    route stream."""
+    shared = list(F.SHARED)
     out = {
-        "cur_cat": cur_cat,
-        "cur_num": np.array([e.num for e in current], dtype=np.float32).reshape(b, n_num),
-        "states": states,
-        "rel": rel,
-        "length": length,
+        "cur_cat": inputs["cur_cat"],
+        "cur_num": inputs["cur_num"],
+        "states": inputs["states"][:1, shared],
+        "rel": inputs["rel"][:1, shared],
+        "length": inputs["length"][:1, shared],
+        "route_states": np.ascontiguousarray(inputs["states"][:, _ROUTE]),
+        "route_rel": np.ascontiguousarray(inputs["rel"][:, _ROUTE]),
+        "route_length": np.ascontiguousarray(inputs["length"][:, _ROUTE]),
     }
-    return out | decline_ids(declines, b)
+    if "fused" in inputs:
+        out["fused"] = inputs["fused"]
+    return out

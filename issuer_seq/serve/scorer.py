@@ -1,10 +1,12 @@
 """The real-time scorer: a verified bundle, ONNX Runtime sessions, histories in a store.
 
-Two graphs (export/factored.py): `observe` runs the event graph once per outcome and keeps
-the event's state beside its raw fields; `score` and `advise_retry` gather each stream's
-cached states and run the query graph. States are bound to the encoder that computed them
-(`encoder`, from the event graph's sha256): a state of another bundle, or none (a store
-filled before, a backfill), is recomputed from the event's fields when read, never zero.
+The factored graphs (export/factored.py): `observe` runs the event graph once per outcome
+and keeps the event's state beside its raw fields; `score` and `advise_retry` gather each
+stream's cached states and run the query graph; `score_routes` runs the route graph (the
+shared streams once, a route stream per candidate). States are bound to the encoder that
+computed them (`encoder`, from the event graph's sha256): a state of another bundle, or none
+(a store filled before, a backfill), is recomputed from the event's fields when read, never
+zero.
 `model_file` (a variant of the whole network, e.g. model_int8.onnx) runs that one graph
 on every event's features instead.
 
@@ -39,7 +41,7 @@ import numpy as np
 from issuer_seq import features as F
 from issuer_seq.delays import grid_seconds
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.features import ROUTE_STREAM
+from issuer_seq.features import ROUTE_STREAM, SHARED_STREAMS, STREAMS
 from issuer_seq.retry_policy import (
     DEFAULT_ECONOMICS,
     NOW_3DS_DELAY_S,
@@ -148,6 +150,11 @@ class Scorer:
                 self.root / factored["query"]["file"], providers, threads, allow_fallback
             )
             self.input_names = [spec["name"] for spec in factored["query"]["inputs"]]
+            route = factored["route"]
+            self.route_session = make_session(
+                self.root / route["file"], providers, threads, allow_fallback
+            )
+            self.route_names = [spec["name"] for spec in route["inputs"]]
         else:
             self.session = make_session(self.root / model_file, providers, threads, allow_fallback)
         self.online, self._fused_take = self._online_features(m.get("fused"))
@@ -215,9 +222,12 @@ class Scorer:
 
     # -- model ----------------------------------------------------------------------------
     def windows(
-        self, attempts: Sequence[Mapping[str, Any]], current: Sequence[Event]
+        self,
+        attempts: Sequence[Mapping[str, Any]],
+        current: Sequence[Event],
+        streams: Sequence[str] = STREAMS,
     ) -> dict[str, list[Window]]:
-        """Each attempt's history per stream: its last K events before t - lag.
+        """Each attempt's history per stream of `streams`: its last K events before t - lag.
 
         Raises StateUnavailable when the store fails."""
         store, lag = self.store, self.lag_s
@@ -228,6 +238,7 @@ class Scorer:
                     for a, e in zip(attempts, current, strict=True)
                 ]
                 for stream, k in self.ks.items()
+                if stream in streams
             }
         except KeyError:  # a field the attempt lacks (stream_key): the caller's error
             raise
@@ -257,9 +268,11 @@ class Scorer:
         histories: Mapping[str, Sequence[Window | Sequence[Event]]],
         declines: Sequence[Event] | None = None,
         fused: np.ndarray | None = None,
+        routes: bool = False,
     ) -> dict[str, np.ndarray]:
         """The feeds of the graph this scorer runs, for B current attempts (`fused`: a fused
-        network's aggregates of them, `fused_rows`)."""
+        network's aggregates of them, `fused_rows`); with `routes`, the route graph's, for
+        one attempt through B routes."""
         if (fused is None) != (self.online is None):
             raise IssuerSeqError(
                 "a fused network needs the attempts' fused aggregates, and only it reads them"
@@ -275,6 +288,7 @@ class Scorer:
                 self.state_size,
                 self.lag_s,
                 declines,
+                routes,
             )
         return extra | build_inputs(current, histories, self.ks, self.lag_s, declines)
 
@@ -322,17 +336,18 @@ class Scorer:
         online: OnlineFeatures | None = None,
         pending: Event | None = None,
     ) -> np.ndarray:
-        """P(approved) of the attempt sent through each of `routes` (R,): one batch of R
-        queries, the attempt's route changed per candidate. The card's, the issuer's and the
-        card at the merchant's histories are read once and shared; the route stream is each
-        candidate's own (its last attempts). `histories`: the attempt's history per stream
-        (default: read from the store; its route stream is not read); `pending`: an outcome
-        not observed yet that belongs in the route streams (the decline a retry follows);
-        `online`: the aggregates a fused network reads through each route (default: those
-        kept)."""
+        """P(approved) of the attempt sent through each of `routes` (R,): the route graph,
+        the attempt's route changed per candidate. The card's, the issuer's and the card at
+        the merchant's histories are read once and their vectors computed once, shared; the
+        route stream is each candidate's own (its last attempts). A scorer of the whole
+        network (`model_file`) runs it on a copy of the attempt per route. `histories`: the
+        attempt's history per stream (default: read from the store; its route stream is not
+        read); `pending`: an outcome not observed yet that belongs in the route streams (the
+        decline a retry follows); `online`: the aggregates a fused network reads through each
+        route (default: those kept)."""
         current = encode_event(self.vocab, {**attempt, "response_code": None, "advice_code": None})
         if histories is None:
-            histories = self.windows([attempt], [current])
+            histories = self.windows([attempt], [current], SHARED_STREAMS)
         ids = [F._lookup(self.vocab.maps["route"], F._text(r)) for r in routes]
         candidates = [with_route(current, i) for i in ids]
         # the other streams read once, shared by every candidate (the query graph's inputs);
@@ -342,7 +357,19 @@ class Scorer:
         routed[ROUTE_STREAM] = [self.route_history(c, pending) for c in candidates]
         # a fused network's route aggregates are each candidate's
         fused = self.fused_route_rows(attempt, routes, online)
-        return self.run(self.inputs(candidates, routed, fused=fused))[0]
+        if not self.factored:
+            return self.run(self.inputs(candidates, routed, fused=fused))[0]
+        return self.run_routes(self.inputs(candidates, routed, fused=fused, routes=True))
+
+    def run_routes(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The route graph on `inputs` (`inputs(..., routes=True)`): p_approve per route."""
+        feeds = {name: inputs[name] for name in self.route_names}
+        direct = getattr(self.route_session, "_sess", None)  # as `run`
+        if direct is not None:
+            (p_approve,) = direct.run(["p_approve"], feeds, None)
+        else:
+            (p_approve,) = self.route_session.run(["p_approve"], feeds)
+        return p_approve
 
     def route_history(self, event: Event, pending: Event | None = None) -> Window | list[Event]:
         """The route stream of `event`'s route as it reads it, with `pending` in it when that

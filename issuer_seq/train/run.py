@@ -300,6 +300,7 @@ def train(
             metrics["versus_trees"] = trees_check(datamodule.split_rows[VAL], val_logloss)
     spec = {
         "net": dict(net_kwargs) | {"n_delays": len(store.config.delay_grid)},
+        "net_version": IssuerSeqNet.VERSION,
         "vocab": store.vocab.to_json(),
         "store": store.config.to_json(),
         "inputs": input_names(),

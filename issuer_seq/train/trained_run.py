@@ -98,6 +98,13 @@ class TrainedRun:
                 f"{path}/model_spec.json lists inputs that differ from this version's feature "
                 "schema (issuer_seq.data.batches.input_names()); retrain the model"
             )
+        version = spec.get("net_version", 1)
+        if version != IssuerSeqNet.VERSION:
+            # the same parameter shapes may compute something else: refuse, never load
+            raise IssuerSeqError(
+                f"{path} was trained with version {version} of the network, this is version "
+                f"{IssuerSeqNet.VERSION} (IssuerSeqNet.VERSION); retrain the model"
+            )
         net = IssuerSeqNet(Vocab.from_json(spec["vocab"]).sizes(), **spec["net"])
         net.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
         net.eval()
