@@ -57,7 +57,6 @@ from issuer_seq.export.signature import (
 from issuer_seq.export.validation import Feeds
 from issuer_seq.features import SHARED, STREAMS
 from issuer_seq.model.network import IssuerSeqNet
-from issuer_seq.serve.inputs import route_inputs
 
 EVENT_FILE = "event_encoder.onnx"
 QUERY_FILE = "query.onnx"
@@ -222,6 +221,27 @@ def candidate_copies(feeds: Feeds, row: int, route_ids: np.ndarray) -> Feeds:
     for name in ("states", "rel", "length"):
         copies[name][:, route] = feeds[name][others, route]
     return copies
+
+
+def route_inputs(inputs: Feeds) -> Feeds:
+    """The route graph's feeds from the query graph's of one attempt through R candidate
+    routes (a row per route, as `candidate_copies` makes them): the attempt through each
+    route, the shared streams of its first row (the same in every row) and each row's route
+    stream. The scorer fills the same directly (`build_query_inputs(..., routes=True)`)."""
+    shared, route = list(SHARED), STREAMS.index("route")
+    out = {
+        "cur_cat": inputs["cur_cat"],
+        "cur_num": inputs["cur_num"],
+        "states": inputs["states"][:1, shared],
+        "rel": inputs["rel"][:1, shared],
+        "length": inputs["length"][:1, shared],
+        "route_states": np.ascontiguousarray(inputs["states"][:, route]),
+        "route_rel": np.ascontiguousarray(inputs["rel"][:, route]),
+        "route_length": np.ascontiguousarray(inputs["length"][:, route]),
+    }
+    if "fused" in inputs:
+        out["fused"] = inputs["fused"]
+    return out
 
 
 def chained(event_session: Any, query_session: Any, feeds: Feeds) -> dict[str, np.ndarray]:

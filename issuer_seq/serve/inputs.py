@@ -455,24 +455,3 @@ def build_query_inputs(
         if len(states) > 1:  # the query graph's rows: a copy each
             states[1:], rel[1:], length[1:] = states[0], rel[0], length[0]
     return out if routes else out | decline_ids(declines, b)
-
-
-def route_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The route graph's inputs (export/factored.py) from the query graph's of one attempt
-    through R candidate routes (`build_query_inputs`, a row per route): the attempt through
-    each route, the shared streams of its first row (the same in every row) and each row's
-    route stream."""
-    shared = list(F.SHARED)
-    out = {
-        "cur_cat": inputs["cur_cat"],
-        "cur_num": inputs["cur_num"],
-        "states": inputs["states"][:1, shared],
-        "rel": inputs["rel"][:1, shared],
-        "length": inputs["length"][:1, shared],
-        "route_states": np.ascontiguousarray(inputs["states"][:, _ROUTE]),
-        "route_rel": np.ascontiguousarray(inputs["rel"][:, _ROUTE]),
-        "route_length": np.ascontiguousarray(inputs["length"][:, _ROUTE]),
-    }
-    if "fused" in inputs:
-        out["fused"] = inputs["fused"]
-    return out
