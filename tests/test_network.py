@@ -131,6 +131,42 @@ def test_route_query_is_the_query_of_each_candidate_route(
 
 
 @torch.no_grad()
+def test_through_route_is_the_query_of_a_batch_through_other_routes(
+    store: EventStore, net: IssuerSeqNet
+) -> None:
+    """A batch through routes it was not sent through (evaluation's routing matrix): the
+    shared part once (`shared_vectors`), then `through_route` per route with that route's
+    stream, gives `query`'s approval logits of the batch with the route and its stream
+    replaced."""
+    x = _batch(store)
+    states = {s: net.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC)) for s in STREAMS}
+    cat, num = packed(x, "cur", F.CATEGORICAL), packed(x, "cur", F.NUMERIC)
+    stacked = stack_streams([states[s] for s in STREAMS])
+    rel = stack_streams([packed(x, s, F.RELATIVE) for s in STREAMS])
+    length = torch.stack([x[f"{s}_length"] for s in STREAMS])
+    route, b = STREAMS.index("route"), len(cat)
+    shared, payment = net.shared_vectors(
+        cat, num, *(t[list(F.SHARED)] for t in (stacked, rel, length))
+    )
+    none = torch.zeros(b, dtype=torch.long)
+    answers = []
+    for r, shift in ((1, 0), (2, 3), (3, 7)):
+        cat_r = cat.clone()
+        cat_r[:, F.ROUTE] = r
+        # each row reads another row's route stream: a route it was not sent through
+        other = torch.roll(torch.arange(b), shift)
+        route_inputs = [t[route, other] for t in (stacked, rel, length)]
+        replaced = [t.clone() for t in (stacked, rel, length)]
+        for t, part in zip(replaced, route_inputs, strict=True):
+            t[route] = part
+        want, _ = net.query(cat_r, num, *replaced, none, none)
+        got = net.through_route(cat_r, num, shared, payment, *route_inputs)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        answers.append(got)
+    assert not torch.allclose(answers[0], answers[1])  # the route and its stream matter
+
+
+@torch.no_grad()
 def test_the_pair_terms_enter_at_query_time(store: EventStore, net: IssuerSeqNet) -> None:
     """The same cached states answer differently when the attempt stands elsewhere in time:
     how an event stands to the attempt enters at query time, not in its state."""

@@ -6,10 +6,11 @@ changed; everything read from the histories stays as logged (what the attempt's 
 were when it was sent). Columns follow a `RouteTable`'s order, NaN where the merchant lacks
 the route, as every routing array (docs/routing.md).
 
-- `transformer_route_matrix`: the states of the card's, the issuer's and the card at the
-  merchant's histories are computed once per batch and shared by the R queries; the route
-  stream is each candidate's own (its last attempts as of the attempt's time,
-  `HistoryIndex.at`), then `IssuerSeqNet.query` once per route.
+- `transformer_route_matrix`: the vectors of the card's, the issuer's and the card at the
+  merchant's streams (which do not read the route) are computed once per batch
+  (`IssuerSeqNet.shared_vectors`); per route, for the rows whose merchant holds it, the
+  route stream is the candidate's own (its last attempts as of the attempt's time,
+  `HistoryIndex.at`), then `IssuerSeqNet.through_route` computes that stream and the head.
 - `lightgbm_route_matrix`: the SQL feature rows with the `route` column and the issuer x
   route and route aggregates replaced by the candidate's (baselines/route_rates.py computes
   them for every route at once; the others do not depend on the current attempt's route).
@@ -31,7 +32,8 @@ from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.store import EventStore
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.features import ROUTE_STREAM, STREAMS
+from issuer_seq.features import ROUTE_STREAM
+from issuer_seq.features import SHARED_STREAMS as SHARED
 from issuer_seq.model.network import IssuerSeqNet, packed, stack_streams
 from issuer_seq.progress import bar
 from issuer_seq.routing.routes import RouteTable
@@ -72,8 +74,7 @@ def transformer_route_matrix(
     held = _held(table, merchant_id, len(rows))
     ids = torch.from_numpy(F.encode(store.vocab, "route", list(table.names)))  # (R,)
     device = DeviceStore(store)
-    route_index, t, at = store.index(ROUTE_STREAM), store.t, STREAMS.index(ROUTE_STREAM)
-    shared = [s for s in STREAMS if s != ROUTE_STREAM]
+    route_index, t = store.index(ROUTE_STREAM), store.t
     was_training = net.training
     net.eval()
     out = np.full((len(rows), table.n_routes), np.nan)
@@ -81,55 +82,57 @@ def transformer_route_matrix(
     try:
         for start in starts if progress is None else bar(starts, progress):
             batch_rows = rows[start : start + batch_size]
-            x = device.gather(torch.from_numpy(batch_rows), streams=shared)
+            x = device.gather(torch.from_numpy(batch_rows), streams=SHARED)
             cat = packed(x, "cur", F.CATEGORICAL)  # (B, C)
             num = packed(x, "cur", F.NUMERIC)  # (B, F)
-            # (B, K, S) per stream, computed once and shared by every route; the route
-            # stream's slot is each candidate's own, filled below
-            states = [
-                net.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC))
-                if s in shared
-                else None
-                for s in STREAMS
-            ]
-            rel = [packed(x, s, F.RELATIVE) if s in shared else None for s in STREAMS]
-            length = [x[f"{s}_length"] if s in shared else None for s in STREAMS]
+            # the streams that do not read the route, computed once for every route
+            vectors, payment = net.shared_vectors(
+                cat,
+                num,
+                stack_streams(
+                    [
+                        net.state(packed(x, s, F.CATEGORICAL), packed(x, s, F.NUMERIC))
+                        for s in SHARED
+                    ]
+                ),
+                stack_streams([packed(x, s, F.RELATIVE) for s in SHARED]),
+                torch.stack([x[f"{s}_length"] for s in SHARED]),
+            )
             for r in range(table.n_routes):
-                cat_r = cat.clone()
+                take = np.flatnonzero(held[start : start + len(batch_rows), r])
+                if len(take) == 0:
+                    continue
+                pick = torch.from_numpy(take)
+                cat_r = cat[pick]
                 cat_r[:, F.ROUTE] = ids[r]
                 # the route stream of route r as of each attempt's time
-                end, n = route_index.at(np.full(len(batch_rows), int(ids[r])), t[batch_rows])
+                end, n = route_index.at(np.full(len(take), int(ids[r])), t[batch_rows[take]])
                 xr = device.gather(
-                    torch.from_numpy(batch_rows),
+                    torch.from_numpy(batch_rows[take]),
                     {ROUTE_STREAM: (torch.from_numpy(end), torch.from_numpy(n))},
                     streams=[ROUTE_STREAM],
                 )
-                states[at] = net.state(
-                    packed(xr, ROUTE_STREAM, F.CATEGORICAL), packed(xr, ROUTE_STREAM, F.NUMERIC)
-                )
-                rel[at] = packed(xr, ROUTE_STREAM, F.RELATIVE)
-                length[at] = xr[f"{ROUTE_STREAM}_length"]
                 fused = None
                 if net.n_fused:
                     assert route_rates is not None
-                    stop = start + len(cat)
-                    one = {k: v[start:stop, r] for k, v in route_rates.items()}
-                    fused = torch.from_numpy(through_route(x["fused"].numpy(), one))
-                approval, _ = net.query(
+                    one = {k: v[start + take, r] for k, v in route_rates.items()}
+                    fused = torch.from_numpy(through_route(x["fused"][pick].numpy(), one))
+                approval = net.through_route(
                     cat_r,
-                    num,
-                    stack_streams(states),
-                    stack_streams(rel),
-                    torch.stack(length),
-                    x["decline_response_code"],
-                    x["decline_advice_code"],
+                    num[pick],
+                    vectors[:, pick],
+                    payment[pick],
+                    net.state(
+                        packed(xr, ROUTE_STREAM, F.CATEGORICAL), packed(xr, ROUTE_STREAM, F.NUMERIC)
+                    ),
+                    packed(xr, ROUTE_STREAM, F.RELATIVE),
+                    xr[f"{ROUTE_STREAM}_length"],
                     fused,
                 )
                 p = torch.sigmoid(approval / net.approval_temperature)
-                out[start : start + len(cat), r] = p.float().cpu().numpy()
+                out[start + take, r] = p.float().cpu().numpy()
     finally:
         net.train(was_training)
-    out[~held] = np.nan
     return out
 
 

@@ -790,6 +790,51 @@ class IssuerSeqNet(nn.Module):
             parts.append(self.fused((fused - self.fused_mean) / self.fused_scale))
         return torch.cat(parts, dim=-1)
 
+    def shared_vectors(
+        self, cur_cat: Tensor, cur_num: Tensor, states: Tensor, rel: Tensor, length: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """What B attempts' candidate routes share: the vectors of the streams that do not
+        read the route (features.SHARED_STREAMS), (N - 1, B, D), and the payment so far
+        (B, D). states (N - 1, B, K, S), rel (N - 1, B, K, 3), length (N - 1, B): those
+        streams' inputs, stacked as `query`'s. `through_route` adds each candidate's part."""
+        token = self.events(cur_cat * self.routeless, cur_num)  # (B, D)
+        today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
+        parts = self.parts(states)
+        vectors = self.stream_vectors(
+            token[None].expand(len(SHARED), -1, -1), today, parts, rel, length, self.shared_streams
+        )
+        m = SHARED.index(_CARD_MERCHANT)
+        payment = self.payment_so_far(token, today, {k: v[m] for k, v in parts.items()}, rel[m])
+        return vectors, payment
+
+    def through_route(
+        self,
+        cur_cat: Tensor,
+        cur_num: Tensor,
+        shared: Tensor,
+        payment: Tensor,
+        route_states: Tensor,
+        route_rel: Tensor,
+        route_length: Tensor,
+        fused: Tensor | None = None,
+    ) -> Tensor:
+        """Uncalibrated approval logits (B,) of B attempts, each through the route of its
+        `cur_cat` row: `query`'s approval logits, with the shared part from `shared_vectors`
+        (`shared`, `payment`) and the route stream's own inputs route_states (B, K, S),
+        route_rel (B, K, 3), route_length (B,)."""
+        cur = self.events(cur_cat, cur_num)
+        today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
+        route = self.stream_vectors(
+            cur[None],
+            today,
+            self.parts(route_states[None]),
+            route_rel[None],
+            route_length[None],
+            slice(_ROUTE_STREAM, _ROUTE_STREAM + 1),
+        )
+        streams = torch.cat([shared[:_ROUTE_STREAM], route, shared[_ROUTE_STREAM:]])
+        return self.approval_head(self.joint(cur, streams, payment, fused)).squeeze(-1)
+
     def route_query(
         self,
         cur_cat: Tensor,
