@@ -35,6 +35,7 @@ from issuer_seq.model.network import (
 from issuer_seq.schema import load_log
 from issuer_seq.train.calibrate import fit_temperature
 from issuer_seq.train.infer import infer, observed_retries
+from issuer_seq.train.module import IssuerSeqModule
 from issuer_seq.train.run import versus_trees
 from issuer_seq.train.trained_run import TrainedRun
 from tests.conftest import make_sim
@@ -407,6 +408,49 @@ def test_inference_matches_the_network_and_its_retry_labels(tiny_dir: Path) -> N
     logits = net.logits(batch)[1][seen, batch["retry_bucket"][seen]]
     torch.testing.assert_close(observed["retry"], logits)
     assert torch.equal(observed["success"], batch["retry_success"][seen])
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_the_cause_loss_learns_the_outcome_cause_beside_the_approval(tiny_dir: Path) -> None:
+    """`cause_loss_weight` > 0 adds the cross-entropy of the attempt's outcome cause, a label
+    the batch carries while the input's cause stays NONE; the training-only head is fitted
+    and its gradient reaches the network. At weight 0 there is no such head."""
+    store = build_store(
+        load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_route=6, k_card_merchant=3)
+    )
+    device_store = DeviceStore(store)
+    batch = device_store.gather(torch.arange(0, 512))
+    assert torch.all(batch["cur_cause"] == F.NONE)
+    approved = F.encode(store.vocab, "cause", ["approved"])[0]
+    assert torch.equal(batch["cause"] == approved, batch["approved"].bool())
+    torch.manual_seed(0)
+    net = IssuerSeqNet(
+        store.vocab.sizes(), 8, d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0
+    )
+    plain = IssuerSeqModule(net, device_store, optimizer=torch.optim.Adam)
+    assert not hasattr(plain, "cause_head")
+    module = IssuerSeqModule(
+        net, device_store, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), cause_loss_weight=1.0
+    )
+    optimizer = module.optimizer_factory(module.parameters())
+    losses = []
+    for _ in range(40):
+        approval, retry, *_ = module.losses(batch)
+        loss = module.training_step(batch, 0)
+        cause_loss = loss - approval - module.retry_loss_weight * retry
+        losses.append(float(cause_loss.detach()))
+        optimizer.zero_grad()
+        if len(losses) == 1:  # the cause loss alone reaches the encoder and its head
+            cause_loss.backward(retain_graph=True)
+            assert net.events.cat.weight.grad.abs().sum() > 0
+            assert module.cause_head.weight.grad.abs().sum() > 0
+            optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[0] > 1.0 and losses[-1] < 0.5 * losses[0]
+    module.on_fit_end()  # the hook goes: the trained network is the plain one
+    net.logits(batch)
+    assert module._joint is None
 
 
 def test_only_the_command_reads_the_training_config() -> None:

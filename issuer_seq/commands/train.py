@@ -69,6 +69,7 @@ def train(cfg: DictConfig, store: EventStore | None = None) -> float:
         warmup_steps=int(cfg.warmup_steps),
         retry_loss_weight=float(cfg.retry_loss_weight),
         retry_propensity_weighting=bool(cfg.retry_propensity_weighting),
+        cause_loss_weight=float(cfg.cause_loss_weight),
     )
     datamodule = IssuerSeqDataModule(
         store,

@@ -145,6 +145,7 @@ class DeviceStore:
             batch[f"{s}_length"] = length
         batch["decline_response_code"] = own[:, F.CATEGORICAL.index("response_code")]
         batch["decline_advice_code"] = own[:, F.CATEGORICAL.index("advice_code")]
+        batch["cause"] = own[:, F.CATEGORICAL.index("cause")]  # a label: the attempt's outcome
         if self.fused is not None:
             batch["fused"] = self.fused[rows]
         for k, v in self.labels.items():

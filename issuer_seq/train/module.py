@@ -4,7 +4,10 @@ Batches arrive as row tensors; `on_after_batch_transfer` gathers the named input
 device where the store lives (the GPU, when training there).
 
 Losses: BCE on approval, plus a masked BCE of the retry head at the observed delay only
-(weighted by 1 / the logged policy's propensity when `retry_propensity_weighting`).
+(weighted by 1 / the logged policy's propensity when `retry_propensity_weighting`), plus,
+with `cause_loss_weight` > 0, the cross-entropy of the attempt's outcome cause (approved,
+funds, generic, technical, ...) predicted from the heads' input by a linear head that only
+training has.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class IssuerSeqModule(pl.LightningModule):
         retry_loss_weight: float = 0.25,
         retry_propensity_weighting: bool = True,
         max_retry_weight: float = 20.0,
+        cause_loss_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.net = net
@@ -89,6 +93,14 @@ class IssuerSeqModule(pl.LightningModule):
         self.retry_loss_weight = retry_loss_weight
         self.retry_propensity_weighting = retry_propensity_weighting
         self.max_retry_weight = max_retry_weight
+        self.cause_loss_weight = cause_loss_weight
+        self._joint: Tensor | None = None
+        if cause_loss_weight > 0:
+            # the outcome's cause from what both heads read (their input, kept by a hook):
+            # a richer label than approved or not, on every example; not part of the network
+            joint = net.approval_head[0].in_features
+            self.cause_head = nn.Linear(joint, net.causes.shape[0])
+            self._hook = net.approval_head.register_forward_pre_hook(self._keep_joint)
         self.val_metrics = approval_metrics("val/")
         self.val_retry_metrics = torchmetrics.MetricCollection(
             {"logloss": LogLoss(), "auroc": torchmetrics.classification.BinaryAUROC()},
@@ -103,12 +115,19 @@ class IssuerSeqModule(pl.LightningModule):
     def on_validation_start(self) -> None:
         self.store.to(self.device)
 
+    def on_fit_end(self) -> None:
+        if self.cause_loss_weight > 0:
+            self._hook.remove()  # the network leaves training as it came
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> dict[str, Tensor]:
         if isinstance(batch, dict):  # already gathered (pre-built tensors)
             return batch
         return self.store.gather(batch)
 
     # -- losses ---------------------------------------------------------------------------
+    def _keep_joint(self, module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        self._joint = args[0]
+
     def losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         approval_logit, retry_logits = self.net.logits(batch)
         approval_loss = tF.binary_cross_entropy_with_logits(approval_logit, batch["approved"])
@@ -127,14 +146,15 @@ class IssuerSeqModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         approval_loss, retry_loss, *_ = self.losses(batch)
         loss = approval_loss + self.retry_loss_weight * retry_loss
+        logged = {"train/approval_loss": approval_loss, "train/retry_loss": retry_loss}
+        if self.cause_loss_weight > 0:
+            assert self._joint is not None
+            cause_loss = tF.cross_entropy(self.cause_head(self._joint), batch["cause"])
+            loss = loss + self.cause_loss_weight * cause_loss
+            logged["train/cause_loss"] = cause_loss
+            self._joint = None
         self.log_dict(
-            {
-                "train/loss": loss,
-                "train/approval_loss": approval_loss,
-                "train/retry_loss": retry_loss,
-            },
-            prog_bar=True,
-            batch_size=len(batch["approved"]),
+            {"train/loss": loss, **logged}, prog_bar=True, batch_size=len(batch["approved"])
         )
         return loss
 
