@@ -1,6 +1,7 @@
 """Estimate how much of the oracle's log-loss improvement the SQL features can reach at all.
 
-python scripts/ceiling.py DATA_DIR [--threads N] [--latents] [--transformer RUN_DIR [OVERRIDE ...]]
+python scripts/ceiling.py DATA_DIR [--threads N] [--latents] [--routing]
+    [--transformer RUN_DIR [OVERRIDE ...]]
 
 A diagnostic for synthetic data, never a model to ship: it reads the simulator's truth.
 
@@ -26,6 +27,14 @@ the card's funds hazard (its tightness, pay-cycle phase and amount against its u
 issuer's outage and risk regime, and all three. Each shows how much of the gap to the oracle
 that part of the hidden state accounts for.
 
+`--routing` (a routed log) also values routing by each fit, as `issuer-seq evaluate` does
+(evaluation.json's `routing`): success-rate routing, LightGBM on outcomes (the baseline,
+scoring each candidate route with its figures swapped in), and LightGBM fitted to the truth of
+every route the merchant holds (`fit_routes_to_truth`: one row per attempt and route, so the
+route effects are learned from the truth, not only from the logged routes). That last
+policy's share of the oracle's uplift over static routing estimates how much of it a model of
+these features can reach; the episodes each policy left show how fast that model reacts.
+
 `--transformer RUN_DIR` also trains the transformer (`experiment=demo` plus the overrides)
 on the truth of the training split, the same way: an estimate of what its inputs, the
 card's and the issuer's recent histories, can reveal. Validation (early stopping,
@@ -41,17 +50,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from hydra import compose, initialize_config_dir
 
 from issuer_seq.baselines.dataset import approval_frame, by_split
+from issuer_seq.baselines.route_rates import route_rates
 from issuer_seq.baselines.sql_features import sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.cli import conf_dir
 from issuer_seq.commands.train import train
-from issuer_seq.data.store import TEST, TRAIN, StoreConfig, build_store
-from issuer_seq.evaluate.ceiling import reference_scores, truth_ceiling
+from issuer_seq.data.store import TEST, TRAIN, EventStore, StoreConfig, build_store
+from issuer_seq.evaluate.ceiling import fit_routes_to_truth, reference_scores, truth_ceiling
 from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
+from issuer_seq.evaluate.routing import HISTORY_COLUMNS, evaluate_routing
+from issuer_seq.evaluate.routing_scores import lightgbm_route_matrix
 from issuer_seq.evaluate.run import load_truth
+from issuer_seq.routing.route_source import resolve_routes
+from issuer_seq.routing.value import truth_matrix
 from issuer_seq.schema import ValidatedLog, load_log
 
 #: `--latents`: fit name -> truth.parquet latent columns given to LightGBM as features
@@ -68,7 +83,8 @@ def ceiling(
     transformer: Path | None = None,
     overrides: Sequence[str] = (),
     latents: bool = False,
-) -> dict[str, dict[str, float]]:
+    routing: bool = False,
+) -> dict[str, dict[str, Any]]:
     vlog = load_log(data_dir)
     store = build_store(vlog)
     truth = load_truth(data_dir, store, [])
@@ -92,13 +108,65 @@ def ceiling(
     if transformer is not None:
         scores["transformer_truth"] = train_on_truth(vlog, data_dir, transformer, overrides)
     base, oracle = scores["base_rate"]["logloss"], scores["oracle"]["logloss"]
-    return {
+    out: dict[str, dict[str, Any]] = {
         name: {
             "auroc": round(m["auroc"], 4),
             "logloss": round(m["logloss"], 4),
             "oracle_share": round(oracle_share(m["logloss"], base, oracle), 3),
         }
         for name, m in scores.items()
+    }
+    if routing:
+        out["routing"] = routing_ceiling(vlog, data_dir, store, truth, data, outcomes, threads)
+    return out
+
+
+def routing_ceiling(
+    vlog: ValidatedLog,
+    data_dir: Path,
+    store: EventStore,
+    truth: pd.DataFrame,
+    features: pd.DataFrame,
+    outcomes: LightGBMModel,
+    threads: int | None,
+) -> dict[str, Any]:
+    """Routing on the test split by LightGBM on outcomes and LightGBM fitted to every route's
+    truth (module docstring): per policy, the share of the oracle's uplift in expected value
+    over static routing (95% interval) and the issuer-by-route episodes it left."""
+    frame = vlog.frame
+    if "route" not in frame.columns or "route_propensity" not in frame.columns:
+        raise SystemExit(f"{data_dir}: --routing needs a routed log with route_propensity")
+    meta = json.loads((data_dir / "meta.json").read_text())
+    test = store.rows(TEST)
+    ts = frame["ts"].to_numpy()
+    history = frame.loc[ts < ts[test].min(), list(HISTORY_COLUMNS)]
+    test_frame = frame.iloc[test].reset_index(drop=True)
+    routes = resolve_routes(history, test_frame, meta)
+    table = routes.table
+    rates = route_rates(frame, table.names)
+    p_routes = truth_matrix(truth, table.names)
+    fitted = fit_routes_to_truth(features, frame, store.split, p_routes, table, rates, threads)
+    predictors = {
+        name: lightgbm_route_matrix(model, features, frame, test, table, rates=rates)
+        for name, model in (("lightgbm_outcomes", outcomes), ("lightgbm_truth_routes", fitted))
+    }
+    test_truth = truth.iloc[test].reset_index(drop=True)
+    test_truth["txn_id"] = np.asarray(store.txn_id)[test]
+    section = evaluate_routing(
+        test_frame, test_truth, meta, predictors, history=history, routes=routes
+    )
+    react = section["reaction"]
+    return {
+        "episodes_compared": react["compared_on"],
+        "policies": {
+            name: {
+                "share_of_oracle_uplift": v["share_of_oracle_uplift"],
+                "episodes_left": react["policies"][name]["reacted"],
+                "median_reaction_hours": react["policies"][name]["median_hours"],
+            }
+            for name, v in section["policies"].items()
+        },
+        "rounds": fitted.best_iteration,
     }
 
 
@@ -126,10 +194,13 @@ if __name__ == "__main__":
     parser.add_argument(
         "--latents", action="store_true", help="also fit with the simulator's latent state"
     )
+    parser.add_argument(
+        "--routing", action="store_true", help="also value routing by each fit (routed logs)"
+    )
     parser.add_argument("--transformer", type=Path, default=None, metavar="RUN_DIR")
     parser.add_argument("overrides", nargs="*", help="train overrides for --transformer")
     args = parser.parse_intermixed_args()
     result = ceiling(
-        args.data_dir, args.threads, args.transformer, args.overrides, latents=args.latents
+        args.data_dir, args.threads, args.transformer, args.overrides, args.latents, args.routing
     )
     print(json.dumps(result, indent=2))

@@ -3,7 +3,8 @@
 A route matrix's column for the logged route is the model's ordinary prediction; NaN exactly
 where the merchant lacks the route; the route changes the prediction; a log without routes
 reads as one route everywhere (the route feature NONE, the issuer x route aggregates the
-issuer's).
+issuer's). LightGBM fitted to the truth of every route (the routing ceiling) learns each
+route's own truth.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from issuer_seq.baselines.sql_features import WINDOWS, sql_features
 from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.data.store import TEST, StoreConfig, build_store
 from issuer_seq.errors import IssuerSeqError
+from issuer_seq.evaluate.ceiling import fit_routes_to_truth
 from issuer_seq.evaluate.routing_scores import lightgbm_route_matrix, transformer_route_matrix
 from issuer_seq.evaluate.run import predict
 from issuer_seq.model.network import IssuerSeqNet
@@ -129,6 +131,35 @@ def test_lightgbm_matrix_holds_the_logged_prediction_and_nan_off_route(
     logged = table.index(frame["route"].to_numpy(object)[rows])
     want = model.predict_proba(data.iloc[rows])
     np.testing.assert_allclose(m[np.arange(len(rows)), logged], want, rtol=1e-9)
+
+
+def test_the_routing_ceiling_learns_each_routes_own_truth(
+    routed: tuple[ValidatedLog, RouteTable],
+) -> None:
+    # a truth where one route approves far less than the others, whatever was logged: the
+    # fit must read each (attempt, route) row's own label to predict it on the test rows
+    vlog, table = routed
+    frame = vlog.frame
+    features = sql_features(frame, threads=1)
+    rates = route_rates(frame, table.names)
+    store = build_store(vlog, SMALL)
+    p_routes = np.full((len(frame), table.n_routes), 0.9)
+    p_routes[:, 1] = 0.2
+    model = fit_routes_to_truth(
+        features, frame, store.split, p_routes, table, rates, threads=1, num_boost_round=200
+    )
+    test = store.rows(TEST)
+    m = lightgbm_route_matrix(model, features, frame, test, table, rates=rates)
+    held = table.candidates(frame["merchant_id"].to_numpy(object)[test])
+    assert held[:, 1].any() and held[:, [0, 2, 3]].any()
+    low = m[held[:, 1], 1]
+    others = held.copy()
+    others[:, 1] = False
+    high = m[others]
+    assert abs(low.mean() - 0.2) < 0.02 and low.max() < 0.35
+    assert abs(high.mean() - 0.9) < 0.02 and high.min() > 0.8
+    with pytest.raises(ValueError, match="same attempts"):
+        fit_routes_to_truth(features, frame, store.split, p_routes[1:], table, rates)
 
 
 def test_a_log_without_routes_is_one_route(tmp_path: Path) -> None:

@@ -12,11 +12,19 @@ carry far less noise than approved / declined. Scored on the test split's outcom
 share of the oracle's improvement estimates the ceiling for any model of these features.
 
 Used by `scripts/ceiling.py` (with more fits beside it) and `issuer-seq suite` (per world).
+
+For routing, `fit_routes_to_truth` fits the same trees to the truth of every route an
+attempt's merchant holds, not just the logged one (one row per attempt and route, the
+route's figures swapped in as LightGBM's routing reads them): close to the best function of
+these features of p_approve through each route, so the routing policy it drives estimates
+how much of the oracle's uplift over static routing a model of these features can reach
+(`scripts/ceiling.py --routing`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,8 +34,10 @@ from issuer_seq.baselines.base_rate import base_rate
 from issuer_seq.baselines.dataset import by_split
 from issuer_seq.baselines.protocol import LABEL
 from issuer_seq.baselines.trees import LightGBMModel
-from issuer_seq.data.store import TEST, TRAIN, EventStore
+from issuer_seq.data.store import TEST, TRAIN, VAL, EventStore
 from issuer_seq.evaluate.metrics import approval_metrics, oracle_share
+from issuer_seq.evaluate.routing_scores import through_each_route
+from issuer_seq.routing.routes import RouteTable
 
 #: LightGBM's objective and early-stopping metric for labels in [0, 1]
 ON_TRUTH: dict[str, str] = {"objective": "cross_entropy", "metric": "cross_entropy"}
@@ -48,10 +58,51 @@ def fit_to_truth(
             f"features ({len(data)} rows), truth ({len(p_true)}) and split ({len(split)}) "
             "must describe the same attempts"
         )
+    p = _probabilities(p_true)
+    parts = by_split(data.assign(**{LABEL: p}), split)
+    model = LightGBMModel(ON_TRUTH, num_boost_round=num_boost_round, n_jobs=threads)
+    return model.fit(parts["train"], parts["val"])
+
+
+def _probabilities(p_true: np.ndarray) -> np.ndarray:
     p = np.asarray(p_true, dtype=np.float64)
     if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
         raise ValueError("the truth p_approve must be probabilities in [0, 1], none missing")
-    parts = by_split(data.assign(**{LABEL: p}), split)
+    return p
+
+
+def fit_routes_to_truth(
+    features: pd.DataFrame,
+    log_frame: pd.DataFrame,
+    split: np.ndarray,
+    p_routes: np.ndarray,
+    table: RouteTable,
+    rates: Mapping[str, np.ndarray],
+    threads: int | None = None,
+    num_boost_round: int = 3_000,
+) -> LightGBMModel:
+    """LightGBM on the SQL features of every attempt through every route its merchant holds
+    (`through_each_route`), with the truth p_approve of that route as the label: trained on
+    the training split, stopped early on the validation split's truth.
+
+    features: `sql_features(log_frame)`; split (N,): the store's split codes of the log's
+    rows; p_routes (N, R): the truth per route in `table`'s order (`truth_matrix`); rates:
+    `route_rates(log_frame, table.names)`."""
+    if not (len(features) == len(log_frame) == len(split) == len(p_routes)):
+        raise ValueError(
+            f"features ({len(features)} rows), log ({len(log_frame)}), split ({len(split)}) "
+            f"and truth ({len(p_routes)}) must describe the same attempts"
+        )
+    parts = {}
+    for name, code in (("train", TRAIN), ("val", VAL)):
+        rows = np.flatnonzero(split == code)
+        pieces = [
+            x.assign(**{LABEL: _probabilities(p_routes[rows[take], r])})
+            for r, take, x in through_each_route(features, log_frame, rows, table, rates)
+        ]
+        if not pieces:
+            raise ValueError(f"no {name} attempt holds a route of the table")
+        parts[name] = pd.concat(pieces, ignore_index=True)
     model = LightGBMModel(ON_TRUTH, num_boost_round=num_boost_round, n_jobs=threads)
     return model.fit(parts["train"], parts["val"])
 

@@ -18,7 +18,7 @@ the route, as every routing array (docs/routing.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -136,6 +136,39 @@ def transformer_route_matrix(
     return out
 
 
+def through_each_route(
+    features: pd.DataFrame,
+    log_frame: pd.DataFrame,
+    rows: np.ndarray,
+    table: RouteTable,
+    rates: Mapping[str, np.ndarray],
+) -> Iterator[tuple[int, np.ndarray, pd.DataFrame]]:
+    """Per route r of `table`: (r, take, x), where `take` are the positions in `rows` whose
+    merchant holds the route and `x` their SQL feature rows as if sent through it (the `route`
+    column and the issuer x route and route aggregates of `rates` swapped in).
+
+    features: `sql_features(log_frame)`; rates: `route_rates(log_frame, table.names)`, both
+    of every row of the log."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(features) != len(log_frame):
+        raise IssuerSeqError(
+            f"features has {len(features)} rows but the log {len(log_frame)}: compute them "
+            "from the same log"
+        )
+    held = _held(table, log_frame["merchant_id"].to_numpy(object)[rows], len(rows))
+    base = features.iloc[rows].reset_index(drop=True)
+    for r, name in enumerate(table.names):
+        take = np.flatnonzero(held[:, r])
+        if len(take) == 0:
+            continue
+        x = base.iloc[take].copy()
+        x["route"] = pd.Categorical([name] * len(take), categories=list(table.names))
+        for column, values in rates.items():
+            if column in x.columns:
+                x[column] = values[rows[take], r]
+        yield r, take, x
+
+
 def lightgbm_route_matrix(
     model: LightGBMModel,
     features: pd.DataFrame,
@@ -154,25 +187,9 @@ def lightgbm_route_matrix(
     rates: `route_rates(log_frame, table.names, windows, lag_s)` when already computed.
     The column of a row's logged route is `model.predict_proba` of its feature row.
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(features) != len(log_frame):
-        raise IssuerSeqError(
-            f"features has {len(features)} rows but the log {len(log_frame)}: compute them "
-            "from the same log"
-        )
-    held = _held(table, log_frame["merchant_id"].to_numpy(object)[rows], len(rows))
     if rates is None:
         rates = route_rates(log_frame, table.names, windows, lag_s)
-    base = features.iloc[rows].reset_index(drop=True)
     out = np.full((len(rows), table.n_routes), np.nan)
-    for r, name in enumerate(table.names):
-        take = np.flatnonzero(held[:, r])
-        if len(take) == 0:
-            continue
-        x = base.iloc[take].copy()
-        x["route"] = pd.Categorical([name] * len(take))
-        for column, values in rates.items():
-            if column in x.columns:
-                x[column] = values[rows[take], r]
+    for r, take, x in through_each_route(features, log_frame, rows, table, rates):
         out[take, r] = model.predict_proba(x)
     return out
