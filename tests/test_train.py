@@ -315,6 +315,23 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(
         )
 
 
+def test_max_steps_before_the_first_validation_keeps_the_last_weights(
+    tiny_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """trainer.max_steps that ends the first epoch before its validation: no val/logloss was
+    ever logged, so early stopping has nothing to check and the run keeps its last weights
+    (it used to stop with Lightning's "metric not available" error)."""
+    cfg = _compose(
+        "train", [f"data_dir={tiny_dir}", f"run_dir={tmp_path}", *FAST, "trainer.max_steps=2"]
+    )
+    with caplog.at_level("WARNING", logger="issuer_seq.train.run"):
+        train(cfg)
+    training = json.loads((tmp_path / "metrics.json").read_text())["training"]
+    assert training["steps"] == 2 and training["best_checkpoint"] == "last.ckpt"
+    assert any("no validation ran" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "model.pt").exists()
+
+
 def test_train_warns_when_the_model_does_not_beat_the_base_rate(
     tiny_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -81,7 +81,9 @@ def _quiet_lightning() -> Iterator[None]:
     on: an advert for its cloud logger (the Trainer's tip), the advice to add DataLoader
     workers (a batch is one indexing op on a row tensor; the gather runs in the module, on the
     device), the note that `on_after_batch_transfer` of the module wins over the DataModule
-    (that is the design: the module gathers) and a deprecation inside Lightning's own code."""
+    (that is the design: the module gathers), a deprecation inside Lightning's own code and,
+    for a run that ends before its first validation, the checkpoint's note that the metric
+    is missing (`fit` says so in words a user can act on)."""
     tip = _DropTip()
     rank_zero.log.addFilter(tip)
     try:
@@ -90,6 +92,7 @@ def _quiet_lightning() -> Iterator[None]:
                 r".*does not have many workers",
                 r"You have overridden `on_after_batch_transfer`",
                 r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+                r"`ModelCheckpoint\(monitor='val/logloss'\)` could not find",
             ):
                 warnings.filterwarnings("ignore", message=message)
             yield
@@ -114,6 +117,9 @@ def _early_stopping(options: Mapping[str, Any]) -> pl.callbacks.EarlyStopping:
         patience=patience,
         min_delta=min_delta,
         check_finite=True,
+        # after each validation, not at each training epoch's end: a run stopped by
+        # trainer.max_steps before its epoch's validation has no val/logloss there
+        check_on_train_epoch_end=False,
     )
 
 
@@ -173,6 +179,11 @@ def fit(
     started = time.perf_counter()
     with _quiet_lightning():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if not checkpoint.best_model_path:
+        log.warning(
+            "no validation ran before the run ended (trainer.max_steps or max_time): "
+            "keeping the last weights, which validation never compared"
+        )
     return Fitted(
         trainer=trainer,
         best_checkpoint=Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt"),
