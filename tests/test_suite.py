@@ -22,6 +22,7 @@ from issuer_seq.cli import conf_dir
 from issuer_seq.commands import suite as suite_command
 from issuer_seq.data.store import build_store
 from issuer_seq.delays import DEFAULT_GRID, truth_column
+from issuer_seq.errors import IssuerSeqError
 from issuer_seq.rules import AttemptColumns, check_retries
 from issuer_seq.schema import load_log
 from issuer_seq.simulate import SimConfig, WorldParams, simulate
@@ -225,6 +226,41 @@ def test_held_back_worlds_run_only_when_asked_and_are_reported_apart(
     assert written["include_held_back"] is include
     worlds = json.loads((tmp_path / "worlds.json").read_text())
     assert [w["name"] for w in worlds] == [w["name"] for w in full["worlds"]]
+
+
+def test_only_runs_the_named_worlds_at_their_own_draws(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`only` runs the named worlds alone, each with the parameters it has in the whole
+    suite; a name the suite lacks, or a held-back world without include_held_back, is an
+    error naming it."""
+    ran: list[WorldSpec] = []
+
+    def fake(cfg: Any, spec: WorldSpec) -> dict[str, Any]:
+        ran.append(spec)
+        return _fake_world(cfg, spec)
+
+    monkeypatch.setattr(suite_command, "run_world", fake)
+
+    def run(*overrides: str) -> dict[str, Any]:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return suite_command.run(compose("suite", [f"out_dir={tmp_path}", *overrides]))
+
+    result = run("only=[ledger_b,sim_a]")
+    assert [w.name for w in ran] == ["sim_a", "ledger_b"] and result["only"] == [
+        "ledger_b",
+        "sim_a",
+    ]
+    assert set(result["worlds"]) == {"sim_a", "ledger_b"}
+    whole = {w.name: w for w in draw_suite(_suite_definition("full")["worlds"], 2026)}
+    assert all(w == whole[w.name] for w in ran)
+    with pytest.raises(IssuerSeqError, match="sim_z"):
+        run("only=[sim_a,sim_z]")
+    with pytest.raises(IssuerSeqError, match="held_sim_a"):
+        run("only=[held_sim_a]")
+    ran.clear()
+    run("only=[held_sim_a]", "include_held_back=true")
+    assert [w.name for w in ran] == ["held_sim_a"]
 
 
 def test_the_reduced_suite_runs_end_to_end(tmp_path: Path) -> None:

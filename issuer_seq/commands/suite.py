@@ -35,6 +35,7 @@ from issuer_seq.baselines.trees import LightGBMModel
 from issuer_seq.commands import evaluate as evaluate_command
 from issuer_seq.commands.train import train
 from issuer_seq.data.store import TEST, EventStore
+from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.ceiling import truth_ceiling
 from issuer_seq.evaluate.paired import differences
 from issuer_seq.evaluate.run import load_truth, predict
@@ -161,6 +162,19 @@ def run_world(cfg: DictConfig, spec: WorldSpec) -> dict[str, Any]:
     }
 
 
+def _only(specs: list[WorldSpec], todo: list[WorldSpec], names: list[str]) -> list[WorldSpec]:
+    """The worlds of `todo` named in `only`, in the suite's order. A name the suite lacks, or
+    a held-back world without include_held_back=true, is an error, never skipped silently."""
+    known = {w.name for w in specs}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise IssuerSeqError(f"only: no world named {unknown} in the suite ({sorted(known)})")
+    held = sorted(set(names) - {w.name for w in todo})
+    if held:
+        raise IssuerSeqError(f"only: {held} held back; they run only with include_held_back=true")
+    return [w for w in todo if w.name in names]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     s = cfg.suite
@@ -171,6 +185,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     (out_dir / "worlds.json").write_text(json.dumps([w.to_json() for w in specs], indent=2))
     held = [w.name for w in specs if w.held_back]
     todo = [w for w in specs if bool(cfg.include_held_back) or not w.held_back]
+    if cfg.get("only") is not None:
+        todo = _only(specs, todo, [str(n) for n in cfg.only])
     log.info(
         "suite: %d worlds to run (%s); held back%s: %s; parameters in %s",
         len(todo),
@@ -184,6 +200,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "suite": str(choice or "custom"),
         "draw_seed": int(s.draw_seed),
         "include_held_back": bool(cfg.include_held_back),
+        "only": None if cfg.get("only") is None else [str(n) for n in cfg.only],
         "held_back_names": held,
         "train_overrides": _strings(s.train_overrides),
         "evaluate_overrides": _strings(s.evaluate_overrides),
