@@ -268,6 +268,12 @@ def test_train_checks_the_model_against_the_trees_on_its_validation_rows(
     assert worse["beats_lightgbm"] is False and worse["rows"] == len(val)
     (warning,) = [r.getMessage() for r in caplog.records if "LightGBM" in r.getMessage()]
     assert "10.0000" in warning and f"{worse['lightgbm_logloss']:.4f}" in warning
+    assert "model.fuse=true" in warning  # what narrows the gap, for a network without it
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="issuer_seq.train.run"):
+        versus_trees(frame, store.split, val, 10.0, threads=1, fused=True)
+    (warning,) = [r.getMessage() for r in caplog.records if "LightGBM" in r.getMessage()]
+    assert "model.fuse" not in warning
     caplog.clear()
     with caplog.at_level("WARNING", logger="issuer_seq.train.run"):
         better = versus_trees(frame, store.split, val, 0.0, threads=1)

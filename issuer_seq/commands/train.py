@@ -110,6 +110,7 @@ def trees_check(
         store.split,
         max_train_rows=check.max_train_rows,
         threads=check.threads,
+        fused=bool(cfg.model.get("fuse", False)),
     )
 
 
