@@ -347,8 +347,8 @@ def versus_base_rate(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 #: what the warning adds for a network without the trees' aggregates (docs/training.md)
 FUSE_HINT = (
-    " model.fuse=true (the trees' aggregates as inputs too) narrowed this gap on every log"
-    " it was measured on, without closing it (docs/training.md, 'Fusion, measured')."
+    " model.fuse=true (the trees' aggregates as inputs too) narrowed this gap on every world"
+    " of the suite it ran on, without closing it (docs/training.md, 'Fusion, measured')."
 )
 
 
