@@ -257,7 +257,7 @@ def test_only_runs_the_named_worlds_at_their_own_draws(
     with pytest.raises(IssuerSeqError, match="held_sim_a"):
         run("only=[held_sim_a]")
     ran.clear()
-    run("only=[held_sim_a]", "include_held_back=true")
+    run("only=held_sim_a", "include_held_back=true")  # one name needs no brackets
     assert [w.name for w in ran] == ["held_sim_a"]
 
 

@@ -162,6 +162,13 @@ def run_world(cfg: DictConfig, spec: WorldSpec) -> dict[str, Any]:
     }
 
 
+def _names(only: Any) -> list[str] | None:
+    """`only` as a list of names: one name (`only=sim_a`) or a list (`only=[sim_a,sim_b]`)."""
+    if only is None:
+        return None
+    return [str(only)] if isinstance(only, str) else [str(n) for n in only]
+
+
 def _only(specs: list[WorldSpec], todo: list[WorldSpec], names: list[str]) -> list[WorldSpec]:
     """The worlds of `todo` named in `only`, in the suite's order. A name the suite lacks, or
     a held-back world without include_held_back=true, is an error, never skipped silently."""
@@ -185,8 +192,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     (out_dir / "worlds.json").write_text(json.dumps([w.to_json() for w in specs], indent=2))
     held = [w.name for w in specs if w.held_back]
     todo = [w for w in specs if bool(cfg.include_held_back) or not w.held_back]
-    if cfg.get("only") is not None:
-        todo = _only(specs, todo, [str(n) for n in cfg.only])
+    only = _names(cfg.get("only"))
+    if only is not None:
+        todo = _only(specs, todo, only)
     log.info(
         "suite: %d worlds to run (%s); held back%s: %s; parameters in %s",
         len(todo),
@@ -200,7 +208,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "suite": str(choice or "custom"),
         "draw_seed": int(s.draw_seed),
         "include_held_back": bool(cfg.include_held_back),
-        "only": None if cfg.get("only") is None else [str(n) for n in cfg.only],
+        "only": only,
         "held_back_names": held,
         "train_overrides": _strings(s.train_overrides),
         "evaluate_overrides": _strings(s.evaluate_overrides),
