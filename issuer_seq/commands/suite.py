@@ -162,13 +162,6 @@ def run_world(cfg: DictConfig, spec: WorldSpec) -> dict[str, Any]:
     }
 
 
-def _names(only: Any) -> list[str] | None:
-    """`only` as a list of names: one name (`only=sim_a`) or a list (`only=[sim_a,sim_b]`)."""
-    if only is None:
-        return None
-    return [str(only)] if isinstance(only, str) else [str(n) for n in only]
-
-
 def _only(specs: list[WorldSpec], todo: list[WorldSpec], names: list[str]) -> list[WorldSpec]:
     """The worlds of `todo` named in `only`, in the suite's order. A name the suite lacks, or
     a held-back world without include_held_back=true, is an error, never skipped silently."""
@@ -192,8 +185,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     (out_dir / "worlds.json").write_text(json.dumps([w.to_json() for w in specs], indent=2))
     held = [w.name for w in specs if w.held_back]
     todo = [w for w in specs if bool(cfg.include_held_back) or not w.held_back]
-    only = _names(cfg.get("only"))
+    only = cfg.get("only")  # one name (`only=sim_a`) or a list (`only=[sim_a,sim_b]`)
     if only is not None:
+        only = [str(only)] if isinstance(only, str) else _strings(only)
         todo = _only(specs, todo, only)
     log.info(
         "suite: %d worlds to run (%s); held back%s: %s; parameters in %s",
