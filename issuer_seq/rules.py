@@ -58,6 +58,9 @@ def _table(rows: Iterable[tuple[str, str, Cause]]) -> dict[str, CodeInfo]:
     return {code: CodeInfo(code, meaning, cause) for code, meaning, cause in rows}
 
 
+#: the approval label: an attempt is approved when its response code is exactly this one
+APPROVED_CODE = "00"
+
 CODES: dict[str, CodeInfo] = _table(
     [
         # Approval variants: none of them is a decline, so none may be "retried".

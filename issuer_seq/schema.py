@@ -25,14 +25,13 @@ import pyarrow as pa
 from pandas.api.typing import DataFrameGroupBy
 
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.rules import MAC_MEANINGS, MAX_AMOUNT, causes, is_known_code
+from issuer_seq.rules import APPROVED_CODE, MAC_MEANINGS, MAX_AMOUNT, causes, is_known_code
 
 log = logging.getLogger(__name__)
 
 NETWORKS = ("visa", "mastercard")
 CARD_TYPES = ("debit", "credit", "prepaid")
 INITIATORS = ("CIT", "MIT")
-APPROVED_CODE = "00"
 
 # Column kinds. An "id" may be int64 or string (users bring their own tokens).
 ID, INT, TIMESTAMP, STR, FLOAT, BOOL = "id", "int", "timestamp", "string", "float", "bool"

@@ -207,6 +207,15 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     assert stack["models"] == ["transformer", "lightgbm"] and len(stack["weights"]) == 2
     assert stack["rows"] == int((split_of(load_log(data).frame) == VAL).sum())
     assert "stacked: the transformer on " in out.stdout
+    # recalibrated to recent outcomes: both models, their change from the fixed calibration
+    recal = result["recalibration"]
+    assert recal["settings"]["window_h"] == 24 and recal["outcomes_before"] > 0
+    for name in ("transformer", "lightgbm"):
+        r = recal[name]
+        for key in ("logloss", "ece"):
+            fixed = r[key] - r[f"{key}_change"]
+            assert fixed == pytest.approx(approval[name][key], abs=2e-5), (name, key)
+    assert "recalibrated to the last 24 h of outcomes" in out.stdout
     # the recommendation: among the transformer, LightGBM and the base rate, on their test
     # log losses, citing the bench's latencies and saying when the transformer is worse
     rec = result["recommendation"]
@@ -269,6 +278,7 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
         "lightgbm retry model: search and curves: ",
         "retry policies: network rules",
         "routing policies on ",
+        "recalibration to recent outcomes: ",
     ):
         assert stage in out.stdout, stage
     # the LightGBM model the search chose is saved (bench serves it) and scores as evaluated

@@ -21,6 +21,7 @@ RANKS: dict[str, int] = {
     "timestamps": 0,
     "progress": 0,
     "delays": 1,
+    "recalibration": 1,  # the intercept that follows recent outcomes: numpy only
     "rules": 1,
     "schema": 2,
     "features": 2,

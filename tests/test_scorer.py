@@ -20,11 +20,13 @@ from issuer_seq.data.store import StoreConfig, build_store
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.features import Vocab
 from issuer_seq.model.network import IssuerSeqNet
+from issuer_seq.recalibration import RecalibrationSettings, logit, recalibrated
 from issuer_seq.schema import load_log
 from issuer_seq.serve.inputs import encode_event, stream_key
 from issuer_seq.serve.scorer import BundleError, Scorer
 from issuer_seq.serve.service import ServeSettings, Service
 from issuer_seq.serve.state import MemoryStore
+from issuer_seq.timestamps import epoch_seconds
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +109,46 @@ def test_replayed_log_scores_like_the_batch_pipeline(bundle: tuple[Path, Path, P
         got.append(scorer.score({**rec, "response_code": None, "advice_code": None}))
         scorer.observe(rec)
     np.testing.assert_allclose(np.array(got), expected, rtol=1e-3, atol=1e-5)
+
+
+def test_recalibration_in_the_service_is_the_batch_replay(bundle: tuple[Path, Path, Path]) -> None:
+    """A scorer that follows recent outcomes answers what `recalibrated` (evaluate's) gives
+    for the same scores and outcomes, and the routes it scores move by the same intercept."""
+    data, _, out = bundle
+    settings = RecalibrationSettings(window_h=24, step_h=1, min_outcomes=50)
+    plain, following = Scorer(out), Scorer(out, recalibration=settings)
+    records = load_log(data).frame.to_dict("records")
+    raw, got = [], []
+    for rec in records:
+        query = {**rec, "response_code": None, "advice_code": None}
+        raw.append(plain.score(query))
+        got.append(following.score(query))
+        plain.observe(rec)
+        following.observe(rec)
+    approved = np.array([r["response_code"] == "00" for r in records], dtype=float)
+    t = np.array([epoch_seconds(r["ts"]) for r in records], dtype=float)
+    expected = recalibrated(np.array(raw), approved, t, settings)
+    np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-6)
+    assert following.recalibration is not None
+    bias = following.recalibration.intercept.value
+    assert bias != 0.0  # the tiny model is off: there was something to follow
+    # score_routes: every candidate by the same intercept
+    attempt = {**records[-1], "response_code": None, "advice_code": None}
+    routes = sorted({str(r["route"]) for r in records})
+    np.testing.assert_allclose(
+        logit(following.score_routes(attempt, routes)),
+        logit(plain.score_routes(attempt, routes)) + bias,
+        atol=1e-4,
+    )
+    # a retry's route is chosen with the intercept known at the decline, not at the retry's
+    # later time (which would refit ahead of the outcomes and hold until then)
+    for decline in (r for r in reversed(records) if r["response_code"] != "00"):
+        advice = following.advise_retry(decline, [(r, 0.0) for r in routes])
+        if advice.route is not None and (advice.action.delay_s or 0) >= 3600:
+            break
+    else:
+        pytest.fail("no decline advised a retry an hour or more later")
+    assert following.recalibration.intercept.refitted_at <= t[-1]
 
 
 def test_states_of_another_encoder_or_none_are_recomputed_not_zero(

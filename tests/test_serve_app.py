@@ -39,6 +39,7 @@ from schemathesis.specs.openapi.checks import (
 
 from issuer_seq import schema as log_schema
 from issuer_seq.errors import IssuerSeqError
+from issuer_seq.recalibration import RecalibrationSettings
 from issuer_seq.serve import schemas as S
 from issuer_seq.serve.app import create_app
 from issuer_seq.serve.hot_path import HotPath
@@ -546,6 +547,26 @@ def _wait_ready(c: TestClient) -> None:
             return
         time.sleep(0.05)
     pytest.fail("in-process app not ready")
+
+
+def test_the_service_recalibrates_to_the_outcomes_of_what_it_scored(bundle: Path) -> None:
+    """With `recalibration` on, /v1/outcomes of attempts /v1/score answered feed the
+    intercept, and the next step's scores carry it."""
+    settings = RecalibrationSettings(window_h=24, step_h=1, min_outcomes=1)
+    with _in_process(bundle, None, recalibration=settings) as c:
+        _wait_ready(c)
+        scorer = c.app.state.service.scorer  # type: ignore[attr-defined]
+        assert scorer.recalibration is not None
+        c.post("/v1/score", json={"attempt": attempt(card_id=990)})
+        declined = outcome("51", card_id=990)
+        unscored = outcome("51", card_id=991)  # not scored here: not recorded
+        assert c.post("/v1/outcomes", json={"outcomes": [declined, unscored]}).json() == {
+            "observed": 2
+        }
+        later = attempt(card_id=992, ts="2026-01-20T11:30:00Z")
+        c.post("/v1/score", json={"attempt": later})
+        follow = scorer.recalibration.intercept
+        assert follow.fitted_on == 1 and follow.value < 0
 
 
 def test_slow_model_falls_back_within_the_deadline(

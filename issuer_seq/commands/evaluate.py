@@ -15,6 +15,7 @@ from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.baselines import fit_baselines
 from issuer_seq.evaluate.recommend import decide
 from issuer_seq.evaluate.run import evaluate
+from issuer_seq.recalibration import settings_from
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         latency_budget_ms=latency_budget(cfg),
         routes_file=Path(cfg.routes_file) if cfg.get("routes_file") else None,
         threads=b.threads,
+        recalibration=settings_from(cfg.get("recalibration")),
     )
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
     lines = [f"{'model':<22} {'AUROC':>7} {'AP(dec)':>8} {'logloss':>8} {'ECE':>7} {'oracle%':>8}"]
@@ -101,6 +103,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"{name:<22} {m['auroc']:>7.4f} {m['ap_decline']:>8.4f} {m['logloss']:>8.4f} "
             f"{m['ece']:>7.4f} {'' if share is None else f'{100 * share:>7.1f}%':>8}"
         )
+    recal = result.get("recalibration")
+    if recal:
+        lines.append(
+            f"recalibrated to the last {recal['settings']['window_h']:g} h of outcomes "
+            f"(refitted every {recal['settings']['step_h']:g} h):"
+        )
+        for name in ("transformer", "lightgbm"):
+            if name in recal:
+                r = recal[name]
+                lines.append(
+                    f"  {name:<20} {r['auroc']:>7.4f} {'':>8} {r['logloss']:>8.4f} "
+                    f"{r['ece']:>7.4f}  (log loss {r['logloss_change']:+.4f}, "
+                    f"ECE {r['ece_change']:+.4f})"
+                )
     policies = result.get("retry", {}).get("policies", {})
     if policies:
         lines.append(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from issuer_seq.recalibration import settings_from
 from issuer_seq.serve.server import serve
 from issuer_seq.serve.service import ServeSettings
 
@@ -44,6 +45,7 @@ def settings(cfg: DictConfig) -> ServeSettings:
         loop=str(cfg.loop),
         http=str(cfg.http),
         debug_model_delay_ms=float(cfg.debug.model_delay_ms),
+        recalibration=settings_from(cfg.get("recalibration")),
     )
 
 

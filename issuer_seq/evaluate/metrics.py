@@ -8,6 +8,7 @@ oracle's log-loss improvement captured (scikit-learn underneath).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ from sklearn.metrics import (
     precision_recall_curve,
     roc_auc_score,
 )
+
+from issuer_seq.recalibration import RecalibrationSettings, recalibrated
 
 EPS = 1e-15
 
@@ -116,3 +119,30 @@ def oracle_share(logloss_model: float, logloss_base: float, logloss_oracle: floa
     """Share of the oracle's log-loss improvement over the base rate that a model captures."""
     gap = logloss_base - logloss_oracle
     return float((logloss_base - logloss_model) / gap) if gap > 0 else float("nan")
+
+
+def recalibration_metrics(
+    models: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    before: tuple[np.ndarray, np.ndarray],
+    y: np.ndarray,
+    t: np.ndarray,
+    settings: RecalibrationSettings,
+) -> dict[str, Any]:
+    """Each model's test approval p recalibrated to recent outcomes (issuer_seq/recalibration.py),
+    as a service following them would have answered: `models` name -> (p of the outcomes
+    `before` the split (their y, t), p of the split (y, t)). The metrics with it, and their
+    change from the model's fixed calibration."""
+    y_before, t_before = before
+    order = np.argsort(t, kind="stable")
+    out: dict[str, Any] = {"settings": asdict(settings), "outcomes_before": int(len(t_before))}
+    for name, (p_before, p) in models.items():
+        fixed = approval_metrics(p, y)
+        moved = np.empty(len(p))
+        moved[order] = recalibrated(
+            p[order], y[order], t[order], settings, before=(p_before, y_before, t_before)
+        )
+        m = approval_metrics(moved, y)
+        out[name] = {key: round(m[key], 5) for key in ("logloss", "auroc", "ece", "brier")} | {
+            f"{key}_change": round(m[key] - fixed[key], 5) for key in ("logloss", "auroc", "ece")
+        }
+    return out

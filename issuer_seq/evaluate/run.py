@@ -34,7 +34,12 @@ from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.store import TEST, TRAIN, VAL, EventStore
 from issuer_seq.delays import grid_seconds, truth_column
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.evaluate.metrics import approval_metrics, calibration_by_route, oracle_share
+from issuer_seq.evaluate.metrics import (
+    approval_metrics,
+    calibration_by_route,
+    oracle_share,
+    recalibration_metrics,
+)
 from issuer_seq.evaluate.recommend import recommend
 from issuer_seq.evaluate.retry import compare_policies
 from issuer_seq.evaluate.routing import HISTORY_COLUMNS, evaluate_routing
@@ -42,6 +47,7 @@ from issuer_seq.evaluate.routing_scores import lightgbm_route_matrix, transforme
 from issuer_seq.evaluate.stacking import apply_stack, fit_stack
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.progress import stage
+from issuer_seq.recalibration import RecalibrationSettings
 from issuer_seq.retry_policy import within_session
 from issuer_seq.routing import RouteTable
 from issuer_seq.routing.route_source import resolve_routes
@@ -282,6 +288,28 @@ def routing_section(
     )
 
 
+def recalibration_section(
+    net: IssuerSeqNet,
+    store: EventStore,
+    test: np.ndarray,
+    p_model: np.ndarray,
+    p_lightgbm: np.ndarray | None,
+    settings: RecalibrationSettings,
+) -> dict[str, Any]:
+    """The transformer's (and LightGBM's, given its p of every row) test metrics recalibrated
+    to recent outcomes, the window starting on the validation days' last outcomes."""
+    t = store.t.astype(np.float64)
+    since = t[test].min() - settings.window_h * 3600.0
+    before = np.flatnonzero((store.split == VAL) & (t >= since))
+    p_before, _ = predict(net, store, before, progress="transformer, before the test split")
+    models = {"transformer": (p_before, p_model)}
+    if p_lightgbm is not None:
+        models["lightgbm"] = (p_lightgbm[before], p_lightgbm[test])
+    return recalibration_metrics(
+        models, (store.approved[before], t[before]), store.approved[test], t[test], settings
+    )
+
+
 def evaluate(
     data_dir: Path,
     run_dir: Path,
@@ -292,14 +320,16 @@ def evaluate(
     latency_budget_ms: float | None = None,
     routes_file: Path | None = None,
     threads: int | None = None,
+    recalibration: RecalibrationSettings | None = None,
 ) -> dict[str, Any]:
     """`variants`: name -> run dir of the same network at another size (rows
     `transformer_<name>`); `ablations`: name -> run dir of an ablation (`ablation_<name>`);
     `bench`: a bench.json whose latencies the recommendation cites and holds against
     `latency_budget_ms` (None: not measured; no budget); `routes_file`: the routes, fees and
     merchants' routes of a log without meta.json (docs/routing.md); `threads`: DuckDB's for
-    the log's SQL features, computed once for the baselines and LightGBM's route matrix. Each
-    stage logs its time."""
+    the log's SQL features, computed once for the baselines and LightGBM's route matrix;
+    `recalibration`: the transformer's and LightGBM's test metrics also recalibrated to recent
+    outcomes (`recalibration`; None: not reported). Each stage logs its time."""
     started = time.perf_counter()
     with stage(log, "log and run"):
         trained = TrainedRun.load(run_dir)
@@ -329,11 +359,13 @@ def evaluate(
     retry_curves: dict[str, np.ndarray] = {"transformer": curves_model}
     p_test = {"transformer": p_model}  # approval p of the test rows, of the retry policies
     p_approval = {"transformer": p_model}  # of every approval model: calibration by route
+    p_whole_log: dict[str, np.ndarray] = {}  # a baseline's p of every row of the log
     if baselines is not None:
         assert features is not None
         for name, (p_all, curves) in baselines(vlog.frame, store.split, grid, features).items():
             approval[name] = approval_metrics(p_all[test], y)
             p_approval[name] = p_all[test]
+            p_whole_log[name] = p_all
             if curves is not None:
                 retry_curves[name] = curves[test]
                 p_test[name] = p_all[test]
@@ -358,6 +390,11 @@ def evaluate(
         "split": {"test_start": store.split_bounds[1], "test_examples": int(len(test))},
         "approval": approval,
     }
+    if recalibration is not None:
+        with stage(log, "recalibration to recent outcomes"):
+            result["recalibration"] = recalibration_section(
+                trained.net, store, test, p_model, p_whole_log.get("lightgbm"), recalibration
+            )
     with stage(log, "recommendation"):
         candidates = {"base_rate": p_base} | {
             k: v for k, v in p_approval.items() if k in ("transformer", "lightgbm")

@@ -42,6 +42,7 @@ from issuer_seq import features as F
 from issuer_seq.delays import grid_seconds
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.features import ROUTE_STREAM, SHARED_STREAMS, STREAMS
+from issuer_seq.recalibration import FollowOutcomes, RecalibrationSettings
 from issuer_seq.retry_policy import (
     DEFAULT_ECONOMICS,
     NOW_3DS_DELAY_S,
@@ -51,7 +52,7 @@ from issuer_seq.retry_policy import (
     choose_retry,
 )
 from issuer_seq.routing.policies import choose_route
-from issuer_seq.rules import DEFAULT_RULES, Cause, NetworkRules, cause_of
+from issuer_seq.rules import APPROVED_CODE, DEFAULT_RULES, Cause, NetworkRules, cause_of
 from issuer_seq.serve.advice import (
     RULES_STREAM,
     RetryAdvice,
@@ -107,6 +108,12 @@ def make_session(model: Path, providers: Sequence[str], threads: int, allow_fall
     return session
 
 
+def outcome_key(attempt: Mapping[str, Any], event: Event) -> tuple[str, str, int, int]:
+    """What ties a scored attempt to its outcome: the card, the merchant, the time and the
+    attempt number."""
+    return (str(attempt["card_id"]), event.merchant, event.t, int(attempt["attempt"]))
+
+
 class Scorer:
     def __init__(
         self,
@@ -118,6 +125,7 @@ class Scorer:
         model_file: str | None = None,
         rules: NetworkRules = DEFAULT_RULES,
         economics: RetryEconomics = DEFAULT_ECONOMICS,
+        recalibration: RecalibrationSettings | None = None,
     ) -> None:
         self.root = Path(bundle)
         self.manifest = verify_bundle(self.root)
@@ -159,6 +167,8 @@ class Scorer:
             self.session = make_session(self.root / model_file, providers, threads, allow_fallback)
         self.online, self._fused_take = self._online_features(m.get("fused"))
         self._online_lock = threading.Lock()
+        # approval probabilities recalibrated to recent outcomes (None: as the bundle has them)
+        self.recalibration = None if recalibration is None else FollowOutcomes(recalibration)
 
     def _online_features(
         self, fused: Mapping[str, Any] | None
@@ -323,7 +333,11 @@ class Scorer:
         """Approval probabilities of attempts about to be sent. (B,)"""
         current = [encode_event(self.vocab, {**a, "response_code": None}) for a in attempts]
         windows = self.windows(attempts, current)
-        return self.run(self.inputs(current, windows, fused=self.fused_rows(attempts)))[0]
+        p = self.run(self.inputs(current, windows, fused=self.fused_rows(attempts)))[0]
+        if self.recalibration is None:
+            return p
+        keys = [outcome_key(a, e) for a, e in zip(attempts, current, strict=True)]
+        return self.recalibration.adjust(p, [e.t for e in current], keys)
 
     def score(self, attempt: Mapping[str, Any]) -> float:
         return float(self.score_batch([attempt])[0])
@@ -358,8 +372,14 @@ class Scorer:
         # a fused network's route aggregates are each candidate's
         fused = self.fused_route_rows(attempt, routes, online)
         if not self.factored:
-            return self.run(self.inputs(candidates, routed, fused=fused))[0]
-        return self.run_routes(self.inputs(candidates, routed, fused=fused, routes=True))
+            p = self.run(self.inputs(candidates, routed, fused=fused))[0]
+        else:
+            p = self.run_routes(self.inputs(candidates, routed, fused=fused, routes=True))
+        if self.recalibration is None:
+            return p
+        # the intercept known now: a retry's (later) time would refit ahead of the outcomes
+        now = current.t if pending is None else pending.t
+        return self.recalibration.adjust(p, [now] * len(p))
 
     def run_routes(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The route graph on `inputs` (`inputs(..., routes=True)`): p_approve per route."""
@@ -542,6 +562,9 @@ class Scorer:
         if self.online is not None:
             with self._online_lock:
                 self.online.observe(outcome)
+        if self.recalibration is not None:
+            approved = str(outcome["response_code"]) == APPROVED_CODE
+            self.recalibration.observed(outcome_key(outcome, event), event.t, approved)
 
 
 __all__ = ["BundleError", "RetryAdvice", "Scorer", "verify_bundle"]

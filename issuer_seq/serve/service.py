@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from issuer_seq.errors import IssuerSeqError
+from issuer_seq.recalibration import RecalibrationSettings
 from issuer_seq.retry_policy import DEFAULT_ECONOMICS
 from issuer_seq.routing.policies import RouteChoice, choose_route, route_values
 from issuer_seq.serve.advice import RULES_STREAM, RetryAdvice
@@ -92,6 +93,7 @@ class ServeSettings:
     loop: str = "auto"
     http: str = "auto"
     debug_model_delay_ms: float = 0.0
+    recalibration: RecalibrationSettings | None = None
 
 
 class Overloaded(Exception):
@@ -227,6 +229,7 @@ class Service:
                 allow_fallback=s.allow_fallback,
                 threads=s.threads,
                 model_file=s.model_file,
+                recalibration=s.recalibration,
             )
             self._warm_up(scorer)
             frozen = freeze_heap()

@@ -1,0 +1,146 @@
+"""Recalibration to recent outcomes (issuer_seq/recalibration.py): it follows a shift of the
+approval rate, changes nothing where there is none, and never reads an outcome it could not
+have known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from issuer_seq.errors import IssuerSeqError
+from issuer_seq.evaluate.metrics import approval_metrics
+from issuer_seq.recalibration import (
+    FollowOutcomes,
+    RecalibrationSettings,
+    RecentIntercept,
+    fit_intercept,
+    logit,
+    recalibrated,
+    settings_from,
+    sigmoid,
+)
+
+HOUR = 3600.0
+
+
+def world(shift: float, seed: int = 0, days: int = 6, per_hour: int = 200):
+    """A model's p (right until day 3) and outcomes: from day 3 on the truth's logit moves by
+    `shift`. Returns t, p, y (time order)."""
+    rng = np.random.default_rng(seed)
+    n = days * 24 * per_hour
+    t = np.sort(rng.uniform(0, days * 24 * HOUR, n))
+    z = rng.normal(1.5, 1.2, n)
+    truth = z + np.where(t >= 3 * 24 * HOUR, shift, 0.0)
+    y = (rng.uniform(size=n) < sigmoid(truth)).astype(float)
+    return t, sigmoid(z), y
+
+
+def test_the_intercept_fit_recovers_a_known_shift() -> None:
+    rng = np.random.default_rng(1)
+    z = rng.normal(1.0, 1.0, 200_000)
+    y = (rng.uniform(size=len(z)) < sigmoid(z - 0.7)).astype(float)
+    assert fit_intercept(z, y) == pytest.approx(-0.7, abs=0.03)
+    # outcomes all of one kind have no finite optimum: bounded
+    assert fit_intercept(z[:100], np.ones(100)) == 5.0
+
+
+def test_it_follows_a_shift_and_leaves_a_steady_world_alone() -> None:
+    settings = RecalibrationSettings(window_h=24, step_h=1, min_outcomes=500)
+    t, p, y = world(shift=-0.8)
+    before, after = t < 3 * 24 * HOUR, t >= 3 * 24 * HOUR
+    q = recalibrated(
+        p[after], y[after], t[after], settings, before=(p[before], y[before], t[before])
+    )
+    fixed, moved = approval_metrics(p[after], y[after]), approval_metrics(q, y[after])
+    assert moved["logloss"] < fixed["logloss"] - 0.005
+    assert fixed["ece"] > 0.05 and moved["ece"] < 0.03
+    # a day after the shift began, the intercept is the shift
+    last = t[after] >= 5 * 24 * HOUR
+    assert np.median(logit(q[last]) - logit(p[after][last])) == pytest.approx(-0.8, abs=0.1)
+    # no shift: the intercept stays near zero and the log loss where it was
+    t, p, y = world(shift=0.0, seed=2)
+    before, after = t < 3 * 24 * HOUR, t >= 3 * 24 * HOUR
+    q = recalibrated(
+        p[after], y[after], t[after], settings, before=(p[before], y[before], t[before])
+    )
+    assert np.abs(logit(q) - logit(p[after])).max() < 0.15
+    assert approval_metrics(q, y[after])["logloss"] == pytest.approx(
+        approval_metrics(p[after], y[after])["logloss"], abs=0.001
+    )
+
+
+def test_a_score_never_reads_its_own_outcome_or_a_later_one() -> None:
+    """Changing the outcomes from some time on changes no score before the step after it."""
+    settings = RecalibrationSettings(window_h=6, step_h=1, min_outcomes=50)
+    t, p, y = world(shift=-1.0, days=4, per_hour=60)
+    q = recalibrated(p, y, t, settings)
+    cut = 50 * HOUR + 1234.0  # inside a step
+    flipped = np.where(t >= cut, 1 - y, y)
+    q2 = recalibrated(p, flipped, t, settings)
+    next_step = (np.floor(cut / HOUR) + 1) * HOUR
+    np.testing.assert_array_equal(q[t < next_step], q2[t < next_step])
+    assert not np.array_equal(q[t >= next_step], q2[t >= next_step])
+
+
+def test_few_outcomes_mean_no_correction() -> None:
+    settings = RecalibrationSettings(window_h=24, step_h=1, min_outcomes=10_000)
+    t, p, y = world(shift=-1.0, days=4, per_hour=50)  # 1,200 outcomes a day
+    np.testing.assert_allclose(recalibrated(p, y, t, settings), p, rtol=1e-9)
+    follow = RecentIntercept(settings)
+    assert follow.bias(0.0) == 0.0 and follow.fitted_on == 0
+
+
+def test_the_window_forgets_old_outcomes_and_keeps_at_most_max_outcomes() -> None:
+    follow = RecentIntercept(
+        RecalibrationSettings(window_h=2, step_h=1, min_outcomes=1, max_outcomes=100)
+    )
+    for i in range(300):  # one outcome a minute, all declined, for five hours
+        follow.add(i * 60.0, 2.0, 0.0)
+    assert follow.bias(5 * HOUR) < -2.0
+    assert follow.fitted_on == 100  # the window's 120, the latest 100 kept
+    follow.bias(10 * HOUR)  # nothing in the window ending at hour 10
+    assert follow.fitted_on == 0 and follow.value == 0.0
+
+
+def test_a_service_records_only_the_outcomes_of_attempts_it_scored() -> None:
+    settings = RecalibrationSettings(window_h=24, step_h=1, min_outcomes=1)
+    follow = FollowOutcomes(settings, max_pending=2)
+    p = follow.adjust(np.array([0.9, 0.8], np.float32), [10.0, 20.0], ["a", "b"])
+    assert p.dtype == np.float32
+    np.testing.assert_allclose(p, [0.9, 0.8], rtol=1e-6)  # nothing known yet
+    assert follow.observed("a", 10.0, False) and not follow.observed("a", 10.0, False)
+    assert not follow.observed("never scored", 15.0, True)
+    follow.adjust(np.array([0.5, 0.5]), [30.0, 40.0], ["c", "d"])  # "b" let go: max_pending 2
+    assert not follow.observed("b", 20.0, True)
+    # an hour on, the one recorded decline at p 0.9 pulls the next score down
+    (later,) = follow.adjust(np.array([0.9]), [HOUR + 1.0])
+    assert later < 0.9
+
+
+def test_settings_are_checked_and_a_disabled_block_is_none() -> None:
+    assert settings_from(None) is None
+    assert settings_from({"enabled": False, "window_h": 5}) is None
+    assert settings_from({"enabled": True, "window_h": 6}) == RecalibrationSettings(window_h=6)
+    with pytest.raises(IssuerSeqError, match="unknown key.*windows_h"):
+        settings_from({"enabled": True, "windows_h": 6})
+    with pytest.raises(IssuerSeqError, match="window_h and step_h must be > 0"):
+        RecalibrationSettings(step_h=0)
+    with pytest.raises(IssuerSeqError, match="min_outcomes <= max_outcomes"):
+        RecalibrationSettings(min_outcomes=10, max_outcomes=5)
+    with pytest.raises(IssuerSeqError, match="time order"):
+        recalibrated(np.array([0.5, 0.5]), np.array([1, 0]), np.array([2.0, 1.0]))
+
+
+def test_the_serve_and_evaluate_configs_compose_to_settings() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from issuer_seq.cli import conf_dir
+    from issuer_seq.commands.serve import settings
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        off = settings(compose("serve", ["artifact_dir=x"]))
+        on = settings(compose("serve", ["artifact_dir=x", "recalibration.enabled=true"]))
+        evaluate = compose("evaluate", ["data_dir=x", "run_dir=y"])
+    assert off.recalibration is None  # off in serving unless asked for
+    assert on.recalibration == RecalibrationSettings()
+    assert settings_from(evaluate.recalibration) == RecalibrationSettings()
