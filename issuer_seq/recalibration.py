@@ -17,8 +17,9 @@ to recent outcomes".
 
 from __future__ import annotations
 
+import math
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -34,6 +35,12 @@ def logit(p: np.ndarray | float) -> np.ndarray:
     """log(p / (1 - p)), p clipped to [1e-6, 1 - 1e-6]."""
     q = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
     return np.log(q / (1 - q))
+
+
+def _logit(p: float) -> float:
+    """`logit` of one probability."""
+    q = min(max(p, _EPS), 1 - _EPS)
+    return math.log(q / (1 - q))
 
 
 def sigmoid(z: np.ndarray | float) -> np.ndarray:
@@ -92,13 +99,20 @@ class RecentIntercept:
         self.settings = settings or RecalibrationSettings()
         self.window_s = self.settings.window_h * 3600.0
         self.step_s = self.settings.step_h * 3600.0
-        self._outcomes: deque[tuple[float, float, float]] = deque(maxlen=self.settings.max_outcomes)
+        # the latest max_outcomes outcomes, a ring: times (-inf: empty), logits, labels
+        size = self.settings.max_outcomes
+        self._t = np.full(size, -np.inf)
+        self._z = np.zeros(size)
+        self._y = np.zeros(size)
+        self._added = 0
         self.refitted_at: float | None = None  # the start of the current step (epoch s)
         self.value = 0.0
         self.fitted_on = 0  # outcomes the current value was fitted to
 
     def add(self, t: float, logit_value: float, approved: bool | float) -> None:
-        self._outcomes.append((float(t), float(logit_value), float(approved)))
+        i = self._added % len(self._t)
+        self._t[i], self._z[i], self._y[i] = t, logit_value, float(approved)
+        self._added += 1
 
     def bias(self, t: float) -> float:
         start = float(np.floor(t / self.step_s)) * self.step_s
@@ -108,16 +122,12 @@ class RecentIntercept:
         return self.value
 
     def _refit(self, start: float) -> None:
-        since = start - self.window_s
-        while self._outcomes and self._outcomes[0][0] < since:
-            self._outcomes.popleft()
-        known = [o for o in self._outcomes if o[0] < start]
-        self.fitted_on = len(known)
-        if len(known) < self.settings.min_outcomes:
+        known = (self._t >= start - self.window_s) & (self._t < start)
+        self.fitted_on = int(known.sum())
+        if self.fitted_on < self.settings.min_outcomes:
             self.value = 0.0
             return
-        arr = np.array(known)
-        self.value = fit_intercept(arr[:, 1], arr[:, 2], start=self.value)
+        self.value = fit_intercept(self._z[known], self._y[known], start=self.value)
 
 
 class FollowOutcomes:
@@ -136,16 +146,18 @@ class FollowOutcomes:
     def adjust(
         self, p: np.ndarray, t: Sequence[float], keys: Sequence[Hashable] | None = None
     ) -> np.ndarray:
-        """p (B,) scored at times t (B,) -> recalibrated (B,); `keys`: keep their logits."""
-        z = logit(p)
+        """p (B,) scored at times t (B,) -> recalibrated (B,); `keys`: keep their logits.
+        Scalar arithmetic (math): a request's few rows cost less than numpy's calls."""
+        z = [_logit(float(pi)) for pi in p]
         with self._lock:
-            bias = np.array([self.intercept.bias(ti) for ti in t])
+            bias = [self.intercept.bias(ti) for ti in t]
             for key, zi in zip(keys or (), z, strict=False):
-                self._pending[key] = float(zi)
+                self._pending[key] = zi
                 self._pending.move_to_end(key)
             while len(self._pending) > self.max_pending:
                 self._pending.popitem(last=False)
-        return sigmoid(z + bias).astype(np.asarray(p).dtype)
+        out = [1.0 / (1.0 + math.exp(-(zi + bi))) for zi, bi in zip(z, bias, strict=True)]
+        return np.array(out, dtype=np.asarray(p).dtype)
 
     def observed(self, key: Hashable, t: float, approved: bool) -> bool:
         """Record the outcome of the attempt scored under `key`; False if none was."""

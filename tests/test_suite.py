@@ -290,6 +290,10 @@ def test_the_reduced_suite_runs_end_to_end(tmp_path: Path) -> None:
             assert d["ci95"][0] <= d["ci95"][1]
             assert d["difference"] == pytest.approx(d["transformer"] - d["lightgbm"], abs=1e-4)
         assert w["seconds"]["train"] > 0 and w["seconds"]["evaluate"] > 0
+        # recalibrated to recent outcomes: evaluate's figures, kept per model
+        for model in ("transformer", "lightgbm"):
+            r = w["recalibrated"][model]
+            assert 0 < r["logloss"] < 1 and 0 <= r["ece"] < 1
         # the ceiling: LightGBM fitted to the truth, its share by evaluate's definition
         c, m = w["ceiling"], w["metrics"]
         assert 0 < c["logloss"] < m["base_rate"]["logloss"] and 0.5 < c["auroc"] <= 1
@@ -303,7 +307,7 @@ def test_the_reduced_suite_runs_end_to_end(tmp_path: Path) -> None:
     assert result["ceiling"] is True
     md = (out / "suite.md").read_text()
     assert "| ci_sim | simulate |" in md and "| ci_ledger | ledger |" in md
-    assert "ceiling oracle share" in md
+    assert "ceiling oracle share" in md and "recalibrated ECE: transformer / LightGBM" in md
     ledger = result["worlds"]["ci_ledger"]["ceiling"]
     assert f"| {100 * ledger['oracle_share']:.1f}% |" in md
     assert "ci_held" in md and "## Held-back worlds" not in md

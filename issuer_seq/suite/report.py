@@ -27,6 +27,16 @@ def world_metrics(evaluation: dict[str, Any]) -> dict[str, dict[str, float | Non
     return {m: {k: approval.get(m, {}).get(k) for k in METRICS} for m in MODELS}
 
 
+def world_recalibrated(evaluation: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """{model: {logloss, ece}} of the transformer and LightGBM recalibrated to recent outcomes
+    (evaluation.json `recalibration`); None values where evaluate did not report it."""
+    recal = evaluation.get("recalibration") or {}
+    return {
+        m: {k: recal.get(m, {}).get(k) for k in ("logloss", "ece")}
+        for m in ("transformer", "lightgbm")
+    }
+
+
 def of_ceiling(
     metrics: dict[str, dict[str, float | None]], ceiling: dict[str, Any]
 ) -> dict[str, Any]:
@@ -69,15 +79,19 @@ def _table(worlds: dict[str, dict[str, Any]]) -> list[str]:
         "| world | generator | cards | days | attempts | approval | log loss: transformer / "
         "LightGBM / stacked / oracle | ceiling log loss | transformer - LightGBM log loss "
         "[95%] | AUROC: transformer / LightGBM | ceiling AUROC | transformer - LightGBM AUROC "
-        "[95%] | ECE: transformer / LightGBM | oracle share: transformer / LightGBM / stacked "
-        "| ceiling oracle share | of the ceiling's share: transformer / LightGBM | wall s: data "
-        "/ train / evaluate / bootstrap / ceiling |"
+        "[95%] | ECE: transformer / LightGBM | recalibrated log loss: transformer / LightGBM "
+        "| recalibrated ECE: transformer / LightGBM | oracle share: transformer / LightGBM / "
+        "stacked | ceiling oracle share | of the ceiling's share: transformer / LightGBM | wall "
+        "s: data / train / evaluate / bootstrap / ceiling |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, w in worlds.items():
         m, p, d, s = w["metrics"], w["params"], w["transformer_minus_lightgbm"], w["seconds"]
         tr, lg, orc = m["transformer"], m["lightgbm"], m["oracle"]
         st = m.get("stacked", dict.fromkeys(METRICS))  # suite.json files from before the arm
+        none = dict.fromkeys(("logloss", "ece"))  # those from before recalibration, below
+        recal = w.get("recalibrated", {})
+        rt, rl = recal.get("transformer", none), recal.get("lightgbm", none)
         c_logloss, c_auroc, c_share, c_fractions = _ceiling_cells(w)
         lines.append(
             f"| {name} | {w['generator']} | {p['n_cards']:,} | {p['days']} | {w['data']['rows']:,} "
@@ -87,6 +101,8 @@ def _table(worlds: dict[str, dict[str, Any]]) -> list[str]:
             f"| {c_logloss} | {_diff(d['logloss'])} "
             f"| {_num(tr['auroc'])} / {_num(lg['auroc'])} | {c_auroc} | {_diff(d['auroc'])} "
             f"| {_num(tr['ece'])} / {_num(lg['ece'])} "
+            f"| {_num(rt['logloss'])} / {_num(rl['logloss'])} "
+            f"| {_num(rt['ece'])} / {_num(rl['ece'])} "
             f"| {_pct(tr['oracle_share'])} / {_pct(lg['oracle_share'])} / "
             f"{_pct(st['oracle_share'])} | {c_share} "
             f"| {c_fractions} "
