@@ -159,6 +159,12 @@ def test_report_runs_what_is_missing_and_writes_everything(
     assert models["transformer_tiny"]["logloss"] == pytest.approx(
         evaluation["transformer_tiny"]["logloss"]
     )
+    # recalibrated to recent outcomes: the transformer's row, as evaluate reported it
+    (recal,) = summary["recalibration"]  # baselines.models=[]: the transformer alone
+    reported = json.loads((run / "evaluation.json").read_text())["recalibration"]["transformer"]
+    assert recal["model"] == "transformer" and recal["ece"] == reported["ece"]
+    assert recal["logloss_fixed"] == pytest.approx(evaluation["transformer"]["logloss"], abs=2e-5)
+    assert "<h3>Recalibrated to recent outcomes</h3>" in page
     assert any("LightGBM scorer's p99" in n for n in summary["serving"])
     assert any("Over HTTP on loopback" in n for n in summary["serving"])
     assert any("One request at a time over keep-alive" in n for n in summary["serving"])

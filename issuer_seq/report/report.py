@@ -315,6 +315,48 @@ def _with_interval(cell: Mapping[str, Any] | None, digits: int = 1, pct: bool = 
     return f"{f(cell['value'])} [{f(cell['low'])}, {f(cell['high'])}]"
 
 
+def recalibration_rows(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per model of evaluation.json `recalibration`: log loss and ECE as exported and
+    recalibrated to recent outcomes ([] when evaluate did not report it)."""
+    recal = evaluation.get("recalibration") or {}
+    return [
+        {
+            "model": name,
+            "logloss_fixed": r["logloss"] - r["logloss_change"],
+            "logloss": r["logloss"],
+            "ece_fixed": r["ece"] - r["ece_change"],
+            "ece": r["ece"],
+            "auroc_change": r["auroc_change"],
+        }
+        for name, r in recal.items()
+        if isinstance(r, dict) and "logloss_change" in r
+    ]
+
+
+def recalibration_html(evaluation: Mapping[str, Any]) -> list[str]:
+    rows = recalibration_rows(evaluation)
+    if not rows:
+        return []
+    settings = evaluation["recalibration"]["settings"]
+    cols = [
+        ("model", "model"),
+        ("logloss_fixed", "log loss, as exported"),
+        ("logloss", "log loss, recalibrated"),
+        ("ece_fixed", "ECE, as exported"),
+        ("ece", "ECE, recalibrated"),
+        ("auroc_change", "AUROC change"),
+    ]
+    note = (
+        f"An intercept added to every logit, refitted every {settings['step_h']:g} h to the "
+        f"outcomes of the last {settings['window_h']:g} h (none before {settings['min_outcomes']} "
+        "outcomes): what a service with recalibration.enabled=true answers (docs/evaluation.md)."
+    )
+    return [
+        f"<h3>Recalibrated to recent outcomes</h3>{_table(rows, cols)}",
+        f"<p class='note'>{html.escape(note)}</p>",
+    ]
+
+
 def off_policy_only(routing: Mapping[str, Any]) -> bool:
     """Is the routing section estimates alone (a log without truth)?"""
     return bool(routing.get("applicable")) and routing.get("mode") == "off_policy_only"
@@ -690,6 +732,7 @@ def write_report(
         "serving": serving_notes(bench),
         "retry_policies": policy_rows,
         "routing_policies": route_rows,
+        "recalibration": recalibration_rows(evaluation),
         "figures": {k: (v.name if v else None) for k, v in figures.items()},
         "context": dict(context),
     }
@@ -773,6 +816,7 @@ def write_report(
         f"<h2>Latency vs accuracy</h2>{_img(figures['latency_vs_accuracy'])}",
         f"<div class='grid'><div><h2>Calibration</h2>{_img(figures['calibration'])}</div>",
         f"<div><h2>Precision-recall</h2>{_img(figures['precision_recall'])}</div></div>",
+        *recalibration_html(evaluation),
         f"<h2>Retry policies</h2>{_table(policy_rows, policy_cols)}",
         _img(figures["retry_policies"]),
         f"<h3>By decline cause</h3>{_table(cause_rows, cause_cols)}",
