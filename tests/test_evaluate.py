@@ -215,6 +215,7 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
         for key in ("logloss", "ece"):
             fixed = r[key] - r[f"{key}_change"]
             assert fixed == pytest.approx(approval[name][key], abs=2e-5), (name, key)
+        assert 0 <= r["corrected_share"] <= 1
     assert "recalibrated to the last 24 h of outcomes" in out.stdout
     # the recommendation: among the transformer, LightGBM and the base rate, on their test
     # log losses, citing the bench's latencies and saying when the transformer is worse

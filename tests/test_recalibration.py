@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.evaluate.metrics import approval_metrics
+from issuer_seq.evaluate.metrics import approval_metrics, recalibration_metrics
 from issuer_seq.recalibration import (
     FollowOutcomes,
     RecalibrationSettings,
@@ -144,3 +144,19 @@ def test_the_serve_and_evaluate_configs_compose_to_settings() -> None:
     assert off.recalibration is None  # off in serving unless asked for
     assert on.recalibration == RecalibrationSettings()
     assert settings_from(evaluate.recalibration) == RecalibrationSettings()
+
+
+def test_evaluates_section_says_how_much_was_corrected() -> None:
+    t, p, y = world(shift=-0.8)
+    before, after = t < 3 * 24 * HOUR, t >= 3 * 24 * HOUR
+    settings = RecalibrationSettings()
+    out = recalibration_metrics(
+        {"m": (p[before], p[after])}, (y[before], t[before]), y[after], t[after], settings
+    )
+    assert out["m"]["corrected_share"] == 1.0  # 4,800 outcomes a day: every step corrected
+    assert out["m"]["ece_change"] < 0 and out["outcomes_before"] == before.sum()
+    few = RecalibrationSettings(min_outcomes=10**6, max_outcomes=10**6)
+    out = recalibration_metrics(
+        {"m": (p[before], p[after])}, (y[before], t[before]), y[after], t[after], few
+    )
+    assert out["m"]["corrected_share"] == 0.0 and out["m"]["logloss_change"] == 0.0

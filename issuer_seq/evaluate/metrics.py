@@ -131,7 +131,8 @@ def recalibration_metrics(
     """Each model's test approval p recalibrated to recent outcomes (issuer_seq/recalibration.py),
     as a service following them would have answered: `models` name -> (p of the outcomes
     `before` the split (their y, t), p of the split (y, t)). The metrics with it, and their
-    change from the model's fixed calibration."""
+    change from the model's fixed calibration, and the share of attempts scored with a
+    nonzero intercept (`corrected_share`)."""
     y_before, t_before = before
     order = np.argsort(t, kind="stable")
     out: dict[str, Any] = {"settings": asdict(settings), "outcomes_before": int(len(t_before))}
@@ -145,4 +146,6 @@ def recalibration_metrics(
         out[name] = {key: round(m[key], 5) for key in ("logloss", "auroc", "ece", "brier")} | {
             f"{key}_change": round(m[key] - fixed[key], 5) for key in ("logloss", "auroc", "ece")
         }
+        # scored with an intercept: fewer than min_outcomes in a window leaves none
+        out[name]["corrected_share"] = round(float(np.mean(np.abs(moved - p) > 1e-9)), 4)
     return out

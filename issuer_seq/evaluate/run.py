@@ -301,7 +301,11 @@ def recalibration_section(
     t = store.t.astype(np.float64)
     since = t[test].min() - settings.window_h * 3600.0
     before = np.flatnonzero((store.split == VAL) & (t >= since))
-    p_before, _ = predict(net, store, before, progress="transformer, before the test split")
+    p_before = (
+        predict(net, store, before, progress="transformer, before the test split")[0]
+        if len(before)
+        else np.zeros(0)
+    )
     models = {"transformer": (p_before, p_model)}
     if p_lightgbm is not None:
         models["lightgbm"] = (p_lightgbm[before], p_lightgbm[test])

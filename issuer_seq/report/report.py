@@ -327,6 +327,7 @@ def recalibration_rows(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
             "ece_fixed": r["ece"] - r["ece_change"],
             "ece": r["ece"],
             "auroc_change": r["auroc_change"],
+            "corrected_share": r.get("corrected_share"),
         }
         for name, r in recal.items()
         if isinstance(r, dict) and "logloss_change" in r
@@ -345,6 +346,7 @@ def recalibration_html(evaluation: Mapping[str, Any]) -> list[str]:
         ("ece_fixed", "ECE, as exported"),
         ("ece", "ECE, recalibrated"),
         ("auroc_change", "AUROC change"),
+        ("corrected_share", "attempts corrected"),
     ]
     note = (
         f"An intercept added to every logit, refitted every {settings['step_h']:g} h to the "
