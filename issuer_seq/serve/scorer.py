@@ -8,7 +8,8 @@ computed them (`encoder`, from the event graph's sha256): a state of another bun
 (a store filled before, a backfill), is recomputed from the event's fields when read, never
 zero.
 `model_file` (a variant of the whole network, e.g. model_int8.onnx) runs that one graph
-on every event's features instead.
+on every event's features instead. With `recalibration` the approval probabilities carry an
+intercept that follows the outcomes of what this scorer scored (issuer_seq/recalibration.py).
 
 A fused network (manifest `fused`, trained with model.fuse=true) also reads the trees'
 aggregates of each attempt: the scorer keeps them as LightGBM's online scorer does
