@@ -567,6 +567,9 @@ def test_the_service_recalibrates_to_the_outcomes_of_what_it_scored(bundle: Path
         c.post("/v1/score", json={"attempt": later})
         follow = scorer.recalibration.intercept
         assert follow.fitted_on == 1 and follow.value < 0
+        text = c.get("/metrics").text
+        assert f"issuer_seq_recalibration_intercept {follow.value}" in text
+        assert "issuer_seq_recalibration_outcomes 1.0" in text
 
 
 def test_slow_model_falls_back_within_the_deadline(

@@ -97,6 +97,16 @@ class Metrics:
             "issuer_seq_model_calls_pending", "Model calls queued or running", registry=r
         )
         self.ready = Gauge("issuer_seq_ready", "1 when the service is ready", registry=r)
+        self.recalibration_intercept = Gauge(
+            "issuer_seq_recalibration_intercept",
+            "The logit intercept recalibration to recent outcomes adds (0: off or too few)",
+            registry=r,
+        )
+        self.recalibration_outcomes = Gauge(
+            "issuer_seq_recalibration_outcomes",
+            "Outcomes the recalibration intercept was last fitted to",
+            registry=r,
+        )
         self.model = Info("issuer_seq_model", "The model being served", registry=r)
 
     def render(self) -> tuple[bytes, str]:

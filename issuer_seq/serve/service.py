@@ -232,6 +232,17 @@ class Service:
                 recalibration=s.recalibration,
             )
             self._warm_up(scorer)
+            if scorer.recalibration is not None:
+                follow = scorer.recalibration.intercept
+                self.metrics.recalibration_intercept.set_function(lambda: follow.value)
+                self.metrics.recalibration_outcomes.set_function(lambda: follow.fitted_on)
+                log.info(
+                    "recalibration to recent outcomes: an intercept refitted every %g h to "
+                    "the last %g h of outcomes of what this process scores (none below %d)",
+                    s.recalibration.step_h,
+                    s.recalibration.window_h,
+                    s.recalibration.min_outcomes,
+                )
             frozen = freeze_heap()
             providers = scorer.session.get_providers()
             self.metrics.model.info({**self._model_info, "providers": ",".join(providers)})
