@@ -13,7 +13,8 @@ from issuer_seq.bench.scorers import StackedScorer
 from issuer_seq.data.store import TEST, VAL
 from issuer_seq.evaluate import run
 from issuer_seq.evaluate.paired import log_loss
-from issuer_seq.evaluate.stacking import apply_stack, fit_stack, logit
+from issuer_seq.evaluate.stacking import apply_stack, fit_stack
+from issuer_seq.recalibration import logit
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -20,15 +20,10 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from issuer_seq.recalibration import logit  # probabilities clipped 1e-6 from 0 and 1
+
 #: the models the stack combines, in the order of its weights
 STACKED = ("transformer", "lightgbm")
-#: probabilities are clipped this far from 0 and 1 before their logit is taken
-EPS = 1e-6
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    return np.log(p) - np.log1p(-p)
 
 
 def _design(p: Mapping[str, np.ndarray], models: Sequence[str]) -> np.ndarray:
