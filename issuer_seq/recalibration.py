@@ -4,10 +4,10 @@ hours' outcomes of what was scored.
 A model's calibration is fitted once, on the validation days (train/calibrate.py). When the
 approval rate moves later (a pay cycle, an issuer tightening its rules, a season), every
 probability is off by about the same amount on the logit scale, and nothing fitted before can
-see it. `RecentIntercept` follows it: every `step_s` it refits one number, the intercept b that
-maximizes the likelihood of the outcomes of the last `window_s` under p = sigmoid(logit + b),
-and adds b to every logit until the next refit. It reads only outcomes known before the step
-began, so a score never depends on its own outcome or on a later one.
+see it. `RecentIntercept` follows it: every `step_h` hours it refits one number, the intercept b
+that maximizes the likelihood of the outcomes of the last `window_h` hours under p =
+sigmoid(logit + b), and adds b to every logit until the next refit. It reads only outcomes
+known before the step began, so a score never depends on its own outcome or on a later one.
 
 The service keeps one per process (`Scorer(recalibration=...)`: each score's logit is kept
 until its outcome is observed); `evaluate` replays the test split through the same class
