@@ -255,13 +255,21 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     )
     assert policies["fixed_1d"]["chosen_delays"]["now_with_3ds"] == 0
     # routing: static, success-rate, an expected-value policy per model that scores each
-    # route (the transformer, the LightGBM model evaluate saved) and the oracle
+    # route (the transformer, the LightGBM model evaluate saved), each also recalibrated per
+    # issuer x route (conf/evaluate.yaml route_recalibration), and the oracle
     routing = result["routing"]
     assert routing["applicable"] and routing["n_attempts"] == result["split"]["test_examples"]
-    policies = ["static", "success_rate", "transformer", "lightgbm", "oracle"]
+    models = ["transformer", "transformer_recalibrated", "lightgbm", "lightgbm_recalibrated"]
+    policies = ["static", "success_rate", *models, "oracle"]
     assert list(routing["policies"]) == policies
+    assert routing["route_recalibration"] == {
+        "window_h": 24,
+        "step_h": 1,
+        "prior_sd": 0.2,
+        "max_outcomes": 200_000,
+    }
     assert routing["policies"]["oracle"]["share_of_oracle_uplift"]["value"] == pytest.approx(1.0)
-    for model in ("transformer", "lightgbm"):  # never above the oracle's value
+    for model in models:  # never above the oracle's value
         value = routing["policies"][model]["share_of_oracle_uplift"]["value"]
         assert value <= 1.0 + 1e-9
     assert routing["dr_covers"]["checks"] == len(policies) * 2

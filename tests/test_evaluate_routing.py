@@ -18,6 +18,7 @@ from issuer_seq.evaluate.routing import (
     value_with_intervals,
     warmed_success_rate,
 )
+from issuer_seq.recalibration import RouteRecalibrationSettings, recalibrated_routes
 from issuer_seq.report.report import routing_rows
 from issuer_seq.routing import (
     NOT_HELD,
@@ -28,6 +29,7 @@ from issuer_seq.routing import (
     truth_matrix,
     value_policies,
 )
+from issuer_seq.routing.policies import as_seconds
 from issuer_seq.routing.value import with_references
 from issuer_seq.schema import load_log
 from tests.conftest import report_with_routing
@@ -206,6 +208,38 @@ def test_reaction_is_compared_on_the_episodes_the_oracle_reacts_to(
         assert pol["static"]["reacted"] == 0 and pol["static"]["median_is_never"]
         assert pol["static"]["median_hours"] is None
         assert pol["oracle"]["median_hours"] is not None
+
+
+def test_route_recalibration_is_an_arm_of_each_predictor(world: World) -> None:
+    """`noisy_recalibrated` is the expected-value policy on the noisy matrix replayed through
+    `recalibrated_routes` in time order, every test attempt's outcome recorded (retries too,
+    with first attempts only valued)."""
+    chosen = RouteRecalibrationSettings(window_h=12, prior_sd=0.3)
+    order = np.argsort(as_seconds(world.test["ts"]), kind="stable")
+    test = world.test.iloc[order].reset_index(drop=True)
+    replayed = recalibrated_routes(
+        world.noisy[order],
+        test["issuer_id"].to_numpy(object),
+        world.table.index(test["route"].to_numpy()),
+        (test["response_code"] == "00").to_numpy(),
+        as_seconds(test["ts"]).astype(float),
+        world.table.names,
+        chosen,
+    )
+    manual = np.empty_like(replayed)
+    manual[order] = replayed
+    for attempts in ("all", "first"):
+        out = world.run(recalibration=chosen, attempts=attempts, n_bootstrap=20)
+        by_hand = world.run(
+            predictors={"noisy": world.noisy, "by_hand": manual}, attempts=attempts, n_bootstrap=20
+        )
+        arm = out["policies"]["noisy_recalibrated"]
+        assert arm["kind"] == "expected_value_recalibrated"
+        assert arm["value"] == by_hand["policies"]["by_hand"]["value"]
+        assert out["policies"]["noisy"]["value"] == by_hand["policies"]["noisy"]["value"]
+        assert out["route_recalibration"]["prior_sd"] == 0.3
+    assert world.run(n_bootstrap=20)["route_recalibration"] is None
+    assert "noisy_recalibrated" not in world.run(n_bootstrap=20)["policies"]
 
 
 def test_first_attempts_only(world: World) -> None:

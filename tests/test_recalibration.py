@@ -13,9 +13,12 @@ from issuer_seq.recalibration import (
     FollowOutcomes,
     RecalibrationSettings,
     RecentIntercept,
+    RouteRecalibrationSettings,
+    fit_group_intercepts,
     fit_intercept,
     logit,
     recalibrated,
+    recalibrated_routes,
     settings_from,
     sigmoid,
 )
@@ -144,6 +147,16 @@ def test_the_serve_and_evaluate_configs_compose_to_settings() -> None:
     assert off.recalibration is None  # off in serving unless asked for
     assert on.recalibration == RecalibrationSettings()
     assert settings_from(evaluate.recalibration) == RecalibrationSettings()
+    assert off.route_recalibration is None and on.route_recalibration is None
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        routes_on = settings(
+            compose("serve", ["artifact_dir=x", "route_recalibration.enabled=true"])
+        )
+    assert routes_on.route_recalibration == RouteRecalibrationSettings()
+    assert (
+        settings_from(evaluate.route_recalibration, RouteRecalibrationSettings)
+        == RouteRecalibrationSettings()
+    )
 
 
 def test_evaluates_section_says_how_much_was_corrected() -> None:
@@ -160,3 +173,89 @@ def test_evaluates_section_says_how_much_was_corrected() -> None:
         {"m": (p[before], p[after])}, (y[before], t[before]), y[after], t[after], few
     )
     assert out["m"]["corrected_share"] == 0.0 and out["m"]["logloss_change"] == 0.0
+
+
+# -- per issuer x route ---------------------------------------------------------------------
+ROUTES = ("eu", "us", "global")
+
+
+def routed_world(seed: int = 0, days: int = 4, per_hour: int = 240):
+    """Attempts of 6 issuers through 3 routes, sent uniformly; a model right everywhere but
+    for issuer "0" through "us", which from day 2 on declines 2 logits more (an episode the
+    model does not know). Returns t, issuer, route (column), p (N, 3) the model's, y."""
+    rng = np.random.default_rng(seed)
+    n = days * 24 * per_hour
+    t = np.sort(rng.uniform(0, days * 24 * HOUR, n))
+    issuer = rng.integers(0, 6, n).astype(str)
+    route = rng.integers(0, 3, n)
+    z = rng.normal(1.5, 0.8, (n, 1)) + np.array([0.0, 0.3, -0.1])  # "us" the best
+    episode = (issuer == "0") & (t >= 2 * 24 * HOUR)
+    truth = z[np.arange(n), route] - 2.0 * (episode & (route == 1))
+    y = (rng.uniform(size=n) < sigmoid(truth)).astype(float)
+    return t, issuer, route, sigmoid(z), y
+
+
+def test_group_intercepts_recover_shifts_and_shrink_the_groups_with_few_outcomes() -> None:
+    rng = np.random.default_rng(4)
+    groups = np.repeat([0, 1, 2], [50_000, 50_000, 20])
+    z = rng.normal(1.0, 1.0, len(groups))
+    shift = np.array([-1.0, 0.5, -1.0])[groups]
+    y = (rng.uniform(size=len(z)) < sigmoid(z + shift)).astype(float)
+    b = fit_group_intercepts(z, y, groups, 4, prior_sd=0.2)
+    assert b[0] == pytest.approx(-1.0, abs=0.05) and b[1] == pytest.approx(0.5, abs=0.05)
+    assert -1.0 < b[2] < 0.0  # 20 outcomes: pulled towards 0 by the prior
+    assert b[3] == 0.0  # no outcomes
+    wide = fit_group_intercepts(z, y, groups, 4, prior_sd=5.0)
+    assert wide[2] < b[2]  # a wider prior lets the few outcomes move it further
+
+
+def test_route_recalibration_follows_an_issuer_declining_through_one_route() -> None:
+    t, issuer, route, p, y = routed_world(per_hour=1200)  # 2,000 outcomes a pair in a window
+    settings = RouteRecalibrationSettings(window_h=12, step_h=1, prior_sd=0.5)
+    q = recalibrated_routes(p, issuer, route, y, t, ROUTES, settings)
+    b = logit(q) - logit(p)
+    late = t >= 3 * 24 * HOUR  # a day into the episode
+    hit = late & (issuer == "0")
+    assert np.median(b[hit, 1]) < -1.2  # the episode's pair: most of the 2 logits
+    # its other routes, and the other issuers: noise (a standard error of about 0.07)
+    assert np.abs(np.median(b[hit][:, [0, 2]], axis=0)).max() < 0.25
+    assert np.abs(np.median(b[late & (issuer != "0")], axis=0)).max() < 0.25
+    # expected-value choice (no fees): issuer 0's attempts move off "us" once it declines
+    before = (issuer == "0") & (t < 2 * 24 * HOUR) & (t > 24 * HOUR)
+    assert np.all(np.argmax(p[hit], 1) == 1) and np.all(np.argmax(q[before], 1) == 1)
+    assert np.mean(np.argmax(q[hit], 1) == 1) < 0.02
+
+
+def test_route_recalibration_reads_no_outcome_before_its_step_ends() -> None:
+    """Flipping outcomes from some time on changes no score before the next step."""
+    t, issuer, route, p, y = routed_world(days=2, per_hour=60)
+    settings = RouteRecalibrationSettings(window_h=6, step_h=1)
+    q = recalibrated_routes(p, issuer, route, y, t, ROUTES, settings)
+    cut = 30 * HOUR + 1234.0
+    q2 = recalibrated_routes(p, issuer, route, np.where(t >= cut, 1 - y, y), t, ROUTES, settings)
+    next_step = (np.floor(cut / HOUR) + 1) * HOUR
+    assert np.array_equal(q[t < next_step], q2[t < next_step])
+    assert not np.allclose(q[t >= next_step], q2[t >= next_step])
+
+
+def test_route_recalibration_keeps_unheld_routes_nan_and_checks_its_input() -> None:
+    t, issuer, route, p, y = routed_world(days=1, per_hour=20)
+    p = p.copy()
+    p[route != 2, 2] = np.nan  # "global" not held where it was not the logged route
+    q = recalibrated_routes(p, issuer, route, y, t, ROUTES)
+    assert np.array_equal(np.isnan(q), np.isnan(p))
+    with pytest.raises(IssuerSeqError, match="time order"):
+        recalibrated_routes(p[::-1], issuer, route, y, t[::-1], ROUTES)
+    with pytest.raises(IssuerSeqError, match="one column per route"):
+        recalibrated_routes(p[:, :2], issuer, route, y, t, ROUTES)
+    bad = route.copy()
+    bad[route != 2] = 2  # logged through a route without p
+    with pytest.raises(IssuerSeqError, match="logged route has no p"):
+        recalibrated_routes(p, issuer, bad, y, t, ROUTES)
+    with pytest.raises(IssuerSeqError, match="prior_sd must be > 0"):
+        RouteRecalibrationSettings(prior_sd=0)
+    assert settings_from({"prior_sd": 0.3}, RouteRecalibrationSettings) == (
+        RouteRecalibrationSettings(prior_sd=0.3)
+    )
+    with pytest.raises(IssuerSeqError, match="route_recalibration: unknown key.*min_outcomes"):
+        settings_from({"min_outcomes": 3}, RouteRecalibrationSettings)

@@ -20,7 +20,13 @@ from issuer_seq.data.store import StoreConfig, build_store
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.features import Vocab
 from issuer_seq.model.network import IssuerSeqNet
-from issuer_seq.recalibration import RecalibrationSettings, logit, recalibrated
+from issuer_seq.recalibration import (
+    RecalibrationSettings,
+    RouteRecalibrationSettings,
+    logit,
+    recalibrated,
+    recalibrated_routes,
+)
 from issuer_seq.schema import load_log
 from issuer_seq.serve.inputs import encode_event, stream_key
 from issuer_seq.serve.scorer import BundleError, Scorer
@@ -149,6 +155,48 @@ def test_recalibration_in_the_service_is_the_batch_replay(bundle: tuple[Path, Pa
     else:
         pytest.fail("no decline advised a retry an hour or more later")
     assert following.recalibration.intercept.refitted_at <= t[-1]
+
+
+def test_route_recalibration_in_the_service_is_the_batch_replay(
+    bundle: tuple[Path, Path, Path],
+) -> None:
+    """A scorer recalibrating per issuer x route answers each attempt's routes as
+    `recalibrated_routes` (evaluate's) does for the same scores and outcomes, and `score` adds
+    the intercept of the attempt's own issuer x route."""
+    data, _, out = bundle
+    settings = RouteRecalibrationSettings(window_h=24, step_h=1, prior_sd=1.0)
+    plain, following = Scorer(out), Scorer(out, route_recalibration=settings)
+    records = load_log(data).frame.to_dict("records")
+    routes = sorted({str(r["route"]) for r in records})
+    raw, got = [], []
+    for rec in records:
+        query = {**rec, "response_code": None, "advice_code": None}
+        raw.append(plain.score_routes(query, routes))
+        got.append(following.score_routes(query, routes))
+        plain.observe(rec)
+        following.observe(rec)
+    approved = np.array([r["response_code"] == "00" for r in records], dtype=float)
+    t = np.array([epoch_seconds(r["ts"]) for r in records], dtype=float)
+    expected = recalibrated_routes(
+        np.array(raw),
+        np.array([str(r["issuer_id"]) for r in records], dtype=object),
+        np.array([routes.index(str(r["route"])) for r in records]),
+        approved,
+        t,
+        routes,
+        settings,
+    )
+    np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-6)
+    assert following.route_recalibration is not None
+    pairs = following.route_recalibration.intercepts
+    assert pairs.values and any(b != 0.0 for b in pairs.values.values())
+    # score: the attempt's route's intercept, as known at its time
+    rec = records[-1]
+    query = {**rec, "response_code": None, "advice_code": None}
+    bias = pairs.bias(epoch_seconds(rec["ts"]), str(rec["issuer_id"]), str(rec["route"]))
+    assert logit(following.score(query)) == pytest.approx(
+        logit(plain.score(query)) + bias, abs=1e-4
+    )
 
 
 def test_states_of_another_encoder_or_none_are_recomputed_not_zero(

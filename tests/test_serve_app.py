@@ -39,7 +39,7 @@ from schemathesis.specs.openapi.checks import (
 
 from issuer_seq import schema as log_schema
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.recalibration import RecalibrationSettings
+from issuer_seq.recalibration import RecalibrationSettings, RouteRecalibrationSettings, logit
 from issuer_seq.serve import schemas as S
 from issuer_seq.serve.app import create_app
 from issuer_seq.serve.hot_path import HotPath
@@ -570,6 +570,44 @@ def test_the_service_recalibrates_to_the_outcomes_of_what_it_scored(bundle: Path
         text = c.get("/metrics").text
         assert f"issuer_seq_recalibration_intercept {follow.value}" in text
         assert "issuer_seq_recalibration_outcomes 1.0" in text
+
+
+def test_the_service_recalibrates_each_issuer_x_route_to_its_outcomes(bundle: Path) -> None:
+    """With `route_recalibration` on, the outcome of an attempt /v1/route answered, through
+    the route it went, feeds that issuer x route's intercept; the next step's candidates
+    through it carry the intercept, the issuer's other routes none."""
+    settings = RouteRecalibrationSettings(window_h=24, step_h=1, prior_sd=1.0)
+    with _in_process(bundle, None, route_recalibration=settings) as c:
+        _wait_ready(c)
+        scorer = c.app.state.service.scorer  # type: ignore[attr-defined]
+        assert scorer.route_recalibration is not None
+        routed = attempt(card_id=990, issuer_id="rr")
+        c.post("/v1/route", json={"attempt": routed, "routes": ROUTES})
+        declined = outcome("51", card_id=990, issuer_id="rr", route="global_a")
+        unscored = outcome("51", card_id=991, issuer_id="rr", route="global_a")
+        assert c.post("/v1/outcomes", json={"outcomes": [declined, unscored]}).json() == {
+            "observed": 2
+        }
+        later = attempt(card_id=992, issuer_id="rr", ts="2026-01-20T11:30:00Z")
+        answered = {
+            r["route"]: r["p_approve"]
+            for r in c.post("/v1/route", json={"attempt": later, "routes": ROUTES}).json()["routes"]
+        }
+        pairs = scorer.route_recalibration.intercepts
+        assert pairs.fitted_on == 1 and list(pairs.values) == [("rr", "global_a")]
+        bias = pairs.values[("rr", "global_a")]
+        assert bias < 0
+        # the same scorer without it: only global_a moves, by the intercept
+        follow, scorer.route_recalibration = scorer.route_recalibration, None
+        names = [r["route"] for r in ROUTES]
+        raw = dict(zip(names, scorer.score_routes(later, names), strict=True))
+        scorer.route_recalibration = follow
+        for name in names:
+            moved = bias if name == "global_a" else 0.0
+            assert logit(answered[name]) == pytest.approx(logit(raw[name]) + moved, abs=1e-4)
+        text = c.get("/metrics").text
+        assert "issuer_seq_route_recalibration_pairs 1.0" in text
+        assert "issuer_seq_route_recalibration_outcomes 1.0" in text
 
 
 def test_slow_model_falls_back_within_the_deadline(

@@ -15,7 +15,7 @@ from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.baselines import fit_baselines
 from issuer_seq.evaluate.recommend import decide
 from issuer_seq.evaluate.run import evaluate
-from issuer_seq.recalibration import settings_from
+from issuer_seq.recalibration import RouteRecalibrationSettings, settings_from
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         routes_file=Path(cfg.routes_file) if cfg.get("routes_file") else None,
         threads=b.threads,
         recalibration=settings_from(cfg.get("recalibration")),
+        route_recalibration=settings_from(
+            cfg.get("route_recalibration"), RouteRecalibrationSettings
+        ),
     )
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
     lines = [f"{'model':<22} {'AUROC':>7} {'AP(dec)':>8} {'logloss':>8} {'ECE':>7} {'oracle%':>8}"]
@@ -129,7 +132,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
     routing = result.get("routing", {})
     if routing.get("mode") == "off_policy_only":
-        lines.append(f"{'routing (off-policy)':<22} {'SNIPS value':>12} {'DR value':>10}")
+        lines.append(f"{'routing (off-policy)':<26} {'SNIPS value':>12} {'DR value':>10}")
         value = {
             (r["policy"], r["estimator"]): r["estimate"]
             for r in routing["ope"]
@@ -137,14 +140,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         }
         for name in routing["policies"]:
             snips, dr = (value[(name, e)] for e in ("snips", "dr"))
-            lines.append(f"{name:<22} {_num(snips):>12.4f} {_num(dr):>10.4f}")
+            lines.append(f"{name:<26} {_num(snips):>12.4f} {_num(dr):>10.4f}")
         lines.append(f"routing: {routing['note']} (value per attempt)")
     elif routing.get("applicable"):
-        lines.append(f"{'routing policy':<22} {'value':>10} {'approvals':>10} {'oracle%':>8}")
+        lines.append(f"{'routing policy':<26} {'value':>10} {'approvals':>10} {'oracle%':>8}")
         for name, r in routing["policies"].items():
             share = r["share_of_oracle_uplift"]["value"]
             lines.append(
-                f"{name:<22} {r['value']['value']:>10.1f} {r['approvals']['value']:>10.1f} "
+                f"{name:<26} {r['value']['value']:>10.1f} {r['approvals']['value']:>10.1f} "
                 f"{'' if share is None else f'{100 * share:>7.1f}%':>8}"
             )
     elif routing:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from issuer_seq.recalibration import settings_from
+from issuer_seq.recalibration import RouteRecalibrationSettings, settings_from
 from issuer_seq.serve.server import serve
 from issuer_seq.serve.service import ServeSettings
 
@@ -46,6 +46,9 @@ def settings(cfg: DictConfig) -> ServeSettings:
         http=str(cfg.http),
         debug_model_delay_ms=float(cfg.debug.model_delay_ms),
         recalibration=settings_from(cfg.get("recalibration")),
+        route_recalibration=settings_from(
+            cfg.get("route_recalibration"), RouteRecalibrationSettings
+        ),
     )
 
 

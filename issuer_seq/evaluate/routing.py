@@ -15,6 +15,12 @@ Policies, each an (N, R) distribution over the route table's columns:
   the logged outcomes strictly before its time;
 - one expected-value policy per entry of `predictors` (name -> (N, R) p_approve per route,
   NaN where the merchant lacks it): the argmax of p_approve x amount x margin - fee;
+- `<predictor>_recalibrated`, with `recalibration` settings: the same on the predictor's
+  matrix recalibrated per issuer x route to recent outcomes (recalibration.py
+  `recalibrated_routes`: each attempt scored with the intercepts of its issuer's routes
+  fitted to the test outcomes logged before it, as the service answers with
+  `route_recalibration` on). The replay starts at the test split's first attempt, with no
+  intercept (the models' per-route p of the earlier days are not computed);
 - `oracle`: the same on the truth's p_approve per route.
 
 For each: expected approvals and value with the truth, uplift over static and share of the
@@ -42,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from issuer_seq.errors import IssuerSeqError
+from issuer_seq.recalibration import RouteRecalibrationSettings, recalibrated_routes
 from issuer_seq.retry_policy import DEFAULT_ECONOMICS, RetryEconomics
 from issuer_seq.routing.ope import ESTIMATORS, estimate_terms, logged_rewards
 from issuer_seq.routing.policies import (
@@ -486,6 +493,26 @@ def warmed_success_rate(
     return out[len(history) :]
 
 
+def _recalibrating(
+    frame: pd.DataFrame,
+    logged_route: np.ndarray,
+    table: RouteTable,
+    settings: RouteRecalibrationSettings | None,
+) -> Any:
+    """p (N, R) of `frame`'s attempts (time order) -> recalibrated per issuer x route
+    (`recalibrated_routes`), or None without settings."""
+    if settings is None:
+        return None
+    issuer = frame["issuer_id"].to_numpy(object)
+    approved = (frame["response_code"].astype(str) == "00").to_numpy()
+    t = as_seconds(frame["ts"]).astype(np.float64)
+
+    def recalibrate(p: np.ndarray) -> np.ndarray:
+        return recalibrated_routes(p, issuer, logged_route, approved, t, table.names, settings)
+
+    return recalibrate
+
+
 def evaluate_routing(
     test_frame: pd.DataFrame,
     truth: pd.DataFrame | None,
@@ -499,6 +526,7 @@ def evaluate_routing(
     level: float = 0.95,
     seed: int = 0,
     routes: ResolvedRoutes | None = None,
+    recalibration: RouteRecalibrationSettings | None = None,
 ) -> dict[str, Any]:
     """The routing section of evaluation.json (module docstring).
 
@@ -508,8 +536,9 @@ def evaluate_routing(
     p_approve per route of the test attempts, in the route table's column order; history: the
     log before the test split (success-rate routing warms up on it; the default DR reward
     model is fitted on it); routes: the route table (None: `resolve_routes` from meta.json,
-    else inferred from the log). A log without routes or without propensities gives a "not
-    applicable" entry.
+    else inferred from the log); recalibration: each predictor also recalibrated per issuer x
+    route (`<name>_recalibrated`; None: not). A log without routes or without propensities
+    gives a "not applicable" entry.
     """
     if attempts not in ATTEMPTS:
         raise IssuerSeqError(f"attempts must be one of {list(ATTEMPTS)}, got {attempts!r}")
@@ -539,14 +568,16 @@ def evaluate_routing(
     order = np.argsort(as_seconds(test_frame["ts"]), kind="stable")
     frame = test_frame.iloc[order].reset_index(drop=True)
     sr_test = warmed_success_rate(hist, frame, table, success_rate)
+    logged_route = check_logged_routes(
+        table, frame["merchant_id"].to_numpy(object), frame["route"].to_numpy(object), routes.source
+    )
 
     keep = np.ones(len(frame), bool) if attempts == "all" else frame["attempt"].to_numpy() == 1
+    recalibrate = _recalibrating(frame, logged_route, table, recalibration)
     frame = frame[keep].reset_index(drop=True)
     prio = table.priority(frame["merchant_id"].to_numpy())
     cand = prio != NOT_HELD
-    route = check_logged_routes(
-        table, frame["merchant_id"].to_numpy(object), frame["route"].to_numpy(object), routes.source
-    )
+    route = logged_route[keep]
     propensity = frame["route_propensity"].to_numpy(np.float64)
     approved = (frame["response_code"].astype(str) == "00").to_numpy()
     amount = frame["amount"].to_numpy(np.float64)
@@ -567,11 +598,19 @@ def evaluate_routing(
                 f"{(len(order), table.n_routes)}"
             )
         mats[name] = _check_predictor(name, arr[order][keep], cand)
+        if recalibrate is not None:
+            mats[f"{name}_recalibrated"] = _check_predictor(
+                name, recalibrate(arr[order])[keep], cand
+            )
     given = {SUCCESS_RATE: sr_test[keep]} | {
         name: choose_route(m, prio, amount, fees, econ).probs for name, m in mats.items()
     }
     policies = with_references(given, p_true, prio, amount, fees, econ)
-    kinds = {STATIC: "static", SUCCESS_RATE: "success_rate", ORACLE: "oracle"}
+    kinds = {STATIC: "static", SUCCESS_RATE: "success_rate", ORACLE: "oracle"} | {
+        f"{name}_recalibrated": "expected_value_recalibrated"
+        for name in predictors
+        if recalibrate is not None
+    }
     rate_model = logged_rate_model(hist, table, frame["issuer_id"].to_numpy(), prio)
     reward_models = {
         name: (name, mats[name]) if name in mats else (RATE_MODEL, rate_model) for name in policies
@@ -605,6 +644,9 @@ def evaluate_routing(
         "success_rate_config": {
             k: getattr(success_rate, k) for k in success_rate.__dataclass_fields__
         },
+        "route_recalibration": None
+        if recalibration is None
+        else {k: getattr(recalibration, k) for k in recalibration.__dataclass_fields__},
     }
     if p_true is None:
         rewards = logged_rewards_by_kind(approved, amount, route, fees, econ)

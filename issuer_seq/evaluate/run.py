@@ -47,7 +47,7 @@ from issuer_seq.evaluate.routing_scores import lightgbm_route_matrix, transforme
 from issuer_seq.evaluate.stacking import apply_stack, fit_stack
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.progress import stage
-from issuer_seq.recalibration import RecalibrationSettings
+from issuer_seq.recalibration import RecalibrationSettings, RouteRecalibrationSettings
 from issuer_seq.retry_policy import within_session
 from issuer_seq.routing import RouteTable
 from issuer_seq.routing.route_source import resolve_routes
@@ -262,11 +262,12 @@ def routing_section(
     truth: pd.DataFrame | None,
     routes_file: Path | None = None,
     features: pd.DataFrame | None = None,
+    recalibration: RouteRecalibrationSettings | None = None,
 ) -> dict[str, Any]:
     """evaluation.json's `routing`: evaluate/routing.py on the test rows, success-rate routing
     warmed up on the log before the test split; the route table from `routes_file`, else
     meta.json, else the log (routing/route_source.py); without truth, off-policy estimates
-    only."""
+    only; with `recalibration`, each model's routing also recalibrated per issuer x route."""
     frame = vlog.frame
     meta_path = resolve_log_path(data_dir).parent / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -284,7 +285,13 @@ def routing_section(
         test_truth = truth.iloc[test].reset_index(drop=True)
         test_truth["txn_id"] = np.asarray(store.txn_id)[test]
     return evaluate_routing(
-        test_frame, test_truth, meta, predictors, history=history, routes=routes
+        test_frame,
+        test_truth,
+        meta,
+        predictors,
+        history=history,
+        routes=routes,
+        recalibration=recalibration,
     )
 
 
@@ -325,6 +332,7 @@ def evaluate(
     routes_file: Path | None = None,
     threads: int | None = None,
     recalibration: RecalibrationSettings | None = None,
+    route_recalibration: RouteRecalibrationSettings | None = None,
 ) -> dict[str, Any]:
     """`variants`: name -> run dir of the same network at another size (rows
     `transformer_<name>`); `ablations`: name -> run dir of an ablation (`ablation_<name>`);
@@ -333,7 +341,9 @@ def evaluate(
     merchants' routes of a log without meta.json (docs/routing.md); `threads`: DuckDB's for
     the log's SQL features, computed once for the baselines and LightGBM's route matrix;
     `recalibration`: the transformer's and LightGBM's test metrics also recalibrated to recent
-    outcomes (`recalibration`; None: not reported). Each stage logs its time."""
+    outcomes (`recalibration`; None: not reported); `route_recalibration`: each model's routing
+    also recalibrated per issuer x route (routing `<model>_recalibrated`; None: not). Each
+    stage logs its time."""
     started = time.perf_counter()
     with stage(log, "log and run"):
         trained = TrainedRun.load(run_dir)
@@ -454,7 +464,15 @@ def evaluate(
         }
     with stage(log, f"routing policies on {len(test):,} test attempts"):
         result["routing"] = routing_section(
-            vlog, Path(data_dir), trained, store, test, truth, routes_file, features
+            vlog,
+            Path(data_dir),
+            trained,
+            store,
+            test,
+            truth,
+            routes_file,
+            features,
+            route_recalibration,
         )
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result

@@ -107,6 +107,16 @@ class Metrics:
             "Outcomes the recalibration intercept was last fitted to",
             registry=r,
         )
+        self.route_recalibration_pairs = Gauge(
+            "issuer_seq_route_recalibration_pairs",
+            "Issuer x route pairs with an intercept at the last refit (0: off or no outcomes)",
+            registry=r,
+        )
+        self.route_recalibration_outcomes = Gauge(
+            "issuer_seq_route_recalibration_outcomes",
+            "Outcomes the issuer x route intercepts were last fitted to",
+            registry=r,
+        )
         self.model = Info("issuer_seq_model", "The model being served", registry=r)
 
     def render(self) -> tuple[bytes, str]:

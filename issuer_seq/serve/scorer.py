@@ -9,7 +9,9 @@ computed them (`encoder`, from the event graph's sha256): a state of another bun
 zero.
 `model_file` (a variant of the whole network, e.g. model_int8.onnx) runs that one graph
 on every event's features instead. With `recalibration` the approval probabilities carry an
-intercept that follows the outcomes of what this scorer scored (issuer_seq/recalibration.py).
+intercept that follows the outcomes of what this scorer scored (issuer_seq/recalibration.py);
+with `route_recalibration`, one intercept per issuer x route, added to the attempt's route's
+(`score`) or each candidate's (`score_routes`, and so route choice) logit.
 
 A fused network (manifest `fused`, trained with model.fuse=true) also reads the trees'
 aggregates of each attempt: the scorer keeps them as LightGBM's online scorer does
@@ -43,7 +45,12 @@ from issuer_seq import features as F
 from issuer_seq.delays import grid_seconds
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.features import ROUTE_STREAM, SHARED_STREAMS, STREAMS
-from issuer_seq.recalibration import FollowOutcomes, RecalibrationSettings
+from issuer_seq.recalibration import (
+    FollowOutcomes,
+    FollowRouteOutcomes,
+    RecalibrationSettings,
+    RouteRecalibrationSettings,
+)
 from issuer_seq.retry_policy import (
     DEFAULT_ECONOMICS,
     NOW_3DS_DELAY_S,
@@ -109,6 +116,12 @@ def make_session(model: Path, providers: Sequence[str], threads: int, allow_fall
     return session
 
 
+def route_of(record: Mapping[str, Any]) -> str:
+    """The route an attempt names ("" for one without: a log of one route)."""
+    route = record.get("route")
+    return "" if route is None else str(route)
+
+
 def outcome_key(attempt: Mapping[str, Any], event: Event) -> tuple[str, str, int, int]:
     """What ties a scored attempt to its outcome: the card, the merchant, the time and the
     attempt number."""
@@ -127,6 +140,7 @@ class Scorer:
         rules: NetworkRules = DEFAULT_RULES,
         economics: RetryEconomics = DEFAULT_ECONOMICS,
         recalibration: RecalibrationSettings | None = None,
+        route_recalibration: RouteRecalibrationSettings | None = None,
     ) -> None:
         self.root = Path(bundle)
         self.manifest = verify_bundle(self.root)
@@ -170,6 +184,10 @@ class Scorer:
         self._online_lock = threading.Lock()
         # approval probabilities recalibrated to recent outcomes (None: as the bundle has them)
         self.recalibration = None if recalibration is None else FollowOutcomes(recalibration)
+        # and per issuer x route (None: not)
+        self.route_recalibration = (
+            None if route_recalibration is None else FollowRouteOutcomes(route_recalibration)
+        )
 
     def _online_features(
         self, fused: Mapping[str, Any] | None
@@ -335,10 +353,20 @@ class Scorer:
         current = [encode_event(self.vocab, {**a, "response_code": None}) for a in attempts]
         windows = self.windows(attempts, current)
         p = self.run(self.inputs(current, windows, fused=self.fused_rows(attempts)))[0]
-        if self.recalibration is None:
+        if self.recalibration is None and self.route_recalibration is None:
             return p
         keys = [outcome_key(a, e) for a, e in zip(attempts, current, strict=True)]
-        return self.recalibration.adjust(p, [e.t for e in current], keys)
+        if self.recalibration is not None:
+            p = self.recalibration.adjust(p, [e.t for e in current], keys)
+        if self.route_recalibration is not None:
+            follow = self.route_recalibration
+            p = np.concatenate(
+                [
+                    follow.adjust(p[i : i + 1], e.t, str(a["issuer_id"]), [route_of(a)], key)
+                    for i, (a, e, key) in enumerate(zip(attempts, current, keys, strict=True))
+                ]
+            )
+        return p
 
     def score(self, attempt: Mapping[str, Any]) -> float:
         return float(self.score_batch([attempt])[0])
@@ -376,11 +404,15 @@ class Scorer:
             p = self.run(self.inputs(candidates, routed, fused=fused))[0]
         else:
             p = self.run_routes(self.inputs(candidates, routed, fused=fused, routes=True))
-        if self.recalibration is None:
-            return p
-        # the intercept known now: a retry's (later) time would refit ahead of the outcomes
+        # the intercepts known now: a retry's (later) time would refit ahead of the outcomes
         now = current.t if pending is None else pending.t
-        return self.recalibration.adjust(p, [now] * len(p))
+        if self.recalibration is not None:
+            p = self.recalibration.adjust(p, [now] * len(p))
+        if self.route_recalibration is not None:
+            # an attempt about to be sent waits for its outcome; a retry's is not sent yet
+            key = outcome_key(attempt, current) if pending is None else None
+            p = self.route_recalibration.adjust(p, now, str(attempt["issuer_id"]), routes, key)
+        return p
 
     def run_routes(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The route graph on `inputs` (`inputs(..., routes=True)`): p_approve per route."""
@@ -563,9 +595,17 @@ class Scorer:
         if self.online is not None:
             with self._online_lock:
                 self.online.observe(outcome)
+        approved = str(outcome["response_code"]) == APPROVED_CODE
         if self.recalibration is not None:
-            approved = str(outcome["response_code"]) == APPROVED_CODE
             self.recalibration.observed(outcome_key(outcome, event), event.t, approved)
+        if self.route_recalibration is not None:
+            self.route_recalibration.observed(
+                outcome_key(outcome, event),
+                event.t,
+                str(outcome["issuer_id"]),
+                route_of(outcome),
+                approved,
+            )
 
 
 __all__ = ["BundleError", "RetryAdvice", "Scorer", "verify_bundle"]

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from issuer_seq.errors import IssuerSeqError
-from issuer_seq.recalibration import RecalibrationSettings
+from issuer_seq.recalibration import RecalibrationSettings, RouteRecalibrationSettings
 from issuer_seq.retry_policy import DEFAULT_ECONOMICS
 from issuer_seq.routing.policies import RouteChoice, choose_route, route_values
 from issuer_seq.serve.advice import RULES_STREAM, RetryAdvice
@@ -94,6 +94,7 @@ class ServeSettings:
     http: str = "auto"
     debug_model_delay_ms: float = 0.0
     recalibration: RecalibrationSettings | None = None
+    route_recalibration: RouteRecalibrationSettings | None = None
 
 
 class Overloaded(Exception):
@@ -230,6 +231,7 @@ class Service:
                 threads=s.threads,
                 model_file=s.model_file,
                 recalibration=s.recalibration,
+                route_recalibration=s.route_recalibration,
             )
             self._warm_up(scorer)
             if scorer.recalibration is not None:
@@ -242,6 +244,17 @@ class Service:
                     s.recalibration.step_h,
                     s.recalibration.window_h,
                     s.recalibration.min_outcomes,
+                )
+            if scorer.route_recalibration is not None:
+                pairs = scorer.route_recalibration.intercepts
+                self.metrics.route_recalibration_pairs.set_function(lambda: len(pairs.values))
+                self.metrics.route_recalibration_outcomes.set_function(lambda: pairs.fitted_on)
+                log.info(
+                    "route recalibration: an intercept per issuer x route refitted every %g h "
+                    "to the last %g h of its outcomes (prior sd %g)",
+                    s.route_recalibration.step_h,
+                    s.route_recalibration.window_h,
+                    s.route_recalibration.prior_sd,
                 )
             frozen = freeze_heap()
             providers = scorer.session.get_providers()
