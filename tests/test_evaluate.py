@@ -275,6 +275,7 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     assert routing["dr_covers"]["checks"] == len(policies) * 2
     assert "lightgbm per route: " in out.stdout  # on the SQL features the baselines read
     assert "routing policy" in out.stdout
+    assert "transformer_recalibrated: " in out.stdout and "route_recalibration" in out.stdout
     assert "model" in out.stdout and "retry policy" in out.stdout
     # every stage logs its time; each search trial its result
     for stage in (

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.routing import (
     evaluate_routing,
+    recalibration_verdicts,
     value_with_intervals,
     warmed_success_rate,
 )
@@ -210,7 +211,7 @@ def test_reaction_is_compared_on_the_episodes_the_oracle_reacts_to(
         assert pol["oracle"]["median_hours"] is not None
 
 
-def test_route_recalibration_is_an_arm_of_each_predictor(world: World) -> None:
+def test_route_recalibration_is_an_arm_of_each_predictor(world: World, tmp_path: Path) -> None:
     """`noisy_recalibrated` is the expected-value policy on the noisy matrix replayed through
     `recalibrated_routes` in time order, every test attempt's outcome recorded (retries too,
     with first attempts only valued)."""
@@ -233,11 +234,27 @@ def test_route_recalibration_is_an_arm_of_each_predictor(world: World) -> None:
         by_hand = world.run(
             predictors={"noisy": world.noisy, "by_hand": manual}, attempts=attempts, n_bootstrap=20
         )
-        arm = out["policies"]["noisy_recalibrated"]
+        arm_name = "noisy_recalibrated"
+        arm = out["policies"][arm_name]
         assert arm["kind"] == "expected_value_recalibrated"
         assert arm["value"] == by_hand["policies"]["by_hand"]["value"]
         assert out["policies"]["noisy"]["value"] == by_hand["policies"]["noisy"]["value"]
         assert out["route_recalibration"]["prior_sd"] == 0.3
+        # its change over the model's own policy, paired: the same resamples
+        versus = arm["versus"]
+        assert versus["policy"] == "noisy" and "versus" not in out["policies"]["noisy"]
+        change = versus["share_of_oracle_uplift_change"]
+        shares = [
+            out["policies"][k]["share_of_oracle_uplift"]["value"] for k in ("noisy", arm_name)
+        ]
+        assert change["value"] == pytest.approx(shares[1] - shares[0], abs=1e-12)
+        assert change["low"] <= change["value"] <= change["high"]
+    # the report shows the arm and says whether to serve it
+    summary = report_with_routing(out, tmp_path)
+    assert "noisy_recalibrated" in [r["policy"] for r in summary["routing_policies"]]
+    page = (tmp_path / "report.html").read_text()
+    assert "Recalibrated per issuer x route" in page
+    assert "noisy_recalibrated: " in page and "route_recalibration" in page
     assert world.run(n_bootstrap=20)["route_recalibration"] is None
     assert "noisy_recalibrated" not in world.run(n_bootstrap=20)["policies"]
 
@@ -328,3 +345,17 @@ def test_intervals_hold_routing_values_points(n: int, n_routes: int, seed: int) 
     assert out["other"]["value"]["high"] <= out["oracle"]["value"]["high"] + 1e-9
     share = out["other"]["share_of_oracle_uplift"]["high"]
     assert share is None or share <= 1 + 1e-9
+
+
+def test_evaluate_says_whether_to_serve_the_recalibrated_routing() -> None:
+    def routing(low: float, high: float) -> dict[str, Any]:
+        change = {"value": (low + high) / 2, "low": low, "high": high}
+        versus = {"policy": "transformer", "share_of_oracle_uplift_change": change}
+        return {"policies": {"transformer": {}, "transformer_recalibrated": {"versus": versus}}}
+
+    (ahead,) = recalibration_verdicts(routing(0.02, 0.08))
+    assert ahead.startswith("transformer_recalibrated: +5.0 points of the oracle's uplift over")
+    assert "(95%: +2.0 to +8.0): ahead; serve with route_recalibration.enabled=true" in ahead
+    (level,) = recalibration_verdicts(routing(-0.01, 0.05))
+    assert level.endswith("not ahead; leave route_recalibration off")
+    assert recalibration_verdicts({"policies": {"transformer": {}}}) == []

@@ -14,6 +14,7 @@ from issuer_seq.baselines.saved_lightgbm import LIGHTGBM_DIR
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.baselines import fit_baselines
 from issuer_seq.evaluate.recommend import decide
+from issuer_seq.evaluate.routing import recalibration_verdicts
 from issuer_seq.evaluate.run import evaluate
 from issuer_seq.recalibration import RouteRecalibrationSettings, settings_from
 
@@ -150,6 +151,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 f"{name:<26} {r['value']['value']:>10.1f} {r['approvals']['value']:>10.1f} "
                 f"{'' if share is None else f'{100 * share:>7.1f}%':>8}"
             )
+        lines.extend(recalibration_verdicts(routing))
     elif routing:
         lines.append(f"routing: {routing['note']}")
     lines.append(f"recommendation: {result['recommendation']['text']}")

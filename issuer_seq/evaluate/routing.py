@@ -229,10 +229,13 @@ def value_with_intervals(
     n_bootstrap: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    versus: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per policy (static first, the oracle last, as `with_references` orders them): totals
     of expected approvals and value with the truth, uplift over static and share of the
-    oracle's uplift, each {value, low, high} with a percentile bootstrap over `groups`."""
+    oracle's uplift, each {value, low, high} with a percentile bootstrap over `groups`.
+    `versus`: policy -> another; that policy also gets `versus` {policy, the change of its
+    share of the oracle's uplift (value) over the other's, paired: the same resamples}."""
     names = list(policies)
     if names[0] != STATIC or names[-1] != ORACLE:
         raise IssuerSeqError("policies must run from static to the oracle (with_references)")
@@ -259,6 +262,18 @@ def value_with_intervals(
             out[name][share] = _interval(share_point[j], share_samples[:, j], level)
     for j, name in enumerate(names):
         out[name]["approval_rate"] = _finite(a[:, j].mean()) if len(a) else None
+    point, samples = totals["value"]
+    up_point, up_samples = point - point[0], samples - samples[:, :1]
+    room, room_s = up_point[-1], up_samples[:, -1]
+    for name, other in (versus or {}).items():
+        j, k = names.index(name), names.index(other)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            change = (up_point[j] - up_point[k]) / room if room > 0 else np.nan
+            changes = np.where(room_s > 0, (up_samples[:, j] - up_samples[:, k]) / room_s, np.nan)
+        out[name]["versus"] = {
+            "policy": other,
+            "share_of_oracle_uplift_change": _interval(change, changes, level),
+        }
     return out
 
 
@@ -493,24 +508,48 @@ def warmed_success_rate(
     return out[len(history) :]
 
 
-def _recalibrating(
+def _recalibrated(
+    p: np.ndarray,
     frame: pd.DataFrame,
     logged_route: np.ndarray,
     table: RouteTable,
-    settings: RouteRecalibrationSettings | None,
-) -> Any:
-    """p (N, R) of `frame`'s attempts (time order) -> recalibrated per issuer x route
-    (`recalibrated_routes`), or None without settings."""
-    if settings is None:
-        return None
-    issuer = frame["issuer_id"].to_numpy(object)
-    approved = (frame["response_code"].astype(str) == "00").to_numpy()
-    t = as_seconds(frame["ts"]).astype(np.float64)
+    settings: RouteRecalibrationSettings,
+) -> np.ndarray:
+    """p (N, R) of `frame`'s attempts (time order), recalibrated per issuer x route
+    (`recalibrated_routes`), every attempt's outcome recorded through its logged route."""
+    return recalibrated_routes(
+        p,
+        frame["issuer_id"].to_numpy(object),
+        logged_route,
+        (frame["response_code"].astype(str) == "00").to_numpy(),
+        as_seconds(frame["ts"]).astype(np.float64),
+        table.names,
+        settings,
+    )
 
-    def recalibrate(p: np.ndarray) -> np.ndarray:
-        return recalibrated_routes(p, issuer, logged_route, approved, t, table.names, settings)
 
-    return recalibrate
+def recalibration_verdicts(routing: Mapping[str, Any]) -> list[str]:
+    """A line per model whose routing also ran recalibrated per issuer x route: the change of
+    its share of the oracle's uplift, paired, and whether to serve it so."""
+    lines = []
+    for name, policy in routing["policies"].items():
+        versus = policy.get("versus")
+        if not versus:
+            continue
+        c = versus["share_of_oracle_uplift_change"]
+        if None in (c["value"], c["low"], c["high"]):
+            continue
+        ahead = c["low"] > 0
+        lines.append(
+            f"{name}: {100 * c['value']:+.1f} points of the oracle's uplift over "
+            f"{versus['policy']} (95%: {100 * c['low']:+.1f} to {100 * c['high']:+.1f}): "
+            + (
+                "ahead; serve with route_recalibration.enabled=true"
+                if ahead
+                else "not ahead; leave route_recalibration off"
+            )
+        )
+    return lines
 
 
 def evaluate_routing(
@@ -573,7 +612,7 @@ def evaluate_routing(
     )
 
     keep = np.ones(len(frame), bool) if attempts == "all" else frame["attempt"].to_numpy() == 1
-    recalibrate = _recalibrating(frame, logged_route, table, recalibration)
+    every = frame  # the outcomes of every attempt feed the recalibration's replay
     frame = frame[keep].reset_index(drop=True)
     prio = table.priority(frame["merchant_id"].to_numpy())
     cand = prio != NOT_HELD
@@ -598,10 +637,9 @@ def evaluate_routing(
                 f"{(len(order), table.n_routes)}"
             )
         mats[name] = _check_predictor(name, arr[order][keep], cand)
-        if recalibrate is not None:
-            mats[f"{name}_recalibrated"] = _check_predictor(
-                name, recalibrate(arr[order])[keep], cand
-            )
+        if recalibration is not None:
+            moved = _recalibrated(arr[order], every, logged_route, table, recalibration)
+            mats[f"{name}_recalibrated"] = _check_predictor(name, moved[keep], cand)
     given = {SUCCESS_RATE: sr_test[keep]} | {
         name: choose_route(m, prio, amount, fees, econ).probs for name, m in mats.items()
     }
@@ -609,7 +647,7 @@ def evaluate_routing(
     kinds = {STATIC: "static", SUCCESS_RATE: "success_rate", ORACLE: "oracle"} | {
         f"{name}_recalibrated": "expected_value_recalibrated"
         for name in predictors
-        if recalibrate is not None
+        if recalibration is not None
     }
     rate_model = logged_rate_model(hist, table, frame["issuer_id"].to_numpy(), prio)
     reward_models = {
@@ -657,8 +695,9 @@ def evaluate_routing(
             "logged": on_policy(rewards, groups, n_bootstrap, level, seed),
         }
 
+    versus = {f"{name}_recalibrated": name for name in predictors if recalibration is not None}
     values = value_with_intervals(
-        policies, p_true, amount, fees, groups, econ, n_bootstrap, level, seed
+        policies, p_true, amount, fees, groups, econ, n_bootstrap, level, seed, versus
     )
     episodes = pd.DataFrame(
         meta.get("route_episodes") or [], columns=["issuer_id", "route", "start", "end"]

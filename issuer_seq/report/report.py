@@ -26,6 +26,8 @@ from matplotlib.transforms import Bbox
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from issuer_seq.evaluate.routing import recalibration_verdicts  # noqa: E402
+
 COLORS = {
     "transformer": "#1f6feb",
     # model-size variants of the transformer: lighter for smaller
@@ -622,9 +624,20 @@ def routing_html(
         "p_approve for its policy; for the others, each issuer x route's approval rate on the "
         "log before the test split."
     )
+    verdicts = recalibration_verdicts(routing)
     parts = [
         _table(rows, columns),
         f"<p class='note'>{html.escape(explain)}</p>",
+        *(
+            [
+                "<p>Recalibrated per issuer x route (<code>_recalibrated</code>, paired "
+                "against the model's own routing):</p><ul>"
+                + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts)
+                + "</ul>"
+            ]
+            if verdicts
+            else []
+        ),
         "<h3>Off-policy estimates against the truth</h3>",
         _img(figures.get("routing_ope")),
         f"<p>{html.escape(ope_note)}</p>",
