@@ -300,7 +300,14 @@ def retry_chart(evaluation: Mapping[str, Any], path: Path) -> Path | None:
 
 
 ESTIMATOR_COLORS = {"ips": "#d4a72c", "snips": "#bf3989", "dr": "#1f6feb"}
-ROUTING_COLORS = {"static": "#8c959f", "success_rate": "#cf222e", "oracle": "#2da44e"}
+ROUTING_COLORS = {
+    "static": "#8c959f",
+    "success_rate": "#cf222e",
+    "oracle": "#2da44e",
+    # a model's routing recalibrated per issuer x route: a darker shade of the model's
+    "transformer_recalibrated": "#0a3069",
+    "lightgbm_recalibrated": "#7d4e00",
+}
 
 
 def _with_interval(cell: Mapping[str, Any] | None, digits: int = 1, pct: bool = False) -> str:
