@@ -334,6 +334,8 @@ class FollowRouteOutcomes:
     ) -> np.ndarray:
         """p (R,) of one attempt through `routes` at time t -> recalibrated (R,); `key`: keep
         the logits for the attempt's outcome."""
+        if len(p) != len(routes):
+            raise IssuerSeqError(f"{len(p)} probabilities for {len(routes)} routes")
         z = [_logit(float(pi)) for pi in p]
         names = [str(r) for r in routes]
         with self._lock:

@@ -11,6 +11,7 @@ from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.metrics import approval_metrics, recalibration_metrics
 from issuer_seq.recalibration import (
     FollowOutcomes,
+    FollowRouteOutcomes,
     RecalibrationSettings,
     RecentIntercept,
     RouteRecalibrationSettings,
@@ -259,3 +260,24 @@ def test_route_recalibration_keeps_unheld_routes_nan_and_checks_its_input() -> N
     )
     with pytest.raises(IssuerSeqError, match="route_recalibration: unknown key.*min_outcomes"):
         settings_from({"min_outcomes": 3}, RouteRecalibrationSettings)
+
+
+def test_a_service_records_route_outcomes_only_through_the_routes_it_scored() -> None:
+    follow = FollowRouteOutcomes(RouteRecalibrationSettings(), max_pending=2)
+    p = np.array([0.9, 0.6], dtype=np.float32)
+    out = follow.adjust(p, 10.0, "i", ["a", "b"], key="k1")
+    assert out.dtype == np.float32 and np.allclose(out, p)  # no outcomes yet: no intercept
+    assert not follow.observed("k1", 20.0, "i", "c", False)  # went through a route not scored
+    follow.adjust(p, 10.0, "i", ["a", "b"], key="k1")
+    assert follow.observed("k1", 20.0, "i", "b", False)
+    assert not follow.observed("k1", 20.0, "i", "b", False)  # recorded once
+    for key in ("k2", "k3", "k4"):  # at most 2 wait: k2 is let go
+        follow.adjust(p[:1], 30.0, "i", ["a"], key=key)
+    assert not follow.observed("k2", 40.0, "i", "a", True)
+    assert follow.observed("k4", 40.0, "i", "a", True)
+    # the next step's refit reads the two recorded outcomes: (i, b) declined, (i, a) approved
+    later = follow.adjust(p, 7200.0, "i", ["a", "b"])
+    assert follow.intercepts.fitted_on == 2
+    assert logit(later[0]) > logit(p[0]) and logit(later[1]) < logit(p[1])
+    with pytest.raises(IssuerSeqError, match="2 probabilities for 1 routes"):
+        follow.adjust(p, 7200.0, "i", ["a"])
