@@ -493,7 +493,10 @@ def routing_ope_chart(evaluation: Mapping[str, Any], path: Path) -> Path | None:
                     lw=2,
                     label="truth" if i == 0 else None,
                 )
-        ax.set_xticks(range(len(policies)), policies, rotation=20)
+        # slanted, each ending under its own policy: long names side by side stay apart
+        ax.set_xticks(
+            range(len(policies)), policies, rotation=30, ha="right", rotation_mode="anchor"
+        )
         ax.set_ylabel(label)
         ax.set_title(f"reward: {reward}")
         ax.grid(axis="y", alpha=0.3)
