@@ -27,7 +27,7 @@ from issuer_seq.rules import AttemptColumns, check_retries
 from issuer_seq.schema import load_log
 from issuer_seq.simulate import SimConfig, WorldParams, simulate
 from issuer_seq.suite.ledger import LedgerParams, generate
-from issuer_seq.suite.report import markdown, world_metrics
+from issuer_seq.suite.report import ROUTING, markdown, world_metrics, world_routing
 from issuer_seq.suite.worlds import RANGES, SIZES, WorldSpec, draw_suite, draw_world
 from tests.conftest import ROOT
 
@@ -294,6 +294,13 @@ def test_the_reduced_suite_runs_end_to_end(tmp_path: Path) -> None:
         for model in ("transformer", "lightgbm"):
             r = w["recalibrated"][model]
             assert 0 < r["logloss"] < 1 and 0 <= r["ece"] < 1
+        # routing: each policy's share of the oracle's uplift; none for the ledger (no routes)
+        routing = w["routing"]
+        assert set(routing) == set(ROUTING)
+        if name == "ci_sim":
+            assert all(share is not None and share <= 1 + 1e-9 for share in routing.values())
+        else:
+            assert all(share is None for share in routing.values())
         # the ceiling: LightGBM fitted to the truth, its share by evaluate's definition
         c, m = w["ceiling"], w["metrics"]
         assert 0 < c["logloss"] < m["base_rate"]["logloss"] and 0.5 < c["auroc"] <= 1
@@ -357,3 +364,17 @@ def test_a_world_without_truth_gets_no_ceiling_and_the_table_says_so(
     }
     row = next(line for line in markdown(result).splitlines() if line.startswith("| w |"))
     assert [cell.strip() for cell in row.split("|")].count("no truth") == 4
+
+
+def test_the_suite_keeps_each_routing_policys_share_where_routing_was_valued() -> None:
+    share = {"value": 0.7, "low": 0.6, "high": 0.8}
+    valued = {"mode": "truth", "policies": {"transformer": {"share_of_oracle_uplift": share}}}
+    kept = world_routing({"routing": valued})
+    assert kept["transformer"] == 0.7 and kept["transformer_recalibrated"] is None
+    # estimated off-policy only (no truth), not applicable, or not run: nothing to keep
+    for routing in (
+        {"mode": "off_policy_only", "policies": valued["policies"]},
+        {"applicable": False, "note": "one route"},
+        None,
+    ):
+        assert set(world_routing({"routing": routing}).values()) == {None}

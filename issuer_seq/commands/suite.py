@@ -41,7 +41,13 @@ from issuer_seq.evaluate.paired import differences
 from issuer_seq.evaluate.run import load_truth, predict
 from issuer_seq.progress import bar, stage
 from issuer_seq.schema import load_log
-from issuer_seq.suite.report import markdown, of_ceiling, world_metrics, world_recalibrated
+from issuer_seq.suite.report import (
+    markdown,
+    of_ceiling,
+    world_metrics,
+    world_recalibrated,
+    world_routing,
+)
 from issuer_seq.suite.worlds import WorldSpec, draw_suite, generate
 from issuer_seq.train.trained_run import TrainedRun
 
@@ -157,6 +163,7 @@ def run_world(cfg: DictConfig, spec: WorldSpec) -> dict[str, Any]:
         "test_examples": evaluation["split"]["test_examples"],
         "metrics": metrics,
         "recalibrated": world_recalibrated(evaluation),
+        "routing": world_routing(evaluation),
         "ceiling": ceiling | of_ceiling(metrics, ceiling),
         "transformer_minus_lightgbm": paired,
         "seconds": seconds,

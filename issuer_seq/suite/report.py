@@ -37,6 +37,27 @@ def world_recalibrated(evaluation: dict[str, Any]) -> dict[str, dict[str, float 
     }
 
 
+#: routing policies whose share of the oracle's uplift the suite keeps
+ROUTING = (
+    "transformer",
+    "transformer_recalibrated",
+    "lightgbm",
+    "lightgbm_recalibrated",
+    "success_rate",
+)
+
+
+def world_routing(evaluation: dict[str, Any]) -> dict[str, float | None]:
+    """{policy: its share of the oracle's uplift over static routing} (evaluation.json
+    `routing`, valued with the truth); None for a policy that did not run, and for every one
+    where routing was not valued (a log of one route, no propensities, no truth)."""
+    routing = evaluation.get("routing") or {}
+    policies = routing.get("policies", {}) if routing.get("mode") == "truth" else {}
+    return {
+        p: (policies.get(p, {}).get("share_of_oracle_uplift") or {}).get("value") for p in ROUTING
+    }
+
+
 def of_ceiling(
     metrics: dict[str, dict[str, float | None]], ceiling: dict[str, Any]
 ) -> dict[str, Any]:
@@ -81,8 +102,9 @@ def _table(worlds: dict[str, dict[str, Any]]) -> list[str]:
         "[95%] | AUROC: transformer / LightGBM | ceiling AUROC | transformer - LightGBM AUROC "
         "[95%] | ECE: transformer / LightGBM | recalibrated log loss: transformer / LightGBM "
         "| recalibrated ECE: transformer / LightGBM | oracle share: transformer / LightGBM / "
-        "stacked | ceiling oracle share | of the ceiling's share: transformer / LightGBM | wall "
-        "s: data / train / evaluate / bootstrap / ceiling |"
+        "stacked | ceiling oracle share | of the ceiling's share: transformer / LightGBM | "
+        "routing, share of the oracle's uplift: transformer / recalibrated / LightGBM / "
+        "recalibrated / success rate | wall s: data / train / evaluate / bootstrap / ceiling |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, w in worlds.items():
@@ -93,6 +115,8 @@ def _table(worlds: dict[str, dict[str, Any]]) -> list[str]:
         recal = w.get("recalibrated", {})
         rt, rl = recal.get("transformer", none), recal.get("lightgbm", none)
         c_logloss, c_auroc, c_share, c_fractions = _ceiling_cells(w)
+        routing = w.get("routing", {})  # suite.json files from before it: "-"
+        routes = " / ".join(_pct(routing.get(p)) for p in ROUTING)
         lines.append(
             f"| {name} | {w['generator']} | {p['n_cards']:,} | {p['days']} | {w['data']['rows']:,} "
             f"| {_pct(w['data']['approval_rate'])} "
@@ -105,7 +129,7 @@ def _table(worlds: dict[str, dict[str, Any]]) -> list[str]:
             f"| {_num(rt['ece'])} / {_num(rl['ece'])} "
             f"| {_pct(tr['oracle_share'])} / {_pct(lg['oracle_share'])} / "
             f"{_pct(st['oracle_share'])} | {c_share} "
-            f"| {c_fractions} "
+            f"| {c_fractions} | {routes} "
             f"| {s.get('generate', 0):.0f} / {s.get('train', 0):.0f} / "
             f"{s.get('evaluate', 0):.0f} / {s.get('bootstrap', 0):.0f} / "
             f"{s.get('ceiling', 0):.0f} |"
