@@ -41,7 +41,7 @@ the log itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -508,23 +508,20 @@ def warmed_success_rate(
     return out[len(history) :]
 
 
-def _recalibrated(
-    p: np.ndarray,
+def _replay(
     frame: pd.DataFrame,
     logged_route: np.ndarray,
     table: RouteTable,
     settings: RouteRecalibrationSettings,
-) -> np.ndarray:
-    """p (N, R) of `frame`'s attempts (time order), recalibrated per issuer x route
-    (`recalibrated_routes`), every attempt's outcome recorded through its logged route."""
-    return recalibrated_routes(
-        p,
-        frame["issuer_id"].to_numpy(object),
-        logged_route,
-        (frame["response_code"].astype(str) == "00").to_numpy(),
-        as_seconds(frame["ts"]).astype(np.float64),
-        table.names,
-        settings,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """p (N, R) of `frame`'s attempts (time order) -> recalibrated per issuer x route
+    (`recalibrated_routes`), every attempt's outcome recorded through its logged route; the
+    attempts' columns read once for every predictor."""
+    issuer = frame["issuer_id"].to_numpy(object)
+    approved = (frame["response_code"].astype(str) == "00").to_numpy()
+    t = as_seconds(frame["ts"]).astype(np.float64)
+    return lambda p: recalibrated_routes(
+        p, issuer, logged_route, approved, t, table.names, settings
     )
 
 
@@ -612,7 +609,9 @@ def evaluate_routing(
     )
 
     keep = np.ones(len(frame), bool) if attempts == "all" else frame["attempt"].to_numpy() == 1
-    every = frame  # the outcomes of every attempt feed the recalibration's replay
+    # every attempt's outcome feeds the recalibration's replay, whichever are valued
+    replay = None if recalibration is None else _replay(frame, logged_route, table, recalibration)
+    versus = {f"{name}_recalibrated": name for name in predictors if replay is not None}
     frame = frame[keep].reset_index(drop=True)
     prio = table.priority(frame["merchant_id"].to_numpy())
     cand = prio != NOT_HELD
@@ -637,18 +636,14 @@ def evaluate_routing(
                 f"{(len(order), table.n_routes)}"
             )
         mats[name] = _check_predictor(name, arr[order][keep], cand)
-        if recalibration is not None:
-            moved = _recalibrated(arr[order], every, logged_route, table, recalibration)
-            mats[f"{name}_recalibrated"] = _check_predictor(name, moved[keep], cand)
+        if replay is not None:
+            mats[f"{name}_recalibrated"] = _check_predictor(name, replay(arr[order])[keep], cand)
     given = {SUCCESS_RATE: sr_test[keep]} | {
         name: choose_route(m, prio, amount, fees, econ).probs for name, m in mats.items()
     }
     policies = with_references(given, p_true, prio, amount, fees, econ)
-    kinds = {STATIC: "static", SUCCESS_RATE: "success_rate", ORACLE: "oracle"} | {
-        f"{name}_recalibrated": "expected_value_recalibrated"
-        for name in predictors
-        if recalibration is not None
-    }
+    kinds = {STATIC: "static", SUCCESS_RATE: "success_rate", ORACLE: "oracle"}
+    kinds |= dict.fromkeys(versus, "expected_value_recalibrated")
     rate_model = logged_rate_model(hist, table, frame["issuer_id"].to_numpy(), prio)
     reward_models = {
         name: (name, mats[name]) if name in mats else (RATE_MODEL, rate_model) for name in policies
@@ -695,7 +690,6 @@ def evaluate_routing(
             "logged": on_policy(rewards, groups, n_bootstrap, level, seed),
         }
 
-    versus = {f"{name}_recalibrated": name for name in predictors if recalibration is not None}
     values = value_with_intervals(
         policies, p_true, amount, fees, groups, econ, n_bootstrap, level, seed, versus
     )
