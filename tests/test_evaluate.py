@@ -28,6 +28,7 @@ from issuer_seq.evaluate.ceiling import fit_to_truth
 from issuer_seq.evaluate.metrics import approval_metrics, calibration_by_route, ece, oracle_share
 from issuer_seq.evaluate.retry import compare_policies
 from issuer_seq.evaluate.run import logged_3ds_retries, rule_view
+from issuer_seq.routing.policies import as_seconds
 from issuer_seq.schema import load_log
 from issuer_seq.train.module import approval_metrics as torch_metrics
 from tests.conftest import ROOT, make_sim
@@ -262,11 +263,18 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
     models = ["transformer", "transformer_recalibrated", "lightgbm", "lightgbm_recalibrated"]
     policies = ["static", "success_rate", *models, "oracle"]
     assert list(routing["policies"]) == policies
+    # its replay warmed up on the outcomes of the 24 h before the test split
+    frame = load_log(data).frame
+    ts = as_seconds(frame["ts"])
+    start = ts[split_of(frame) == TEST].min()
+    warm = int(((ts < start) & (ts >= start - 24 * 3600)).sum())
+    assert warm > 0
     assert routing["route_recalibration"] == {
         "window_h": 24,
         "step_h": 1,
         "prior_sd": 0.2,
         "max_outcomes": 200_000,
+        "warmup_outcomes": warm,
     }
     assert routing["policies"]["oracle"]["share_of_oracle_uplift"]["value"] == pytest.approx(1.0)
     for model in models:  # never above the oracle's value

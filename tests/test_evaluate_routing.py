@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.evaluate.routing import (
+    RouteWarmup,
     evaluate_routing,
     recalibration_verdicts,
     value_with_intervals,
@@ -52,6 +53,7 @@ class World:
         self.history = frame[~test].reset_index(drop=True)
         self.test = frame[test].reset_index(drop=True)
         self.truth = truth.loc[self.test["txn_id"]].reset_index()
+        self.truth_by_txn = truth
         self.table = RouteTable.from_meta(self.meta)
         self.p_true = truth_matrix(self.truth, self.table.names)
         rng = np.random.default_rng(3)
@@ -257,6 +259,62 @@ def test_route_recalibration_is_an_arm_of_each_predictor(world: World, tmp_path:
     assert "noisy_recalibrated: " in page and "route_recalibration" in page
     assert world.run(n_bootstrap=20)["route_recalibration"] is None
     assert "noisy_recalibrated" not in world.run(n_bootstrap=20)["policies"]
+
+
+def test_route_recalibration_warms_up_on_the_attempts_before_the_split(world: World) -> None:
+    """With a warm-up, the replay records the outcomes of the attempts before the split
+    first (each through its logged route, with the predictor's p there), as a service that
+    ran before would have: the arm equals the replay of warm-up and test attempts by hand,
+    sliced to the test's; the warm-up moves the test's first decisions."""
+    chosen = RouteRecalibrationSettings(window_h=12, prior_sd=0.3)
+    hist = world.history
+    start = as_seconds(world.test["ts"]).min()
+    warm = hist[as_seconds(hist["ts"]) >= start - 12 * 3600].reset_index(drop=True)
+    rng = np.random.default_rng(5)
+    p_true = truth_matrix(world.truth_by_txn.loc[warm["txn_id"]].reset_index(), world.table.names)
+    warm_p = np.clip(p_true + rng.normal(0.0, 0.05, p_true.shape), 0.0, 1.0)
+    warmup = RouteWarmup(warm, {"noisy": warm_p})
+
+    both = pd.concat([warm, world.test], ignore_index=True)
+    order = np.argsort(as_seconds(both["ts"]), kind="stable")
+    ordered = both.iloc[order].reset_index(drop=True)
+    replayed = recalibrated_routes(
+        np.concatenate([warm_p, world.noisy])[order],
+        ordered["issuer_id"].to_numpy(object),
+        world.table.index(ordered["route"].to_numpy()),
+        (ordered["response_code"] == "00").to_numpy(),
+        as_seconds(ordered["ts"]).astype(float),
+        world.table.names,
+        chosen,
+    )
+    manual = np.empty_like(replayed)
+    manual[order] = replayed
+    manual = manual[len(warm) :]  # the test's rows (the warm-up's all come first in time)
+    out = world.run(recalibration=chosen, warmup=warmup, n_bootstrap=20)
+    by_hand = world.run(predictors={"noisy": world.noisy, "by_hand": manual}, n_bootstrap=20)
+    assert out["policies"]["noisy_recalibrated"]["value"] == by_hand["policies"]["by_hand"]["value"]
+    assert out["route_recalibration"]["warmup_outcomes"] == len(warm) > 0
+    cold = world.run(recalibration=chosen, n_bootstrap=20)
+    assert cold["route_recalibration"]["warmup_outcomes"] == 0
+    assert (
+        out["policies"]["noisy_recalibrated"]["value"]
+        != cold["policies"]["noisy_recalibrated"]["value"]
+    )
+    # an attempt through a route the table lacks is left out; bad warm-ups are named
+    odd = warm.copy()
+    odd.loc[0, "route"] = "not_a_route"
+    left = world.run(
+        recalibration=chosen, warmup=RouteWarmup(odd, {"noisy": warm_p}), n_bootstrap=20
+    )
+    assert left["route_recalibration"]["warmup_outcomes"] == len(warm) - 1
+    with pytest.raises(IssuerSeqError, match="warm-up has no p of predictor 'noisy'"):
+        world.run(recalibration=chosen, warmup=RouteWarmup(warm, {"other": warm_p}))
+    with pytest.raises(IssuerSeqError, match="warm-up predictor 'noisy' has shape"):
+        world.run(recalibration=chosen, warmup=RouteWarmup(warm, {"noisy": warm_p[1:]}))
+    with pytest.raises(IssuerSeqError, match="must precede the test split"):
+        world.run(recalibration=chosen, warmup=RouteWarmup(world.test, {"noisy": world.noisy}))
+    with pytest.raises(IssuerSeqError, match=r"lack columns \['route'\]"):
+        world.run(recalibration=chosen, warmup=RouteWarmup(warm.drop(columns="route"), {}))
 
 
 def test_first_attempts_only(world: World) -> None:

@@ -19,8 +19,10 @@ Policies, each an (N, R) distribution over the route table's columns:
   matrix recalibrated per issuer x route to recent outcomes (recalibration.py
   `recalibrated_routes`: each attempt scored with the intercepts of its issuer's routes
   fitted to the test outcomes logged before it, as the service answers with
-  `route_recalibration` on). The replay starts at the test split's first attempt, with no
-  intercept (the models' per-route p of the earlier days are not computed);
+  `route_recalibration` on). Given `warmup` (the attempts of the last `window_h` hours
+  before the split, with each predictor's p of them), their outcomes are recorded first, as
+  a service running before the split would have had them; without it the replay starts at
+  the split with no intercept;
 - `oracle`: the same on the truth's p_approve per route.
 
 For each: expected approvals and value with the truth, uplift over static and share of the
@@ -42,6 +44,7 @@ the log itself.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -97,6 +100,7 @@ OFF_POLICY_ONLY = (
     "from the logged routes, propensities and outcomes (IPS, SNIPS, DR); no oracle, no "
     "truth-valued figures, no episode reactions"
 )
+WARMUP_COLUMNS = ("ts", "issuer_id", "route", "response_code")
 NEEDED = (
     "ts",
     "issuer_id",
@@ -108,6 +112,19 @@ NEEDED = (
     "route",
     "route_propensity",
 )
+
+
+@dataclass(frozen=True)
+class RouteWarmup:
+    """What the per issuer x route recalibration's replay records before the test split's
+    first attempt: `frame`, the attempts of the window before it (WARMUP_COLUMNS), and
+    `predictors`, each predictor's (M, R) p of them through each route of the route table (as
+    the test split's). Each attempt's outcome is recorded through its logged route with the
+    predictor's p there; an attempt whose route is not in the table, or has no p, is left out
+    (`recorded` counts the others)."""
+
+    frame: pd.DataFrame
+    predictors: Mapping[str, np.ndarray]
 
 
 def not_applicable(reason: str) -> dict[str, Any]:
@@ -513,16 +530,55 @@ def _replay(
     logged_route: np.ndarray,
     table: RouteTable,
     settings: RouteRecalibrationSettings,
-) -> Callable[[np.ndarray], np.ndarray]:
-    """p (N, R) of `frame`'s attempts (time order) -> recalibrated per issuer x route
-    (`recalibrated_routes`), every attempt's outcome recorded through its logged route; the
-    attempts' columns read once for every predictor."""
+    warmup: RouteWarmup | None = None,
+) -> tuple[Callable[[str, np.ndarray], np.ndarray], int]:
+    """(name, p (N, R) of `frame`'s attempts, time order) -> p recalibrated per issuer x route
+    (`recalibrated_routes`), every attempt's outcome recorded through its logged route, after
+    `warmup`'s outcomes with that predictor's p; the attempts' columns read once for every
+    predictor. Also the number of warm-up outcomes recorded."""
     issuer = frame["issuer_id"].to_numpy(object)
     approved = (frame["response_code"].astype(str) == "00").to_numpy()
     t = as_seconds(frame["ts"]).astype(np.float64)
-    return lambda p: recalibrated_routes(
-        p, issuer, logged_route, approved, t, table.names, settings
-    )
+    route = logged_route
+    warm_p: dict[str, np.ndarray] = {}
+    if warmup is not None:
+        w = warmup.frame
+        lacking = [c for c in WARMUP_COLUMNS if c not in w.columns]
+        if lacking:
+            raise IssuerSeqError(f"the recalibration's warm-up attempts lack columns {lacking}")
+        order = np.argsort(as_seconds(w["ts"]), kind="stable")
+        names = w["route"].astype(str).to_numpy(object)[order]
+        known = np.isin(names, np.asarray(table.names, dtype=object))
+        w_route = np.where(known, table.index(np.where(known, names, table.names[0])), -1)
+        rows = np.arange(len(order))
+        for name, p in warmup.predictors.items():
+            arr = np.asarray(p, dtype=np.float64)
+            if arr.shape != (len(w), table.n_routes):
+                raise IssuerSeqError(
+                    f"warm-up predictor {name!r} has shape {arr.shape}, the warm-up attempts' "
+                    f"routes {(len(w), table.n_routes)}"
+                )
+            warm_p[name] = arr[order]
+            known &= np.isfinite(warm_p[name][rows, np.maximum(w_route, 0)])
+        w_t = as_seconds(w["ts"]).astype(np.float64)[order][known]
+        if len(w_t) and len(t) and w_t[-1] > t[0]:
+            raise IssuerSeqError("the recalibration's warm-up attempts must precede the test split")
+        warm_p = {name: arr[known] for name, arr in warm_p.items()}
+        issuer = np.concatenate([w["issuer_id"].to_numpy(object)[order][known], issuer])
+        w_ok = (w["response_code"].astype(str) == "00").to_numpy()[order][known]
+        approved = np.concatenate([w_ok, approved])
+        t = np.concatenate([w_t, t])
+        route = np.concatenate([w_route[known], logged_route])
+    n_warm = len(t) - len(logged_route)
+
+    def replay(name: str, p: np.ndarray) -> np.ndarray:
+        if n_warm:
+            if name not in warm_p:
+                raise IssuerSeqError(f"the recalibration's warm-up has no p of predictor {name!r}")
+            p = np.concatenate([warm_p[name], p])
+        return recalibrated_routes(p, issuer, route, approved, t, table.names, settings)[n_warm:]
+
+    return replay, n_warm
 
 
 def recalibration_verdicts(routing: Mapping[str, Any]) -> list[str]:
@@ -563,6 +619,7 @@ def evaluate_routing(
     seed: int = 0,
     routes: ResolvedRoutes | None = None,
     recalibration: RouteRecalibrationSettings | None = None,
+    warmup: RouteWarmup | None = None,
 ) -> dict[str, Any]:
     """The routing section of evaluation.json (module docstring).
 
@@ -573,8 +630,9 @@ def evaluate_routing(
     log before the test split (success-rate routing warms up on it; the default DR reward
     model is fitted on it); routes: the route table (None: `resolve_routes` from meta.json,
     else inferred from the log); recalibration: each predictor also recalibrated per issuer x
-    route (`<name>_recalibrated`; None: not). A log without routes or without propensities
-    gives a "not applicable" entry.
+    route (`<name>_recalibrated`; None: not), its replay warmed up on `warmup` (None: starting
+    at the split). A log without routes or without propensities gives a "not applicable"
+    entry.
     """
     if attempts not in ATTEMPTS:
         raise IssuerSeqError(f"attempts must be one of {list(ATTEMPTS)}, got {attempts!r}")
@@ -610,7 +668,11 @@ def evaluate_routing(
 
     keep = np.ones(len(frame), bool) if attempts == "all" else frame["attempt"].to_numpy() == 1
     # every attempt's outcome feeds the recalibration's replay, whichever are valued
-    replay = None if recalibration is None else _replay(frame, logged_route, table, recalibration)
+    replay, n_warm = (
+        (None, 0)
+        if recalibration is None
+        else _replay(frame, logged_route, table, recalibration, warmup)
+    )
     versus = {f"{name}_recalibrated": name for name in predictors if replay is not None}
     frame = frame[keep].reset_index(drop=True)
     prio = table.priority(frame["merchant_id"].to_numpy())
@@ -637,7 +699,9 @@ def evaluate_routing(
             )
         mats[name] = _check_predictor(name, arr[order][keep], cand)
         if replay is not None:
-            mats[f"{name}_recalibrated"] = _check_predictor(name, replay(arr[order])[keep], cand)
+            mats[f"{name}_recalibrated"] = _check_predictor(
+                name, replay(name, arr[order])[keep], cand
+            )
     given = {SUCCESS_RATE: sr_test[keep]} | {
         name: choose_route(m, prio, amount, fees, econ).probs for name, m in mats.items()
     }
@@ -679,7 +743,8 @@ def evaluate_routing(
         },
         "route_recalibration": None
         if recalibration is None
-        else {k: getattr(recalibration, k) for k in recalibration.__dataclass_fields__},
+        else {k: getattr(recalibration, k) for k in recalibration.__dataclass_fields__}
+        | {"warmup_outcomes": n_warm},
     }
     if p_true is None:
         rewards = logged_rewards_by_kind(approved, amount, route, fees, econ)

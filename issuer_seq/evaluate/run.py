@@ -42,7 +42,12 @@ from issuer_seq.evaluate.metrics import (
 )
 from issuer_seq.evaluate.recommend import recommend
 from issuer_seq.evaluate.retry import compare_policies
-from issuer_seq.evaluate.routing import HISTORY_COLUMNS, evaluate_routing
+from issuer_seq.evaluate.routing import (
+    HISTORY_COLUMNS,
+    WARMUP_COLUMNS,
+    RouteWarmup,
+    evaluate_routing,
+)
 from issuer_seq.evaluate.routing_scores import lightgbm_route_matrix, transformer_route_matrix
 from issuer_seq.evaluate.stacking import apply_stack, fit_stack
 from issuer_seq.model.network import IssuerSeqNet
@@ -267,7 +272,9 @@ def routing_section(
     """evaluation.json's `routing`: evaluate/routing.py on the test rows, success-rate routing
     warmed up on the log before the test split; the route table from `routes_file`, else
     meta.json, else the log (routing/route_source.py); without truth, off-policy estimates
-    only; with `recalibration`, each model's routing also recalibrated per issuer x route."""
+    only; with `recalibration`, each model's routing also recalibrated per issuer x route,
+    its replay warmed up on the attempts of the last `window_h` hours before the split (the
+    models' per-route p of them computed with the test split's)."""
     frame = vlog.frame
     meta_path = resolve_log_path(data_dir).parent / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -278,7 +285,19 @@ def routing_section(
     before = ts < ts[test].min() if len(test) else np.zeros(len(frame), bool)
     history = frame.loc[before, list(HISTORY_COLUMNS)]  # only what routing reads of it
     routes = resolve_routes(history, test_frame, meta, routes_file)
-    predictors = route_predictors(run, store, frame, test, routes.table, features)
+    warm = np.zeros(0, np.int64)
+    if recalibration is not None and len(test):
+        t = store.t.astype(np.float64)
+        since = t[test].min() - recalibration.window_h * 3600.0
+        warm = np.flatnonzero(before & (t >= since))
+    scored = route_predictors(
+        run, store, frame, np.concatenate([warm, test]), routes.table, features
+    )
+    predictors = {name: p[len(warm) :] for name, p in scored.items()}
+    warmup = RouteWarmup(
+        frame.iloc[warm][list(WARMUP_COLUMNS)].reset_index(drop=True),
+        {name: p[: len(warm)] for name, p in scored.items()},
+    )
     test_truth = None
     if truth is not None:
         # the truth is aligned to the store's rows: their txn_id lets routing check the frame's
@@ -292,6 +311,7 @@ def routing_section(
         history=history,
         routes=routes,
         recalibration=recalibration,
+        warmup=warmup,
     )
 
 
