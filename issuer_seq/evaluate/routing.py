@@ -121,7 +121,7 @@ class RouteWarmup:
     `predictors`, each predictor's (M, R) p of them through each route of the route table (as
     the test split's). Each attempt's outcome is recorded through its logged route with the
     predictor's p there; an attempt whose route is not in the table, or has no p, is left out
-    (`recorded` counts the others)."""
+    (evaluation.json's `routing.route_recalibration.warmup_outcomes` counts the others)."""
 
     frame: pd.DataFrame
     predictors: Mapping[str, np.ndarray]
@@ -525,6 +525,39 @@ def warmed_success_rate(
     return out[len(history) :]
 
 
+def _warmup_outcomes(
+    warmup: RouteWarmup, table: RouteTable
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The warm-up's recorded attempts in time order: issuer, logged route's column,
+    approved, time (s), and each predictor's (M, R) p; those through a route the table lacks,
+    or without a p there, left out."""
+    w = warmup.frame
+    lacking = [c for c in WARMUP_COLUMNS if c not in w.columns]
+    if lacking:
+        raise IssuerSeqError(f"the recalibration's warm-up attempts lack columns {lacking}")
+    order = np.argsort(as_seconds(w["ts"]), kind="stable")
+    names = w["route"].astype(str).to_numpy(object)[order]
+    known = np.isin(names, np.asarray(table.names, dtype=object))
+    route = np.where(known, table.index(np.where(known, names, table.names[0])), -1)
+    p: dict[str, np.ndarray] = {}
+    for name, matrix in warmup.predictors.items():
+        arr = np.asarray(matrix, dtype=np.float64)
+        if arr.shape != (len(w), table.n_routes):
+            raise IssuerSeqError(
+                f"warm-up predictor {name!r} has shape {arr.shape}, the warm-up attempts' "
+                f"routes {(len(w), table.n_routes)}"
+            )
+        p[name] = arr[order]
+        known &= np.isfinite(p[name][np.arange(len(order)), np.maximum(route, 0)])
+    return (
+        w["issuer_id"].to_numpy(object)[order][known],
+        route[known],
+        (w["response_code"].astype(str) == "00").to_numpy()[order][known],
+        as_seconds(w["ts"]).astype(np.float64)[order][known],
+        {name: arr[known] for name, arr in p.items()},
+    )
+
+
 def _replay(
     frame: pd.DataFrame,
     logged_route: np.ndarray,
@@ -539,36 +572,16 @@ def _replay(
     issuer = frame["issuer_id"].to_numpy(object)
     approved = (frame["response_code"].astype(str) == "00").to_numpy()
     t = as_seconds(frame["ts"]).astype(np.float64)
-    route = logged_route
     warm_p: dict[str, np.ndarray] = {}
+    route = logged_route
     if warmup is not None:
-        w = warmup.frame
-        lacking = [c for c in WARMUP_COLUMNS if c not in w.columns]
-        if lacking:
-            raise IssuerSeqError(f"the recalibration's warm-up attempts lack columns {lacking}")
-        order = np.argsort(as_seconds(w["ts"]), kind="stable")
-        names = w["route"].astype(str).to_numpy(object)[order]
-        known = np.isin(names, np.asarray(table.names, dtype=object))
-        w_route = np.where(known, table.index(np.where(known, names, table.names[0])), -1)
-        rows = np.arange(len(order))
-        for name, p in warmup.predictors.items():
-            arr = np.asarray(p, dtype=np.float64)
-            if arr.shape != (len(w), table.n_routes):
-                raise IssuerSeqError(
-                    f"warm-up predictor {name!r} has shape {arr.shape}, the warm-up attempts' "
-                    f"routes {(len(w), table.n_routes)}"
-                )
-            warm_p[name] = arr[order]
-            known &= np.isfinite(warm_p[name][rows, np.maximum(w_route, 0)])
-        w_t = as_seconds(w["ts"]).astype(np.float64)[order][known]
+        w_issuer, w_route, w_approved, w_t, warm_p = _warmup_outcomes(warmup, table)
         if len(w_t) and len(t) and w_t[-1] > t[0]:
             raise IssuerSeqError("the recalibration's warm-up attempts must precede the test split")
-        warm_p = {name: arr[known] for name, arr in warm_p.items()}
-        issuer = np.concatenate([w["issuer_id"].to_numpy(object)[order][known], issuer])
-        w_ok = (w["response_code"].astype(str) == "00").to_numpy()[order][known]
-        approved = np.concatenate([w_ok, approved])
+        issuer = np.concatenate([w_issuer, issuer])
+        approved = np.concatenate([w_approved, approved])
         t = np.concatenate([w_t, t])
-        route = np.concatenate([w_route[known], logged_route])
+        route = np.concatenate([w_route, logged_route])
     n_warm = len(t) - len(logged_route)
 
     def replay(name: str, p: np.ndarray) -> np.ndarray:
