@@ -2,11 +2,11 @@
 request machinery: POST /v1/score and POST /v1/route as plain ASGI.
 
 FastAPI's route matching, dependency solving and request objects cost about 1 ms a request
-on a 2-core host, more than the rest of the request's Python (docs/serving.md, "The hot
-path"). For these two routes this middleware reads the body, validates it with the route's
-own request model (pydantic, straight from the JSON bytes) and answers with the route's own
-handler (api_v1.py `HOT`), the one FastAPI's route calls too: the same answers, fallbacks and
-metrics.
+on a 2-core host, more than the rest of the request's Python (docs/serving.md, "HTTP
+overhead and load", the hot path). For these two routes this middleware reads the body,
+validates it with the route's own request model (pydantic, straight from the JSON bytes)
+and answers with the route's own handler (api_v1.py `HOT`), the one FastAPI's route calls
+too: the same answers, fallbacks and metrics.
 
 Whatever it would not answer exactly as FastAPI does goes on to FastAPI untouched: another
 method or path, a body not sent as JSON, a body that fails validation (FastAPI then answers
