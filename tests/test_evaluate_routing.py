@@ -213,24 +213,33 @@ def test_reaction_is_compared_on_the_episodes_the_oracle_reacts_to(
         assert pol["oracle"]["median_hours"] is not None
 
 
-def test_route_recalibration_is_an_arm_of_each_predictor(world: World, tmp_path: Path) -> None:
-    """`noisy_recalibrated` is the expected-value policy on the noisy matrix replayed through
-    `recalibrated_routes` in time order, every test attempt's outcome recorded (retries too,
-    with first attempts only valued)."""
-    chosen = RouteRecalibrationSettings(window_h=12, prior_sd=0.3)
-    order = np.argsort(as_seconds(world.test["ts"]), kind="stable")
-    test = world.test.iloc[order].reset_index(drop=True)
+def replay_by_hand(
+    world: World, frame: pd.DataFrame, p: np.ndarray, chosen: RouteRecalibrationSettings
+) -> np.ndarray:
+    """`recalibrated_routes` over `frame`'s attempts in time order, every outcome recorded
+    through its logged route; rows back in `frame`'s order."""
+    order = np.argsort(as_seconds(frame["ts"]), kind="stable")
+    ordered = frame.iloc[order].reset_index(drop=True)
     replayed = recalibrated_routes(
-        world.noisy[order],
-        test["issuer_id"].to_numpy(object),
-        world.table.index(test["route"].to_numpy()),
-        (test["response_code"] == "00").to_numpy(),
-        as_seconds(test["ts"]).astype(float),
+        p[order],
+        ordered["issuer_id"].to_numpy(object),
+        world.table.index(ordered["route"].to_numpy()),
+        (ordered["response_code"] == "00").to_numpy(),
+        as_seconds(ordered["ts"]).astype(float),
         world.table.names,
         chosen,
     )
     manual = np.empty_like(replayed)
     manual[order] = replayed
+    return manual
+
+
+def test_route_recalibration_is_an_arm_of_each_predictor(world: World, tmp_path: Path) -> None:
+    """`noisy_recalibrated` is the expected-value policy on the noisy matrix replayed through
+    `recalibrated_routes` in time order, every test attempt's outcome recorded (retries too,
+    with first attempts only valued)."""
+    chosen = RouteRecalibrationSettings(window_h=12, prior_sd=0.3)
+    manual = replay_by_hand(world, world.test, world.noisy, chosen)
     for attempts in ("all", "first"):
         out = world.run(recalibration=chosen, attempts=attempts, n_bootstrap=20)
         by_hand = world.run(
@@ -276,19 +285,7 @@ def test_route_recalibration_warms_up_on_the_attempts_before_the_split(world: Wo
     warmup = RouteWarmup(warm, {"noisy": warm_p})
 
     both = pd.concat([warm, world.test], ignore_index=True)
-    order = np.argsort(as_seconds(both["ts"]), kind="stable")
-    ordered = both.iloc[order].reset_index(drop=True)
-    replayed = recalibrated_routes(
-        np.concatenate([warm_p, world.noisy])[order],
-        ordered["issuer_id"].to_numpy(object),
-        world.table.index(ordered["route"].to_numpy()),
-        (ordered["response_code"] == "00").to_numpy(),
-        as_seconds(ordered["ts"]).astype(float),
-        world.table.names,
-        chosen,
-    )
-    manual = np.empty_like(replayed)
-    manual[order] = replayed
+    manual = replay_by_hand(world, both, np.concatenate([warm_p, world.noisy]), chosen)
     manual = manual[len(warm) :]  # the test's rows (the warm-up's all come first in time)
     out = world.run(recalibration=chosen, warmup=warmup, n_bootstrap=20)
     by_hand = world.run(predictors={"noisy": world.noisy, "by_hand": manual}, n_bootstrap=20)
