@@ -105,3 +105,31 @@ def test_memory_history_is_the_latest_by_time_and_windows_are_slices(
     got, want = store.window("card", "c", cutoff, k), window_of(expected, cutoff, k)
     for name in ("t", "merchant", "cat", "num"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keep=st.integers(1, 6),
+    ts=st.lists(st.integers(0, 30), min_size=1, max_size=40),
+    k=st.integers(1, 8),
+)
+def test_memory_windows_are_views_no_later_append_changes(keep: int, ts: list[int], k: int) -> None:
+    """A window is views of the store's arrays, not copies: whatever comes after it (in-order
+    and late events, compaction, growth, eviction of the oldest), it reads what it read when
+    it was taken, cached states included, and those states are the list path's."""
+    store = MemoryStore({"card": keep})
+    taken = []
+    for i, t in enumerate(ts):
+        state = np.full(3, float(i), np.float32)
+        event = Event(t=t, merchant=f"m{i}", cat=(i, 1), num=(0.5 * i,), state=state, encoder="e")
+        store.append("card", "c", event)
+        window = store.window("card", "c", t + 1, k)
+        want = window_of(store.recent("card", "c"), t + 1, k)
+        assert len(window) == len(want)
+        if len(want):  # (an empty window's state has no width on the list path)
+            np.testing.assert_array_equal(window.state, want.state)
+        copies = {f: np.array(getattr(window, f), copy=True) for f in ("t", "cat", "state")}
+        taken.append((window, copies))
+    for window, copies in taken:
+        for name, before in copies.items():
+            np.testing.assert_array_equal(getattr(window, name), before, err_msg=name)

@@ -55,11 +55,12 @@ class History:
     as columns beside them, so that a request's window is a slice (no sort, no loop).
 
     Rows live in [lo, hi) of arrays with room for 2 x keep: appending in time order writes at
-    hi, dropping the oldest moves lo, and the rows move back to the front once per `keep`
-    appends. A late event is inserted at its place in time (after events of the same second,
-    as a stable sort puts it); when full, the oldest event is dropped (by time, ties: the
-    first to arrive), as `RedisStore` trims its sorted sets. Not thread-safe: `MemoryStore`
-    locks.
+    hi, dropping the oldest moves lo, and the rows move back to the front, into new arrays,
+    once per `keep` appends. A late event is inserted at its place in time (after events of
+    the same second, as a stable sort puts it), also into new arrays; when full, the oldest
+    event is dropped (by time, ties: the first to arrive), as `RedisStore` trims its sorted
+    sets. So no append writes into rows it did not add, and a `window` is views, not copies.
+    Not thread-safe: `MemoryStore` locks.
     """
 
     def __init__(self, keep: int, first: Event, capacity: int = 4) -> None:
@@ -72,10 +73,11 @@ class History:
         # ids fit int32 (vocabularies are small); the inputs are int64, copied exactly
         self.cat = np.zeros((len(first.cat), cap), np.int32)  # (C, cap)
         self.num = np.zeros((len(first.num), cap), np.float32)  # (F, cap)
-        # each event's cached state (S, cap), sized by the first state appended (an event
-        # without one, or with one of another size: zeros and no encoder, recomputed when
-        # read), and the id of the encoder that computed it
-        self.state = np.zeros((0, cap), np.float32)
+        # each event's cached state (cap, S), a row per event (a window's states are then
+        # contiguous), sized by the first state appended (an event without one, or with one
+        # of another size: zeros and no encoder, recomputed when read), and the id of the
+        # encoder that computed it
+        self.state = np.zeros((cap, 0), np.float32)
         self.encoder = np.empty(cap, object)
         self.events: list[Event] = []  # the same rows, oldest first
 
@@ -85,24 +87,26 @@ class History:
     def _columns(self) -> tuple[np.ndarray, ...]:
         return self.t, self.merchant, self.payment, self.cat, self.num, self.state, self.encoder
 
-    def _move(self, cap: int) -> None:
-        """Rows to [0, n) of arrays of `cap` rows (grown, or the same size compacted)."""
+    def _move(self, cap: int, gap: int | None = None) -> None:
+        """Rows to [0, n) of new arrays of `cap` rows (grown, or the same size compacted);
+        with `gap`, row `gap` is left free for an insert, the rows from it on one further."""
         n, lo, hi = len(self), self.lo, self.hi
+        at = n if gap is None else gap - lo
         moved = []
         for a in self._columns():
+            by_column = a.ndim == 2 and a is not self.state  # cat, num: (C, cap)
             if a.dtype == object:
                 new = np.empty(cap, object)
+            elif by_column:
+                new = np.zeros((len(a), cap), a.dtype)
             else:
-                new = np.zeros((*a.shape[:-1], cap), a.dtype)
-            new[..., :n] = a[..., lo:hi]
+                new = np.zeros((cap, *a.shape[1:]), a.dtype)
+            rows, old = (new.T, a.T) if by_column else (new, a)  # rows first
+            rows[:at] = old[lo : lo + at]
+            rows[at + 1 : n + 1] = old[lo + at : hi]
             moved.append(new)
         self.t, self.merchant, self.payment, self.cat, self.num, self.state, self.encoder = moved
         self.lo, self.hi = 0, n
-
-    def _shift(self, start: int, stop: int, by: int) -> None:
-        """Rows [start, stop) move by `by` (+1: right, -1: left)."""
-        for a in self._columns():
-            a[..., start + by : stop + by] = a[..., start:stop].copy()
 
     def append(self, event: Event) -> None:
         cap = len(self.t)
@@ -111,41 +115,45 @@ class History:
         lo, hi = self.lo, self.hi
         if hi == lo or event.t >= self.t[hi - 1]:  # in time order: the usual case
             i = hi
-        else:  # late: after the events of the same or an earlier second
+        else:  # late: after the events of the same or an earlier second, in new arrays
             i = lo + int(np.searchsorted(self.t[lo:hi], event.t, side="right"))
-            self._shift(i, hi, 1)
+            self._move(len(self.t), gap=i)
+            i -= lo
         self.t[i] = event.t
         self.merchant[i] = event.merchant
         self.payment[i] = event.payment
         self.cat[:, i] = event.cat
         self.num[:, i] = event.num
-        if event.state is not None and len(self.state) == 0:  # the first state: its size
-            self.state = np.zeros((len(event.state), len(self.t)), np.float32)
-        if event.state is not None and len(event.state) == len(self.state):
-            self.state[:, i] = event.state
+        size = self.state.shape[1]
+        if event.state is not None and size == 0:  # the first state: its size
+            size = len(event.state)
+            self.state = np.zeros((len(self.t), size), np.float32)
+        if event.state is not None and len(event.state) == size:
+            self.state[i] = event.state
             self.encoder[i] = event.encoder
         else:
-            self.state[:, i] = 0.0
+            self.state[i] = 0.0
             self.encoder[i] = None
-        self.events.insert(i - lo, event)
+        self.events.insert(i - self.lo, event)
         self.hi += 1
         if len(self) > self.keep:  # drop the oldest: row lo, the first in time order
             self.lo += 1
             del self.events[0]
 
     def window(self, cutoff: int, k: int) -> Window:
-        """The last k events with t < cutoff, copied (appends may follow)."""
+        """The last k events with t < cutoff: views, which later appends leave as they are
+        (an append writes past them, or moves the rows to new arrays)."""
         lo = self.lo
         end = lo + int(np.searchsorted(self.t[lo : self.hi], cutoff, side="left"))
         start = max(lo, end - k)
         return Window(
-            self.t[start:end].copy(),
-            self.merchant[start:end].copy(),
-            self.payment[start:end].copy(),
-            self.cat[:, start:end].copy(),
-            self.num[:, start:end].copy(),
-            self.state[:, start:end].T.copy(),
-            self.encoder[start:end].copy(),
+            self.t[start:end],
+            self.merchant[start:end],
+            self.payment[start:end],
+            self.cat[:, start:end],
+            self.num[:, start:end],
+            self.state[start:end],
+            self.encoder[start:end],
         )
 
 
