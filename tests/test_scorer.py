@@ -256,7 +256,8 @@ def test_each_route_is_scored_as_the_attempt_sent_through_it(
 ) -> None:
     """`score_routes` builds the attempt's inputs once and changes only its route: each
     route's probability is the attempt's own score with that route (an unknown route: OOV),
-    on the route graph and on the whole network alike."""
+    on the route graph and on the whole network alike, whatever the number of candidates
+    (the route graph's inputs are kept bound per number, refilled per call)."""
     data, _, out = bundle
     frame = load_log(data).frame
     records = frame.head(260).to_dict("records")
@@ -265,9 +266,10 @@ def test_each_route_is_scored_as_the_attempt_sent_through_it(
     for scorer in (Scorer(out), Scorer(out, model_file="model.onnx")):
         for rec in records[:200]:
             scorer.observe(rec)
-        for rec in records[200:]:
-            got = scorer.score_routes(rec, routes)
-            want = [scorer.score({**rec, "route": r}) for r in routes]
+        for i, rec in enumerate(records[200:]):
+            candidates = routes if i % 2 else routes[-2:]
+            got = scorer.score_routes(rec, candidates)
+            want = [scorer.score({**rec, "route": r}) for r in candidates]
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
             assert np.ptp(got) > 0  # the route is read
 
@@ -412,3 +414,35 @@ def test_concurrent_scoring_and_observing(bundle: tuple[Path, Path, Path]) -> No
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_single_requests_on_threads_score_as_one_batch(bundle: tuple[Path, Path, Path]) -> None:
+    """A single attempt's query runs on inputs each thread keeps bound to the session and
+    refills per request: requests scored at once on four threads, each one at a time, get
+    what one batch of them gets (fresh inputs, no binding)."""
+    data, _, out = bundle
+    scorer = Scorer(out)
+    records = load_log(data).frame.head(500).to_dict("records")
+    for rec in records[:300]:
+        scorer.observe(rec)
+    queries = [{**rec, "response_code": None, "advice_code": None} for rec in records[300:]]
+    expected = scorer.score_batch(queries)
+    got: dict[int, list[float]] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            order = queries[i:] + queries[:i]  # each thread at another request at a time
+            scores = [scorer.score(q) for q in order]
+            got[i] = scores[len(queries) - i :] + scores[: len(queries) - i]
+        except BaseException as exc:  # noqa: BLE001 - collected for the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i * 37,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for scores in got.values():
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)

@@ -279,7 +279,7 @@ def transformer_stages(scorer: Scorer, requests: Sequence[Mapping[str, Any]]) ->
         t1 = time.perf_counter()
         windows = scorer.windows([query], current)
         t2 = time.perf_counter()
-        inputs = scorer.inputs(current, windows, fused=scorer.fused_rows([query]))
+        inputs = scorer.feeds(current, windows, fused=scorer.fused_rows([query]))
         t3 = time.perf_counter()
         p = scorer.run(inputs)[0]
         t4 = time.perf_counter()

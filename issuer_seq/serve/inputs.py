@@ -363,6 +363,39 @@ _OUTCOME_INDEX = [i for i, f in enumerate(F.CATEGORICAL) if f in F.OUTCOME_FEATU
 _ROUTE = STREAMS.index(F.ROUTE_STREAM)
 
 
+def without_outcome(cat: Sequence[int]) -> list[int]:
+    """An event's ids with its outcome's (features.OUTCOME_FEATURES) NONE: the attempt as
+    the query reads it, before its answer."""
+    ids = list(cat)
+    for i in _OUTCOME_INDEX:
+        ids[i] = F.NONE
+    return ids
+
+
+def query_buffers(
+    b: int, ks: Mapping[str, int], state_size: int, routes: bool = False
+) -> dict[str, np.ndarray]:
+    """Zeroed inputs of the query graph for a batch of B attempts, or with `routes` of the
+    route graph for one attempt through B routes, shaped as `build_query_inputs` fills them."""
+    n_rel, k = len(F.RELATIVE), max(ks.values())
+    out = {
+        "cur_cat": np.zeros((b, len(F.CATEGORICAL)), dtype=np.int64),
+        "cur_num": np.zeros((b, len(F.NUMERIC)), dtype=np.float32),
+    }
+    rows, n = (1, len(F.SHARED)) if routes else (b, len(STREAMS))
+    out["states"] = np.zeros((rows, n, k, state_size), dtype=np.float32)
+    out["rel"] = np.zeros((rows, n, k, n_rel), dtype=np.float32)
+    out["length"] = np.zeros((rows, n), dtype=np.int64)
+    if routes:
+        out["route_states"] = np.zeros((b, k, state_size), dtype=np.float32)
+        out["route_rel"] = np.zeros((b, k, n_rel), dtype=np.float32)
+        out["route_length"] = np.zeros(b, dtype=np.int64)
+    else:
+        out["decline_response_code"] = np.zeros(b, dtype=np.int64)
+        out["decline_advice_code"] = np.zeros(b, dtype=np.int64)
+    return out
+
+
 def build_query_inputs(
     current: Sequence[Event],
     histories: Mapping[str, Sequence[Window | Sequence[Event]]],
@@ -373,6 +406,7 @@ def build_query_inputs(
     lag_s: int = 0,
     declines: Sequence[Event] | None = None,
     routes: bool = False,
+    into: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """The query graph's inputs (export/factored.py) for a batch of B current attempts, or
     with `routes` the route graph's, for one attempt through B candidate routes.
@@ -387,33 +421,28 @@ def build_query_inputs(
     (B, K, 3), `route_length` (B,). Each history event's cached state is used when the
     encoder `encoder` computed it; any other (none kept, or another bundle's) is recomputed
     from its encoded features by `encode`, all of them in one call. Padding slots are zeros.
+
+    `into`: `query_buffers` of this batch to fill (zeroed first) and return, instead of new
+    ones (the scorer keeps some bound to ONNX Runtime, `Scorer.feeds`).
     """
     b = len(current)
-    n_cat, n_num, n_rel = len(F.CATEGORICAL), len(F.NUMERIC), len(F.RELATIVE)
-    cur_cat = np.array([e.cat for e in current], dtype=np.int64).reshape(b, n_cat)
-    cur_cat[:, _OUTCOME_INDEX] = F.NONE
     k = max(ks.values())
-    out = {
-        "cur_cat": cur_cat,
-        "cur_num": np.array([e.num for e in current], dtype=np.float32).reshape(b, n_num),
-    }
+    if into is None:
+        out = query_buffers(b, ks, state_size, routes)
+    else:
+        out = into
+        for array in out.values():
+            array.fill(0)
+    if b:
+        out["cur_cat"][:] = [without_outcome(e.cat) for e in current]
+        out["cur_num"][:] = [e.num for e in current]
     # each stream's (states (rows, K, S), rel (rows, K, 3), length (rows,)): views of the inputs
     targets: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     if routes:
-        n = len(F.SHARED)
-        out["states"] = np.zeros((1, n, k, state_size), dtype=np.float32)
-        out["rel"] = np.zeros((1, n, k, n_rel), dtype=np.float32)
-        out["length"] = np.zeros((1, n), dtype=np.int64)
         for j, i in enumerate(F.SHARED):
             targets[i] = (out["states"][:, j], out["rel"][:, j], out["length"][:, j])
-        out["route_states"] = np.zeros((b, k, state_size), dtype=np.float32)
-        out["route_rel"] = np.zeros((b, k, n_rel), dtype=np.float32)
-        out["route_length"] = np.zeros(b, dtype=np.int64)
         targets[_ROUTE] = (out["route_states"], out["route_rel"], out["route_length"])
     else:
-        out["states"] = np.zeros((b, len(STREAMS), k, state_size), dtype=np.float32)
-        out["rel"] = np.zeros((b, len(STREAMS), k, n_rel), dtype=np.float32)
-        out["length"] = np.zeros((b, len(STREAMS)), dtype=np.int64)
         for i in range(len(STREAMS)):
             targets[i] = (out["states"][:, i], out["rel"][:, i], out["length"][:, i])
     stale: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]] = []  # slot's row, cat, num
@@ -432,12 +461,13 @@ def build_query_inputs(
             if n == 0:
                 continue
             first = len(window) - n
-            fresh = window.encoder[first:] == encoder
-            if fresh.all():
+            # who computed each state, as a list: numpy compares object arrays ~10x slower
+            by = window.encoder[first:].tolist()
+            if by.count(encoder) == n:
                 states[row, k - n :] = window.state[first:]
             else:
                 for j in range(n):
-                    if fresh[j]:
+                    if by[j] == encoder:
                         states[row, k - n + j] = window.state[first + j]
                     else:
                         cat, num = window.cat[:, first + j], window.num[:, first + j]
@@ -454,4 +484,7 @@ def build_query_inputs(
         states, rel, length = targets[i]
         if len(states) > 1:  # the query graph's rows: a copy each
             states[1:], rel[1:], length[1:] = states[0], rel[0], length[0]
-    return out if routes else out | decline_ids(declines, b)
+    if not routes:
+        for name, ids in decline_ids(declines, b).items():
+            out[name][:] = ids
+    return out
