@@ -70,13 +70,13 @@ class History:
         self.t = np.zeros(cap, np.int64)
         self.merchant = np.empty(cap, object)
         self.payment = np.empty(cap, object)
+        # a row per event in every column (a window's states are then one contiguous block)
         # ids fit int32 (vocabularies are small); the inputs are int64, copied exactly
-        self.cat = np.zeros((len(first.cat), cap), np.int32)  # (C, cap)
-        self.num = np.zeros((len(first.num), cap), np.float32)  # (F, cap)
-        # each event's cached state (cap, S), a row per event (a window's states are then
-        # contiguous), sized by the first state appended (an event without one, or with one
-        # of another size: zeros and no encoder, recomputed when read), and the id of the
-        # encoder that computed it
+        self.cat = np.zeros((cap, len(first.cat)), np.int32)  # (cap, C)
+        self.num = np.zeros((cap, len(first.num)), np.float32)  # (cap, F)
+        # each event's cached state (cap, S), sized by the first state appended (an event
+        # without one, or with one of another size: zeros and no encoder, recomputed when
+        # read), and the id of the encoder that computed it
         self.state = np.zeros((cap, 0), np.float32)
         self.encoder = np.empty(cap, object)
         self.events: list[Event] = []  # the same rows, oldest first
@@ -94,16 +94,13 @@ class History:
         at = n if gap is None else gap - lo
         moved = []
         for a in self._columns():
-            by_column = a.ndim == 2 and a is not self.state  # cat, num: (C, cap)
-            if a.dtype == object:
-                new = np.empty(cap, object)
-            elif by_column:
-                new = np.zeros((len(a), cap), a.dtype)
-            else:
-                new = np.zeros((cap, *a.shape[1:]), a.dtype)
-            rows, old = (new.T, a.T) if by_column else (new, a)  # rows first
-            rows[:at] = old[lo : lo + at]
-            rows[at + 1 : n + 1] = old[lo + at : hi]
+            new = (
+                np.empty(cap, object)
+                if a.dtype == object
+                else np.zeros_like(a, shape=(cap, *a.shape[1:]))
+            )
+            new[:at] = a[lo : lo + at]
+            new[at + 1 : n + 1] = a[lo + at : hi]
             moved.append(new)
         self.t, self.merchant, self.payment, self.cat, self.num, self.state, self.encoder = moved
         self.lo, self.hi = 0, n
@@ -122,8 +119,8 @@ class History:
         self.t[i] = event.t
         self.merchant[i] = event.merchant
         self.payment[i] = event.payment
-        self.cat[:, i] = event.cat
-        self.num[:, i] = event.num
+        self.cat[i] = event.cat
+        self.num[i] = event.num
         size = self.state.shape[1]
         if event.state is not None and size == 0:  # the first state: its size
             size = len(event.state)
@@ -150,8 +147,8 @@ class History:
             self.t[start:end],
             self.merchant[start:end],
             self.payment[start:end],
-            self.cat[:, start:end],
-            self.num[:, start:end],
+            self.cat[start:end].T,
+            self.num[start:end].T,
             self.state[start:end],
             self.encoder[start:end],
         )
