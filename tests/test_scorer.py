@@ -9,6 +9,7 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -446,3 +447,35 @@ def test_single_requests_on_threads_score_as_one_batch(bundle: tuple[Path, Path,
     assert not errors
     for scores in got.values():
         np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_single_scores_and_routes_run_through_their_bound_inputs(
+    bundle: tuple[Path, Path, Path],
+) -> None:
+    """`score` and `score_routes` (up to `BOUND_ROUTES` candidates) run the graphs through
+    the inputs bound once per thread, not through fresh ones; a batch takes fresh ones."""
+    data, _, out = bundle
+    scorer = Scorer(out)
+    frame = load_log(data).frame
+    records = frame.head(40).to_dict("records")
+    routes = sorted(frame["route"].unique())
+    bound = {"query": 0, "route": 0}
+
+    def counting(name: str, run: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            bound[name] += 1
+            return run(*args, **kwargs)
+
+        return counted
+
+    scorer.session.run_with_iobinding = counting("query", scorer.session.run_with_iobinding)
+    scorer.route_session.run_with_iobinding = counting(
+        "route", scorer.route_session.run_with_iobinding
+    )
+    for rec in records[:20]:
+        scorer.score(rec)
+        scorer.score_routes(rec, routes)
+        scorer.observe(rec)
+    assert bound == {"query": 20, "route": 20}
+    scorer.score_batch(records[20:])
+    assert bound == {"query": 20, "route": 20}

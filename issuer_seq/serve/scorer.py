@@ -303,17 +303,18 @@ class Scorer:
         declines: Sequence[Event] | None = None,
         fused: np.ndarray | None = None,
         routes: bool = False,
+        into: dict[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
         """The feeds of the graph this scorer runs, for B current attempts (`fused`: a fused
         network's aggregates of them, `fused_rows`); with `routes`, the route graph's, for
-        one attempt through B routes."""
+        one attempt through B routes; `into`: the factored graphs' inputs to fill instead of
+        new ones (`feeds`)."""
         if (fused is None) != (self.online is None):
             raise IssuerSeqError(
                 "a fused network needs the attempts' fused aggregates, and only it reads them"
             )
-        extra = {} if fused is None else {"fused": fused}
         if self.factored:
-            return extra | build_query_inputs(
+            out = build_query_inputs(
                 current,
                 histories,
                 self.ks,
@@ -323,8 +324,12 @@ class Scorer:
                 self.lag_s,
                 declines,
                 routes,
+                into,
             )
-        return extra | build_inputs(current, histories, self.ks, self.lag_s, declines)
+        else:
+            out = build_inputs(current, histories, self.ks, self.lag_s, declines)
+        # `into` itself when given: `run` knows bound inputs by identity
+        return out if fused is None else out | {"fused": fused}
 
     def feeds(
         self,
@@ -340,20 +345,8 @@ class Scorer:
         Runtime's IOBinding), zeroed and filled in place: no arrays made and no inputs
         converted per request."""
         bound = self._bound(len(current), routes) if fused is None else None
-        if bound is None:
-            return self.inputs(current, histories, declines, fused, routes)
-        return build_query_inputs(
-            current,
-            histories,
-            self.ks,
-            self.encoder,
-            self.encode_states,
-            self.state_size,
-            self.lag_s,
-            declines,
-            routes,
-            into=bound[0],
-        )
+        into = None if bound is None else bound[0]
+        return self.inputs(current, histories, declines, fused, routes, into)
 
     def _bound(self, rows: int, routes: bool) -> tuple[dict[str, np.ndarray], Any] | None:
         """This thread's bound inputs of `rows` attempts (the query graph: 1) or candidates
