@@ -181,6 +181,37 @@ def test_the_pair_terms_enter_at_query_time(store: EventStore, net: IssuerSeqNet
 
 
 @torch.no_grad()
+def test_the_heads_read_the_codes_of_the_cards_latest_event(
+    store: EventStore, net: IssuerSeqNet
+) -> None:
+    """`own_past` carries, beside the payment so far, the response and advice codes of the
+    card stream's last slot (its latest event: the windows are right-aligned): that event's
+    code embeddings, zeros for an empty slot; the codes of earlier card events do not enter
+    this part. The heads read it: their input is the streams, the attempt and the two."""
+    x = _batch(store)
+    card = net.state_parts(packed(x, "card", F.CATEGORICAL), packed(x, "card", F.NUMERIC))
+    at = net.state_parts(
+        packed(x, "card_merchant", F.CATEGORICAL), packed(x, "card_merchant", F.NUMERIC)
+    )
+    cur, _, today = net.current(packed(x, "cur", F.CATEGORICAL), packed(x, "cur", F.NUMERIC))
+    near = packed(x, "card_merchant", F.RELATIVE)
+    past = net.own_past(cur, today, at, near, card["codes"])
+    d = net.d_model
+    expected = net.decline_code(x["card_response_code"][:, -1]) + net.decline_advice(
+        x["card_advice_code"][:, -1]
+    )
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(past[:, d:], expected)
+    empty = card["codes"].clone()
+    empty[:, -1] = 0  # an empty slot holds a padding event's codes: zeros
+    assert torch.all(net.own_past(cur, today, at, near, empty)[:, d:] == 0)
+    earlier = card["codes"].clone()
+    earlier[:, :-1] = 0
+    torch.testing.assert_close(net.own_past(cur, today, at, near, earlier), past)
+    assert net.approval_head[0].in_features == (len(STREAMS) + 3) * d
+
+
+@torch.no_grad()
 def test_empty_histories_give_finite_outputs(store: EventStore, net: IssuerSeqNet) -> None:
     x = _batch(store)
     for s in STREAMS:

@@ -86,7 +86,7 @@ def transformer_route_matrix(
             cat = packed(x, "cur", F.CATEGORICAL)  # (B, C)
             num = packed(x, "cur", F.NUMERIC)  # (B, F)
             # the streams that do not read the route, computed once for every route
-            vectors, payment = net.shared_vectors(
+            vectors, past = net.shared_vectors(
                 cat,
                 num,
                 stack_streams(
@@ -121,7 +121,7 @@ def transformer_route_matrix(
                     cat_r,
                     num[pick],
                     vectors[:, pick],
-                    payment[pick],
+                    past[pick],
                     net.state(
                         packed(xr, ROUTE_STREAM, F.CATEGORICAL), packed(xr, ROUTE_STREAM, F.NUMERIC)
                     ),

@@ -27,9 +27,13 @@ A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
     payment so far    the codes of the payment's latest earlier attempt (found by the
                       `same_payment` flags of the card-at-merchant stream), how long ago and
                       whether a new day has begun since (B, D); zeros for a first attempt
-    approval head     MLP([card, issuer, route, card_merchant, current, payment]) -> logit /
-                      temperature (B,)
-    retry head        MLP([streams..., current, payment, decline code, advice code])
+    card's latest     the response and advice codes of the card's latest event, wherever it
+                      was (B, D): a card reported lost, stolen or closed, or expired, is
+                      declined everywhere after, and its next attempt is often weeks later
+    approval head     MLP([card, issuer, route, card_merchant, current, payment, card's
+                      latest]) -> logit / temperature (B,)
+    retry head        MLP([streams..., current, payment, card's latest, decline code,
+                      advice code])
                       -> one logit per delay of the grid / retry temperature       (B, G)
 
 Temperatures are buffers fitted after training (train/calibrate.py), so export carries
@@ -145,6 +149,7 @@ _CAUSE = F.CATEGORICAL.index("cause")
 _RESPONSE_CODE = F.CATEGORICAL.index("response_code")
 _ADVICE_CODE = F.CATEGORICAL.index("advice_code")
 _CARD_MERCHANT = STREAMS.index("card_merchant")  # the stream the payment so far reads
+_CARD = STREAMS.index("card")  # the stream whose latest event's codes the heads read
 _ROUTE_STREAM = STREAMS.index("route")
 
 
@@ -537,8 +542,8 @@ class IssuerSeqNet(nn.Module):
 
     #: what the saved weights compute, beyond their shapes: a run records it, and a run of
     #: another version is refused on loading (train/trained_run.py). 2: only the route
-    #: stream's query reads the attempt's route.
-    VERSION = 2
+    #: stream's query reads the attempt's route. 3: the heads read the card's latest codes.
+    VERSION = 3
 
     def __init__(
         self,
@@ -586,7 +591,7 @@ class IssuerSeqNet(nn.Module):
         steps = torch.log1p(torch.tensor(_RECENCY_STEPS))  # compared in log space
         self.register_buffer("recency_steps", steps, persistent=False)
         self.payment = PaymentSoFar(d_model)
-        joint = (len(STREAMS) + 2) * d_model  # streams, current, payment so far
+        joint = (len(STREAMS) + 3) * d_model  # streams, current, payment so far, card's latest
         self.n_fused = n_fused
         if n_fused:
             # the trees' aggregates (baselines/fused.py), standardized by the training
@@ -697,6 +702,7 @@ class IssuerSeqNet(nn.Module):
             streams,
             {name: part[_CARD_MERCHANT] for name, part in parts.items()},
             rel[_CARD_MERCHANT],
+            parts["codes"][_CARD],
             decline_response_code,
             decline_advice_code,
             fused,
@@ -757,14 +763,16 @@ class IssuerSeqNet(nn.Module):
         streams: Tensor,
         at: Mapping[str, Tensor],
         near: Tensor,
+        card_codes: Tensor,
         decline_response_code: Tensor,
         decline_advice_code: Tensor,
         fused: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """Both heads' logits from the streams' vectors (N, B, D), the attempt's vector and
-        day, and the card-at-merchant stream's states by part `at` ((B, K, ...) each) and
-        relative features `near` (B, K, 3), which the payment so far reads."""
-        z = self.joint(cur, streams, self.payment_so_far(cur, today, at, near), fused)
+        day, the card-at-merchant stream's states by part `at` ((B, K, ...) each) and
+        relative features `near` (B, K, 3), which the payment so far reads, and the card
+        stream's `codes` part (B, K, D), whose latest the heads read."""
+        z = self.joint(cur, streams, self.own_past(cur, today, at, near, card_codes), fused)
         approval = self.approval_head(z).squeeze(-1)
         decline = self.decline_code(decline_response_code) + self.decline_advice(
             decline_advice_code
@@ -772,18 +780,28 @@ class IssuerSeqNet(nn.Module):
         retry = self.retry_head(torch.cat([z, decline], dim=-1))
         return approval, retry
 
-    def payment_so_far(
-        self, cur: Tensor, today: Tensor, at: Mapping[str, Tensor], near: Tensor
+    def own_past(
+        self,
+        cur: Tensor,
+        today: Tensor,
+        at: Mapping[str, Tensor],
+        near: Tensor,
+        card_codes: Tensor,
     ) -> Tensor:
-        """(B, D): `PaymentSoFar` of the card-at-merchant stream (`heads`), or zeros."""
+        """(B, 2 D): `PaymentSoFar` of the card-at-merchant stream (`heads`), then the codes
+        of the card's latest event (`card_codes` (B, K, D), the card stream's `codes` part:
+        right-aligned, so its last slot; a padding slot's codes are zeros), each zeros when
+        the card streams are ablated."""
         if not self.use["card_merchant"]:
-            return torch.zeros_like(cur)
-        return self.payment(near[..., 2], near[..., 0], at["codes"], at["day"], today)
+            return torch.cat([torch.zeros_like(cur), torch.zeros_like(cur)], dim=-1)
+        payment = self.payment(near[..., 2], near[..., 0], at["codes"], at["day"], today)
+        return torch.cat([payment, card_codes[:, -1]], dim=-1)
 
-    def joint(self, cur: Tensor, streams: Tensor, payment: Tensor, fused: Tensor | None) -> Tensor:
-        """The heads' input (B, (N + 2 [+ 1]) D): the streams' vectors (N, B, D), the
-        attempt's vector, the payment so far and, for a fused network, its aggregates."""
-        parts = [streams.transpose(0, 1).flatten(1), cur, payment]
+    def joint(self, cur: Tensor, streams: Tensor, past: Tensor, fused: Tensor | None) -> Tensor:
+        """The heads' input (B, (N + 3 [+ 1]) D): the streams' vectors (N, B, D), the
+        attempt's vector, its own past (`own_past`: the payment so far, the card's latest
+        codes) and, for a fused network, its aggregates."""
+        parts = [streams.transpose(0, 1).flatten(1), cur, past]
         if self.n_fused:
             if fused is None:
                 raise ValueError(f"this network reads the {self.n_fused} fused aggregates")
@@ -794,9 +812,10 @@ class IssuerSeqNet(nn.Module):
         self, cur_cat: Tensor, cur_num: Tensor, states: Tensor, rel: Tensor, length: Tensor
     ) -> tuple[Tensor, Tensor]:
         """What B attempts' candidate routes share: the vectors of the streams that do not
-        read the route (features.SHARED_STREAMS), (N - 1, B, D), and the payment so far
-        (B, D). states (N - 1, B, K, S), rel (N - 1, B, K, 3), length (N - 1, B): those
-        streams' inputs, stacked as `query`'s. `through_route` adds each candidate's part."""
+        read the route (features.SHARED_STREAMS), (N - 1, B, D), and the attempt's own past
+        (`own_past`, B, 2 D). states (N - 1, B, K, S), rel (N - 1, B, K, 3), length (N - 1,
+        B): those streams' inputs, stacked as `query`'s. `through_route` adds each
+        candidate's part."""
         token = self.events(cur_cat * self.routeless, cur_num)  # (B, D)
         today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
         parts = self.parts(states)
@@ -804,15 +823,16 @@ class IssuerSeqNet(nn.Module):
             token[None].expand(len(SHARED), -1, -1), today, parts, rel, length, self.shared_streams
         )
         m = SHARED.index(_CARD_MERCHANT)
-        payment = self.payment_so_far(token, today, {k: v[m] for k, v in parts.items()}, rel[m])
-        return vectors, payment
+        at = {k: v[m] for k, v in parts.items()}
+        past = self.own_past(token, today, at, rel[m], parts["codes"][SHARED.index(_CARD)])
+        return vectors, past
 
     def through_route(
         self,
         cur_cat: Tensor,
         cur_num: Tensor,
         shared: Tensor,
-        payment: Tensor,
+        past: Tensor,
         route_states: Tensor,
         route_rel: Tensor,
         route_length: Tensor,
@@ -820,7 +840,7 @@ class IssuerSeqNet(nn.Module):
     ) -> Tensor:
         """Uncalibrated approval logits (B,) of B attempts, each through the route of its
         `cur_cat` row: `query`'s approval logits, with the shared part from `shared_vectors`
-        (`shared`, `payment`) and the route stream's own inputs route_states (B, K, S),
+        (`shared`, `past`) and the route stream's own inputs route_states (B, K, S),
         route_rel (B, K, 3), route_length (B,)."""
         cur = self.events(cur_cat, cur_num)
         today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
@@ -833,7 +853,7 @@ class IssuerSeqNet(nn.Module):
             slice(_ROUTE_STREAM, _ROUTE_STREAM + 1),
         )
         streams = torch.cat([shared[:_ROUTE_STREAM], route, shared[_ROUTE_STREAM:]])
-        return self.approval_head(self.joint(cur, streams, payment, fused)).squeeze(-1)
+        return self.approval_head(self.joint(cur, streams, past, fused)).squeeze(-1)
 
     def route_query(
         self,
@@ -883,8 +903,9 @@ class IssuerSeqNet(nn.Module):
         streams = torch.cat([shared[:_ROUTE_STREAM], route, shared[_ROUTE_STREAM:]])
         m = SHARED.index(_CARD_MERCHANT)
         at = {name: part[m] for name, part in parts.items()}
-        payment = self.payment_so_far(token, today, at, rel[m]).expand(r, -1)
-        return self.approval_head(self.joint(cur, streams, payment, fused)).squeeze(-1)
+        card_codes = parts["codes"][SHARED.index(_CARD)]
+        past = self.own_past(token, today, at, rel[m], card_codes).expand(r, -1)
+        return self.approval_head(self.joint(cur, streams, past, fused)).squeeze(-1)
 
     def logits(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Uncalibrated (approval (B,), retry (B, G)) logits from the named inputs of
@@ -905,7 +926,7 @@ class IssuerSeqNet(nn.Module):
             states = stack_streams([self.state(*event) for event in events])
             return self.query(cat, num, states, stack_streams(rel), length, code, advice, fused)
         cur, tokens, today = self.current(cat, num)
-        vectors, at = [], {}
+        vectors, at, card_codes = [], {}, torch.zeros(())
         for run in equal_window_runs([r.shape[1] for r in rel]):
             # the run's events stacked before they are encoded (ids and numbers, not states)
             parts = self.state_parts(
@@ -923,8 +944,11 @@ class IssuerSeqNet(nn.Module):
             )
             if run.start <= _CARD_MERCHANT < run.stop:
                 at = {name: part[_CARD_MERCHANT - run.start] for name, part in parts.items()}
+            if run.start <= _CARD < run.stop:
+                card_codes = parts["codes"][_CARD - run.start]
         m = _CARD_MERCHANT
-        return self.heads(cur, today, torch.cat(vectors), at, rel[m], code, advice, fused)
+        streams = torch.cat(vectors)
+        return self.heads(cur, today, streams, at, rel[m], card_codes, code, advice, fused)
 
     def set_fused_moments(self, fused: Tensor) -> None:
         """Standardize the fused input by the mean and deviation of `fused` (N, n_fused), the
