@@ -212,6 +212,30 @@ def test_the_heads_read_the_codes_of_the_cards_latest_event(
 
 
 @torch.no_grad()
+def test_the_card_latest_answer_reaches_the_approval_logit_directly(
+    store: EventStore, net: IssuerSeqNet
+) -> None:
+    """`approval_logit` adds a linear term of the card's latest codes to the approval head's
+    logit: moving its weight by v moves every approval logit by v . those codes (the card
+    stream's last slot) and leaves the retry logits alone. It starts at zero."""
+    assert torch.all(net.latest_answer.weight == 0) and torch.all(net.latest_answer.bias == 0)
+    x = _batch(store)
+    approval, retry = net.logits(x)
+    latest = net.decline_code(x["card_response_code"][:, -1]) + net.decline_advice(
+        x["card_advice_code"][:, -1]
+    )
+    v = torch.randn(net.d_model, generator=torch.Generator().manual_seed(0))
+    net.latest_answer.weight += v
+    try:
+        moved, moved_retry = net.logits(x)
+    finally:
+        net.latest_answer.weight -= v
+    assert (moved - approval).abs().max() > 0
+    torch.testing.assert_close(moved - approval, latest @ v, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(moved_retry, retry)
+
+
+@torch.no_grad()
 def test_empty_histories_give_finite_outputs(store: EventStore, net: IssuerSeqNet) -> None:
     x = _batch(store)
     for s in STREAMS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -319,6 +320,13 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(
                 [f"data_dir={tiny_dir}", f"run_dir={tmp_path}", *FAST, "early_stopping.patience=0"],
             )
         )
+    with pytest.raises(IssuerSeqError, match="latest_answer_lr_scale"):
+        train(
+            _compose(
+                "train",
+                [f"data_dir={tiny_dir}", f"run_dir={tmp_path}", *FAST, "latest_answer_lr_scale=0"],
+            )
+        )
 
 
 def test_max_steps_before_the_first_validation_keeps_the_last_weights(
@@ -474,6 +482,32 @@ def test_the_cause_loss_learns_the_outcome_cause_beside_the_approval(tiny_dir: P
     module.on_fit_end()  # the hook goes: the trained network is the plain one
     net.logits(batch)
     assert module._joint is None
+
+
+def test_the_latest_answer_path_trains_at_its_own_rate(tiny_dir: Path) -> None:
+    """The optimizer holds every parameter once: the network's direct path from the card's
+    latest answer in a group at `latest_answer_lr_scale` x the rate, the rest at the rate; a
+    scale that is not positive is refused."""
+    store = build_store(
+        load_log(tiny_dir), StoreConfig(k_card=4, k_issuer=6, k_route=6, k_card_merchant=3)
+    )
+    net = IssuerSeqNet(store.vocab.sizes(), 8, d_model=16, n_heads=2, n_layers=1, d_ff=32)
+    factory = functools.partial(torch.optim.AdamW, lr=2e-3)
+    module = IssuerSeqModule(
+        net,
+        DeviceStore(store),
+        optimizer=factory,
+        cause_loss_weight=0.5,
+        latest_answer_lr_scale=10.0,
+    )
+    rest, latest = module.make_optimizer().param_groups
+    assert rest["lr"] == pytest.approx(2e-3) and latest["lr"] == pytest.approx(2e-2)
+    assert {id(q) for q in latest["params"]} == {id(q) for q in net.latest_answer.parameters()}
+    held = [id(q) for g in (rest, latest) for q in g["params"]]
+    assert sorted(held) == sorted(id(q) for q in module.parameters())
+    assert any(q is module.cause_head.weight for q in rest["params"])
+    with pytest.raises(ValueError, match="latest_answer_lr_scale"):
+        IssuerSeqModule(net, DeviceStore(store), optimizer=factory, latest_answer_lr_scale=0.0)
 
 
 def test_only_the_command_reads_the_training_config() -> None:

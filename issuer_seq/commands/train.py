@@ -23,6 +23,7 @@ from issuer_seq.baselines.fused import N_FUSED, fused_frame_inputs
 from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.datamodule import IssuerSeqDataModule
 from issuer_seq.data.store import TRAIN, EventStore, StoreConfig, build_store
+from issuer_seq.errors import IssuerSeqError
 from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.progress import stage
 from issuer_seq.schema import ValidatedLog, load_log
@@ -41,6 +42,10 @@ def _plain(cfg: DictConfig) -> dict[str, Any]:
 def train(cfg: DictConfig, store: EventStore | None = None) -> float:
     """Train as `cfg` (conf/train.yaml composed) says; `store` (built from cfg.data_dir with
     cfg.data) saves rebuilding it. The calibrated validation log loss."""
+    if not float(cfg.latest_answer_lr_scale) > 0:
+        raise IssuerSeqError(
+            f"latest_answer_lr_scale must be > 0, got {cfg.latest_answer_lr_scale}"
+        )
     # Seeded before the network is built: its initial weights come from this seed.
     pl.seed_everything(int(cfg.seed), workers=True)
     vlog = None
@@ -70,6 +75,7 @@ def train(cfg: DictConfig, store: EventStore | None = None) -> float:
         retry_loss_weight=float(cfg.retry_loss_weight),
         retry_propensity_weighting=bool(cfg.retry_propensity_weighting),
         cause_loss_weight=float(cfg.cause_loss_weight),
+        latest_answer_lr_scale=float(cfg.latest_answer_lr_scale),
     )
     datamodule = IssuerSeqDataModule(
         store,

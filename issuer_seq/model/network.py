@@ -543,7 +543,8 @@ class IssuerSeqNet(nn.Module):
     #: what the saved weights compute, beyond their shapes: a run records it, and a run of
     #: another version is refused on loading (train/trained_run.py). 2: only the route
     #: stream's query reads the attempt's route. 3: the heads read the card's latest codes.
-    VERSION = 3
+    #: 4: a linear term of those codes is added to the approval logit (`approval_logit`).
+    VERSION = 4
 
     def __init__(
         self,
@@ -603,6 +604,11 @@ class IssuerSeqNet(nn.Module):
         self.approval_head = nn.Sequential(
             nn.Linear(joint, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, 1)
         )
+        # the card's latest answer straight to the approval logit (`approval_logit`), from
+        # zero; the LightningModule trains it at a higher rate (`latest_answer_lr_scale`)
+        self.latest_answer = nn.Linear(d_model, 1)
+        nn.init.zeros_(self.latest_answer.weight)
+        nn.init.zeros_(self.latest_answer.bias)
         self.decline_code = nn.Embedding(vocab_sizes["response_code"], d_model, padding_idx=F.PAD)
         self.decline_advice = nn.Embedding(vocab_sizes["advice_code"], d_model, padding_idx=F.PAD)
         self.retry_head = nn.Sequential(
@@ -772,8 +778,9 @@ class IssuerSeqNet(nn.Module):
         day, the card-at-merchant stream's states by part `at` ((B, K, ...) each) and
         relative features `near` (B, K, 3), which the payment so far reads, and the card
         stream's `codes` part (B, K, D), whose latest the heads read."""
-        z = self.joint(cur, streams, self.own_past(cur, today, at, near, card_codes), fused)
-        approval = self.approval_head(z).squeeze(-1)
+        past = self.own_past(cur, today, at, near, card_codes)
+        z = self.joint(cur, streams, past, fused)
+        approval = self.approval_logit(z, past)
         decline = self.decline_code(decline_response_code) + self.decline_advice(
             decline_advice_code
         )
@@ -796,6 +803,14 @@ class IssuerSeqNet(nn.Module):
             return torch.cat([torch.zeros_like(cur), torch.zeros_like(cur)], dim=-1)
         payment = self.payment(near[..., 2], near[..., 0], at["codes"], at["day"], today)
         return torch.cat([payment, card_codes[:, -1]], dim=-1)
+
+    def approval_logit(self, z: Tensor, past: Tensor) -> Tensor:
+        """(B,) the approval head's logit of the heads' input z plus a linear term of the
+        card's latest codes (the last D of `past`, `own_past`): a direct path, so that the
+        rare answers after which a card is declined everywhere (lost, stolen, expired: a few
+        dozen in a training split) move the logit as far as they should."""
+        latest = past[..., -self.latest_answer.in_features :]
+        return (self.approval_head(z) + self.latest_answer(latest)).squeeze(-1)
 
     def joint(self, cur: Tensor, streams: Tensor, past: Tensor, fused: Tensor | None) -> Tensor:
         """The heads' input (B, (N + 3 [+ 1]) D): the streams' vectors (N, B, D), the
@@ -853,7 +868,7 @@ class IssuerSeqNet(nn.Module):
             slice(_ROUTE_STREAM, _ROUTE_STREAM + 1),
         )
         streams = torch.cat([shared[:_ROUTE_STREAM], route, shared[_ROUTE_STREAM:]])
-        return self.approval_head(self.joint(cur, streams, past, fused)).squeeze(-1)
+        return self.approval_logit(self.joint(cur, streams, past, fused), past)
 
     def route_query(
         self,
@@ -905,7 +920,7 @@ class IssuerSeqNet(nn.Module):
         at = {name: part[m] for name, part in parts.items()}
         card_codes = parts["codes"][SHARED.index(_CARD)]
         past = self.own_past(token, today, at, rel[m], card_codes).expand(r, -1)
-        return self.approval_head(self.joint(cur, streams, past, fused)).squeeze(-1)
+        return self.approval_logit(self.joint(cur, streams, past, fused), past)
 
     def logits(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Uncalibrated (approval (B,), retry (B, G)) logits from the named inputs of

@@ -84,6 +84,7 @@ class IssuerSeqModule(pl.LightningModule):
         retry_propensity_weighting: bool = True,
         max_retry_weight: float = 20.0,
         cause_loss_weight: float = 0.0,
+        latest_answer_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.net = net
@@ -94,6 +95,9 @@ class IssuerSeqModule(pl.LightningModule):
         self.retry_propensity_weighting = retry_propensity_weighting
         self.max_retry_weight = max_retry_weight
         self.cause_loss_weight = cause_loss_weight
+        if latest_answer_lr_scale <= 0:
+            raise ValueError(f"latest_answer_lr_scale must be > 0, got {latest_answer_lr_scale}")
+        self.latest_answer_lr_scale = latest_answer_lr_scale
         self._joint: Tensor | None = None
         if cause_loss_weight > 0:
             # the outcome's cause from what both heads read (their input, kept by a hook):
@@ -178,8 +182,20 @@ class IssuerSeqModule(pl.LightningModule):
         self.log_dict(values, prog_bar=True, sync_dist=True)
 
     # -- optimization ---------------------------------------------------------------------
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over every parameter, the network's direct path from the card's
+        latest answer (IssuerSeqNet.approval_logit) in a group of its own at
+        `latest_answer_lr_scale` x the rate: Adam moves a weight by about the rate per step,
+        and the few hundred steps of a small log would move the logit of an answer seen a few
+        dozen times by less than the few units it needs."""
+        latest = list(self.net.latest_answer.parameters())
+        rest = [q for q in self.parameters() if all(q is not w for w in latest)]
+        optimizer = self.optimizer_factory([{"params": rest}, {"params": latest}])
+        optimizer.param_groups[1]["lr"] *= self.latest_answer_lr_scale
+        return optimizer
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.make_optimizer()
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = min(self.warmup_steps, max(total // 10, 1))
 
