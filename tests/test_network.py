@@ -12,7 +12,13 @@ from issuer_seq import features as F
 from issuer_seq.data.batches import DeviceStore
 from issuer_seq.data.store import TRAIN, EventStore, StoreConfig, build_store
 from issuer_seq.features import STREAMS
-from issuer_seq.model.network import IssuerSeqNet, equal_window_runs, packed, stack_streams
+from issuer_seq.model.network import (
+    N_PAIR,
+    IssuerSeqNet,
+    equal_window_runs,
+    packed,
+    stack_streams,
+)
 from issuer_seq.schema import load_log
 
 
@@ -181,6 +187,23 @@ def test_the_pair_terms_enter_at_query_time(store: EventStore, net: IssuerSeqNet
 
 
 @torch.no_grad()
+def test_the_pair_compares_the_events_amount_with_the_attempts(net: IssuerSeqNet) -> None:
+    """The pair term carries each event's log amount less the attempt's and whether it was at
+    least as large."""
+    rel = torch.zeros(1, 3, 3)
+    rel[..., 0] = 5.0  # log1p(minutes) since: every event the same
+    day, today = torch.zeros(1, 3, 31), torch.zeros(1, 31)
+    events = torch.tensor([[2.0, 3.0, 4.5]])  # the events' log1p(amount)
+    pair = net.pair(rel, day, today, torch.tensor([3.0]), events)
+    assert pair.shape == (1, 3, N_PAIR)
+    assert torch.equal(pair[0, :, 4], torch.tensor([-1.0, 0.0, 1.5]))
+    assert torch.equal(pair[0, :, 5], torch.tensor([0.0, 1.0, 1.0]))  # equal counts as at least
+
+    # every stream's query reads them, into its history tokens
+    assert all(net.queries[s].pair.in_features == N_PAIR for s in STREAMS)
+
+
+@torch.no_grad()
 def test_the_heads_read_the_codes_of_the_cards_latest_event(
     store: EventStore, net: IssuerSeqNet
 ) -> None:
@@ -286,7 +309,7 @@ def test_every_stream_at_once_is_each_streams_own_modules() -> None:
             param.add_(torch.randn_like(param) * 0.3)
     current = torch.randn(b, d)
     states = [torch.randn(b, k, d) for k in ks]
-    pairs = [torch.randn(b, k, 8) for k in ks]
+    pairs = [torch.randn(b, k, N_PAIR) for k in ks]
     lengths = [torch.randint(0, k + 1, (b,)) for k in ks]
     got = stream_queries_n(
         queries,

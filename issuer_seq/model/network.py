@@ -12,7 +12,8 @@ A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
                       card at the current merchant): the current attempt's state attends over
                       itself and the stream's K cached states, each plus a term of how the
                       event stands to the current attempt (`pair`: minutes since, same
-                      merchant, same payment, a new day since); only the query token is
+                      merchant, same payment, a new day since, its amount against the
+                      attempt's); only the query token is
                       updated, layer after layer -> (B, D). The current attempt is always
                       a key, so an empty history never yields NaN. Only the route stream's
                       query reads the attempt's route; the others start from the attempt's
@@ -237,8 +238,10 @@ def equal_window_runs(windows: list[int]) -> list[slice]:
 #: log1p(minutes) bounds of the pair's recency steps: 10 min, 1 h, 1 day, 7 days
 _RECENCY_STEPS = (10.0, 60.0, 1_440.0, 10_080.0)
 #: numbers per (current attempt, history event) pair: log minutes since / NEVER, same
-#: merchant, same payment, a new (UTC) day begun since, then one step per _RECENCY_STEPS
-N_PAIR = 4 + len(_RECENCY_STEPS)
+#: merchant, same payment, a new (UTC) day begun since, the event's log amount less the
+#: attempt's and 1.0 where the event's amount is at least the attempt's, then one step per
+#: _RECENCY_STEPS
+N_PAIR = 6 + len(_RECENCY_STEPS)
 
 
 class QueryBlock(nn.Module):
@@ -544,7 +547,8 @@ class IssuerSeqNet(nn.Module):
     #: another version is refused on loading (train/trained_run.py). 2: only the route
     #: stream's query reads the attempt's route. 3: the heads read the card's latest codes.
     #: 4: a linear term of those codes is added to the approval logit (`approval_logit`).
-    VERSION = 4
+    #: 5: the pair term compares the event's amount with the attempt's (`pair`).
+    VERSION = 5
 
     def __init__(
         self,
@@ -665,17 +669,34 @@ class IssuerSeqNet(nn.Module):
         """Cached states (..., S) -> their parts, as `state_parts` gives them."""
         return {name: states[..., start:stop] for name, (start, stop) in self.layout.items()}
 
-    def pair(self, rel: Tensor, day: Tensor, today: Tensor) -> Tensor:
+    def pair(
+        self, rel: Tensor, day: Tensor, today: Tensor, amount: Tensor, log_amount: Tensor
+    ) -> Tensor:
         """(..., B, K, N_PAIR): how each history event stands to the current attempt.
 
         rel (..., B, K, 3) the relative features (features.RELATIVE); day (..., B, K, 31) the
-        events' `day_onehot`, today (B, 31) the current attempt's. Float arithmetic only (no casts:
-        the fp16 export keeps its types).
+        events' `day_onehot`, today (B, 31) the current attempt's; log_amount (..., B, K) the
+        events' log amounts, amount (B,) the current attempt's. Float arithmetic only (no
+        casts: the fp16 export keeps its types).
+
+        The amounts compared: whether a card has been approved (or declined for funds, or
+        over a limit) at this amount or above is a comparison of two events, which the
+        event states alone, each encoded without the other, do not make.
         """
         minutes = rel[..., 0]
         within = (torch.sign(self.recency_steps - minutes[..., None]) + 1).clamp(max=1)
         same_day = (day * today[:, None, :]).sum(-1) * within[..., 2]  # same date, < 1 day ago
-        numbers = [minutes / HistoryStats.NEVER, rel[..., 1], rel[..., 2], 1 - same_day]
+        # the event's amount against the attempt's: log ratio, and 1.0 where at least as large
+        above = log_amount - amount[:, None]
+        at_least = (torch.sign(above) + 1).clamp(max=1)
+        numbers = [
+            minutes / HistoryStats.NEVER,
+            rel[..., 1],
+            rel[..., 2],
+            1 - same_day,
+            above,
+            at_least,
+        ]
         return torch.cat([torch.stack(numbers, dim=-1), within], dim=-1)
 
     # -- the query: one pass over the cached states of each stream ------------------------
@@ -701,7 +722,8 @@ class IssuerSeqNet(nn.Module):
         """
         cur, tokens, today = self.current(cur_cat, cur_num)
         parts = self.parts(states)
-        streams = self.stream_vectors(tokens, today, parts, rel, length, slice(None))
+        amount = cur_num[..., _LOG_AMOUNT]
+        streams = self.stream_vectors(tokens, today, amount, parts, rel, length, slice(None))
         return self.heads(
             cur,
             today,
@@ -732,6 +754,7 @@ class IssuerSeqNet(nn.Module):
         self,
         tokens: Tensor,
         today: Tensor,
+        amount: Tensor,
         states: Mapping[str, Tensor],
         rel: Tensor,
         length: Tensor,
@@ -740,15 +763,16 @@ class IssuerSeqNet(nn.Module):
         """(n, B, D): the vectors of the streams STREAMS[which] (`which` a slice), or of the
         streams at positions `which` (a tensor of n positions, a stream more than once where
         it repeats), their inputs stacked as `query`'s (n, B, K, ...), the states by part
-        (`state_parts`), the tokens their queries start from (n, B, D; `current`): the
-        query over the states, plus the counts and stats."""
+        (`state_parts`), the tokens their queries start from (n, B, D; `current`), the
+        attempts' day (B, 31) and log amount (B,), which the pair term compares: the query
+        over the states, plus the counts and stats."""
         names, index = (STREAMS[which], None) if isinstance(which, slice) else (STREAMS, which)
         minutes, onehot = rel[..., 0], states["cause"]
         encoded = stream_queries_n(
             [self.queries[s] for s in names],
             tokens,
             states["hidden"],
-            self.pair(rel, states["day"], today),
+            self.pair(rel, states["day"], today, amount, states["log_amount"][..., 0]),
             length,
             self.training,
             index,
@@ -835,7 +859,13 @@ class IssuerSeqNet(nn.Module):
         today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
         parts = self.parts(states)
         vectors = self.stream_vectors(
-            token[None].expand(len(SHARED), -1, -1), today, parts, rel, length, self.shared_streams
+            token[None].expand(len(SHARED), -1, -1),
+            today,
+            cur_num[..., _LOG_AMOUNT],
+            parts,
+            rel,
+            length,
+            self.shared_streams,
         )
         m = SHARED.index(_CARD_MERCHANT)
         at = {k: v[m] for k, v in parts.items()}
@@ -862,6 +892,7 @@ class IssuerSeqNet(nn.Module):
         route = self.stream_vectors(
             cur[None],
             today,
+            cur_num[..., _LOG_AMOUNT],
             self.parts(route_states[None]),
             route_rel[None],
             route_length[None],
@@ -908,6 +939,7 @@ class IssuerSeqNet(nn.Module):
         vectors = self.stream_vectors(
             torch.cat([token.expand(n, 1, -1), cur[:, None, :]]),
             today,
+            cur_num[:1, _LOG_AMOUNT],
             parts,
             torch.cat([rel, route_rel]),
             torch.cat([length, route_length]),
@@ -951,6 +983,7 @@ class IssuerSeqNet(nn.Module):
                 self.stream_vectors(
                     tokens[run],
                     today,
+                    num[..., _LOG_AMOUNT],
                     parts,
                     torch.stack(rel[run]),
                     length[run],
