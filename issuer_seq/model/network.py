@@ -13,12 +13,12 @@ A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
                       itself and the stream's K cached states, each plus a term of how the
                       event stands to the current attempt (`pair`: minutes since, same
                       merchant, same payment, a new day since, its amount against the
-                      attempt's); only the query token is
-                      updated, layer after layer -> (B, D). The current attempt is always
-                      a key, so an empty history never yields NaN. Only the route stream's
-                      query reads the attempt's route; the others start from the attempt's
-                      state without it, so an attempt's candidate routes share their
-                      vectors (`route_query`: computed once for all of them).
+                      attempt's); only the query token is updated, layer after layer ->
+                      (B, D). The current attempt is always a key, so an empty history
+                      never yields NaN. Only the route stream's query reads the attempt's
+                      route; the others start from the attempt's state without it, so an
+                      attempt's candidate routes share their vectors (`route_query`:
+                      computed once for all of them).
     history counts    per stream, how many history events of each cause fall in trailing
                       windows (10 min ... all K), overall and at the same merchant, log1p ->
                       linear (B, D), added to the stream's vector. Softmax attention averages
@@ -722,8 +722,9 @@ class IssuerSeqNet(nn.Module):
         """
         cur, tokens, today = self.current(cur_cat, cur_num)
         parts = self.parts(states)
-        amount = cur_num[..., _LOG_AMOUNT]
-        streams = self.stream_vectors(tokens, today, amount, parts, rel, length, slice(None))
+        streams = self.stream_vectors(
+            tokens, today, cur_num[..., _LOG_AMOUNT], parts, rel, length, slice(None)
+        )
         return self.heads(
             cur,
             today,
@@ -767,19 +768,19 @@ class IssuerSeqNet(nn.Module):
         attempts' day (B, 31) and log amount (B,), which the pair term compares: the query
         over the states, plus the counts and stats."""
         names, index = (STREAMS[which], None) if isinstance(which, slice) else (STREAMS, which)
-        minutes, onehot = rel[..., 0], states["cause"]
+        minutes, onehot, log_amount = rel[..., 0], states["cause"], states["log_amount"][..., 0]
         encoded = stream_queries_n(
             [self.queries[s] for s in names],
             tokens,
             states["hidden"],
-            self.pair(rel, states["day"], today, amount, states["log_amount"][..., 0]),
+            self.pair(rel, states["day"], today, amount, log_amount),
             length,
             self.training,
             index,
         )
         counts, stats = self.counts[STREAMS[0]], self.stats[STREAMS[0]]  # same for every stream
         count_table = torch.log1p(counts.table(onehot, minutes, rel[..., 1]))
-        stat_table = stats.table(onehot, minutes, states["log_amount"][..., 0])
+        stat_table = stats.table(onehot, minutes, log_amount)
         return (
             encoded
             + linear_n(count_table.flatten(-2), [self.counts[s].proj for s in names], index)
