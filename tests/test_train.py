@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -37,7 +38,7 @@ from issuer_seq.schema import load_log
 from issuer_seq.train.calibrate import fit_temperature
 from issuer_seq.train.infer import infer, observed_retries
 from issuer_seq.train.module import IssuerSeqModule
-from issuer_seq.train.run import versus_trees
+from issuer_seq.train.run import fit, versus_trees
 from issuer_seq.train.trained_run import TrainedRun
 from tests.conftest import make_sim
 
@@ -286,11 +287,42 @@ def test_train_checks_the_model_against_the_trees_on_its_validation_rows(
     assert any("LightGBM check" in r.getMessage() for r in caplog.records)
 
 
+class _WorseEachEpoch(pl.LightningModule):
+    """A one-weight model whose validation log loss is its epoch number: it never improves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return ((self.w - batch) ** 2).mean()
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val/logloss", float(self.current_epoch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_checkpoint_is_the_last_epochs_even_when_it_did_not_improve(tmp_path: Path) -> None:
+    """resume=true continues from last.ckpt, so it must be the last epoch's, not the best's:
+    here the first epoch is the best and the third the last."""
+    data = pl.LightningDataModule.from_datasets(
+        train_dataset=torch.ones(8, 1), val_dataset=torch.ones(4, 1)
+    )
+    options = {"max_epochs": 3, "accelerator": "cpu", "enable_progress_bar": False}
+    fitted = fit(_WorseEachEpoch(), data, tmp_path, options)  # type: ignore[arg-type]
+    assert torch.load(fitted.best_checkpoint, weights_only=False)["epoch"] == 0
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, fitted.trainer.global_step)
+
+
 def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(
     tiny_dir: Path, tmp_path: Path
 ) -> None:
     """No epoch can improve validation log loss by 10 nats, so patience 1 stops the run after
-    its second epoch of four; model.pt holds the best checkpoint's weights, not the last's."""
+    its second epoch of four; model.pt holds the best checkpoint's weights, not the last's,
+    and last.ckpt is the last epoch's, whether or not it improved on the best."""
     overrides = [o for o in FAST if not o.startswith("trainer.max_epochs")]
     cfg = _compose(
         "train",
@@ -307,6 +339,8 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(
     train(cfg)
     training = json.loads((tmp_path / "metrics.json").read_text())["training"]
     assert training["early_stopped_epoch"] == 1 and training["steps"] == 2 * 3
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (1, 2 * 3)
     best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
     assert training["best_epoch"] == best["epoch"]
     saved = torch.load(tmp_path / "model.pt", weights_only=True)

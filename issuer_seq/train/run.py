@@ -147,10 +147,15 @@ def fit(
     every epoch)."""
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = pl.callbacks.ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/logloss", mode="min", save_last=True
+        dirpath=ckpt_dir, filename="best", monitor="val/logloss", mode="min"
+    )
+    # Every epoch's end, improved or not (save_last=True above would write it only when the
+    # best is saved, and resume=true would go back to the best epoch).
+    latest = pl.callbacks.ModelCheckpoint(
+        dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
     throughput = Throughput()
-    callbacks: list[pl.Callback] = [checkpoint, throughput]
+    callbacks: list[pl.Callback] = [checkpoint, latest, throughput]
     if early_stopping is not None:
         callbacks.append(_early_stopping(early_stopping))
     with _quiet_lightning():
