@@ -95,6 +95,9 @@ def test_every_config_composes() -> None:
     assert _compose("train", ["experiment=ablate_no_card"]).model.use_card is False
     assert _compose("train", ["experiment=ablate_no_route"]).model.use_route is False
     assert _compose("train", ["experiment=long"]).trainer.max_epochs == 5
+    # at most five passes by default on every trainer; early stopping may end a run sooner
+    trainers = ("cpu", "gpu", "ddp")
+    assert {_compose("train", [f"trainer={t}"]).trainer.max_epochs for t in trainers} == {5}
     quick = _compose("evaluate", []).baselines
     assert list(quick.models) == ["lightgbm"] and quick.trials == 1
     full = _compose("evaluate", ["search=full"]).baselines
