@@ -35,7 +35,7 @@ route effects are learned from the truth, not only from the logged routes). That
 policy's share of the oracle's uplift over static routing estimates how much of it a model of
 these features can reach; the episodes each policy left show how fast that model reacts.
 
-`--transformer RUN_DIR` also trains the transformer (`experiment=demo` plus the overrides)
+`--transformer RUN_DIR` also trains the transformer (the default recipe plus the overrides)
 on the truth of the training split, the same way: an estimate of what its inputs, the
 card's and the issuer's recent histories, can reveal. Validation (early stopping,
 calibration) and test use the outcomes.
@@ -175,9 +175,7 @@ def train_on_truth(
 ) -> dict[str, Any]:
     """Train the transformer on the training split's truth; its test metrics (outcomes)."""
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(
-            "train", [f"data_dir={data_dir}", f"run_dir={run_dir}", "experiment=demo", *overrides]
-        )
+        cfg = compose("train", [f"data_dir={data_dir}", f"run_dir={run_dir}", *overrides])
     store = build_store(vlog, StoreConfig.from_json(cfg.data))
     truth = load_truth(data_dir, store, [])
     assert truth is not None

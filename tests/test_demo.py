@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from issuer_seq.cli import conf_dir
-from issuer_seq.commands.demo import _mapping_overrides
+from issuer_seq.commands.demo import _mapping_overrides, _stage
 
 
 def test_the_demo_passes_exactly_its_variants() -> None:
@@ -20,6 +20,15 @@ def test_the_demo_passes_exactly_its_variants() -> None:
             only = compose(name, _mapping_overrides("variants", {"tiny": "/x-1/run_tiny"}))
             assert dict(only.variants) == {"tiny": "/x-1/run_tiny"}
             assert dict(compose(name, _mapping_overrides("variants", {})).variants) == {}
+
+
+def test_the_demo_trains_the_default_recipe() -> None:
+    """`make demo` trains what `issuer-seq train` with no overrides trains (#21)."""
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        demo = compose("demo")
+        train = _stage("train", demo, list(demo.train_overrides))
+        assert train == compose("train")
+        assert train.trainer.max_epochs == 5 and train.early_stopping.patience == 2
 
 
 def test_demo_runs_every_stage(tmp_path: Path) -> None:
