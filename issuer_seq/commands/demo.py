@@ -71,7 +71,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dataset = summarize_store(store)
     log.info(json.dumps(dataset, indent=2))
 
-    log.info("[4/%d] train: %s -> %s", steps, " ".join(cfg.train_overrides), cfg.run_dir)
+    recipe = " ".join(cfg.train_overrides) or "the default recipe"
+    log.info("[4/%d] train: %s -> %s", steps, recipe, cfg.run_dir)
     val_logloss = train(train_cfg, store)
     variants = variant_paths(cfg)
     variant_seconds: dict[str, float] = {}
