@@ -194,13 +194,20 @@ def test_the_pair_compares_the_events_amount_with_the_attempts(net: IssuerSeqNet
     rel[..., 0] = 5.0  # log1p(minutes) since: every event the same
     day, today = torch.zeros(1, 3, 31), torch.zeros(1, 31)
     events = torch.tensor([[2.0, 3.0, 4.5]])  # the events' log1p(amount)
-    pair = net.pair(rel, day, today, torch.tensor([3.0]), events)
+    pair = net.pair(rel, day, today, torch.tensor([3.0]), events, torch.tensor(1.0))
     assert pair.shape == (1, 3, N_PAIR)
     assert torch.equal(pair[0, :, 4], torch.tensor([-1.0, 0.0, 1.5]))
     assert torch.equal(pair[0, :, 5], torch.tensor([0.0, 1.0, 1.0]))  # equal counts as at least
 
     # every stream's query reads them, into its history tokens
     assert all(net.queries[s].pair.in_features == N_PAIR for s in STREAMS)
+
+    # the route's stream does not compare them: its events are other cards' attempts
+    assert net.compares_amounts.tolist() == [float(s != "route") for s in STREAMS]
+    blind = net.pair(rel, day, today, torch.tensor([3.0]), events, torch.tensor(0.0))
+    assert not blind[..., 4:6].any()
+    rest = [i for i in range(N_PAIR) if i not in (4, 5)]
+    assert torch.equal(blind[..., rest], pair[..., rest])  # the rest as before
 
 
 @torch.no_grad()

@@ -547,8 +547,9 @@ class IssuerSeqNet(nn.Module):
     #: another version is refused on loading (train/trained_run.py). 2: only the route
     #: stream's query reads the attempt's route. 3: the heads read the card's latest codes.
     #: 4: a linear term of those codes is added to the approval logit (`approval_logit`).
-    #: 5: the pair term compares the event's amount with the attempt's (`pair`).
-    VERSION = 5
+    #: 5: the pair term compares the event's amount with the attempt's (`pair`). 6: in every
+    #: stream but the route's (`compares_amounts`).
+    VERSION = 6
 
     def __init__(
         self,
@@ -590,6 +591,9 @@ class IssuerSeqNet(nn.Module):
         self.register_buffer("causes", cause_table(vocab_sizes["cause"]), persistent=False)
         used = torch.tensor([float(self.use[s]) for s in STREAMS])
         self.register_buffer("used", used, persistent=False)
+        # the amounts compared in every stream but the route's (other cards' attempts)
+        compares = torch.tensor([float(s != "route") for s in STREAMS])
+        self.register_buffer("compares_amounts", compares, persistent=False)
         self.register_buffer(
             "days", torch.arange(DAYS_IN_MONTH, dtype=torch.float32), persistent=False
         )
@@ -670,7 +674,13 @@ class IssuerSeqNet(nn.Module):
         return {name: states[..., start:stop] for name, (start, stop) in self.layout.items()}
 
     def pair(
-        self, rel: Tensor, day: Tensor, today: Tensor, amount: Tensor, log_amount: Tensor
+        self,
+        rel: Tensor,
+        day: Tensor,
+        today: Tensor,
+        amount: Tensor,
+        log_amount: Tensor,
+        compares: Tensor,
     ) -> Tensor:
         """(..., B, K, N_PAIR): how each history event stands to the current attempt.
 
@@ -681,14 +691,18 @@ class IssuerSeqNet(nn.Module):
 
         The amounts compared: whether a card has been approved (or declined for funds, or
         over a limit) at this amount or above is a comparison of two events, which the
-        event states alone, each encoded without the other, do not make.
+        event states alone, each encoded without the other, do not make. `compares` (...)
+        1.0 for a stream that compares them, 0.0 where the two numbers are zeros: the route's
+        stream, other cards' attempts, whose amounts say nothing of this card's (comparing
+        them cost routing, docs/training.md).
         """
         minutes = rel[..., 0]
         within = (torch.sign(self.recency_steps - minutes[..., None]) + 1).clamp(max=1)
         same_day = (day * today[:, None, :]).sum(-1) * within[..., 2]  # same date, < 1 day ago
         # the event's amount against the attempt's: log ratio, and 1.0 where at least as large
-        above = log_amount - amount[:, None]
-        at_least = (torch.sign(above) + 1).clamp(max=1)
+        keep = compares[..., None, None]
+        above = (log_amount - amount[:, None]) * keep
+        at_least = (torch.sign(above) + 1).clamp(max=1) * keep
         numbers = [
             minutes / HistoryStats.NEVER,
             rel[..., 1],
@@ -773,7 +787,7 @@ class IssuerSeqNet(nn.Module):
             [self.queries[s] for s in names],
             tokens,
             states["hidden"],
-            self.pair(rel, states["day"], today, amount, log_amount),
+            self.pair(rel, states["day"], today, amount, log_amount, self.compares_amounts[which]),
             length,
             self.training,
             index,
