@@ -592,7 +592,8 @@ class IssuerSeqNet(nn.Module):
         used = torch.tensor([float(self.use[s]) for s in STREAMS])
         self.register_buffer("used", used, persistent=False)
         # the amounts compared in every stream but the route's (other cards' attempts)
-        compares = torch.tensor([float(s != "route") for s in STREAMS])
+        compares = torch.ones(len(STREAMS))
+        compares[_ROUTE_STREAM] = 0.0
         self.register_buffer("compares_amounts", compares, persistent=False)
         self.register_buffer(
             "days", torch.arange(DAYS_IN_MONTH, dtype=torch.float32), persistent=False
