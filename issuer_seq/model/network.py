@@ -103,8 +103,12 @@ class EventEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, cat: Tensor, num: Tensor) -> Tensor:
-        day = day_onehot(num[..., _DAY_OF_MONTH], self.days)
+    def forward(self, cat: Tensor, num: Tensor, day: Tensor | None = None) -> Tensor:
+        """`day`: num's `day_onehot` (..., 31), where the caller has it already. The ids may
+        carry leading dims more than num and day: each variant of an event's ids (the
+        attempt with and without its route) is encoded with the same numbers, in one pass."""
+        if day is None:
+            day = day_onehot(num[..., _DAY_OF_MONTH], self.days)
         out = self.embedded(cat + self.offsets) + self.num(num) + self.day(day)
         for layer in self.ff:
             out = out + layer(out)
@@ -402,46 +406,44 @@ def query_blocks_n(
     index: Tensor | None = None,
 ) -> Tensor:
     """`QueryBlock.forward` of each stream's block at once: q (N, B, D), the memory
-    layer-normalized without an affine `normed` (N, B, K, D), pad (N, B, 1 + K) -> (N, B, D).
+    layer-normalized without an affine `normed` (N, B, K, D), pad (N, B, K + 1) True where a
+    memory slot is padding (the last, the query's own token, never) -> (N, B, D).
 
-    With one query per stream, the memory's keys and values are never formed: a head's score
-    of a memory token, query . (mem @ w_k + b_k) over the head's dims, is mem . (w_k @ the
-    query restricted to the head) + a term of the query alone, and the heads' weighted sum of
-    values, sum_k w_kh (mem_k @ w_v + b_v), is (sum_k w_kh mem_k) @ w_v + b_v sum_k w_kh. The
-    block's memory norm, mem = normed * gamma + beta, folds into both the same way. So the K
-    memory tokens meet H vectors per query, in two products, and nothing of size (N, B, K, D)
-    is made per block (`stream_queries_n` normalizes the memory once for every block).
+    With one query per stream, the tokens' keys and values are never formed. A head's score
+    of a token t, query . (t @ w_k + b_k) over the head's dims, is t . (w_k @ the query
+    restricted to the head), its `probe`, plus query . b_k, which is the same for every token
+    and cancels in the softmax. The heads' weighted sums of values, sum_t w_th (t @ w_v + b_v),
+    are (sum_t w_th t) @ w_v + b_v (the weights sum to 1), and the output projection of head
+    h's dims of that is (sum_t w_th t) @ (w_v restricted to h's columns @ w_o): one product
+    of the H pooled tokens with a (H D, D) matrix of the parameters. So the T tokens meet H
+    vectors per query, in two products, and each block is a few graph nodes (ONNX Runtime's
+    cost per node is most of a served query's time).
     """
     first = blocks[0]
     d, p, heads = q.shape[-1], first.drop.p, first.heads  # heads (D, H) one-hot
+    n_heads = heads.shape[1]
     w = torch.stack([b.attn.in_proj_weight for b in blocks]).transpose(1, 2)  # (N, D, 3D)
     bias = torch.stack([b.attn.in_proj_bias for b in blocks])[:, None]  # (N, 1, 3D)
-    w_q, w_k, w_v = (pick(w[..., i * d : (i + 1) * d], index) for i in range(3))
-    w_k_t = pick(w[..., d : 2 * d].transpose(1, 2), index)
-    b_q, b_k, b_v = (pick(bias[..., i * d : (i + 1) * d], index) for i in range(3))
+    w_q = pick(w[..., :d] * first.scale, index)
+    b_q = pick(bias[..., :d] * first.scale, index)
+    w_k_t = pick(w[..., d : 2 * d].transpose(1, 2), index)  # (N, D, D)
+    w_v, b_v = w[..., 2 * d :], bias[..., 2 * d :]
+    w_o = torch.stack([b.attn.out_proj.weight for b in blocks]).transpose(1, 2)  # (N, D, D)
+    b_o = torch.stack([b.attn.out_proj.bias for b in blocks])[:, None]  # (N, 1, D)
+    # per head h, w_v's columns of h @ w_o's rows of h, stacked: (N, H D, D)
+    w_vo = pick((w_v[:, None] * heads.T[None, :, None, :]) @ w_o[:, None], index)
+    w_vo = w_vo.reshape(w_vo.shape[0], n_heads * d, d)
+    b_vo = pick(b_v @ w_o + b_o, index)
     gamma = stacked_param([b.norm_m for b in blocks], "weight", 4, index)  # (N, 1, 1, D)
     beta = stacked_param([b.norm_m for b in blocks], "bias", 4, index)
-    h = layer_norm_n(q, [b.norm_q for b in blocks], index)
-    query = (h @ w_q + b_q) * first.scale  # (N, B, D)
-    own_key = h @ w_k + b_k  # (N, B, D)
-    own_value = h @ w_v + b_v
-    # each head's probe: w_k @ (the query on the head's dims), (N, B, H, D)
-    probe = matmul_n(query[:, :, None, :] * heads.T, w_k_t)
-    constant = (query * b_k) @ heads + (probe * beta).sum(dim=-1)  # (N, B, H)
-    at_mem = normed @ (probe * gamma).transpose(-1, -2) + constant[:, :, None, :]  # (N,B,K,H)
-    own = ((query * own_key) @ heads)[:, :, None, :]  # (N, B, 1, H)
-    scores = torch.cat([own, at_mem], dim=2)  # (N, B, T, H)
-    weights = torch.softmax(scores.masked_fill(pad[..., None], float("-inf")), dim=2)
-    own_w, mem_w = weights[:, :, 0], weights[:, :, 1:]  # (N, B, H), (N, B, K, H)
-    mem_total = mem_w.sum(dim=2)  # (N, B, H)
-    pooled = (mem_w.transpose(-1, -2) @ normed) * gamma + mem_total[..., None] * beta
-    mixed = matmul_n(pooled, w_v)  # (N, B, H, D): per head, all dims
-    attended = (
-        (own_w @ heads.T) * own_value
-        + (mixed * heads.T).sum(dim=-2)  # each dim from its own head's row
-        + (mem_total @ heads.T) * b_v
-    )
-    a = linear_n(attended, [b.attn.out_proj for b in blocks], index)
+    h = layer_norm_n(q, [b.norm_q for b in blocks], index)  # the query's own token
+    query = h @ w_q + b_q  # (N, B, D)
+    probe = matmul_n(query[:, :, None, :] * heads.T, w_k_t)  # (N, B, H, D)
+    tokens = torch.cat([normed * gamma + beta, h[:, :, None]], dim=2)  # (N, B, K + 1, D)
+    scores = probe @ tokens.transpose(-1, -2)  # (N, B, H, K + 1)
+    weights = torch.softmax(scores.masked_fill(pad[:, :, None], float("-inf")), dim=-1)
+    pooled = weights @ tokens  # (N, B, H, D)
+    a = pooled.flatten(-2) @ w_vo + b_vo
     q = q + nn.functional.dropout(a, p, training)
     hidden = nn.functional.gelu(
         linear_n(
@@ -471,9 +473,9 @@ def stream_queries_n(
     normed = nn.functional.layer_norm(
         memory, memory.shape[-1:], eps=queries[0].layers[0].norm_m.eps
     )
-    offsets = torch.arange(-k, 0, device=states.device)
-    pad = offsets < -length[..., None]  # (N, B, K) True where padding
-    pad = torch.cat([torch.zeros_like(pad[..., :1]), pad], dim=-1)  # the current token is real
+    # the K slots, then the query's own token (offset 0: never padding)
+    offsets = torch.arange(-k, 1, device=states.device)
+    pad = offsets < -length[..., None]  # (N, B, K + 1) True where padding
     q = tokens
     for blocks in zip(*(query.layers for query in queries), strict=True):
         q = query_blocks_n(list(blocks), q, normed, pad, training, index)
@@ -571,6 +573,10 @@ class IssuerSeqNet(nn.Module):
         routeless[F.ROUTE] = 0
         self.register_buffer("routeless", routeless, persistent=False)
         self.register_buffer("shared_streams", torch.tensor(SHARED), persistent=False)
+        # which of the attempt's two encodings (0 with its route, 1 without) each stream's
+        # query starts from (`current`)
+        rows = [0 if i == _ROUTE_STREAM else 1 for i in range(len(STREAMS))]
+        self.register_buffer("token_rows", torch.tensor(rows), persistent=False)
         self.use = {
             "card": use_card,
             "issuer": use_issuer,
@@ -661,13 +667,14 @@ class IssuerSeqNet(nn.Module):
         """`state`'s parts, by the names of `state_layout`, in its order. Training reads
         them apart: slicing parts out of one state tensor costs a zero-filled gradient of the
         whole state per part in the backward pass, for parts (the one-hots) that need none."""
+        day = day_onehot(num[..., _DAY_OF_MONTH], self.days)
         return {
-            "hidden": self.events(cat, num),
+            "hidden": self.events(cat, num, day),
             "codes": self.decline_code(cat[..., _RESPONSE_CODE])
             + self.decline_advice(cat[..., _ADVICE_CODE]),
             "cause": cause_onehot(cat[..., _CAUSE], self.causes),
             "log_amount": num[..., _LOG_AMOUNT : _LOG_AMOUNT + 1],
-            "day": day_onehot(num[..., _DAY_OF_MONTH], self.days),
+            "day": day,
         }
 
     def parts(self, states: Tensor) -> dict[str, Tensor]:
@@ -761,10 +768,9 @@ class IssuerSeqNet(nn.Module):
         issuer's and the card at the merchant's vectors do not depend on the route the
         attempt is sent through, and an attempt's candidate routes share them; the route
         enters through the route stream and the heads."""
-        cur = self.events(cur_cat, cur_num)
-        shared = self.events(cur_cat * self.routeless, cur_num)
-        tokens = torch.stack([cur if i == _ROUTE_STREAM else shared for i in range(len(STREAMS))])
-        return cur, tokens, day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
+        today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
+        both = self.events(torch.stack([cur_cat, cur_cat * self.routeless]), cur_num, today)
+        return both[0], both.index_select(0, self.token_rows), today
 
     def stream_vectors(
         self,
@@ -871,8 +877,8 @@ class IssuerSeqNet(nn.Module):
         (`own_past`, B, 2 D). states (N - 1, B, K, S), rel (N - 1, B, K, 3), length (N - 1,
         B): those streams' inputs, stacked as `query`'s. `through_route` adds each
         candidate's part."""
-        token = self.events(cur_cat * self.routeless, cur_num)  # (B, D)
         today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
+        token = self.events(cur_cat * self.routeless, cur_num, today)  # (B, D)
         parts = self.parts(states)
         vectors = self.stream_vectors(
             token[None].expand(len(SHARED), -1, -1),
@@ -903,8 +909,8 @@ class IssuerSeqNet(nn.Module):
         `cur_cat` row: `query`'s approval logits, with the shared part from `shared_vectors`
         (`shared`, `past`) and the route stream's own inputs route_states (B, K, S),
         route_rel (B, K, 3), route_length (B,)."""
-        cur = self.events(cur_cat, cur_num)
         today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
+        cur = self.events(cur_cat, cur_num, today)
         route = self.stream_vectors(
             cur[None],
             today,
@@ -945,9 +951,14 @@ class IssuerSeqNet(nn.Module):
         of N - 1 + R slices at a batch of 1, where a batch of R copies computes N R.
         """
         r, n = cur_cat.shape[0], len(SHARED)
-        cur = self.events(cur_cat, cur_num)  # (R, D)
-        today = day_onehot(cur_num[:1, _DAY_OF_MONTH], self.days)  # (1, 31)
-        token = self.events(cur_cat[:1] * self.routeless, cur_num[:1])  # (1, D)
+        today = day_onehot(cur_num[:1, _DAY_OF_MONTH], self.days)  # (1, 31): one attempt
+        # the attempt through each route (R rows), then without a route (1 row), in one pass
+        both = self.events(
+            torch.cat([cur_cat, cur_cat[:1] * self.routeless]),
+            torch.cat([cur_num, cur_num[:1]]),
+            today,
+        )
+        cur, token = both[:r], both[r:]  # (R, D), (1, D)
         index = torch.cat(
             [self.shared_streams, torch.zeros_like(route_length[:, 0]) + _ROUTE_STREAM]
         )
