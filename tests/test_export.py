@@ -226,6 +226,19 @@ def test_graph_has_named_typed_inputs_with_dynamic_dims(exported: Exported) -> N
         assert dims == {("batch", f"k_{stream}")}
 
 
+def test_served_graphs_run_each_gelu_as_one_node(exported: Exported) -> None:
+    """The query and route graphs, after onnxscript's fusions for ONNX Runtime: every GELU
+    one com.microsoft.Gelu (no Erf left); model.onnx keeps the default domain only."""
+    for name in ("query.onnx", "route_query.onnx"):
+        model = onnx.load(str(exported.bundle / name))
+        ops = [(node.domain, node.op_type) for node in model.graph.node]
+        assert ("com.microsoft", "Gelu") in ops, name
+        assert not any(op == "Erf" for _, op in ops), name
+        assert {o.domain for o in model.opset_import} >= {"", "com.microsoft"}
+    whole = onnx.load(str(exported.bundle / "model.onnx"))
+    assert {node.domain for node in whole.graph.node} <= {""}
+
+
 @pytest.mark.parametrize("batch", [1, 7, 64])
 def test_parity_at_batch_sizes(run: TrainedRun, session: Any, head: Feeds, batch: int) -> None:
     _assert_parity(run.net, session, take(head, slice(0, batch)))

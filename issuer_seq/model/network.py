@@ -361,7 +361,7 @@ class HistoryCounts(nn.Module):
         # 1.0 where log_minutes <= bound, else 0.0, in float arithmetic (no casts)
         within = (torch.sign(self.log_bounds - log_minutes[..., None]) + 1).clamp(max=1)
         within = torch.cat([within, same_merchant[..., None]], dim=-1)  # (B, K, W+1)
-        return torch.einsum("...kw,...kc->...wc", within, onehot)
+        return within.transpose(-1, -2) @ onehot  # (..., W + 1, K) @ (..., K, C - 1)
 
 
 class HistoryStats(nn.Module):
@@ -606,6 +606,8 @@ class IssuerSeqNet(nn.Module):
         )
         steps = torch.log1p(torch.tensor(_RECENCY_STEPS))  # compared in log space
         self.register_buffer("recency_steps", steps, persistent=False)
+        rel_scale = torch.tensor([1 / HistoryStats.NEVER, 1.0, 1.0])  # features.RELATIVE's
+        self.register_buffer("rel_scale", rel_scale, persistent=False)
         self.payment = PaymentSoFar(d_model)
         joint = (len(STREAMS) + 3) * d_model  # streams, current, payment so far, card's latest
         self.n_fused = n_fused
@@ -704,22 +706,17 @@ class IssuerSeqNet(nn.Module):
         stream, other cards' attempts, whose amounts say nothing of this card's (comparing
         them cost routing, docs/training.md).
         """
-        minutes = rel[..., 0]
-        within = (torch.sign(self.recency_steps - minutes[..., None]) + 1).clamp(max=1)
-        same_day = (day * today[:, None, :]).sum(-1) * within[..., 2]  # same date, < 1 day ago
+        minutes = rel[..., :1]  # (..., B, K, 1)
+        within = (torch.sign(self.recency_steps - minutes) + 1).clamp(max=1)
+        # the same date (the one-hots' dot product) and less than a day ago
+        same_day = (day * today[:, None, :]).sum(-1, keepdim=True) * within[..., 2:3]
         # the event's amount against the attempt's: log ratio, and 1.0 where at least as large
-        keep = compares[..., None, None]
-        above = (log_amount - amount[:, None]) * keep
+        keep = compares[..., None, None, None]
+        above = (log_amount[..., None] - amount[:, None, None]) * keep
         at_least = (torch.sign(above) + 1).clamp(max=1) * keep
-        numbers = [
-            minutes / HistoryStats.NEVER,
-            rel[..., 1],
-            rel[..., 2],
-            1 - same_day,
-            above,
-            at_least,
-        ]
-        return torch.cat([torch.stack(numbers, dim=-1), within], dim=-1)
+        # columns: log minutes since / NEVER, same merchant, same payment (rel, scaled), a new
+        # day begun since, the amounts compared, the recency steps
+        return torch.cat([rel * self.rel_scale, 1 - same_day, above, at_least, within], dim=-1)
 
     # -- the query: one pass over the cached states of each stream ------------------------
     def query(
