@@ -103,12 +103,11 @@ class EventEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, cat: Tensor, num: Tensor, day: Tensor | None = None) -> Tensor:
-        """`day`: num's `day_onehot` (..., 31), where the caller has it already. The ids may
-        carry leading dims more than num and day: each variant of an event's ids (the
-        attempt with and without its route) is encoded with the same numbers, in one pass."""
-        if day is None:
-            day = day_onehot(num[..., _DAY_OF_MONTH], self.days)
+    def forward(self, cat: Tensor, num: Tensor) -> Tensor:
+        """The ids may carry more leading dims than the numbers: variants of one event's ids
+        (the attempt with and without its route) are encoded with the same numbers, in one
+        pass."""
+        day = day_onehot(num[..., _DAY_OF_MONTH], self.days)
         out = self.embedded(cat + self.offsets) + self.num(num) + self.day(day)
         for layer in self.ff:
             out = out + layer(out)
@@ -669,14 +668,13 @@ class IssuerSeqNet(nn.Module):
         """`state`'s parts, by the names of `state_layout`, in its order. Training reads
         them apart: slicing parts out of one state tensor costs a zero-filled gradient of the
         whole state per part in the backward pass, for parts (the one-hots) that need none."""
-        day = day_onehot(num[..., _DAY_OF_MONTH], self.days)
         return {
-            "hidden": self.events(cat, num, day),
+            "hidden": self.events(cat, num),
             "codes": self.decline_code(cat[..., _RESPONSE_CODE])
             + self.decline_advice(cat[..., _ADVICE_CODE]),
             "cause": cause_onehot(cat[..., _CAUSE], self.causes),
             "log_amount": num[..., _LOG_AMOUNT : _LOG_AMOUNT + 1],
-            "day": day,
+            "day": day_onehot(num[..., _DAY_OF_MONTH], self.days),
         }
 
     def parts(self, states: Tensor) -> dict[str, Tensor]:
@@ -765,8 +763,8 @@ class IssuerSeqNet(nn.Module):
         issuer's and the card at the merchant's vectors do not depend on the route the
         attempt is sent through, and an attempt's candidate routes share them; the route
         enters through the route stream and the heads."""
+        both = self.events(torch.stack([cur_cat, cur_cat * self.routeless]), cur_num)
         today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
-        both = self.events(torch.stack([cur_cat, cur_cat * self.routeless]), cur_num, today)
         return both[0], both.index_select(0, self.token_rows), today
 
     def stream_vectors(
@@ -874,8 +872,8 @@ class IssuerSeqNet(nn.Module):
         (`own_past`, B, 2 D). states (N - 1, B, K, S), rel (N - 1, B, K, 3), length (N - 1,
         B): those streams' inputs, stacked as `query`'s. `through_route` adds each
         candidate's part."""
+        token = self.events(cur_cat * self.routeless, cur_num)  # (B, D)
         today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
-        token = self.events(cur_cat * self.routeless, cur_num, today)  # (B, D)
         parts = self.parts(states)
         vectors = self.stream_vectors(
             token[None].expand(len(SHARED), -1, -1),
@@ -906,8 +904,8 @@ class IssuerSeqNet(nn.Module):
         `cur_cat` row: `query`'s approval logits, with the shared part from `shared_vectors`
         (`shared`, `past`) and the route stream's own inputs route_states (B, K, S),
         route_rel (B, K, 3), route_length (B,)."""
+        cur = self.events(cur_cat, cur_num)
         today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
-        cur = self.events(cur_cat, cur_num, today)
         route = self.stream_vectors(
             cur[None],
             today,
@@ -951,9 +949,7 @@ class IssuerSeqNet(nn.Module):
         today = day_onehot(cur_num[:1, _DAY_OF_MONTH], self.days)  # (1, 31): one attempt
         # the attempt through each route (R rows), then without a route (1 row), in one pass
         both = self.events(
-            torch.cat([cur_cat, cur_cat[:1] * self.routeless]),
-            torch.cat([cur_num, cur_num[:1]]),
-            today,
+            torch.cat([cur_cat, cur_cat[:1] * self.routeless]), torch.cat([cur_num, cur_num[:1]])
         )
         cur, token = both[:r], both[r:]  # (R, D), (1, D)
         index = torch.cat(
