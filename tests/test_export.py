@@ -239,6 +239,30 @@ def test_served_graphs_run_each_gelu_as_one_node(exported: Exported) -> None:
     assert {node.domain for node in whole.graph.node} <= {""}
 
 
+def test_route_graph_multiplies_by_the_weights_without_copying_them(exported: Exported) -> None:
+    """The route graph picks each slice's stream by an index computed from its inputs (the
+    candidates): no matrix of the weights is gathered by it, a copy per slice on every call
+    (a twelfth of the graph's time on the CPU); the first streams' matrices are constants and
+    the candidates' one matrix multiplies them all (network.matmul_n)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(exported.bundle / "route_query.onnx")))
+    constant = {i.name for i in model.graph.initializer}
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    for v in model.graph.value_info:
+        dims = v.type.tensor_type.shape.dim
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    gathers, copied = 0, []
+    for node in model.graph.node:  # in topological order
+        if all(not name or name in constant for name in node.input):
+            constant.update(node.output)
+        elif node.op_type == "Gather" and node.input[0] in constant:
+            gathers += 1  # the small parameters (biases, norms) are picked so
+            shape = shapes.get(node.input[0])
+            if shape is None or (len(shape) >= 3 and all(d is None or d > 1 for d in shape[-2:])):
+                copied.append((node.name, shape))
+    assert gathers > 0  # the check sees the picks
+    assert copied == []
+
+
 @pytest.mark.parametrize("batch", [1, 7, 64])
 def test_parity_at_batch_sizes(run: TrainedRun, session: Any, head: Feeds, batch: int) -> None:
     _assert_parity(run.net, session, take(head, slice(0, batch)))

@@ -86,6 +86,7 @@ def test_choose_route_weighs_approval_against_fees() -> None:
     np.testing.assert_allclose(choice.value, route_values(p, np.array([10.0, 1000.0]), fees, econ))
     np.testing.assert_array_equal(choice.propensity, [1.0, 1.0])
     np.testing.assert_array_equal(choice.route, choice.best)
+    np.testing.assert_array_equal(choice.probs, np.eye(2)[choice.best])  # no exploration
 
 
 def test_choose_route_breaks_ties_by_priority_and_ignores_lacked_routes() -> None:
@@ -108,6 +109,8 @@ def test_choose_route_explores_with_its_propensity() -> None:
     np.testing.assert_allclose(freq, [0.1, 0.8, 0.1, 0.0], atol=0.01)
     with pytest.raises(IssuerSeqError, match="random generator"):
         choose_route(p, prio, np.full(n, 50.0), np.zeros(4), epsilon=0.3)
+    with pytest.raises(IssuerSeqError, match="epsilon"):
+        choose_route(p, prio, np.full(n, 50.0), np.zeros(4), epsilon=-0.1)
 
 
 def test_choose_route_rejects_missing_or_invalid_probabilities() -> None:

@@ -44,7 +44,7 @@ them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -172,18 +172,29 @@ def packed(x: Mapping[str, Tensor], prefix: str, names: tuple[str, ...]) -> Tens
 # (`equal_window_runs`: the card's and the issuer's 32, then the card at the merchant's 8),
 # so no slot is padding there. tests/test_network.py holds them all equal.
 #
-# `index` (N',), where given, picks the streams whose modules compute each of N' slices, a
-# stream more than once where it repeats: `IssuerSeqNet.route_query` runs each candidate
+# `index` (`Picks`), where given, picks the streams whose modules compute each of N' slices,
+# a stream more than once where it repeats: `IssuerSeqNet.route_query` runs each candidate
 # route's stream as a slice of its own beside the shared streams, in one computation.
-def pick(stacked: Tensor, index: Tensor | None) -> Tensor:
+class Picks(NamedTuple):
+    """The streams whose modules compute each of N' stacked slices: the streams at positions
+    `first`, then, where `then` is not None, stream `then` for every slice after them (the
+    route graph's candidates: as many as its inputs hold). `index` (N',): all N' positions."""
+
+    first: tuple[int, ...]
+    then: int | None
+    index: Tensor
+
+
+def pick(stacked: Tensor, index: Picks | None) -> Tensor:
     """`index`'s slices of streams' parameters `stacked` (N, ...); all of them without one.
     Parameters are shaped before they are picked: a graph then folds the shaping into its
-    constants and picks with one node."""
-    return stacked if index is None else stacked.index_select(0, index)
+    constants and picks with one node. (Matrices are not picked but multiplied by:
+    `matmul_n`.)"""
+    return stacked if index is None else stacked.index_select(0, index.index)
 
 
 def stacked_param(
-    modules: list[nn.Module], name: str, ndim: int, index: Tensor | None = None
+    modules: list[nn.Module], name: str, ndim: int, index: Picks | None = None
 ) -> Tensor:
     """The parameter `name` of each module, stacked on a leading stream axis (N, ...) and
     shaped to broadcast against (N, ..., last) inputs of `ndim` dims."""
@@ -191,27 +202,38 @@ def stacked_param(
     return pick(w.reshape(w.shape[0], *(1,) * (ndim - w.dim()), *w.shape[1:]), index)
 
 
-def matmul_n(x: Tensor, weight: Tensor) -> Tensor:
+def matmul_n(x: Tensor, weight: Tensor, index: Picks | None = None) -> Tensor:
     """x (N, ..., in) @ weight (N, in, out) -> (N, ..., out), each stream's slice by its own
-    matrix.
+    matrix; with `index`, x (N', ..., in), each slice by the matrix of the stream it picks.
 
     Eager PyTorch runs it as N matrix products over the slices flattened ((N, M, in) @ (N, in,
     out)): broadcast over the middle dims, (N, B, K, in) @ (N, 1, in, out), it would make N x B
     small products of K rows, several times slower in training. A graph being exported keeps
-    the broadcast product (no shape arithmetic: fewer nodes for ONNX Runtime)."""
+    the broadcast product (no shape arithmetic: fewer nodes for ONNX Runtime).
+
+    Picked matrices are never copied per slice (gathered, they were a twelfth of the route
+    graph's time on the CPU): the first streams' slices are multiplied by their matrices,
+    constants of a graph (their positions are), and every later slice by stream `then`'s
+    one matrix, in one product."""
+    if index is not None:
+        n = len(index.first)
+        first = matmul_n(x[:n], weight[list(index.first)])
+        if index.then is None:
+            return first
+        return torch.cat([first, x[n:] @ weight[index.then]])
     if x.dim() <= 3 or torch.compiler.is_exporting():
         return x @ weight.reshape(weight.shape[0], *(1,) * (x.dim() - 3), *weight.shape[1:])
     flat = x.reshape(x.shape[0], -1, x.shape[-1]) @ weight
     return flat.reshape(*x.shape[:-1], weight.shape[-1])
 
 
-def linear_n(x: Tensor, layers: list[nn.Module], index: Tensor | None = None) -> Tensor:
+def linear_n(x: Tensor, layers: list[nn.Module], index: Picks | None = None) -> Tensor:
     """Each stream's own nn.Linear on its slice of x (N, ..., in) -> (N, ..., out)."""
-    weight = pick(torch.stack([layer.weight for layer in layers]).transpose(1, 2), index)
-    return matmul_n(x, weight) + stacked_param(layers, "bias", x.dim(), index)
+    weight = torch.stack([layer.weight for layer in layers]).transpose(1, 2)
+    return matmul_n(x, weight, index) + stacked_param(layers, "bias", x.dim(), index)
 
 
-def layer_norm_n(x: Tensor, norms: list[nn.Module], index: Tensor | None = None) -> Tensor:
+def layer_norm_n(x: Tensor, norms: list[nn.Module], index: Picks | None = None) -> Tensor:
     """Each stream's own nn.LayerNorm on its slice of x (N, ..., D)."""
     normed = nn.functional.layer_norm(x, x.shape[-1:], eps=norms[0].eps)
     weight = stacked_param(norms, "weight", x.dim(), index)
@@ -402,7 +424,7 @@ def query_blocks_n(
     normed: Tensor,
     pad: Tensor,
     training: bool,
-    index: Tensor | None = None,
+    index: Picks | None = None,
 ) -> Tensor:
     """`QueryBlock.forward` of each stream's block at once: q (N, B, D), the memory
     layer-normalized without an affine `normed` (N, B, K, D), pad (N, B, K + 1) True where a
@@ -423,26 +445,26 @@ def query_blocks_n(
     n_heads = heads.shape[1]
     w = torch.stack([b.attn.in_proj_weight for b in blocks]).transpose(1, 2)  # (N, D, 3D)
     bias = torch.stack([b.attn.in_proj_bias for b in blocks])[:, None]  # (N, 1, 3D)
-    w_q = pick(w[..., :d] * first.scale, index)
+    w_q = w[..., :d] * first.scale
     b_q = pick(bias[..., :d] * first.scale, index)
-    w_k_t = pick(w[..., d : 2 * d].transpose(1, 2), index)  # (N, D, D)
+    w_k_t = w[..., d : 2 * d].transpose(1, 2)  # (N, D, D)
     w_v, b_v = w[..., 2 * d :], bias[..., 2 * d :]
     w_o = torch.stack([b.attn.out_proj.weight for b in blocks]).transpose(1, 2)  # (N, D, D)
     b_o = torch.stack([b.attn.out_proj.bias for b in blocks])[:, None]  # (N, 1, D)
     # per head h, w_v's columns of h @ w_o's rows of h, stacked: (N, H D, D)
-    w_vo = pick((w_v[:, None] * heads.T[None, :, None, :]) @ w_o[:, None], index)
+    w_vo = (w_v[:, None] * heads.T[None, :, None, :]) @ w_o[:, None]
     w_vo = w_vo.reshape(w_vo.shape[0], n_heads * d, d)
     b_vo = pick(b_v @ w_o + b_o, index)
     gamma = stacked_param([b.norm_m for b in blocks], "weight", 4, index)  # (N, 1, 1, D)
     beta = stacked_param([b.norm_m for b in blocks], "bias", 4, index)
     h = layer_norm_n(q, [b.norm_q for b in blocks], index)  # the query's own token
-    query = h @ w_q + b_q  # (N, B, D)
-    probe = matmul_n(query[:, :, None, :] * heads.T, w_k_t)  # (N, B, H, D)
+    query = matmul_n(h, w_q, index) + b_q  # (N, B, D)
+    probe = matmul_n(query[:, :, None, :] * heads.T, w_k_t, index)  # (N, B, H, D)
     tokens = torch.cat([normed * gamma + beta, h[:, :, None]], dim=2)  # (N, B, K + 1, D)
     scores = probe @ tokens.transpose(-1, -2)  # (N, B, H, K + 1)
     weights = torch.softmax(scores.masked_fill(pad[:, :, None], float("-inf")), dim=-1)
     pooled = weights @ tokens  # (N, B, H, D)
-    a = pooled.flatten(-2) @ w_vo + b_vo
+    a = matmul_n(pooled.flatten(-2), w_vo, index) + b_vo
     q = q + nn.functional.dropout(a, p, training)
     hidden = nn.functional.gelu(
         linear_n(
@@ -461,7 +483,7 @@ def stream_queries_n(
     pair: Tensor,
     length: Tensor,
     training: bool,
-    index: Tensor | None = None,
+    index: Picks | None = None,
 ) -> Tensor:
     """`StreamQuery.forward` of each stream at once: tokens (N, B, D) the current attempt's
     token each stream's query starts from, states (N, B, K, D) right-aligned, pair
@@ -775,21 +797,24 @@ class IssuerSeqNet(nn.Module):
         states: Mapping[str, Tensor],
         rel: Tensor,
         length: Tensor,
-        which: slice | Tensor,
+        which: slice | Picks,
     ) -> Tensor:
         """(n, B, D): the vectors of the streams STREAMS[which] (`which` a slice), or of the
-        streams at positions `which` (a tensor of n positions, a stream more than once where
-        it repeats), their inputs stacked as `query`'s (n, B, K, ...), the states by part
-        (`state_parts`), the tokens their queries start from (n, B, D; `current`), the
-        attempts' day (B, 31) and log amount (B,), which the pair term compares: the query
-        over the states, plus the counts and stats."""
-        names, index = (STREAMS[which], None) if isinstance(which, slice) else (STREAMS, which)
+        n streams `which` picks (a stream more than once where it repeats), their inputs
+        stacked as `query`'s (n, B, K, ...), the states by part (`state_parts`), the tokens
+        their queries start from (n, B, D; `current`), the attempts' day (B, 31) and log
+        amount (B,), which the pair term compares: the query over the states, plus the
+        counts and stats."""
+        if isinstance(which, slice):
+            names, index, at = STREAMS[which], None, which
+        else:
+            names, index, at = STREAMS, which, which.index
         minutes, onehot, log_amount = rel[..., 0], states["cause"], states["log_amount"][..., 0]
         encoded = stream_queries_n(
             [self.queries[s] for s in names],
             tokens,
             states["hidden"],
-            self.pair(rel, states["day"], today, amount, log_amount, self.compares_amounts[which]),
+            self.pair(rel, states["day"], today, amount, log_amount, self.compares_amounts[at]),
             length,
             self.training,
             index,
@@ -801,7 +826,7 @@ class IssuerSeqNet(nn.Module):
             encoded
             + linear_n(count_table.flatten(-2), [self.counts[s].proj for s in names], index)
             + linear_n(stat_table.flatten(-2), [self.stats[s].proj for s in names], index)
-        ) * self.used[which, None, None]  # an ablated stream's vector is zeros
+        ) * self.used[at, None, None]  # an ablated stream's vector is zeros
 
     def heads(
         self,
@@ -882,7 +907,7 @@ class IssuerSeqNet(nn.Module):
             parts,
             rel,
             length,
-            self.shared_streams,
+            Picks(SHARED, None, self.shared_streams),
         )
         m = SHARED.index(_CARD_MERCHANT)
         at = {k: v[m] for k, v in parts.items()}
@@ -942,7 +967,7 @@ class IssuerSeqNet(nn.Module):
         (R, n_fused), when read.
 
         The candidates' route streams join the shared streams on the stream axis, each
-        computed by the route stream's modules (`stream_vectors`' index): one computation
+        computed by the route stream's modules (`stream_vectors`' `Picks`): one computation
         of N - 1 + R slices at a batch of 1, where a batch of R copies computes N R.
         """
         r, n = cur_cat.shape[0], len(SHARED)
@@ -952,8 +977,10 @@ class IssuerSeqNet(nn.Module):
             torch.cat([cur_cat, cur_cat[:1] * self.routeless]), torch.cat([cur_num, cur_num[:1]])
         )
         cur, token = both[:r], both[r:]  # (R, D), (1, D)
-        index = torch.cat(
-            [self.shared_streams, torch.zeros_like(route_length[:, 0]) + _ROUTE_STREAM]
+        index = Picks(
+            SHARED,
+            _ROUTE_STREAM,
+            torch.cat([self.shared_streams, torch.zeros_like(route_length[:, 0]) + _ROUTE_STREAM]),
         )
         parts = self.parts(torch.cat([states, route_states]))
         vectors = self.stream_vectors(

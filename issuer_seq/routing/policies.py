@@ -178,22 +178,22 @@ def choose_route(
     if p.shape != cand.shape:
         raise IssuerSeqError(f"p_approve has shape {p.shape}, the merchants' routes {cand.shape}")
     held = p[cand]
-    if np.isnan(held).any():
-        raise IssuerSeqError("p_approve is missing (NaN) for a route the merchant holds")
-    if np.any((held < 0) | (held > 1)):
+    if not ((held >= 0) & (held <= 1)).all():  # NaN fails both
+        if np.isnan(held).any():
+            raise IssuerSeqError("p_approve is missing (NaN) for a route the merchant holds")
         raise IssuerSeqError("p_approve must lie in [0, 1]")
     amt = np.asarray(amount, dtype=np.float64)
-    if amt.shape != (len(p),) or not np.all(np.isfinite(amt)):
+    if amt.shape != (len(p),) or not np.isfinite(amt).all():
         raise IssuerSeqError("amount must be a finite (N,) array")
     value = np.where(cand, route_values(p, amt, fees, econ), np.nan)
     best = best_by_priority(value, prio)
+    if epsilon == 0.0:  # `exploring` with no exploration, without its checks (a served call's
+        # cost is numpy's per call: /v1/route runs this once per request)
+        return RouteChoice(best, best, np.ones(len(best)), one_hot(best, p.shape[1]), value)
     probs = exploring(best, cand, epsilon)
-    if epsilon > 0:
-        if rng is None:
-            raise IssuerSeqError("exploration (epsilon > 0) needs a random generator")
-        route, propensity = sample_routes(probs, rng)
-    else:
-        route, propensity = best, np.ones(len(best))
+    if rng is None:
+        raise IssuerSeqError("exploration (epsilon > 0) needs a random generator")
+    route, propensity = sample_routes(probs, rng)
     return RouteChoice(best=best, route=route, propensity=propensity, probs=probs, value=value)
 
 
