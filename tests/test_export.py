@@ -242,7 +242,7 @@ def test_served_graphs_run_each_gelu_as_one_node(exported: Exported) -> None:
 def test_route_graph_multiplies_by_the_weights_without_copying_them(exported: Exported) -> None:
     """The route graph picks each slice's stream by an index computed from its inputs (the
     candidates): no matrix of the weights is gathered by it, a copy per slice on every call
-    (a twelfth of the graph's time on the CPU); the first streams' matrices are constants and
+    (an eighth of the graph's time on the CPU); the first streams' matrices are constants and
     the candidates' one matrix multiplies them all (network.matmul_n)."""
     model = onnx.shape_inference.infer_shapes(onnx.load(str(exported.bundle / "route_query.onnx")))
     constant = {i.name for i in model.graph.initializer}

@@ -211,7 +211,7 @@ def matmul_n(x: Tensor, weight: Tensor, index: Picks | None = None) -> Tensor:
     small products of K rows, several times slower in training. A graph being exported keeps
     the broadcast product (no shape arithmetic: fewer nodes for ONNX Runtime).
 
-    Picked matrices are never copied per slice (gathered, they were a twelfth of the route
+    Picked matrices are never copied per slice (gathered, they were an eighth of the route
     graph's time on the CPU): the first streams' slices are multiplied by their matrices,
     constants of a graph (their positions are), and every later slice by stream `then`'s
     one matrix, in one product."""
