@@ -433,21 +433,25 @@ def query_blocks_n(
     With one query per stream, the tokens' keys and values are never formed. A head's score
     of a token t, query . (t @ w_k + b_k) over the head's dims, is t . (w_k @ the query
     restricted to the head), its `probe`, plus query . b_k, which is the same for every token
-    and cancels in the softmax. The heads' weighted sums of values, sum_t w_th (t @ w_v + b_v),
-    are (sum_t w_th t) @ w_v + b_v (the weights sum to 1), and the output projection of head
-    h's dims of that is (sum_t w_th t) @ (w_v restricted to h's columns @ w_o): one product
-    of the H pooled tokens with a (H D, D) matrix of the parameters. So the T tokens meet H
-    vectors per query, in two products, and each block is a few graph nodes (ONNX Runtime's
-    cost per node is most of a served query's time).
+    and cancels in the softmax. The query is itself a linear map of the query's own token, so
+    the H probes are one product of that token with a (D, H D) matrix of the parameters (per
+    head h, w_q's columns of h @ w_k's rows of h). The heads' weighted sums of values,
+    sum_t w_th (t @ w_v + b_v), are (sum_t w_th t) @ w_v + b_v (the weights sum to 1), and
+    the output projection of head h's dims of that is (sum_t w_th t) @ (w_v restricted to
+    h's columns @ w_o): one product of the H pooled tokens with a (H D, D) matrix of the
+    parameters. So the T tokens meet H vectors per query, in two products, and each block is
+    a few graph nodes (ONNX Runtime's cost per node is most of a served query's time).
     """
     first = blocks[0]
     d, p, heads = q.shape[-1], first.drop.p, first.heads  # heads (D, H) one-hot
     n_heads = heads.shape[1]
     w = torch.stack([b.attn.in_proj_weight for b in blocks]).transpose(1, 2)  # (N, D, 3D)
     bias = torch.stack([b.attn.in_proj_bias for b in blocks])[:, None]  # (N, 1, 3D)
-    w_q = w[..., :d] * first.scale
-    b_q = pick(bias[..., :d] * first.scale, index)
+    w_q, b_q = w[..., :d] * first.scale, bias[..., :d] * first.scale
     w_k_t = w[..., d : 2 * d].transpose(1, 2)  # (N, D, D)
+    # per head h, the query restricted to h's dims @ w_k_t, from the token: (N, D, H D)
+    w_probe = ((w_q[:, :, None, :] * heads.T) @ w_k_t[:, None]).reshape(w.shape[0], d, -1)
+    b_probe = pick(((b_q * heads.T) @ w_k_t).reshape(w.shape[0], 1, -1), index)  # (N, 1, H D)
     w_v, b_v = w[..., 2 * d :], bias[..., 2 * d :]
     w_o = torch.stack([b.attn.out_proj.weight for b in blocks]).transpose(1, 2)  # (N, D, D)
     b_o = torch.stack([b.attn.out_proj.bias for b in blocks])[:, None]  # (N, 1, D)
@@ -458,8 +462,7 @@ def query_blocks_n(
     gamma = stacked_param([b.norm_m for b in blocks], "weight", 4, index)  # (N, 1, 1, D)
     beta = stacked_param([b.norm_m for b in blocks], "bias", 4, index)
     h = layer_norm_n(q, [b.norm_q for b in blocks], index)  # the query's own token
-    query = matmul_n(h, w_q, index) + b_q  # (N, B, D)
-    probe = matmul_n(query[:, :, None, :] * heads.T, w_k_t, index)  # (N, B, H, D)
+    probe = (matmul_n(h, w_probe, index) + b_probe).unflatten(-1, (n_heads, d))  # (N, B, H, D)
     tokens = torch.cat([normed * gamma + beta, h[:, :, None]], dim=2)  # (N, B, K + 1, D)
     scores = probe @ tokens.transpose(-1, -2)  # (N, B, H, K + 1)
     weights = torch.softmax(scores.masked_fill(pad[:, :, None], float("-inf")), dim=-1)
