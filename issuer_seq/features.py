@@ -176,6 +176,8 @@ def raw_categorical(frame: pd.DataFrame) -> dict[str, pd.Series]:
 
 def _text(value: object) -> str:
     """The vocabulary key of a raw value: booleans as 'True'/'False', ids as text, null as ''."""
+    if type(value) is str:  # most values (the checks below cost a served request ~6 us)
+        return value
     if value is None or type(value).__name__ == "NAType":  # pd.NA, without importing pandas
         return ""
     if isinstance(value, float) and np.isnan(value):
