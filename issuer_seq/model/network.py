@@ -418,6 +418,12 @@ class HistoryStats(nn.Module):
         return torch.stack([recency / self.NEVER, largest, mean], dim=-2)
 
 
+def per_head(a: Tensor, b: Tensor, heads: Tensor) -> Tensor:
+    """(N, H, M, out): per head h, a (N, M, D) restricted to h's columns (the others
+    zeros) @ b (N, D, out); heads (D, H) one-hot."""
+    return (a[:, None] * heads.T[None, :, None, :]) @ b[:, None]
+
+
 def query_blocks_n(
     blocks: list[QueryBlock],
     q: Tensor,
@@ -450,14 +456,13 @@ def query_blocks_n(
     w_q, b_q = w[..., :d] * first.scale, bias[..., :d] * first.scale
     w_k_t = w[..., d : 2 * d].transpose(1, 2)  # (N, D, D)
     # per head h, the query restricted to h's dims @ w_k_t, from the token: (N, D, H D)
-    w_probe = ((w_q[:, :, None, :] * heads.T) @ w_k_t[:, None]).reshape(w.shape[0], d, -1)
-    b_probe = pick(((b_q * heads.T) @ w_k_t).reshape(w.shape[0], 1, -1), index)  # (N, 1, H D)
+    w_probe = per_head(w_q, w_k_t, heads).transpose(1, 2).flatten(2)
+    b_probe = pick(per_head(b_q, w_k_t, heads).transpose(1, 2).flatten(2), index)  # (N, 1, H D)
     w_v, b_v = w[..., 2 * d :], bias[..., 2 * d :]
     w_o = torch.stack([b.attn.out_proj.weight for b in blocks]).transpose(1, 2)  # (N, D, D)
     b_o = torch.stack([b.attn.out_proj.bias for b in blocks])[:, None]  # (N, 1, D)
     # per head h, w_v's columns of h @ w_o's rows of h, stacked: (N, H D, D)
-    w_vo = (w_v[:, None] * heads.T[None, :, None, :]) @ w_o[:, None]
-    w_vo = w_vo.reshape(w_vo.shape[0], n_heads * d, d)
+    w_vo = per_head(w_v, w_o, heads).flatten(1, 2)
     b_vo = pick(b_v @ w_o + b_o, index)
     gamma = stacked_param([b.norm_m for b in blocks], "weight", 4, index)  # (N, 1, 1, D)
     beta = stacked_param([b.norm_m for b in blocks], "bias", 4, index)
