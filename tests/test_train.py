@@ -35,7 +35,7 @@ from issuer_seq.model.network import (
     day_onehot,
 )
 from issuer_seq.schema import load_log
-from issuer_seq.train.calibrate import fit_temperature
+from issuer_seq.train.calibrate import fit_scaling, fit_temperature
 from issuer_seq.train.infer import infer, observed_retries
 from issuer_seq.train.module import IssuerSeqModule
 from issuer_seq.train.run import fit, versus_trees
@@ -233,6 +233,21 @@ def test_temperature_recovers_known_scale() -> None:
     assert fit_temperature(true_logit * 3, y) == pytest.approx(3.0, rel=0.1)
 
 
+def test_platt_scaling_recovers_known_scale_and_shift() -> None:
+    """The approval's calibration: a level the logits miss (approval moved since the
+    training split) is the shift, and the network applies both as fitted."""
+    g = torch.Generator().manual_seed(1)
+    true_logit = torch.randn(40_000, generator=g) * 2 + 1
+    y = (torch.rand(40_000, generator=g) < torch.sigmoid(true_logit)).float()
+    t, b = fit_scaling((true_logit - 0.7) * 3, y, shift=True)
+    assert t == pytest.approx(3.0, rel=0.1) and b == pytest.approx(0.7, abs=0.1)
+    assert fit_scaling(true_logit * 3, y)[1] == 0.0  # without `shift`, a temperature alone
+    net = IssuerSeqNet({f: 8 for f in F.CATEGORICAL}, 8, d_model=8, n_heads=2, d_ff=16)
+    net.approval_temperature.fill_(t)
+    net.approval_shift.fill_(b)
+    torch.testing.assert_close(net.p_approve(true_logit), torch.sigmoid(true_logit / t + b))
+
+
 def test_train_writes_metrics_checkpoints_and_config(tiny_dir: Path, tmp_path: Path) -> None:
     cfg = _compose("train", [f"data_dir={tiny_dir}", f"run_dir={tmp_path}", *FAST])
     val_logloss = train(cfg)
@@ -348,7 +363,7 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(
     assert training["best_epoch"] == best["epoch"]
     saved = torch.load(tmp_path / "model.pt", weights_only=True)
     weights = {k[len("net.") :]: v for k, v in best["state_dict"].items() if k.startswith("net.")}
-    compared = [k for k in weights if "temperature" not in k]
+    compared = [k for k in weights if k not in IssuerSeqNet.CALIBRATION]
     assert compared and all(torch.equal(saved[k], weights[k]) for k in compared)
     with pytest.raises(IssuerSeqError, match="patience"):
         train(
@@ -386,8 +401,10 @@ def test_max_steps_before_the_first_validation_keeps_the_last_weights(
 def test_train_warns_when_the_model_does_not_beat_the_base_rate(
     tiny_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A network that cannot learn (learning rate 0, two steps) ends below the issuer x MCC
-    base rate on validation: a warning names both figures and metrics.json records it."""
+    """A network that cannot learn (learning rate 0, two steps, no history read) ends below
+    the issuer x MCC base rate on validation, both calibrated there: a warning names both
+    figures and metrics.json records it. (With its histories, even the random network's
+    features of them carry some signal.)"""
     cfg = _compose(
         "train",
         [
@@ -396,6 +413,9 @@ def test_train_warns_when_the_model_does_not_beat_the_base_rate(
             *FAST,
             "trainer.limit_train_batches=2",
             "optimizer.lr=0.0",
+            "model.use_card=false",
+            "model.use_issuer=false",
+            "model.use_route=false",
         ],
     )
     with caplog.at_level("WARNING", logger="issuer_seq.train.run"):
@@ -403,7 +423,9 @@ def test_train_warns_when_the_model_does_not_beat_the_base_rate(
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     check = metrics["versus_base_rate"]
     assert check["logloss"] == metrics["approval"]["val"]["logloss"]
-    assert check["base_rate_logloss"] == metrics["base_rate"]["val"]["logloss"]
+    assert check["base_rate_logloss"] == metrics["base_rate"]["val_calibrated"]["logloss"]
+    # the bar on validation has the network's calibration: never above the raw rate's loss
+    assert check["base_rate_logloss"] <= metrics["base_rate"]["val"]["logloss"]
     assert check["beats_base_rate"] is (check["logloss"] < check["base_rate_logloss"])
     assert check["beats_base_rate"] is False
     (warning,) = [r.getMessage() for r in caplog.records if "base rate" in r.getMessage()]
@@ -435,6 +457,20 @@ def _check_trained_run(run_dir: Path, data_dir: Path) -> None:
         TrainedRun.load(copy)
     with pytest.raises(IssuerSeqError, match="not the calibrated network"):
         evaluate(data_dir, copy)  # evaluate reads runs as strictly as export
+    # a run calibrated before the approval's shift (neither file has it): its temperature
+    # alone, as it was served; a shift in the weights that the spec does not state: stale
+    spec["calibration"]["approval_temperature"] /= 2
+    assert spec["calibration"].pop("approval_shift") == pytest.approx(float(run.net.approval_shift))
+    (copy / "model_spec.json").write_text(json.dumps(spec))
+    with pytest.raises(IssuerSeqError, match="approval_shift .* not the calibrated network"):
+        TrainedRun.load(copy)
+    torch.save({k: v for k, v in saved.items() if k != "approval_shift"}, copy / "model.pt")
+    old = TrainedRun.load(copy)
+    assert float(old.net.approval_shift) == 0.0
+    z = torch.linspace(-3, 3, 7)
+    torch.testing.assert_close(
+        old.net.p_approve(z), torch.sigmoid(z / run.net.approval_temperature)
+    )
     spec = json.loads((run_dir / "model_spec.json").read_text())
     spec["inputs"] = spec["inputs"][:-1]
     (copy / "model_spec.json").write_text(json.dumps(spec))

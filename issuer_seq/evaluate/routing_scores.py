@@ -129,7 +129,7 @@ def transformer_route_matrix(
                     xr[f"{ROUTE_STREAM}_length"],
                     fused,
                 )
-                p = torch.sigmoid(approval / net.approval_temperature)
+                p = net.p_approve(approval)
                 out[start + take, r] = p.float().cpu().numpy()
     finally:
         net.train(was_training)

@@ -170,7 +170,7 @@ class RouteGraph(nn.Module):
             r_length[:, None],
             fused[0] if fused else None,
         )
-        return torch.sigmoid(logit / self.net.approval_temperature)
+        return self.net.p_approve(logit)
 
 
 # -- named feeds (data/batches.py) -> the graphs' feeds ------------------------------------

@@ -32,13 +32,13 @@ A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
                       was (B, D): a card reported lost, stolen or closed, or expired, is
                       declined everywhere after, and its next attempt is often weeks later
     approval head     MLP([card, issuer, route, card_merchant, current, payment, card's
-                      latest]) -> logit / temperature (B,)
+                      latest]) -> logit / temperature + shift (B,)
     retry head        MLP([streams..., current, payment, card's latest, decline code,
                       advice code])
                       -> one logit per delay of the grid / retry temperature       (B, G)
 
-Temperatures are buffers fitted after training (train/calibrate.py), so export carries
-them.
+The temperatures and the approval's shift are buffers fitted after training
+(train/calibrate.py), so export carries them.
 """
 
 from __future__ import annotations
@@ -581,6 +581,8 @@ class IssuerSeqNet(nn.Module):
     #: 5: the pair term compares the event's amount with the attempt's (`pair`). 6: in every
     #: stream but the route's (`compares_amounts`).
     VERSION = 6
+    #: the calibration's buffers, fitted after training (train/calibrate.py)
+    CALIBRATION = ("approval_temperature", "approval_shift", "retry_temperature")
 
     def __init__(
         self,
@@ -663,7 +665,10 @@ class IssuerSeqNet(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(d_ff, n_delays),
         )
+        # the approval's calibration, Platt scaling fitted on validation (train/calibrate.py):
+        # p = sigmoid(logit / approval_temperature + approval_shift)
         self.register_buffer("approval_temperature", torch.ones(()))
+        self.register_buffer("approval_shift", torch.zeros(()))
         self.register_buffer("retry_temperature", torch.ones(()))
         self.layout = self.state_layout()
 
@@ -1066,6 +1071,8 @@ class IssuerSeqNet(nn.Module):
 
     def calibrated(self, approval: Tensor, retry: Tensor) -> tuple[Tensor, Tensor]:
         """Logits -> calibrated probabilities p_approve (B,) and the retry curve (B, G)."""
-        p_approve = torch.sigmoid(approval / self.approval_temperature)
-        p_retry = torch.sigmoid(retry / self.retry_temperature)
-        return p_approve, p_retry
+        return self.p_approve(approval), torch.sigmoid(retry / self.retry_temperature)
+
+    def p_approve(self, approval: Tensor) -> Tensor:
+        """Approval logits -> calibrated P(approved), the same shape."""
+        return torch.sigmoid(approval / self.approval_temperature + self.approval_shift)

@@ -39,7 +39,7 @@ def infer(
         out = {
             "approval": approval,
             "retry": retry,
-            "p_approve": torch.sigmoid(approval / net.approval_temperature),
+            "p_approve": net.p_approve(approval),
             "p_retry": torch.sigmoid(retry / net.retry_temperature),
         }
         for k, v in out.items():

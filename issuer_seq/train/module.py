@@ -164,7 +164,7 @@ class IssuerSeqModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         approval_loss, _, approval_logit, retry_logit, observed = self.losses(batch)
-        p = torch.sigmoid(approval_logit / self.net.approval_temperature)
+        p = self.net.p_approve(approval_logit)
         self.val_metrics.update(p, batch["approved"].long())
         if observed.any():
             pr = torch.sigmoid(retry_logit[observed] / self.net.retry_temperature)

@@ -106,7 +106,10 @@ class TrainedRun:
                 f"{IssuerSeqNet.VERSION} (IssuerSeqNet.VERSION); retrain the model"
             )
         net = IssuerSeqNet(Vocab.from_json(spec["vocab"]).sizes(), **spec["net"])
-        net.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+        state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+        # a run calibrated before the approval's shift: its temperature alone, as trained
+        state.setdefault("approval_shift", torch.zeros(()))
+        net.load_state_dict(state)
         net.eval()
         _check_calibrated(net, spec, path)
         return cls(
@@ -119,11 +122,11 @@ class TrainedRun:
 
 
 def _check_calibrated(net: IssuerSeqNet, spec: dict[str, Any], path: Path) -> None:
-    """The temperatures live in the weights; the spec's must agree, or model.pt is stale."""
-    for name in ("approval_temperature", "retry_temperature"):
+    """The calibration lives in the weights; the spec's must agree, or model.pt is stale."""
+    for name in IssuerSeqNet.CALIBRATION:
         stored = float(getattr(net, name))
-        stated = float(spec["calibration"][name])
-        if not math.isclose(stored, stated, rel_tol=1e-5):
+        stated = float(spec["calibration"].get(name, 0.0))  # no shift: a run before it
+        if not math.isclose(stored, stated, rel_tol=1e-5, abs_tol=1e-7):
             raise IssuerSeqError(
                 f"{path}/model.pt has {name} {stored:.6g} but model_spec.json says {stated:.6g}: "
                 "the weights are not the calibrated network of this run"
