@@ -13,15 +13,12 @@ from issuer_seq.model.network import IssuerSeqNet
 from issuer_seq.train.infer import infer, observed_retries
 
 
-def fit_scaling(
-    logits: Tensor, targets: Tensor, weights: Tensor | None = None, shift: bool = False
-) -> tuple[float, float]:
-    """The T > 0 (and, with `shift`, the b) minimizing the (weighted) log loss of
-    sigmoid(logits / T + b); b is 0 without `shift`."""
+def fit_scaling(logits: Tensor, targets: Tensor, shift: bool = False) -> tuple[float, float]:
+    """The T > 0 (and, with `shift`, the b) minimizing the log loss of sigmoid(logits / T + b);
+    b is 0 without `shift`."""
     logits, targets = logits.double().detach(), targets.double().detach()
     if len(logits) == 0:
         return 1.0, 0.0
-    w = torch.ones_like(logits) if weights is None else weights.double().detach()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=shift)
     opt = torch.optim.LBFGS(
@@ -31,8 +28,7 @@ def fit_scaling(
     def closure() -> Tensor:
         opt.zero_grad()
         z = logits / log_t.exp() + b
-        per = tF.binary_cross_entropy_with_logits(z, targets, reduction="none")
-        loss = (per * w).sum() / w.sum()
+        loss = tF.binary_cross_entropy_with_logits(z, targets)
         loss.backward()
         return loss
 
@@ -40,9 +36,9 @@ def fit_scaling(
     return float(log_t.detach().exp().clamp(0.05, 20.0)), float(b.detach())
 
 
-def fit_temperature(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> float:
-    """The T > 0 minimizing the (weighted) log loss of sigmoid(logits / T)."""
-    return fit_scaling(logits, targets, weights)[0]
+def fit_temperature(logits: Tensor, targets: Tensor) -> float:
+    """The T > 0 minimizing the log loss of sigmoid(logits / T)."""
+    return fit_scaling(logits, targets)[0]
 
 
 def calibrate(net: IssuerSeqNet, store: DeviceStore, val_rows: Tensor) -> dict[str, float]:
