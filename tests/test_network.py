@@ -151,7 +151,7 @@ def test_through_route_is_the_query_of_a_batch_through_other_routes(
     rel = stack_streams([packed(x, s, F.RELATIVE) for s in STREAMS])
     length = torch.stack([x[f"{s}_length"] for s in STREAMS])
     route, b = STREAMS.index("route"), len(cat)
-    shared, payment = net.shared_vectors(
+    shared, payment, by_route = net.shared_vectors(
         cat, num, *(t[list(F.SHARED)] for t in (stacked, rel, length))
     )
     none = torch.zeros(b, dtype=torch.long)
@@ -166,10 +166,40 @@ def test_through_route_is_the_query_of_a_batch_through_other_routes(
         for t, part in zip(replaced, route_inputs, strict=True):
             t[route] = part
         want, _ = net.query(cat_r, num, *replaced, none, none)
-        got = net.through_route(cat_r, num, shared, payment, *route_inputs)
+        got = net.through_route(cat_r, num, shared, payment, by_route, *route_inputs)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         answers.append(got)
     assert not torch.allclose(answers[0], answers[1])  # the route and its stream matter
+
+
+@torch.no_grad()
+def test_the_route_reads_the_issuers_answers_through_that_route(
+    store: EventStore, net: IssuerSeqNet
+) -> None:
+    """`issuer_by_route`, picked by the attempt's route (`through_issuer`), is the issuer
+    stream's history counts of the events sent through that route alone; padding and other
+    routes' events are not counted; and the term reaches the approval only through the
+    route stream's slot, zeros where the issuer's stream is ablated."""
+    x = _batch(store)
+    cat, num = packed(x, "issuer", F.CATEGORICAL), packed(x, "issuer", F.NUMERIC)
+    parts, rel = net.state_parts(cat, num), packed(x, "issuer", F.RELATIVE)
+    by_route = net.issuer_by_route(parts["cause"], parts["route"], rel)
+    real = torch.arange(-cat.shape[1], 0)[None, :] >= -x["issuer_length"][:, None]
+    routes = sorted(set(cat[..., F.ROUTE][real].tolist()))
+    assert len(routes) >= 2  # the batch's issuers answered through several routes
+    cur = packed(x, "cur", F.CATEGORICAL)
+    for route in routes:
+        through = ((cat[..., F.ROUTE] == route) & real).float()[..., None]
+        table = net.counts["issuer"].table(parts["cause"] * through, rel[..., 0], rel[..., 1])
+        assert table.sum() > 0
+        cur_r = cur.clone()
+        cur_r[:, F.ROUTE] = route
+        want = net.issuer_route(torch.log1p(table).flatten(1))
+        torch.testing.assert_close(net.through_issuer(by_route, cur_r), want)
+    slots = net.route_slot.flatten().tolist()
+    assert slots == [float(s == "route") for s in STREAMS]
+    ablated = IssuerSeqNet(store.vocab.sizes(), n_delays=8, d_model=16, use_issuer=False)
+    assert not ablated.route_slot.any()
 
 
 @torch.no_grad()

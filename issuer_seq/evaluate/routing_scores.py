@@ -86,7 +86,7 @@ def transformer_route_matrix(
             cat = packed(x, "cur", F.CATEGORICAL)  # (B, C)
             num = packed(x, "cur", F.NUMERIC)  # (B, F)
             # the streams that do not read the route, computed once for every route
-            vectors, past = net.shared_vectors(
+            vectors, past, by_route = net.shared_vectors(
                 cat,
                 num,
                 stack_streams(
@@ -122,6 +122,7 @@ def transformer_route_matrix(
                     num[pick],
                     vectors[:, pick],
                     past[pick],
+                    by_route[pick],
                     net.state(
                         packed(xr, ROUTE_STREAM, F.CATEGORICAL), packed(xr, ROUTE_STREAM, F.NUMERIC)
                     ),

@@ -25,6 +25,9 @@ A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
                       and cannot count; velocity, bursts of declines and outages are counts.
     history stats     per stream and cause: the latest event's recency, the largest and the
                       mean amount (B, D), added likewise
+    issuer by route   the issuer stream's counts split by each event's route; the attempt's
+                      route picks its own, log1p -> linear (B, D), added to the route
+                      stream's vector: how this issuer has been answering through this route
     payment so far    the codes of the payment's latest earlier attempt (found by the
                       `same_payment` flags of the card-at-merchant stream), how long ago and
                       whether a new day has begun since (B, D); zeros for a first attempt
@@ -154,6 +157,7 @@ _RESPONSE_CODE = F.CATEGORICAL.index("response_code")
 _ADVICE_CODE = F.CATEGORICAL.index("advice_code")
 _CARD_MERCHANT = STREAMS.index("card_merchant")  # the stream the payment so far reads
 _CARD = STREAMS.index("card")  # the stream whose latest event's codes the heads read
+_ISSUER = STREAMS.index("issuer")  # the stream whose answers by route the route's slot reads
 _ROUTE_STREAM = STREAMS.index("route")
 
 
@@ -379,10 +383,14 @@ class HistoryCounts(nn.Module):
         onehot (..., K, C-1) from `cause_onehot`; log_minutes, same_merchant (..., K) float, as
         the inputs carry them.
         """
-        # 1.0 where log_minutes <= bound, else 0.0, in float arithmetic (no casts)
+        # (..., W + 1, K) @ (..., K, C - 1)
+        return self.rows(log_minutes, same_merchant).transpose(-1, -2) @ onehot
+
+    def rows(self, log_minutes: Tensor, same_merchant: Tensor) -> Tensor:
+        """(..., K, W+1): 1.0 where an event falls in each window (log_minutes <= bound, in
+        float arithmetic: no casts), then its same-merchant flag."""
         within = (torch.sign(self.log_bounds - log_minutes[..., None]) + 1).clamp(max=1)
-        within = torch.cat([within, same_merchant[..., None]], dim=-1)  # (B, K, W+1)
-        return within.transpose(-1, -2) @ onehot  # (..., W + 1, K) @ (..., K, C - 1)
+        return torch.cat([within, same_merchant[..., None]], dim=-1)
 
 
 class HistoryStats(nn.Module):
@@ -579,8 +587,9 @@ class IssuerSeqNet(nn.Module):
     #: stream's query reads the attempt's route. 3: the heads read the card's latest codes.
     #: 4: a linear term of those codes is added to the approval logit (`approval_logit`).
     #: 5: the pair term compares the event's amount with the attempt's (`pair`). 6: in every
-    #: stream but the route's (`compares_amounts`).
-    VERSION = 6
+    #: stream but the route's (`compares_amounts`). 7: the route's vector adds the issuer's
+    #: recent answers through the attempt's route (`issuer_by_route`, `through_issuer`).
+    VERSION = 7
     #: the calibration's buffers, fitted after training (train/calibrate.py)
     CALIBRATION = ("approval_temperature", "approval_shift", "retry_temperature")
 
@@ -626,6 +635,16 @@ class IssuerSeqNet(nn.Module):
             {s: HistoryStats(vocab_sizes["cause"], d_model) for s in STREAMS}
         )
         self.register_buffer("causes", cause_table(vocab_sizes["cause"]), persistent=False)
+        self.register_buffer("routes", cause_table(vocab_sizes["route"]), persistent=False)
+        # the issuer's answers through the attempt's route: HistoryCounts' table of the
+        # issuer stream's events through that route, added to the route stream's vector
+        # (zeros where the issuer's or the route's stream is ablated)
+        self.issuer_route = nn.Linear(
+            (len(HistoryCounts.WINDOW_MINUTES) + 1) * (vocab_sizes["cause"] - 1), d_model
+        )
+        route_slot = torch.zeros(len(STREAMS), 1, 1)
+        route_slot[_ROUTE_STREAM] = float(use_issuer and use_route)
+        self.register_buffer("route_slot", route_slot, persistent=False)
         used = torch.tensor([float(self.use[s]) for s in STREAMS])
         self.register_buffer("used", used, persistent=False)
         # the amounts compared in every stream but the route's (other cards' attempts)
@@ -680,10 +699,18 @@ class IssuerSeqNet(nn.Module):
         - `codes`: the event's response and advice code embeddings, summed (D), what the
           payment so far reads of the payment's latest attempt
         - `cause`: the one-hot of its cause (C - 1), what the counts and stats read
+        - `route`: the one-hot of its route (R - 1), what `issuer_by_route` splits by
         - `log_amount` (1) and `day` (31), the one-hot of its day of the month
         """
-        d, c = self.d_model, self.causes.shape[1]
-        sizes = {"hidden": d, "codes": d, "cause": c, "log_amount": 1, "day": DAYS_IN_MONTH}
+        d, c, r = self.d_model, self.causes.shape[1], self.routes.shape[1]
+        sizes = {
+            "hidden": d,
+            "codes": d,
+            "cause": c,
+            "route": r,
+            "log_amount": 1,
+            "day": DAYS_IN_MONTH,
+        }
         out, start = {}, 0
         for name, size in sizes.items():
             out[name] = (start, start + size)
@@ -708,6 +735,7 @@ class IssuerSeqNet(nn.Module):
             "codes": self.decline_code(cat[..., _RESPONSE_CODE])
             + self.decline_advice(cat[..., _ADVICE_CODE]),
             "cause": cause_onehot(cat[..., _CAUSE], self.causes),
+            "route": cause_onehot(cat[..., F.ROUTE], self.routes),
             "log_amount": num[..., _LOG_AMOUNT : _LOG_AMOUNT + 1],
             "day": day_onehot(num[..., _DAY_OF_MONTH], self.days),
         }
@@ -777,6 +805,10 @@ class IssuerSeqNet(nn.Module):
         streams = self.stream_vectors(
             tokens, today, cur_num[..., _LOG_AMOUNT], parts, rel, length, slice(None)
         )
+        by_route = self.issuer_by_route(
+            parts["cause"][_ISSUER], parts["route"][_ISSUER], rel[_ISSUER]
+        )
+        streams = streams + self.route_slot * self.through_issuer(by_route, cur_cat)[None]
         return self.heads(
             cur,
             today,
@@ -841,6 +873,28 @@ class IssuerSeqNet(nn.Module):
             + linear_n(stat_table.flatten(-2), [self.stats[s].proj for s in names], index)
         ) * self.used[at, None, None]  # an ablated stream's vector is zeros
 
+    def issuer_by_route(self, cause: Tensor, route: Tensor, rel: Tensor) -> Tensor:
+        """(B, R - 1, W + 1, C - 1): the issuer stream's history counts (`HistoryCounts.table`)
+        split by the route each event went through. cause (B, K, C - 1) and route (B, K,
+        R - 1): that stream's states' one-hot parts; rel (B, K, 3) its relative features.
+
+        An issuer that declines through one acquirer route for days (its risk rules, a BIN
+        range) shows in its answers through that route only; the issuer's query, which every
+        candidate route shares, summarizes all its routes. Counted per route, what a route
+        stands for with this issuer is one table each candidate picks (`through_issuer`)."""
+        rows = self.counts["issuer"].rows(rel[..., 0], rel[..., 1])  # (B, K, W + 1)
+        # matrix products (ONNX Runtime's Einsum is several times slower at these sizes)
+        by = (route[..., :, None] * rows[..., None, :]).flatten(-2)  # (B, K, R' (W + 1))
+        table = by.transpose(-1, -2) @ cause  # (B, R' (W + 1), C - 1)
+        return table.unflatten(-2, (route.shape[-1], rows.shape[-1]))
+
+    def through_issuer(self, by_route: Tensor, cur_cat: Tensor) -> Tensor:
+        """(B, D): the counts of `issuer_by_route` (B, R - 1, W + 1, C - 1) through the route
+        of each row of cur_cat (B, C), log1p -> linear, as `HistoryCounts`."""
+        mine = cause_onehot(cur_cat[..., F.ROUTE], self.routes)  # (B, R - 1)
+        table = mine[:, None, :] @ by_route.flatten(2)  # (B, 1, (W + 1) (C - 1))
+        return self.issuer_route(torch.log1p(table).flatten(1))
+
     def heads(
         self,
         cur: Tensor,
@@ -904,12 +958,12 @@ class IssuerSeqNet(nn.Module):
 
     def shared_vectors(
         self, cur_cat: Tensor, cur_num: Tensor, states: Tensor, rel: Tensor, length: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """What B attempts' candidate routes share: the vectors of the streams that do not
-        read the route (features.SHARED_STREAMS), (N - 1, B, D), and the attempt's own past
-        (`own_past`, B, 2 D). states (N - 1, B, K, S), rel (N - 1, B, K, 3), length (N - 1,
-        B): those streams' inputs, stacked as `query`'s. `through_route` adds each
-        candidate's part."""
+        read the route (features.SHARED_STREAMS), (N - 1, B, D), the attempt's own past
+        (`own_past`, B, 2 D) and the issuer's answers by route (`issuer_by_route`). states
+        (N - 1, B, K, S), rel (N - 1, B, K, 3), length (N - 1, B): those streams' inputs,
+        stacked as `query`'s. `through_route` adds each candidate's part."""
         token = self.events(cur_cat * self.routeless, cur_num)  # (B, D)
         today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
         parts = self.parts(states)
@@ -922,10 +976,11 @@ class IssuerSeqNet(nn.Module):
             length,
             Picks(SHARED, None, self.shared_streams),
         )
-        m = SHARED.index(_CARD_MERCHANT)
+        m, i = SHARED.index(_CARD_MERCHANT), SHARED.index(_ISSUER)
         at = {k: v[m] for k, v in parts.items()}
         past = self.own_past(token, today, at, rel[m], parts["codes"][SHARED.index(_CARD)])
-        return vectors, past
+        by_route = self.issuer_by_route(parts["cause"][i], parts["route"][i], rel[i])
+        return vectors, past, by_route
 
     def through_route(
         self,
@@ -933,6 +988,7 @@ class IssuerSeqNet(nn.Module):
         cur_num: Tensor,
         shared: Tensor,
         past: Tensor,
+        by_route: Tensor,
         route_states: Tensor,
         route_rel: Tensor,
         route_length: Tensor,
@@ -940,8 +996,8 @@ class IssuerSeqNet(nn.Module):
     ) -> Tensor:
         """Uncalibrated approval logits (B,) of B attempts, each through the route of its
         `cur_cat` row: `query`'s approval logits, with the shared part from `shared_vectors`
-        (`shared`, `past`) and the route stream's own inputs route_states (B, K, S),
-        route_rel (B, K, 3), route_length (B,)."""
+        (`shared`, `past`, `by_route`) and the route stream's own inputs route_states (B, K,
+        S), route_rel (B, K, 3), route_length (B,)."""
         cur = self.events(cur_cat, cur_num)
         today = day_onehot(cur_num[..., _DAY_OF_MONTH], self.days)
         route = self.stream_vectors(
@@ -953,6 +1009,7 @@ class IssuerSeqNet(nn.Module):
             route_length[None],
             slice(_ROUTE_STREAM, _ROUTE_STREAM + 1),
         )
+        route = route + self.route_slot[_ROUTE_STREAM] * self.through_issuer(by_route, cur_cat)
         streams = torch.cat([shared[:_ROUTE_STREAM], route, shared[_ROUTE_STREAM:]])
         return self.approval_logit(self.joint(cur, streams, past, fused), past)
 
@@ -1006,7 +1063,10 @@ class IssuerSeqNet(nn.Module):
             index,
         )  # (N - 1 + R, 1, D)
         shared = vectors[:n].expand(-1, r, -1)  # (N - 1, R, D)
-        route = vectors[n:].transpose(0, 1)  # (1, R, D)
+        i = SHARED.index(_ISSUER)
+        by_route = self.issuer_by_route(parts["cause"][i], parts["route"][i], rel[i])
+        issuer = self.through_issuer(by_route.expand(r, -1, -1, -1), cur_cat)  # (R, D)
+        route = vectors[n:].transpose(0, 1) + self.route_slot[_ROUTE_STREAM] * issuer  # (1, R, D)
         streams = torch.cat([shared[:_ROUTE_STREAM], route, shared[_ROUTE_STREAM:]])
         m = SHARED.index(_CARD_MERCHANT)
         at = {name: part[m] for name, part in parts.items()}
@@ -1034,6 +1094,7 @@ class IssuerSeqNet(nn.Module):
             return self.query(cat, num, states, stack_streams(rel), length, code, advice, fused)
         cur, tokens, today = self.current(cat, num)
         vectors, at, card_codes = [], {}, torch.zeros(())
+        issuer = (torch.zeros(()), torch.zeros(()))  # its cause and route one-hots
         for run in equal_window_runs([r.shape[1] for r in rel]):
             # the run's events stacked before they are encoded (ids and numbers, not states)
             parts = self.state_parts(
@@ -1054,8 +1115,11 @@ class IssuerSeqNet(nn.Module):
                 at = {name: part[_CARD_MERCHANT - run.start] for name, part in parts.items()}
             if run.start <= _CARD < run.stop:
                 card_codes = parts["codes"][_CARD - run.start]
+            if run.start <= _ISSUER < run.stop:
+                issuer = (parts["cause"][_ISSUER - run.start], parts["route"][_ISSUER - run.start])
         m = _CARD_MERCHANT
-        streams = torch.cat(vectors)
+        by_route = self.issuer_by_route(*issuer, rel[_ISSUER])
+        streams = torch.cat(vectors) + self.route_slot * self.through_issuer(by_route, cat)[None]
         return self.heads(cur, today, streams, at, rel[m], card_codes, code, advice, fused)
 
     def set_fused_moments(self, fused: Tensor) -> None:
