@@ -30,9 +30,9 @@ from issuer_seq.model.network import (
     HistoryStats,
     IssuerSeqNet,
     PaymentSoFar,
-    cause_onehot,
-    cause_table,
     day_onehot,
+    id_onehot,
+    id_table,
 )
 from issuer_seq.schema import load_log
 from issuer_seq.train.calibrate import fit_scaling, fit_temperature
@@ -152,7 +152,7 @@ def test_history_counts_count_causes_in_each_window() -> None:
     counts = HistoryCounts(n_causes=5, d_model=8)
     minutes = torch.tensor([[0.0, 5.0, 100.0, 20_000.0]])
     table = counts.table(
-        cause_onehot(torch.tensor([[0, 3, 3, 4]]), cause_table(5)),  # padding, causes 3, 3, 4
+        id_onehot(torch.tensor([[0, 3, 3, 4]]), id_table(5)),  # padding, causes 3, 3, 4
         torch.log1p(minutes),
         torch.tensor([[0.0, 1.0, 0.0, 1.0]]),
     )[0]  # rows: 10 min, 1 h, 1 day, 1 week, all, same merchant; columns: cause ids 1..4
@@ -168,7 +168,7 @@ def test_history_stats_take_recency_and_amounts_per_cause() -> None:
     stats = HistoryStats(n_causes=5, d_model=8)
     minutes = torch.log1p(torch.tensor([[0.0, 5.0, 100.0, 20_000.0]]))
     amounts = torch.log1p(torch.tensor([[999.0, 10.0, 30.0, 50.0]]))
-    onehot = cause_onehot(torch.tensor([[0, 3, 3, 4]]), cause_table(5))
+    onehot = id_onehot(torch.tensor([[0, 3, 3, 4]]), id_table(5))
     table = stats.table(onehot, minutes, amounts)[0]
     # rows: recency / NEVER, largest, mean log amount; columns: cause ids 1..4
     expected = torch.zeros(3, 4)

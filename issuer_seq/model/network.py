@@ -345,15 +345,16 @@ class StreamQuery(nn.Module):
         return self.norm(q)
 
 
-def cause_table(n_causes: int) -> Tensor:
-    """(C, C-1) one-hot rows of the cause ids; id 0 (padding) -> all zeros."""
-    return torch.eye(n_causes)[:, 1:]
+def id_table(n_ids: int) -> Tensor:
+    """(n, n-1) one-hot rows of a vocabulary's ids (the causes, the routes); id 0 (padding)
+    -> all zeros."""
+    return torch.eye(n_ids)[:, 1:]
 
 
-def cause_onehot(cause: Tensor, table: Tensor) -> Tensor:
-    """(B, K) cause ids -> (B, K, C-1) one-hot, by lookup in `cause_table` (no Cast in the
+def id_onehot(ids: Tensor, table: Tensor) -> Tensor:
+    """(B, K) ids -> (B, K, n-1) one-hot, by lookup in their `id_table` (no Cast in the
     graph: the fp16 export keeps its types)."""
-    return nn.functional.embedding(cause, table)
+    return nn.functional.embedding(ids, table)
 
 
 class HistoryCounts(nn.Module):
@@ -380,7 +381,7 @@ class HistoryCounts(nn.Module):
         """(..., W+1, C-1) counts: rows the windows then same-merchant, columns cause ids
         1..C-1.
 
-        onehot (..., K, C-1) from `cause_onehot`; log_minutes, same_merchant (..., K) float, as
+        onehot (..., K, C-1) from `id_onehot`; log_minutes, same_merchant (..., K) float, as
         the inputs carry them.
         """
         # (..., W + 1, K) @ (..., K, C - 1)
@@ -414,7 +415,7 @@ class HistoryStats(nn.Module):
     def table(self, onehot: Tensor, log_minutes: Tensor, log_amount: Tensor) -> Tensor:
         """(..., 3, C-1): rows recency / NEVER, largest and mean log amount; columns cause ids.
 
-        onehot (..., K, C-1) from `cause_onehot`; log_minutes, log_amount (..., K) float.
+        onehot (..., K, C-1) from `id_onehot`; log_minutes, log_amount (..., K) float.
         """
         # minimum and maximum over K as TopK: ONNX Runtime's shape inference (int8
         # quantization) does not know ReduceMin / ReduceMax of opset 18
@@ -634,8 +635,8 @@ class IssuerSeqNet(nn.Module):
         self.stats = nn.ModuleDict(
             {s: HistoryStats(vocab_sizes["cause"], d_model) for s in STREAMS}
         )
-        self.register_buffer("causes", cause_table(vocab_sizes["cause"]), persistent=False)
-        self.register_buffer("routes", cause_table(vocab_sizes["route"]), persistent=False)
+        self.register_buffer("causes", id_table(vocab_sizes["cause"]), persistent=False)
+        self.register_buffer("routes", id_table(vocab_sizes["route"]), persistent=False)
         # the issuer's answers through the attempt's route: HistoryCounts' table of the
         # issuer stream's events through that route, added to the route stream's vector
         # (zeros where the issuer's or the route's stream is ablated)
@@ -734,8 +735,8 @@ class IssuerSeqNet(nn.Module):
             "hidden": self.events(cat, num),
             "codes": self.decline_code(cat[..., _RESPONSE_CODE])
             + self.decline_advice(cat[..., _ADVICE_CODE]),
-            "cause": cause_onehot(cat[..., _CAUSE], self.causes),
-            "route": cause_onehot(cat[..., F.ROUTE], self.routes),
+            "cause": id_onehot(cat[..., _CAUSE], self.causes),
+            "route": id_onehot(cat[..., F.ROUTE], self.routes),
             "log_amount": num[..., _LOG_AMOUNT : _LOG_AMOUNT + 1],
             "day": day_onehot(num[..., _DAY_OF_MONTH], self.days),
         }
@@ -891,7 +892,7 @@ class IssuerSeqNet(nn.Module):
     def through_issuer(self, by_route: Tensor, cur_cat: Tensor) -> Tensor:
         """(B, D): the counts of `issuer_by_route` (B, R - 1, W + 1, C - 1) through the route
         of each row of cur_cat (B, C), log1p -> linear, as `HistoryCounts`."""
-        mine = cause_onehot(cur_cat[..., F.ROUTE], self.routes)  # (B, R - 1)
+        mine = id_onehot(cur_cat[..., F.ROUTE], self.routes)  # (B, R - 1)
         table = mine[:, None, :] @ by_route.flatten(2)  # (B, 1, (W + 1) (C - 1))
         return self.issuer_route(torch.log1p(table).flatten(1))
 
