@@ -213,6 +213,30 @@ def test_reaction_is_compared_on_the_episodes_the_oracle_reacts_to(
         assert pol["oracle"]["median_hours"] is not None
 
 
+def test_the_uplift_is_split_by_the_attempts_condition(
+    world: World, section: dict[str, Any]
+) -> None:
+    by = section["by_condition"]
+    assert set(by) <= {"route_outage", "issuer_episode", "steady"} and "steady" in by
+    assert sum(c["attempts"] for c in by.values()) == section["n_attempts"]
+    assert sum(c["oracle_uplift_share"] for c in by.values()) == pytest.approx(1.0)
+    # the episodes of meta.json that overlap the test split mark their issuer's attempts
+    assert by.get("issuer_episode", {}).get("attempts", 0) > 0
+    pol = section["policies"]
+    for c in by.values():
+        shares = c["share_of_oracle_uplift"]
+        assert list(shares) == list(pol)
+        if shares["oracle"] is not None:
+            assert shares["static"] == 0.0 and shares["oracle"] == pytest.approx(1.0)
+    # weighted by the conditions' parts, the shares are the policy's whole share
+    if all(c["share_of_oracle_uplift"]["oracle"] is not None for c in by.values()):
+        for name in pol:
+            whole = sum(
+                c["oracle_uplift_share"] * c["share_of_oracle_uplift"][name] for c in by.values()
+            )
+            assert whole == pytest.approx(pol[name]["share_of_oracle_uplift"]["value"], rel=1e-6)
+
+
 def replay_by_hand(
     world: World, frame: pd.DataFrame, p: np.ndarray, chosen: RouteRecalibrationSettings
 ) -> np.ndarray:
@@ -361,6 +385,7 @@ def test_the_report_renders_the_routing_section(section: dict[str, Any], tmp_pat
     page = (tmp_path / "report.html").read_text()
     assert "<h2>Routing</h2>" in page and "Off-policy estimates against the truth" in page
     assert "covers the truth in" in page
+    assert "Where the oracle's uplift lies" in page and "<td>steady</td>" in page
     # a log without routes: the section says why it is empty
     summary = report_with_routing(
         {"applicable": False, "note": "one route: none"}, tmp_path / "plain"

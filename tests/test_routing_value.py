@@ -27,7 +27,13 @@ from issuer_seq.routing.reaction import (
     median_reaction_hours,
 )
 from issuer_seq.routing.routes import NOT_HELD
-from issuer_seq.routing.value import truth_matrix, value_policies
+from issuer_seq.routing.value import (
+    attempt_conditions,
+    truth_matrix,
+    uplift_by_condition,
+    value_policies,
+    with_references,
+)
 
 ECON = RetryEconomics(margin=0.1)
 
@@ -304,3 +310,87 @@ def test_truth_matrix_reads_the_per_route_columns_in_table_order() -> None:
     np.testing.assert_array_equal(truth_matrix(truth, ["a", "b"]), [[0.7, 0.5], [0.8, np.nan]])
     with pytest.raises(IssuerSeqError, match="p_approve_route_c"):
         truth_matrix(truth, ["a", "c"])
+
+
+def _intervals(rows: list[tuple], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=columns)
+
+
+def test_attempt_conditions_outage_then_episode_then_steady() -> None:
+    ts = pd.to_datetime(
+        [
+            "2026-01-01T00:05",
+            "2026-01-01T00:05",
+            "2026-01-01T02:00",
+            "2026-01-01T02:00",
+            "2026-01-01T05:00",
+        ],
+        utc=True,
+    )
+    issuers = np.array([7, 8, 7, 8, 7])
+    # attempts 0-3 at merchants holding routes a and b; attempt 4 at one holding c alone
+    held = np.array([[1, 1, 0]] * 4 + [[0, 0, 1]], dtype=bool)
+    names = ("a", "b", "c")
+    outages = _intervals(
+        [
+            ("b", "2026-01-01T00:00Z", "2026-01-01T00:10Z"),
+            ("c", "2026-01-01T04:00Z", "2026-01-01T04:30Z"),
+        ],
+        ["route", "start", "end"],
+    )
+    episodes = _intervals(
+        [
+            (7, "a", "2026-01-01T00:00Z", "2026-01-01T03:00Z"),  # issuer 7 through a
+            (
+                8,
+                "c",
+                "2026-01-01T01:00Z",
+                "2026-01-01T06:00Z",
+            ),  # through a route 8's merchants lack
+        ],
+        ["issuer_id", "route", "start", "end"],
+    )
+    got = attempt_conditions(ts, issuers, held, names, outages, episodes)
+    # 0: route b down (the outage wins over issuer 7's episode); 1: b down; 2: issuer 7's
+    # episode through a; 3: issuer 8's episode is through c, which its merchant lacks;
+    # 4: c's outage ended at 04:30
+    assert list(got) == ["route_outage", "route_outage", "issuer_episode", "steady", "steady"]
+    empty = _intervals([], ["issuer_id", "route", "start", "end"])
+    none = attempt_conditions(ts, issuers, held, names, outages.iloc[:0], empty)
+    assert list(none) == ["steady"] * 5
+    with pytest.raises(IssuerSeqError, match="unknown routes"):
+        attempt_conditions(ts, issuers, held[:, :2], ("a", "b"), outages, episodes)
+    with pytest.raises(IssuerSeqError, match="issuer_ids"):
+        attempt_conditions(ts, issuers[:3], held, names, outages, episodes)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(2, 40), st.integers(2, 4), st.integers(0, 2**32 - 1))
+def test_the_conditions_parts_add_up_to_the_whole_uplift(n: int, n_routes: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    prio = np.argsort(rng.random((n, n_routes)), axis=1).astype(np.int64)
+    prio[rng.random((n, n_routes)) < 0.3] = NOT_HELD
+    prio[np.arange(n), rng.integers(0, n_routes, n)] = n_routes
+    cand = prio != NOT_HELD
+    p_true = np.where(cand, rng.random((n, n_routes)), np.nan)
+    amount, fees = rng.uniform(1, 300, n), rng.uniform(0, 2, n_routes)
+    model = choose_route(np.where(cand, rng.random((n, n_routes)), np.nan), prio, amount, fees)
+    policies = with_references({"model": model.probs}, p_true, prio, amount, fees)
+    condition = rng.choice(["route_outage", "issuer_episode", "steady"], n)
+    by = uplift_by_condition(policies, p_true, amount, fees, condition)
+    whole = value_policies({"model": model.probs}, p_true, prio, amount, fees).set_index("policy")
+    assert sum(c["attempts"] for c in by.values()) == n
+    if whole.loc["oracle", "uplift_value"] <= 0:
+        return
+    assert sum(c["oracle_uplift_share"] for c in by.values()) == pytest.approx(1.0)
+    # where the oracle gains in every condition, the model's whole share is its shares per
+    # condition weighted by the conditions' parts
+    if all(c["share_of_oracle_uplift"]["oracle"] is not None for c in by.values()):
+        parts = sum(
+            c["oracle_uplift_share"] * c["share_of_oracle_uplift"]["model"] for c in by.values()
+        )
+        assert parts == pytest.approx(whole.loc["model", "share_of_oracle_uplift"], rel=1e-6)
+    for c in by.values():
+        shares = c["share_of_oracle_uplift"]
+        if shares["oracle"] is not None:
+            assert shares["static"] == 0.0 and shares["oracle"] == pytest.approx(1.0)

@@ -27,7 +27,10 @@ Policies, each an (N, R) distribution over the route table's columns:
 
 For each: expected approvals and value with the truth, uplift over static and share of the
 oracle's uplift, with percentile bootstrap intervals over payments (a payment's attempts are
-resampled together). Off-policy: IPS, SNIPS and DR from the logged route, propensity and
+resampled together), and where the oracle's uplift lies (`by_condition`: attempts while one
+of their routes is in an acquirer outage, while their issuer declines through one of them,
+and the rest; from meta.json's `route_outages` and `route_episodes`) with each policy's
+share of it there. Off-policy: IPS, SNIPS and DR from the logged route, propensity and
 outcome, each beside the truth-valued figure per attempt, with `covers` and, where DR's
 interval misses the truth, `why`. DR's reward model is the predictor's own matrix for its
 policy; for static, success-rate and the oracle it is `logged_rate_model`: each issuer x
@@ -72,8 +75,10 @@ from issuer_seq.routing.routes import NOT_HELD, RouteTable
 from issuer_seq.routing.value import (
     ORACLE,
     STATIC,
+    attempt_conditions,
     expected_outcomes,
     truth_matrix,
+    uplift_by_condition,
     with_references,
 )
 
@@ -782,11 +787,16 @@ def evaluate_routing(
         prio,
         table.names,
     )
+    outages = pd.DataFrame(meta.get("route_outages") or [], columns=["route", "start", "end"])
+    condition = attempt_conditions(
+        frame["ts"].to_numpy(), frame["issuer_id"].to_numpy(), cand, table.names, outages, episodes
+    )
     dr = [r for r in ope if r["estimator"] == "dr"]
     return section | {
         "policies": {
             name: {"kind": kinds.get(name, "expected_value"), **values[name]} for name in policies
         },
+        "by_condition": uplift_by_condition(policies, p_true, amount, fees, condition, econ),
         "ope": ope,
         "dr_covers": {"covered": sum(r["covers"] for r in dr), "checks": len(dr)},
         "reaction": react,

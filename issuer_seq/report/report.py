@@ -4,8 +4,8 @@ Reads what evaluate and bench measured (evaluation.json, bench.json) and writes 
 payments ML team needs to choose a model: every model's accuracy and calibration, its
 latency and throughput where measured, the latency-vs-accuracy chart with the Pareto front,
 reliability and precision-recall curves, the retry-policy comparison by decline cause, the
-routing policies (their value with intervals, the off-policy estimates against the truth,
-the reaction to issuer-by-route episodes), the ablations, and the data, configuration and
+routing policies (their value with intervals, where the oracle's uplift lies, the
+off-policy estimates against the truth, the reaction to issuer-by-route episodes), the ablations, and the data, configuration and
 machine the numbers come from.
 """
 
@@ -431,6 +431,32 @@ def routing_rows(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def condition_table(routing: Mapping[str, Any]) -> str | None:
+    """Where the oracle's uplift lies (`by_condition`): one row per condition, its attempts,
+    its part of the oracle's uplift and each policy's share of the oracle's uplift there
+    (static and the oracle left out: 0% and 100% by definition). None without the section."""
+    by = routing.get("by_condition")
+    if not by:
+        return None
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    names = [n for n in routing["policies"] if n not in ("static", "oracle")]
+    rows = [
+        {
+            "condition": name,
+            "attempts": c["attempts"],
+            "part": pct(c["oracle_uplift_share"]),
+            **{n: pct(c["share_of_oracle_uplift"].get(n)) for n in names},
+        }
+        for name, c in by.items()
+    ]
+    columns = [("condition", "condition"), ("attempts", "attempts")]
+    columns += [("part", "part of the oracle's uplift")] + [(n, n) for n in names]
+    return _table(rows, columns)
+
+
 def routing_ope_chart(evaluation: Mapping[str, Any], path: Path) -> Path | None:
     """Per reward, each policy's IPS / SNIPS / DR estimate with its interval beside the
     truth-valued figure (a black bar); an interval that misses the truth is drawn hollow.
@@ -635,6 +661,7 @@ def routing_html(
         "log before the test split."
     )
     verdicts = recalibration_verdicts(routing)
+    by_condition = condition_table(routing)
     parts = [
         _table(rows, columns),
         f"<p class='note'>{html.escape(explain)}</p>",
@@ -646,6 +673,18 @@ def routing_html(
                 + "</ul>"
             ]
             if verdicts
+            else []
+        ),
+        *(
+            [
+                "<h3>Where the oracle's uplift lies</h3>",
+                by_condition,
+                "<p class='note'>Each policy's share of the oracle's uplift within the attempts "
+                "made while one of their merchant's routes was in an acquirer outage, while "
+                "their issuer declined through one of those routes (an issuer-by-route "
+                "episode), and the rest (steady: only what lasts tells the routes apart).</p>",
+            ]
+            if by_condition
             else []
         ),
         "<h3>Off-policy estimates against the truth</h3>",

@@ -2,8 +2,9 @@
 off-policy estimates from logged routes and propensities, and the reaction to issuer episodes.
 
 See docs/routing.md. `routes` holds the route table, `policies` the policies (static,
-success-rate, expected value), `value` the truth valuation, `ope` the off-policy estimators,
-`compare` the estimates beside the truth, `reaction` the episode-reaction metric.
+success-rate, expected value), `value` the truth valuation (and where the oracle's uplift
+lies), `ope` the off-policy estimators, `compare` the estimates beside the truth, `reaction`
+the episode-reaction metric.
 """
 
 from issuer_seq.routing.compare import ope_against_truth
@@ -20,7 +21,13 @@ from issuer_seq.routing.policies import (
 )
 from issuer_seq.routing.reaction import episode_reactions, median_reaction_hours
 from issuer_seq.routing.routes import NOT_HELD, RouteTable
-from issuer_seq.routing.value import expected_outcomes, truth_matrix, value_policies
+from issuer_seq.routing.value import (
+    attempt_conditions,
+    expected_outcomes,
+    truth_matrix,
+    uplift_by_condition,
+    value_policies,
+)
 
 __all__ = [
     "NOT_HELD",
@@ -29,6 +36,7 @@ __all__ = [
     "RouteTable",
     "SuccessRateConfig",
     "SuccessRatePolicy",
+    "attempt_conditions",
     "choose_route",
     "episode_reactions",
     "estimate",
@@ -42,5 +50,6 @@ __all__ = [
     "static_policy",
     "success_rate_policy",
     "truth_matrix",
+    "uplift_by_condition",
     "value_policies",
 ]

@@ -19,13 +19,20 @@ followed; the valuation, like the off-policy estimates (`ope.py`), takes the att
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from issuer_seq.errors import IssuerSeqError
 from issuer_seq.retry_policy import DEFAULT_ECONOMICS, RetryEconomics
-from issuer_seq.routing.policies import check_probs, choose_route, route_values, static_policy
+from issuer_seq.routing.policies import (
+    as_seconds,
+    check_probs,
+    choose_route,
+    route_values,
+    static_policy,
+)
 from issuer_seq.routing.routes import NOT_HELD
 
 STATIC = "static"
@@ -135,3 +142,105 @@ def value_policies(
         room = top[col.replace("uplift_", "")] - base[col.replace("uplift_", "")]
         table[share] = table[col] / room if room > 0 else np.nan
     return table
+
+
+#: where an attempt stands when it is routed (`attempt_conditions`), in order of precedence
+CONDITIONS = ("route_outage", "issuer_episode", "steady")
+
+
+def attempt_conditions(
+    ts: Any,
+    issuer_ids: Any,
+    held: np.ndarray,
+    route_names: Sequence[str],
+    outages: pd.DataFrame,
+    episodes: pd.DataFrame,
+) -> np.ndarray:
+    """(N,) each attempt's condition (`CONDITIONS`): `route_outage` where a route its
+    merchant holds (held (N, R), the route table's columns `route_names`) is in an acquirer
+    outage at its time; else `issuer_episode` where its issuer is declining through one of
+    them (an issuer-by-route episode); else `steady`, where only what lasts (domestic
+    acquiring, the routes' risk filters, their fees) tells the routes apart.
+
+    outages: rows (route, start, end); episodes: rows (issuer_id, route, start, end): the
+    simulator's meta.json `route_outages` and `route_episodes`; each interval [start, end).
+    """
+    t = as_seconds(ts)
+    cand = np.asarray(held, dtype=bool)
+    if cand.shape != (len(t), len(route_names)):
+        raise IssuerSeqError(f"held has shape {cand.shape}, need ({len(t)}, {len(route_names)})")
+    column = {name: i for i, name in enumerate(route_names)}
+    for what, frame in (("outages", outages), ("episodes", episodes)):
+        unknown = sorted(set(frame["route"].astype(str)) - set(column)) if len(frame) else []
+        if unknown:
+            raise IssuerSeqError(f"{what} name unknown routes {unknown} (known: {list(column)})")
+    # issuers as integer codes shared by the attempts and the episodes (compared per episode)
+    attempts = np.asarray(issuer_ids, dtype=object).astype(str)
+    if attempts.shape != t.shape:
+        raise IssuerSeqError(f"issuer_ids has {len(attempts)} rows, ts {len(t)}")
+    _, codes = np.unique(
+        np.concatenate(
+            [
+                attempts,
+                episodes["issuer_id"].astype(str).to_numpy(dtype=object),
+            ]
+        ),
+        return_inverse=True,
+    )
+    issuer, episode_issuer = codes[: len(t)], codes[len(t) :]
+
+    def during(frame: pd.DataFrame, whose: np.ndarray | None) -> np.ndarray:
+        # attempts inside one of the intervals on a route they hold (and, with `whose`,
+        # of the interval's issuer)
+        hit = np.zeros(len(t), dtype=bool)
+        if not len(frame):
+            return hit
+        starts, ends = as_seconds(frame["start"]), as_seconds(frame["end"])
+        for j, route in enumerate(frame["route"].astype(str)):
+            inside = cand[:, column[route]] & (t >= starts[j]) & (t < ends[j])
+            hit |= inside if whose is None else inside & (issuer == whose[j])
+        return hit
+
+    down = during(outages, None)
+    episode = during(episodes, episode_issuer)
+    return np.where(down, CONDITIONS[0], np.where(episode, CONDITIONS[1], CONDITIONS[2]))
+
+
+def uplift_by_condition(
+    policies: Mapping[str, np.ndarray],
+    p_true: np.ndarray,
+    amount: np.ndarray,
+    fees: np.ndarray,
+    condition: np.ndarray,
+    econ: RetryEconomics = DEFAULT_ECONOMICS,
+) -> dict[str, dict[str, Any]]:
+    """Where the oracle's uplift over static routing lies, and how much of it each policy
+    captures there: per condition of `attempt_conditions` (those with attempts), its
+    `attempts`, `oracle_uplift_share` (the condition's part of the oracle's whole uplift in
+    value; the parts sum to 1) and `share_of_oracle_uplift` per policy within it (None where
+    the oracle gains nothing there). A policy's share over all attempts is the sum of its
+    shares weighted by the parts. `policies` as `with_references` orders them (static first,
+    the oracle last)."""
+    names = list(policies)
+    if names[0] != STATIC or names[-1] != ORACLE:
+        raise IssuerSeqError("policies must run from static to the oracle (with_references)")
+    value = np.stack(
+        [expected_outcomes(p, p_true, amount, fees, econ)[1] for p in policies.values()], axis=1
+    )
+    uplift = value - value[:, :1]  # (N, P) each policy's gain over static, per attempt
+    total = uplift[:, -1].sum()
+    out: dict[str, dict[str, Any]] = {}
+    for name in CONDITIONS:
+        mask = np.asarray(condition) == name
+        if not mask.any():
+            continue
+        gain = uplift[mask].sum(axis=0)
+        room = gain[-1]
+        out[name] = {
+            "attempts": int(mask.sum()),
+            "oracle_uplift_share": float(room / total) if total > 0 else None,
+            "share_of_oracle_uplift": {
+                p: float(g / room) if room > 0 else None for p, g in zip(names, gain, strict=True)
+            },
+        }
+    return out
