@@ -214,11 +214,17 @@ def fit_group_intercepts(
     n_groups: int,
     prior_sd: float,
     steps: int = 8,
+    min_evidence: float = 0.0,
 ) -> np.ndarray:
     """(n_groups,) the intercept of each group, b_g maximizing the log-likelihood of its
     outcomes y (0/1) under sigmoid(z + b_g) minus b_g^2 / (2 prior_sd^2): the posterior mode
     under a normal prior. Newton's method, every group at once (each problem is concave);
-    bounded to [-5, 5]. A group without outcomes gets 0."""
+    bounded to [-5, 5]. A group without outcomes gets 0.
+
+    `min_evidence` > 0 keeps b_g only where the outcomes say the model is off: where twice the
+    log-likelihood b_g gains over 0 (a likelihood-ratio statistic; chi-squared with one degree
+    of freedom, mean 1, when the model is right) is at least `min_evidence`; elsewhere 0. In
+    steady times the intercepts then stay at 0 instead of following noise."""
     precision = 1.0 / prior_sd**2
     b = np.zeros(n_groups)
     for _ in range(steps):
@@ -229,19 +235,38 @@ def fit_group_intercepts(
         b = np.clip(b + step, -5.0, 5.0)
         if np.max(np.abs(step), initial=0.0) < 1e-7:
             break
+    if min_evidence > 0:
+        b = np.where(_likelihood_ratio(z, y, groups, n_groups, b) >= min_evidence, b, 0.0)
     return b
+
+
+def _likelihood_ratio(
+    z: np.ndarray, y: np.ndarray, groups: np.ndarray, n_groups: int, b: np.ndarray
+) -> np.ndarray:
+    """(n_groups,) 2 [log L(b_g) - log L(0)] of each group's outcomes under sigmoid(z + b)."""
+
+    def log_likelihood(shift: np.ndarray) -> np.ndarray:
+        # log sigmoid(x) for approvals, log sigmoid(-x) for declines, without overflow
+        x = (z + shift) * (2 * y - 1)
+        return -np.logaddexp(0.0, -x)
+
+    gain = log_likelihood(b[groups]) - log_likelihood(np.zeros_like(z))
+    return 2.0 * np.bincount(groups, gain, n_groups)
 
 
 @dataclass(frozen=True)
 class RouteRecalibrationSettings:
     """`window_h`: hours of outcomes each refit reads; `step_h`: hours between refits;
     `prior_sd`: the spread, on the logit scale, expected of an issuer x route intercept before
-    any outcome (smaller: more outcomes needed to move it); `max_outcomes`: at most this many of
-    the latest outcomes are kept (bounds the refit's time and the memory)."""
+    any outcome (smaller: more outcomes needed to move it); `min_evidence`: an intercept is
+    kept only where its likelihood-ratio statistic against 0 reaches it (0: always kept;
+    `fit_group_intercepts`); `max_outcomes`: at most this many of the latest outcomes are kept
+    (bounds the refit's time and the memory)."""
 
     window_h: float = 24.0
     step_h: float = 1.0
     prior_sd: float = 0.2
+    min_evidence: float = 0.0
     max_outcomes: int = 200_000
 
     def __post_init__(self) -> None:
@@ -249,6 +274,10 @@ class RouteRecalibrationSettings:
             raise IssuerSeqError(
                 "route recalibration window_h, step_h and prior_sd must be > 0, got "
                 f"{self.window_h}, {self.step_h} and {self.prior_sd}"
+            )
+        if not self.min_evidence >= 0:
+            raise IssuerSeqError(
+                f"route recalibration min_evidence must be >= 0, got {self.min_evidence}"
             )
         if self.max_outcomes < 1:
             raise IssuerSeqError(
@@ -305,7 +334,12 @@ class IssuerRouteIntercepts:
             return
         ids, groups = np.unique(self._g[known], return_inverse=True)
         b = fit_group_intercepts(
-            self._z[known], self._y[known], groups, len(ids), self.settings.prior_sd
+            self._z[known],
+            self._y[known],
+            groups,
+            len(ids),
+            self.settings.prior_sd,
+            min_evidence=self.settings.min_evidence,
         )
         keys = list(self._ids)  # in id order
         self.values = {keys[g]: float(v) for g, v in zip(ids, b, strict=True)}

@@ -210,6 +210,28 @@ def test_group_intercepts_recover_shifts_and_shrink_the_groups_with_few_outcomes
     assert wide[2] < b[2]  # a wider prior lets the few outcomes move it further
 
 
+def test_min_evidence_keeps_the_intercepts_of_real_shifts_and_zeroes_the_noise() -> None:
+    rng = np.random.default_rng(5)
+    # a shifted group, then 40 groups the model describes exactly, then one with no outcomes
+    groups = np.repeat(np.arange(41), [20_000] + [2_000] * 40)
+    z = rng.normal(1.5, 1.0, len(groups))
+    shift = np.where(groups == 0, -1.0, 0.0)
+    y = (rng.uniform(size=len(z)) < sigmoid(z + shift)).astype(float)
+    free = fit_group_intercepts(z, y, groups, 42, prior_sd=0.2)
+    gated = fit_group_intercepts(z, y, groups, 42, prior_sd=0.2, min_evidence=10.83)
+    assert gated[0] == free[0] and free[0] < -0.8  # the shift: far past the bar, kept
+    assert np.count_nonzero(free[1:41]) == 40  # without the bar every group follows its noise
+    # with it (p < 0.001 for each group the model describes), about none of them does
+    assert np.count_nonzero(gated[1:41]) <= 1
+    kept = gated[1:41] != 0
+    assert np.array_equal(gated[1:41][kept], free[1:41][kept])
+    assert gated[41] == 0.0
+    # the statistic is the likelihood ratio: a bar at 0 keeps every fitted intercept
+    assert np.array_equal(fit_group_intercepts(z, y, groups, 42, 0.2, min_evidence=0.0), free)
+    with pytest.raises(IssuerSeqError, match="min_evidence must be >= 0"):
+        RouteRecalibrationSettings(min_evidence=-1.0)
+
+
 def test_route_recalibration_follows_an_issuer_declining_through_one_route() -> None:
     t, issuer, route, p, y = routed_world(per_hour=1200)  # 2,000 outcomes a pair in a window
     settings = RouteRecalibrationSettings(window_h=12, step_h=1, prior_sd=0.5)
@@ -225,6 +247,18 @@ def test_route_recalibration_follows_an_issuer_declining_through_one_route() -> 
     before = (issuer == "0") & (t < 2 * 24 * HOUR) & (t > 24 * HOUR)
     assert np.all(np.argmax(p[hit], 1) == 1) and np.all(np.argmax(q[before], 1) == 1)
     assert np.mean(np.argmax(q[hit], 1) == 1) < 0.02
+
+
+def test_route_recalibration_with_min_evidence_moves_for_the_episode_alone() -> None:
+    t, issuer, route, p, y = routed_world(per_hour=1200)
+    settings = RouteRecalibrationSettings(window_h=12, step_h=1, prior_sd=0.5, min_evidence=10.83)
+    b = logit(recalibrated_routes(p, issuer, route, y, t, ROUTES, settings)) - logit(p)
+    late = t >= 3 * 24 * HOUR
+    hit = late & (issuer == "0")
+    assert np.median(b[hit, 1]) < -1.2  # the episode's pair moves as without the bar
+    # every other pair stays at its model's figure nearly always (was noise of about 0.07)
+    assert np.mean(b[hit][:, [0, 2]] == 0.0) > 0.95
+    assert np.mean(b[late & (issuer != "0")] == 0.0) > 0.95
 
 
 def test_route_recalibration_reads_no_outcome_before_its_step_ends() -> None:

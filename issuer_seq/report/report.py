@@ -5,8 +5,8 @@ payments ML team needs to choose a model: every model's accuracy and calibration
 latency and throughput where measured, the latency-vs-accuracy chart with the Pareto front,
 reliability and precision-recall curves, the retry-policy comparison by decline cause, the
 routing policies (their value with intervals, where the oracle's uplift lies, the
-off-policy estimates against the truth, the reaction to issuer-by-route episodes), the ablations, and the data, configuration and
-machine the numbers come from.
+off-policy estimates against the truth, the reaction to issuer-by-route episodes), the
+ablations, and the data, configuration and machine the numbers come from.
 """
 
 from __future__ import annotations

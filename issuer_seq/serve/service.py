@@ -251,10 +251,11 @@ class Service:
                 self.metrics.route_recalibration_outcomes.set_function(lambda: pairs.fitted_on)
                 log.info(
                     "route recalibration: an intercept per issuer x route refitted every %g h "
-                    "to the last %g h of its outcomes (prior sd %g)",
+                    "to the last %g h of its outcomes (prior sd %g, min evidence %g)",
                     s.route_recalibration.step_h,
                     s.route_recalibration.window_h,
                     s.route_recalibration.prior_sd,
+                    s.route_recalibration.min_evidence,
                 )
             frozen = freeze_heap()
             providers = scorer.session.get_providers()
