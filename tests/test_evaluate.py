@@ -273,6 +273,7 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
         "window_h": 24,
         "step_h": 1,
         "prior_sd": 0.2,
+        "min_evidence": 0,
         "max_outcomes": 200_000,
         "warmup_outcomes": warm,
     }
@@ -347,6 +348,38 @@ def test_evaluate_writes_every_model_and_policy(tmp_path_factory: pytest.TempPat
         lo, hi = d["ci95"]
         assert lo <= d["difference"] <= hi, name
     assert diff["logloss"]["difference"] == pytest.approx(whole["gap_contribution"], abs=2e-5)
+    # scripts/route_recalibration.py: evaluate's routing per setting, the predictions once;
+    # at evaluate's own settings it reproduces evaluation.json's recalibrated routing
+    out_json = run / "route_recalibration.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "route_recalibration.py"),
+            str(data),
+            str(run),
+            "--min-evidence",
+            "0",
+            "10.83",
+            "--bootstrap",
+            "20",
+            "--out",
+            str(out_json),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    plain, gated = json.loads(out_json.read_text())
+    assert [plain["settings"]["min_evidence"], gated["settings"]["min_evidence"]] == [0, 10.83]
+    for model in ("transformer", "lightgbm"):
+        name = f"{model}_recalibrated"
+        assert plain["share_of_oracle_uplift"][name]["value"] == pytest.approx(
+            routing["policies"][name]["share_of_oracle_uplift"]["value"], abs=1e-12
+        )
+        # the models' own routing does not depend on the setting
+        assert gated["share_of_oracle_uplift"][model] == plain["share_of_oracle_uplift"][model]
+    for row in (plain, gated):
+        assert sum(c["part"] for c in row["by_condition"].values()) == pytest.approx(1.0)
 
 
 def test_side_runs_of_another_log_or_unusable_are_skipped(

@@ -258,6 +258,60 @@ def stacked(
     return approval_metrics(p, store.approved[test]) | {"stack": stack}, p
 
 
+def routing_inputs(
+    vlog: ValidatedLog,
+    data_dir: Path,
+    run: TrainedRun,
+    store: EventStore,
+    test: np.ndarray,
+    truth: pd.DataFrame | None,
+    routes_file: Path | None = None,
+    features: pd.DataFrame | None = None,
+    warmup_h: float | None = None,
+) -> dict[str, Any]:
+    """The arguments of `evaluate_routing` for the test rows: `test_frame`, `truth` (the
+    test rows' truth, or None), `meta` and, for a log with routes and propensities,
+    `predictors` (the models' per-route p, `route_predictors`), `history` (the log before the
+    test split), `routes` (from `routes_file`, else meta.json, else the log) and, with
+    `warmup_h`, `warmup` (the attempts of the last `warmup_h` hours before the split, with the
+    models' per-route p of them, computed with the test split's)."""
+    frame = vlog.frame
+    meta_path = resolve_log_path(data_dir).parent / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    test_frame = frame.iloc[test].reset_index(drop=True)
+    if "route" not in frame.columns or "route_propensity" not in frame.columns:
+        return {"test_frame": test_frame, "truth": None, "meta": meta, "predictors": {}}
+    ts = frame["ts"].to_numpy()
+    before = ts < ts[test].min() if len(test) else np.zeros(len(frame), bool)
+    history = frame.loc[before, list(HISTORY_COLUMNS)]  # only what routing reads of it
+    routes = resolve_routes(history, test_frame, meta, routes_file)
+    warm = np.zeros(0, np.int64)
+    if warmup_h is not None and len(test):
+        t = store.t.astype(np.float64)
+        since = t[test].min() - warmup_h * 3600.0
+        warm = np.flatnonzero(before & (t >= since))
+    scored = route_predictors(
+        run, store, frame, np.concatenate([warm, test]), routes.table, features
+    )
+    test_truth = None
+    if truth is not None:
+        # the truth is aligned to the store's rows: their txn_id lets routing check the frame's
+        test_truth = truth.iloc[test].reset_index(drop=True)
+        test_truth["txn_id"] = np.asarray(store.txn_id)[test]
+    return {
+        "test_frame": test_frame,
+        "truth": test_truth,
+        "meta": meta,
+        "predictors": {name: p[len(warm) :] for name, p in scored.items()},
+        "history": history,
+        "routes": routes,
+        "warmup": RouteWarmup(
+            frame.iloc[warm][list(WARMUP_COLUMNS)].reset_index(drop=True),
+            {name: p[: len(warm)] for name, p in scored.items()},
+        ),
+    }
+
+
 def routing_section(
     vlog: ValidatedLog,
     data_dir: Path,
@@ -269,50 +323,16 @@ def routing_section(
     features: pd.DataFrame | None = None,
     recalibration: RouteRecalibrationSettings | None = None,
 ) -> dict[str, Any]:
-    """evaluation.json's `routing`: evaluate/routing.py on the test rows, success-rate routing
-    warmed up on the log before the test split; the route table from `routes_file`, else
-    meta.json, else the log (routing/route_source.py); without truth, off-policy estimates
-    only; with `recalibration`, each model's routing also recalibrated per issuer x route,
-    its replay warmed up on the attempts of the last `window_h` hours before the split (the
-    models' per-route p of them computed with the test split's)."""
-    frame = vlog.frame
-    meta_path = resolve_log_path(data_dir).parent / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    test_frame = frame.iloc[test].reset_index(drop=True)
-    if "route" not in frame.columns or "route_propensity" not in frame.columns:
-        return evaluate_routing(test_frame, None, meta, {})
-    ts = frame["ts"].to_numpy()
-    before = ts < ts[test].min() if len(test) else np.zeros(len(frame), bool)
-    history = frame.loc[before, list(HISTORY_COLUMNS)]  # only what routing reads of it
-    routes = resolve_routes(history, test_frame, meta, routes_file)
-    warm = np.zeros(0, np.int64)
-    if recalibration is not None and len(test):
-        t = store.t.astype(np.float64)
-        since = t[test].min() - recalibration.window_h * 3600.0
-        warm = np.flatnonzero(before & (t >= since))
-    scored = route_predictors(
-        run, store, frame, np.concatenate([warm, test]), routes.table, features
+    """evaluation.json's `routing`: evaluate/routing.py on the test rows (`routing_inputs`),
+    success-rate routing warmed up on the log before the test split; without truth,
+    off-policy estimates only; with `recalibration`, each model's routing also recalibrated
+    per issuer x route, its replay warmed up on the attempts of the last `window_h` hours
+    before the split."""
+    warmup_h = None if recalibration is None else recalibration.window_h
+    inputs = routing_inputs(
+        vlog, data_dir, run, store, test, truth, routes_file, features, warmup_h
     )
-    predictors = {name: p[len(warm) :] for name, p in scored.items()}
-    warmup = RouteWarmup(
-        frame.iloc[warm][list(WARMUP_COLUMNS)].reset_index(drop=True),
-        {name: p[: len(warm)] for name, p in scored.items()},
-    )
-    test_truth = None
-    if truth is not None:
-        # the truth is aligned to the store's rows: their txn_id lets routing check the frame's
-        test_truth = truth.iloc[test].reset_index(drop=True)
-        test_truth["txn_id"] = np.asarray(store.txn_id)[test]
-    return evaluate_routing(
-        test_frame,
-        test_truth,
-        meta,
-        predictors,
-        history=history,
-        routes=routes,
-        recalibration=recalibration,
-        warmup=warmup,
-    )
+    return evaluate_routing(**inputs, recalibration=recalibration)
 
 
 def recalibration_section(
