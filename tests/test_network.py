@@ -32,7 +32,11 @@ def store(sim_dir: Path) -> EventStore:
 @pytest.fixture(scope="module")
 def net(store: EventStore) -> IssuerSeqNet:
     torch.manual_seed(0)
-    return IssuerSeqNet(store.vocab.sizes(), n_delays=8, d_model=16, n_heads=2, d_ff=32).eval()
+    net = IssuerSeqNet(store.vocab.sizes(), n_delays=8, d_model=16, n_heads=2, d_ff=32).eval()
+    with torch.no_grad():  # they start at zero: give the route pairs' scalars values to carry
+        net.issuer_route_bias.weight.normal_()
+        net.route_mcc_bias.weight.normal_()
+    return net
 
 
 def _batch(store: EventStore) -> dict[str, torch.Tensor]:
@@ -292,6 +296,33 @@ def test_the_card_latest_answer_reaches_the_approval_logit_directly(
         net.latest_answer.weight -= v
     assert (moved - approval).abs().max() > 0
     torch.testing.assert_close(moved - approval, latest @ v, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(moved_retry, retry)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("table", ["issuer_route_bias", "route_mcc_bias"])
+def test_the_route_pairs_move_the_approval_logit_of_their_pair_only(
+    store: EventStore, net: IssuerSeqNet, table: str
+) -> None:
+    """`route_pairs`: a scalar of the approval logit per issuer x route and per route x MCC
+    of the attempt. Moving one pair's scalar by v moves the approval logit of exactly the
+    attempts of that pair by v, and no retry logit. A new network's scalars are zeros."""
+    fresh = IssuerSeqNet(store.vocab.sizes(), n_delays=8, d_model=16, n_heads=2, d_ff=32)
+    assert torch.all(fresh.issuer_route_bias.weight == 0)
+    assert torch.all(fresh.route_mcc_bias.weight == 0)
+    x = _batch(store)
+    other = "issuer" if table == "issuer_route_bias" else "mcc"
+    ids = x[f"cur_{other}"] * net.n_routes + x["cur_route"]
+    assert len(torch.unique(ids)) > 1  # the batch holds other pairs too
+    approval, retry = net.logits(x)
+    weight = getattr(net, table).weight
+    weight[ids[0]] += 0.75
+    try:
+        moved, moved_retry = net.logits(x)
+    finally:
+        weight[ids[0]] -= 0.75
+    want = torch.where(ids == ids[0], 0.75, 0.0)
+    torch.testing.assert_close(moved - approval, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(moved_retry, retry)
 
 

@@ -35,7 +35,8 @@ A plain nn.Module (no Lightning) taking the named inputs of data/batches.py:
                       was (B, D): a card reported lost, stolen or closed, or expired, is
                       declined everywhere after, and its next attempt is often weeks later
     approval head     MLP([card, issuer, route, card_merchant, current, payment, card's
-                      latest]) -> logit / temperature + shift (B,)
+                      latest]) -> logit, plus a learned scalar per issuer x route and per
+                      route x MCC of the attempt (`route_pairs`), / temperature + shift (B,)
     retry head        MLP([streams..., current, payment, card's latest, decline code,
                       advice code])
                       -> one logit per delay of the grid / retry temperature       (B, G)
@@ -155,6 +156,8 @@ _LOG_AMOUNT = F.NUMERIC.index("log_amount")
 _CAUSE = F.CATEGORICAL.index("cause")
 _RESPONSE_CODE = F.CATEGORICAL.index("response_code")
 _ADVICE_CODE = F.CATEGORICAL.index("advice_code")
+_ISSUER_ID = F.CATEGORICAL.index("issuer")
+_MCC = F.CATEGORICAL.index("mcc")
 _CARD_MERCHANT = STREAMS.index("card_merchant")  # the stream the payment so far reads
 _CARD = STREAMS.index("card")  # the stream whose latest event's codes the heads read
 _ISSUER = STREAMS.index("issuer")  # the stream whose answers by route the route's slot reads
@@ -590,7 +593,9 @@ class IssuerSeqNet(nn.Module):
     #: 5: the pair term compares the event's amount with the attempt's (`pair`). 6: in every
     #: stream but the route's (`compares_amounts`). 7: the route's vector adds the issuer's
     #: recent answers through the attempt's route (`issuer_by_route`, `through_issuer`).
-    VERSION = 7
+    #: 8: the approval logit adds a learned scalar per issuer x route and route x MCC
+    #: (`route_pairs`).
+    VERSION = 8
     #: the calibration's buffers, fitted after training (train/calibrate.py)
     CALIBRATION = ("approval_temperature", "approval_shift", "retry_temperature")
 
@@ -677,6 +682,14 @@ class IssuerSeqNet(nn.Module):
         self.latest_answer = nn.Linear(d_model, 1)
         nn.init.zeros_(self.latest_answer.weight)
         nn.init.zeros_(self.latest_answer.bias)
+        # what lasts of a route for an issuer (its cross-border rules against the acquirer's
+        # country) and for a kind of merchant (the acquirer's risk filters): a scalar of the
+        # approval logit per pair, from zero (`route_pairs`)
+        self.n_routes = vocab_sizes["route"]
+        self.issuer_route_bias = nn.Embedding(vocab_sizes["issuer"] * self.n_routes, 1)
+        self.route_mcc_bias = nn.Embedding(vocab_sizes["mcc"] * self.n_routes, 1)
+        nn.init.zeros_(self.issuer_route_bias.weight)
+        nn.init.zeros_(self.route_mcc_bias.weight)
         self.decline_code = nn.Embedding(vocab_sizes["response_code"], d_model, padding_idx=F.PAD)
         self.decline_advice = nn.Embedding(vocab_sizes["advice_code"], d_model, padding_idx=F.PAD)
         self.retry_head = nn.Sequential(
@@ -811,6 +824,7 @@ class IssuerSeqNet(nn.Module):
         )
         streams = streams + self.route_slot * self.through_issuer(by_route, cur_cat)[None]
         return self.heads(
+            cur_cat,
             cur,
             today,
             streams,
@@ -898,6 +912,7 @@ class IssuerSeqNet(nn.Module):
 
     def heads(
         self,
+        cur_cat: Tensor,
         cur: Tensor,
         today: Tensor,
         streams: Tensor,
@@ -914,7 +929,7 @@ class IssuerSeqNet(nn.Module):
         stream's `codes` part (B, K, D), whose latest the heads read."""
         past = self.own_past(cur, today, at, near, card_codes)
         z = self.joint(cur, streams, past, fused)
-        approval = self.approval_logit(z, past)
+        approval = self.approval_logit(z, past, cur_cat)
         decline = self.decline_code(decline_response_code) + self.decline_advice(
             decline_advice_code
         )
@@ -938,13 +953,28 @@ class IssuerSeqNet(nn.Module):
         payment = self.payment(near[..., 2], near[..., 0], at["codes"], at["day"], today)
         return torch.cat([payment, card_codes[:, -1]], dim=-1)
 
-    def approval_logit(self, z: Tensor, past: Tensor) -> Tensor:
+    def approval_logit(self, z: Tensor, past: Tensor, cur_cat: Tensor) -> Tensor:
         """(B,) the approval head's logit of the heads' input z plus a linear term of the
         card's latest codes (the last D of `past`, `own_past`): a direct path, so that the
         rare answers after which a card is declined everywhere (lost, stolen, expired: a few
-        dozen in a training split) move the logit as far as they should."""
+        dozen in a training split) move the logit as far as they should; plus the attempt's
+        `route_pairs` (cur_cat (B, C))."""
         latest = past[..., -self.latest_answer.in_features :]
-        return (self.approval_head(z) + self.latest_answer(latest)).squeeze(-1)
+        head = self.approval_head(z) + self.latest_answer(latest) + self.route_pairs(cur_cat)
+        return head.squeeze(-1)
+
+    def route_pairs(self, cur_cat: Tensor) -> Tensor:
+        """(B, 1): a learned scalar of the attempt's issuer x route plus one of its route x
+        MCC (cur_cat (B, C)). What a route means for an issuer, or for a kind of merchant,
+        lasts (the issuer's sensitivity to cross-border acquiring, the acquirer's risk filters
+        by MCC): the streams see it only as far as their last events reach, and the heads
+        otherwise meet the three ids only as one sum of embeddings. Every route's scalars are
+        learned from the attempts logged through it (the logging policy explores), so the
+        candidates of a route choice differ by them too (a "wide" term beside the network)."""
+        route = cur_cat[..., F.ROUTE]
+        issuer = cur_cat[..., _ISSUER_ID] * self.n_routes + route
+        mcc = cur_cat[..., _MCC] * self.n_routes + route
+        return self.issuer_route_bias(issuer) + self.route_mcc_bias(mcc)
 
     def joint(self, cur: Tensor, streams: Tensor, past: Tensor, fused: Tensor | None) -> Tensor:
         """The heads' input (B, (N + 3 [+ 1]) D): the streams' vectors (N, B, D), the
@@ -1012,7 +1042,7 @@ class IssuerSeqNet(nn.Module):
         )
         route = route + self.route_slot[_ROUTE_STREAM] * self.through_issuer(by_route, cur_cat)
         streams = torch.cat([shared[:_ROUTE_STREAM], route, shared[_ROUTE_STREAM:]])
-        return self.approval_logit(self.joint(cur, streams, past, fused), past)
+        return self.approval_logit(self.joint(cur, streams, past, fused), past, cur_cat)
 
     def route_query(
         self,
@@ -1073,7 +1103,7 @@ class IssuerSeqNet(nn.Module):
         at = {name: part[m] for name, part in parts.items()}
         card_codes = parts["codes"][SHARED.index(_CARD)]
         past = self.own_past(token, today, at, rel[m], card_codes).expand(r, -1)
-        return self.approval_logit(self.joint(cur, streams, past, fused), past)
+        return self.approval_logit(self.joint(cur, streams, past, fused), past, cur_cat)
 
     def logits(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Uncalibrated (approval (B,), retry (B, G)) logits from the named inputs of
@@ -1121,7 +1151,7 @@ class IssuerSeqNet(nn.Module):
         m = _CARD_MERCHANT
         by_route = self.issuer_by_route(*issuer, rel[_ISSUER])
         streams = torch.cat(vectors) + self.route_slot * self.through_issuer(by_route, cat)[None]
-        return self.heads(cur, today, streams, at, rel[m], card_codes, code, advice, fused)
+        return self.heads(cat, cur, today, streams, at, rel[m], card_codes, code, advice, fused)
 
     def set_fused_moments(self, fused: Tensor) -> None:
         """Standardize the fused input by the mean and deviation of `fused` (N, n_fused), the
