@@ -11,11 +11,19 @@ import numpy as np
 import pytest
 import torch
 
+from issuer_seq import features as F
 from issuer_seq.data.batches import DeviceStore, input_names
 from issuer_seq.data.store import StoreConfig, build_store
 from issuer_seq.features import STREAMS
 from issuer_seq.schema import load_log
-from issuer_seq.serve.inputs import Event, build_inputs, encode_event, stream_key
+from issuer_seq.serve.inputs import (
+    Event,
+    build_inputs,
+    build_query_inputs,
+    encode_event,
+    query_buffers,
+    stream_key,
+)
 from tests.conftest import make_sim
 
 
@@ -58,6 +66,41 @@ def test_replayed_log_gives_the_training_inputs(replay_dir: Path, lag_s: int) ->
             np.testing.assert_array_equal(mine, theirs, err_msg=name)
 
 
+def test_query_inputs_relate_every_slot_as_the_training_inputs(replay_dir: Path) -> None:
+    """The query graph's stacked `rel` and `length`, written request after request into one
+    reused set of inputs (as the scorer's bound ones), are `build_inputs`' relative features
+    of each stream, right-aligned to the longest window, padding zeros; first attempts sent
+    without a payment id match no payment, not each other."""
+    vlog = load_log(replay_dir)
+    config = StoreConfig(k_card=5, k_issuer=7, k_route=7, k_card_merchant=3)
+    vocab = build_store(vlog, config).vocab
+    ks, k = config.ks, max(config.ks.values())
+    into = query_buffers(1, ks, state_size=2)
+    events: dict[tuple[str, str], list[Event]] = defaultdict(list)
+    without_payment = 0
+    for i, rec in enumerate(vlog.frame.to_dict("records")):
+        if rec["attempt"] == 1 and i % 3 == 0:
+            rec = {**rec, "payment_id": None}
+            without_payment += 1
+        current = encode_event(vocab, {**rec, "response_code": None, "advice_code": None})
+        keys = {s: (s, stream_key(s, rec, current)) for s in STREAMS}
+        histories = {s: [events[key]] for s, key in keys.items()}
+        want = build_inputs([current], histories, ks)
+        got = build_query_inputs(
+            [current], histories, ks, "encoder", lambda c, n: np.zeros((len(c), 2)), 2, into=into
+        )
+        assert got is into
+        for j, s in enumerate(STREAMS):
+            assert got["length"][0, j] == want[f"{s}_length"][0]
+            rel = np.stack([want[f"{s}_{name}"][0] for name in F.RELATIVE], axis=-1)
+            np.testing.assert_array_equal(got["rel"][0, j, k - ks[s] :], rel, err_msg=s)
+            assert not got["rel"][0, j, : k - ks[s]].any()
+        event = encode_event(vocab, rec)
+        for key in keys.values():
+            events[key].append(event)
+    assert without_payment > 50
+
+
 def test_inputs_module_never_imports_torch() -> None:
     code = (
         "import sys, issuer_seq.serve.inputs, issuer_seq.retry_policy;"
@@ -72,7 +115,6 @@ def test_one_events_numeric_features_are_the_vectorized_ones() -> None:
     """A request encodes its attempt with `numeric_one` (the standard library), training
     with `numeric` (numpy): rounded to float32 they are the same, bit for bit, across
     decades of timestamps, every UTC offset, tiny to huge amounts and attempt numbers."""
-    from issuer_seq import features as F
 
     rng = np.random.default_rng(0)
     n = 20_000

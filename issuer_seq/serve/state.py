@@ -140,8 +140,11 @@ class History:
     def window(self, cutoff: int, k: int) -> Window:
         """The last k events with t < cutoff: views, which later appends leave as they are
         (an append writes past them, or moves the rows to new arrays)."""
-        lo = self.lo
-        end = lo + int(np.searchsorted(self.t[lo : self.hi], cutoff, side="left"))
+        lo, hi = self.lo, self.hi
+        if hi > lo and self.t[hi - 1] < cutoff:  # all of them: the usual case, no search
+            end = hi
+        else:
+            end = lo + int(np.searchsorted(self.t[lo:hi], cutoff, side="left"))
         start = max(lo, end - k)
         return Window(
             self.t[start:end],
